@@ -1,0 +1,72 @@
+// Datasets: an indexed collection of (image, class) pairs, split into train and val.
+//
+// Two kinds, chosen by open_dataset from the --data argument:
+//   - ImageFolder: root/{train,val}/<class>/**/*.{jpg,jpeg,png}; classes are the
+//     sub-folder names in sorted order and files are ordered as torchvision's ImageFolder
+//     orders them (sorted walk), so class indices and sample indices agree with PyTorch.
+//   - IDX (MNIST / Fashion-MNIST): {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz],
+//     held in memory. "fashion-mnist" names the copy Debian's dataset-fashion-mnist installs.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fkd/image.h"
+
+namespace fkd {
+
+enum class Split { kTrain, kVal };
+const char* split_name(Split s);
+
+class Dataset {
+ public:
+  virtual ~Dataset() = default;
+  /// Number of samples.
+  virtual size_t size() const = 0;
+  /// Class index of sample i, in [0, classes().size()).
+  virtual int64_t label(size_t i) const = 0;
+  /// Decodes sample i (thread-safe). Throws DataError / IoError naming the file.
+  virtual Image load(size_t i) const = 0;
+  /// The sample's identity for messages and fingerprints: a path relative to the
+  /// dataset root ("train/Coat/0001.png"), or "train-images-idx3-ubyte.gz#123" for IDX.
+  virtual std::string item_name(size_t i) const = 0;
+  /// Bytes of the sample's encoded file (IDX: bytes of one image), for fingerprints.
+  virtual uint64_t item_bytes(size_t i) const = 0;
+  /// Class names, index = class id.
+  const std::vector<std::string>& classes() const { return classes_; }
+  /// Channels of the images load() returns (1 or 3).
+  int channels() const { return channels_; }
+  /// Where the data lives (for messages).
+  const std::string& root() const { return root_; }
+
+ protected:
+  std::vector<std::string> classes_;
+  int channels_ = 3;
+  std::string root_;
+};
+
+/// Options for opening a dataset.
+struct DatasetOptions {
+  /// Image channels to produce: 0 = the dataset's natural choice (IDX: 1, ImageFolder: 3,
+  /// as torchvision converts to RGB), or 1 / 3 to force grayscale / RGB.
+  int channels = 0;
+  /// Keep only the first `limit` samples of a deterministic, class-balanced-ish subset
+  /// (every k-th sample); 0 = all. For quick experiments and tests.
+  size_t limit = 0;
+};
+
+/// Opens a split of the dataset named by `spec`: "fashion-mnist", a directory holding IDX
+/// files, or an ImageFolder root with train/ and val/. Checks everything that can be
+/// checked without decoding (split present, no empty class, labels in range) and throws
+/// DataError with one line naming the path otherwise.
+std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
+                                      const DatasetOptions& opts = {});
+
+/// The directory Debian's dataset-fashion-mnist package installs.
+inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+
+/// Class names of Fashion-MNIST, in label order.
+const std::vector<std::string>& fashion_mnist_classes();
+
+}  // namespace fkd

@@ -1,0 +1,135 @@
+// The multi-threaded data loader: worker threads decode and augment whole batches, a
+// bounded window of batches is in flight, and batches come out in order.
+//
+// Determinism: the sample order of an epoch and every crop/flip are pure functions of
+// (seed, epoch, sample index, crop index) — see rng.h — so the sequence of batches is
+// identical for any number of workers, and a resumed run sees the same data as an
+// unbroken one.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fkd/dataset.h"
+#include "fkd/transforms.h"
+
+namespace fkd {
+
+/// Decides the crops cut from one decoded image (random crops, or crops replayed from a
+/// label store). Called concurrently from worker threads: implementations are pure.
+class CropSource {
+ public:
+  virtual ~CropSource() = default;
+  /// Crops cut from each decoded image (m >= 1).
+  virtual int crops_per_image() const = 0;
+  /// Writes crops_per_image() crops of sample `index` (an image of height x width) for `epoch`.
+  virtual void crops(size_t index, int64_t epoch, int height, int width, CropPlan* out) const = 0;
+};
+
+/// Random training crops drawn with a TrainTransform (RandomResizedCrop / padded RandomCrop,
+/// flip), `per_image` independent crops of each decoded image.
+class RandomCropSource final : public CropSource {
+ public:
+  RandomCropSource(TrainTransform t, uint64_t seed, int per_image = 1)
+      : t_(t), seed_(seed), per_image_(per_image) {}
+  int crops_per_image() const override { return per_image_; }
+  void crops(size_t index, int64_t epoch, int height, int width, CropPlan* out) const override;
+
+ private:
+  TrainTransform t_;
+  uint64_t seed_;
+  int per_image_;
+};
+
+struct LoaderOptions {
+  size_t batch_size = 128;  ///< samples (crops) per batch; a multiple of crops_per_image
+  bool shuffle = true;      ///< a fresh permutation of the samples every epoch
+  bool drop_last = false;   ///< drop the last, incomplete batch
+  uint64_t seed = 0;        ///< seeds the sample order
+  int workers = 1;          ///< worker threads; 0 = produce batches in the calling thread
+  int prefetch = 4;         ///< batches decoded ahead (bounded memory)
+  bool strict = false;      ///< a bad sample is fatal instead of skipped
+};
+
+/// One batch. Rows of a multi-crop batch are grouped by image: image k's crops are rows
+/// k*m .. k*m+m-1.
+struct Batch {
+  int64_t index = 0;  ///< batch number within the epoch
+  int n = 0, c = 0, h = 0, w = 0;
+  std::shared_ptr<float[]> images;  ///< [n, c, h, w] float32, normalized
+  std::vector<int64_t> targets;     ///< [n] class indices
+  std::vector<uint32_t> sample;     ///< [n] dataset index of each row
+  std::vector<uint16_t> crop;       ///< [n] crop number of each row within its image
+  std::vector<CropPlan> plans;      ///< [n] crop box and flip of each row (empty in eval)
+};
+
+/// A sample that failed to load.
+struct BadSample {
+  std::string name;   ///< dataset item name (path)
+  std::string error;  ///< the decoder's one-line message
+};
+
+class Loader {
+ public:
+  /// Training loader: crops from `source`, pixels transformed with t's size/interp/norm.
+  Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
+         std::shared_ptr<const CropSource> source, const LoaderOptions& opts);
+  /// Evaluation loader: Resize + CenterCrop, no randomness.
+  Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t, const LoaderOptions& opts);
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  /// Batches in one epoch.
+  size_t num_batches() const;
+  /// Starts producing the batches of `epoch` (stops any epoch in progress).
+  void start_epoch(int64_t epoch);
+  /// The next batch of the current epoch, in order; false when the epoch is done.
+  /// Rethrows a worker's error (strict mode, or an I/O failure of the system).
+  bool next(Batch& out);
+  /// Distinct samples skipped so far because they failed to load (all epochs).
+  size_t skipped() const;
+  /// The first few bad samples, for the end-of-run summary.
+  std::vector<BadSample> bad_samples() const;
+  const Dataset& dataset() const { return *ds_; }
+
+ private:
+  void stop();
+  void worker_loop();
+  Batch make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<uint8_t>& hwc);
+
+  std::shared_ptr<const Dataset> ds_;
+  bool train_;
+  TrainTransform train_t_;
+  EvalTransform eval_t_;
+  std::shared_ptr<const CropSource> source_;
+  LoaderOptions opts_;
+  int m_ = 1;  ///< crops per image
+  int out_c_ = 0, out_h_ = 0, out_w_ = 0;
+
+  // Epoch state.
+  int64_t epoch_ = 0;
+  std::vector<uint32_t> order_;  ///< sample order of this epoch
+  size_t images_per_batch_ = 0;
+  size_t batches_ = 0;
+
+  // Producer/consumer state, guarded by mu_.
+  mutable std::mutex mu_;
+  std::condition_variable cv_ready_, cv_space_;
+  std::map<int64_t, Batch> ready_;
+  int64_t next_claim_ = 0, next_yield_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+  std::vector<std::thread> threads_;
+  std::set<uint32_t> bad_ids_;  ///< distinct samples that failed to load
+  std::vector<BadSample> bad_;
+};
+
+}  // namespace fkd

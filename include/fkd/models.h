@@ -1,0 +1,90 @@
+// The model zoo: networks by name, and teachers (a zoo model or a TorchScript file).
+//
+// Every model maps [N, C_in, H, W] float32 images to [N, num_classes] float32 logits and
+// accepts any H, W (global average pooling before the classifier).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+namespace fkd {
+
+/// Base of all zoo models. Parameter and buffer names follow torchvision where a
+/// torchvision model of the same name exists (resnet18, resnet50, mobilenetv2), so
+/// state dicts can be exchanged with Python.
+class Net : public torch::nn::Module {
+ public:
+  /// [N, C_in, H, W] float32 -> [N, num_classes] float32 logits
+  virtual torch::Tensor forward(torch::Tensor x) = 0;
+  const std::string& zoo_name() const { return zoo_name_; }
+  int in_channels() const { return in_channels_; }
+  int num_classes() const { return num_classes_; }
+
+ protected:
+  Net(std::string zoo_name, int in_channels, int num_classes)
+      : torch::nn::Module(zoo_name), zoo_name_(std::move(zoo_name)),
+        in_channels_(in_channels), num_classes_(num_classes) {}
+
+ private:
+  std::string zoo_name_;
+  int in_channels_;
+  int num_classes_;
+};
+
+/// Names accepted by make_model, in display order.
+std::vector<std::string> model_names();
+
+/// Builds a freshly initialized zoo model (initialization as torchvision does for the
+/// same architecture). Throws ConfigError for an unknown name, listing the known ones.
+std::shared_ptr<Net> make_model(const std::string& name, int in_channels, int num_classes);
+
+/// Number of trainable parameters.
+int64_t count_parameters(const torch::nn::Module& m);
+
+/// Name -> tensor of every parameter and buffer, with torchvision-style dotted names
+/// (e.g. "layer1.0.conv1.weight", "bn1.running_mean", "bn1.num_batches_tracked").
+std::vector<std::pair<std::string, torch::Tensor>> state_dict(const torch::nn::Module& m);
+
+/// Copies tensors into the module's parameters and buffers by name. Every name of the
+/// module must be present with the same shape; throws FormatError naming the first
+/// missing or mismatched entry (`source` names the file for the message).
+void load_state_dict(torch::nn::Module& m,
+                     const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                     const std::string& source);
+
+/// Writes the state dict as a Python pickle (torch.load reads it as a dict of tensors,
+/// which torchvision's model of the same name accepts in load_state_dict).
+void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path);
+
+/// Reads a dict-of-tensors pickle written by save_state_dict_pickle or by Python's
+/// torch.save(dict(model.state_dict()), path).
+std::vector<std::pair<std::string, torch::Tensor>> load_state_dict_pickle(const std::string& path);
+
+/// Writes a TorchScript file equivalent to the model in eval mode: torch.jit.load(path)
+/// in Python returns a module whose forward gives the same logits.
+void export_torchscript(Net& m, const std::string& path);
+
+/// A frozen network that produces logits for a batch: what labeling and online KD run.
+class Teacher {
+ public:
+  virtual ~Teacher() = default;
+  /// [N, C_in, H, W] float32 on the teacher's device -> [N, num_classes] float32 logits.
+  /// Runs without autograd.
+  virtual torch::Tensor logits(const torch::Tensor& x) = 0;
+  /// Human-readable identity (file path or zoo name).
+  virtual std::string describe() const = 0;
+};
+
+/// Loads a TorchScript teacher (torch.jit.trace / torch.jit.script output, saved by
+/// torch.jit.save). With optimize=true it is frozen and optimized for inference.
+/// Throws FormatError naming the file when it is not a loadable TorchScript archive.
+std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
+                                                  const torch::Device& device, bool optimize);
+
+/// Wraps a trained zoo model (put in eval mode, moved to `device`) as a teacher.
+std::unique_ptr<Teacher> make_zoo_teacher(std::shared_ptr<Net> net, const torch::Device& device);
+
+}  // namespace fkd

@@ -1,0 +1,35 @@
+// Progress reporting for long work: a live bar with rate and ETA on a terminal, plain
+// lines (about every 10% or 30 s) when stderr is a file or pipe, so logs stay readable.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace fkd {
+
+class Progress {
+ public:
+  /// total: units of work (e.g. samples); unit: what to call them in the rate ("img").
+  Progress(std::string label, uint64_t total, std::string unit);
+  ~Progress();
+  /// Adds `n` done units; `extra` is shown after the rate (e.g. "loss 0.412").
+  void advance(uint64_t n, const std::string& extra = "");
+  /// Ends the bar (clears a live bar's line).
+  void finish();
+  double elapsed_seconds() const;
+  /// Whether stderr is a terminal (live bar) or not (plain lines); FKD_PROGRESS=plain|bar|off overrides.
+  static bool interactive();
+
+ private:
+  void draw(bool force);
+  std::string label_, unit_, extra_;
+  uint64_t total_, done_ = 0;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  int last_decile_ = -1;
+  bool live_, off_, finished_ = false;
+};
+
+/// "1h02m", "3m07s", "12s"
+std::string format_duration(double seconds);
+
+}  // namespace fkd

@@ -1,0 +1,119 @@
+// Training and evaluation: the loop that teachers and students share.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace fkd {
+
+/// Everything that defines a training run. Saved in every checkpoint (as JSON) so that
+/// --resume continues the same run and eval/export know what was trained.
+struct TrainConfig {
+  // --- data
+  std::string data = "fashion-mnist";  ///< dataset spec (see open_dataset)
+  int channels = 0;                    ///< 0 = dataset default, 1 or 3
+  size_t limit_train = 0;              ///< use a deterministic subset of this many (0 = all)
+  size_t limit_val = 0;                ///< likewise for the val split
+  std::string aug = "auto";            ///< rrc | crop | none | auto (crop for <= 64 px inputs)
+  int input_size = 0;                  ///< model input side; 0 = auto (IDX: native, else 224)
+  std::array<float, 2> scale = {0.08f, 1.0f};          ///< RandomResizedCrop area range
+  std::array<float, 2> ratio = {3.f / 4.f, 4.f / 3.f};  ///< RandomResizedCrop aspect range
+  int padding = 4;                     ///< RandomCrop padding (aug=crop)
+  float flip = 0.5f;                   ///< horizontal flip probability
+  std::string interp = "bilinear";     ///< bilinear | bicubic
+  std::vector<float> mean;             ///< empty = auto (Fashion-MNIST or ImageNet statistics)
+  std::vector<float> std;              ///< empty = auto
+  int eval_resize = 0;                 ///< eval Resize size; 0 = auto (input_size / 0.875)
+  // --- model
+  std::string model = "resnet20";
+  // --- optimization
+  std::string optimizer = "sgd";  ///< sgd | adamw
+  double lr = 0.1;
+  double momentum = 0.9;
+  bool nesterov = true;
+  double weight_decay = 5e-4;
+  int epochs = 15;
+  double warmup_epochs = 0;  ///< linear warm-up, then cosine decay to 0 (per step)
+  double label_smoothing = 0;
+  size_t batch_size = 128;
+  uint64_t seed = 0;
+  // --- execution
+  int threads = 0;             ///< torch intra-op threads; 0 = all cores
+  int workers = 1;             ///< data loader threads
+  std::string device = "cpu";  ///< cpu | cuda | cuda:N
+  bool strict_data = false;    ///< a bad image aborts the run instead of being skipped
+  // --- output
+  std::string out = "runs/train";  ///< run directory: checkpoint.pt, metrics.jsonl
+  bool resume = false;             ///< continue from out/checkpoint.pt
+  int stop_after = 0;              ///< stop (as if interrupted) after this many epochs; 0 = no
+};
+
+class Dataset;
+
+/// Fills the "auto" fields of a config from its training set (input size, mean/std,
+/// augmentation, channels) and checks every option. Throws ConfigError on an invalid one.
+void resolve_config(TrainConfig& cfg, const Dataset& train_set);
+
+std::string config_to_json(const TrainConfig& cfg);
+TrainConfig config_from_json(const std::string& json, const std::string& source);
+
+/// Metrics of one epoch (one line of metrics.jsonl).
+struct EpochMetrics {
+  int epoch = 0;             ///< 1-based
+  double train_loss = 0;
+  double train_top1 = 0;     ///< percent, on augmented training samples
+  double val_loss = 0;
+  double top1 = 0;           ///< percent, val split
+  double top5 = 0;           ///< percent, val split
+  double lr = 0;             ///< learning rate at the end of the epoch
+  double samples_per_s = 0;  ///< training samples per second
+  double seconds = 0;        ///< wall time of the epoch (training + evaluation)
+};
+
+struct TrainResult {
+  std::vector<EpochMetrics> history;  ///< every epoch of the run, resumed ones included
+  std::string checkpoint;             ///< path of the last checkpoint
+  size_t bad_samples = 0;             ///< images skipped because they failed to load
+};
+
+/// Runs (or resumes) supervised training. Writes out/checkpoint.pt after every epoch
+/// (atomically) and appends one line per epoch to out/metrics.jsonl.
+TrainResult train(TrainConfig cfg);
+
+/// Top-1/top-5 of a model on a dataset split.
+struct EvalResult {
+  double loss = 0;
+  double top1 = 0;  ///< percent
+  double top5 = 0;  ///< percent
+  size_t samples = 0;
+  size_t bad_samples = 0;
+};
+
+struct EvalOptions {
+  std::string data = "fashion-mnist";
+  std::string split = "val";   ///< val | train
+  size_t limit = 0;
+  size_t batch_size = 256;
+  int threads = 0;
+  int workers = 1;
+  std::string device = "cpu";
+  /// Transform overrides; 0/empty = take them from the checkpoint's config.
+  int input_size = 0;
+  int eval_resize = 0;
+  std::vector<float> mean, std;
+  int channels = 0;
+};
+
+/// Evaluates a checkpoint written by train() or a TorchScript model file.
+EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts);
+
+/// Writes a checkpoint's model as a TorchScript file ("torchscript") or a state-dict
+/// pickle ("state_dict") that Python can load.
+void export_model(const std::string& checkpoint, const std::string& out, const std::string& format);
+
+/// Sets torch's intra-op threads (0 = all cores) and returns the count in use.
+int configure_threads(int threads);
+
+}  // namespace fkd

@@ -1,0 +1,258 @@
+#include "fkd/dataset.h"
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "fkd/error.h"
+
+namespace fs = std::filesystem;
+
+namespace fkd {
+
+const char* split_name(Split s) { return s == Split::kTrain ? "train" : "val"; }
+
+const std::vector<std::string>& fashion_mnist_classes() {
+  static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress",
+                                                 "Coat",        "Sandal",  "Shirt",    "Sneaker",
+                                                 "Bag",         "Ankle boot"};
+  return names;
+}
+
+namespace {
+
+/// Reads a whole file, gunzipping it when it is gzip-compressed (zlib reads plain files as is).
+std::string read_maybe_gz(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  FKD_CHECK(f != nullptr, IoError, "{}: cannot open: {}", path, std::strerror(errno));
+  std::string out;
+  char buf[1 << 16];
+  int n;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) out.append(buf, size_t(n));
+  int err = 0;
+  const char* msg = gzerror(f, &err);
+  std::string why = (n < 0 || err < 0) ? std::string(msg ? msg : "read error") : "";
+  gzclose(f);
+  FKD_CHECK(why.empty(), DataError, "{}: corrupt or truncated gzip data: {}", path, why);
+  return out;
+}
+
+uint32_t be32(const std::string& b, size_t off) {
+  const auto* p = reinterpret_cast<const unsigned char*>(b.data() + off);
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
+}
+
+/// MNIST-format dataset held in memory: N images of rows x cols uint8, N labels.
+class IdxDataset final : public Dataset {
+ public:
+  IdxDataset(const std::string& dir, Split split, int want_channels,
+             const std::vector<std::string>* class_names) {
+    root_ = dir;
+    const std::string prefix = split == Split::kTrain ? "train" : "t10k";
+    images_path_ = find(dir, prefix + "-images-idx3-ubyte");
+    const std::string labels_path = find(dir, prefix + "-labels-idx1-ubyte");
+    images_ = read_maybe_gz(images_path_);
+    const std::string labels = read_maybe_gz(labels_path);
+
+    FKD_CHECK(images_.size() >= 16 && be32(images_, 0) == 0x803, FormatError,
+              "{}: not an IDX image file (expected magic 0x00000803)", images_path_);
+    const size_t n = be32(images_, 4);
+    rows_ = int(be32(images_, 8));
+    cols_ = int(be32(images_, 12));
+    FKD_CHECK(rows_ > 0 && cols_ > 0 && rows_ <= 65536 && cols_ <= 65536, FormatError,
+              "{}: bad image size {}x{}", images_path_, rows_, cols_);
+    FKD_CHECK(images_.size() - 16 == n * size_t(rows_) * size_t(cols_), FormatError,
+              "{}: header says {} images of {}x{} ({} bytes) but the file holds {} bytes",
+              images_path_, n, rows_, cols_, n * size_t(rows_) * cols_, images_.size() - 16);
+    FKD_CHECK(labels.size() >= 8 && be32(labels, 0) == 0x801, FormatError,
+              "{}: not an IDX label file (expected magic 0x00000801)", labels_path);
+    FKD_CHECK(be32(labels, 4) == n && labels.size() - 8 == n, FormatError,
+              "{}: holds {} labels but {} has {} images", labels_path, labels.size() - 8,
+              images_path_, n);
+    FKD_CHECK(n > 0, DataError, "{}: holds no images", images_path_);
+    labels_.resize(n);
+    int max_label = 0;
+    for (size_t i = 0; i < n; ++i) {
+      labels_[i] = static_cast<unsigned char>(labels[8 + i]);
+      max_label = std::max(max_label, int(labels_[i]));
+    }
+    if (class_names) {
+      FKD_CHECK(max_label < int(class_names->size()), DataError,
+                "{}: label {} out of range for {} classes", labels_path, max_label,
+                class_names->size());
+      classes_ = *class_names;
+    } else {
+      for (int c = 0; c <= max_label; ++c) classes_.push_back(std::to_string(c));
+    }
+    images_.erase(0, 16);  // keep only pixels
+    channels_ = want_channels == 3 ? 3 : 1;
+    images_name_ = fs::path(images_path_).filename().string();
+  }
+
+  size_t size() const override { return labels_.size(); }
+  int64_t label(size_t i) const override { return labels_[i]; }
+  std::string item_name(size_t i) const override {
+    return images_name_ + "#" + std::to_string(i);
+  }
+  uint64_t item_bytes(size_t) const override { return uint64_t(rows_) * cols_; }
+
+  Image load(size_t i) const override {
+    Image img;
+    img.height = rows_;
+    img.width = cols_;
+    img.channels = channels_;
+    const size_t px = size_t(rows_) * cols_;
+    const auto* src = reinterpret_cast<const uint8_t*>(images_.data()) + i * px;
+    if (channels_ == 1) {
+      img.pixels.assign(src, src + px);
+    } else {
+      img.pixels.resize(px * 3);
+      for (size_t k = 0; k < px; ++k) std::fill_n(&img.pixels[k * 3], 3, src[k]);
+    }
+    return img;
+  }
+
+ private:
+  static std::string find(const std::string& dir, const std::string& base) {
+    for (const char* ext : {"", ".gz"}) {
+      const std::string p = dir + "/" + base + ext;
+      if (fs::exists(p)) return p;
+    }
+    fail<DataError>("{}: missing {} (or {}.gz)", dir, base, base);
+  }
+
+  std::string images_path_, images_name_;
+  std::string images_;  ///< N * rows * cols uint8 pixels
+  std::vector<uint8_t> labels_;
+  int rows_ = 0, cols_ = 0;
+};
+
+bool has_image_extension(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+}
+
+/// torchvision-style ImageFolder: root/<split>/<class>/**/<image>.
+class ImageFolderDataset final : public Dataset {
+ public:
+  ImageFolderDataset(const std::string& root, Split split, int want_channels) {
+    root_ = root;
+    const fs::path dir = fs::path(root) / split_name(split);
+    FKD_CHECK(fs::is_directory(dir), DataError, "{}: missing split folder '{}'",
+              root, split_name(split));
+    std::vector<std::string> class_dirs;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.is_directory()) class_dirs.push_back(e.path().filename().string());
+    }
+    std::sort(class_dirs.begin(), class_dirs.end());
+    FKD_CHECK(!class_dirs.empty(), DataError, "{}: no class folders", dir.string());
+    for (size_t c = 0; c < class_dirs.size(); ++c) {
+      // torchvision walks each class folder with sorted(os.walk(...)) and sorted file
+      // names: order by (folder, file name).
+      std::vector<std::pair<std::string, std::string>> files;
+      const fs::path cdir = dir / class_dirs[c];
+      for (const auto& e :
+           fs::recursive_directory_iterator(cdir, fs::directory_options::follow_directory_symlink)) {
+        if (!e.is_regular_file()) continue;
+        if (!has_image_extension(e.path())) {
+          ++ignored_;
+          continue;
+        }
+        files.emplace_back(e.path().parent_path().string(), e.path().filename().string());
+      }
+      FKD_CHECK(!files.empty(), DataError, "{}: empty class folder (no .jpg/.jpeg/.png files)",
+                cdir.string());
+      std::sort(files.begin(), files.end());
+      for (const auto& [folder, name] : files) {
+        const fs::path full = fs::path(folder) / name;
+        items_.push_back({fs::relative(full, root).string(), int64_t(c), fs::file_size(full)});
+      }
+    }
+    classes_ = class_dirs;
+    channels_ = want_channels == 1 ? 1 : 3;
+  }
+
+  size_t size() const override { return items_.size(); }
+  int64_t label(size_t i) const override { return items_[i].label; }
+  std::string item_name(size_t i) const override { return items_[i].rel_path; }
+  uint64_t item_bytes(size_t i) const override { return items_[i].bytes; }
+  Image load(size_t i) const override {
+    return read_image(root_ + "/" + items_[i].rel_path, channels_);
+  }
+  size_t ignored_files() const { return ignored_; }
+
+ private:
+  struct Item {
+    std::string rel_path;
+    int64_t label;
+    uint64_t bytes;
+  };
+  std::vector<Item> items_;
+  size_t ignored_ = 0;
+};
+
+/// Every k-th sample of another dataset (a deterministic subset for quick runs).
+class SubsetDataset final : public Dataset {
+ public:
+  SubsetDataset(std::shared_ptr<Dataset> base, size_t limit) : base_(std::move(base)) {
+    classes_ = base_->classes();
+    channels_ = base_->channels();
+    root_ = base_->root();
+    const size_t n = base_->size();
+    for (size_t k = 0; k < limit; ++k) index_.push_back(k * n / limit);
+  }
+  size_t size() const override { return index_.size(); }
+  int64_t label(size_t i) const override { return base_->label(index_[i]); }
+  Image load(size_t i) const override { return base_->load(index_[i]); }
+  std::string item_name(size_t i) const override { return base_->item_name(index_[i]); }
+  uint64_t item_bytes(size_t i) const override { return base_->item_bytes(index_[i]); }
+
+ private:
+  std::shared_ptr<Dataset> base_;
+  std::vector<size_t> index_;
+};
+
+bool is_idx_dir(const std::string& dir) {
+  for (const char* f : {"/train-images-idx3-ubyte", "/train-images-idx3-ubyte.gz",
+                        "/t10k-images-idx3-ubyte", "/t10k-images-idx3-ubyte.gz"}) {
+    if (fs::exists(dir + f)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
+                                      const DatasetOptions& opts) {
+  FKD_CHECK(opts.channels == 0 || opts.channels == 1 || opts.channels == 3, ConfigError,
+            "channels must be 1 or 3, got {}", opts.channels);
+  std::shared_ptr<Dataset> ds;
+  if (spec == "fashion-mnist") {
+    FKD_CHECK(fs::is_directory(kFashionMnistDir), DataError,
+              "{}: not found; install Debian's dataset-fashion-mnist package "
+              "(scripts/install-deps does)",
+              kFashionMnistDir);
+    ds = std::make_shared<IdxDataset>(kFashionMnistDir, split, opts.channels,
+                                      &fashion_mnist_classes());
+  } else {
+    FKD_CHECK(fs::is_directory(spec), DataError,
+              "{}: no such dataset directory (expected 'fashion-mnist', an IDX folder or an "
+              "ImageFolder root with train/ and val/)",
+              spec);
+    if (is_idx_dir(spec)) {
+      ds = std::make_shared<IdxDataset>(spec, split, opts.channels, nullptr);
+    } else {
+      ds = std::make_shared<ImageFolderDataset>(spec, split, opts.channels);
+    }
+  }
+  if (opts.limit > 0 && opts.limit < ds->size()) {
+    ds = std::make_shared<SubsetDataset>(std::move(ds), opts.limit);
+  }
+  return ds;
+}
+
+}  // namespace fkd

@@ -1,0 +1,202 @@
+#include "fkd/loader.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "fkd/error.h"
+#include "fkd/rng.h"
+
+namespace fkd {
+
+namespace {
+constexpr size_t kMaxBadListed = 20;
+}
+
+void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
+                             CropPlan* out) const {
+  for (int k = 0; k < per_image_; ++k) {
+    Rng rng(seed_, RngStream::kAugment, {uint64_t(epoch), uint64_t(index), uint64_t(k)});
+    out[k] = sample_train_crop(t_, rng, height, width);
+  }
+}
+
+Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
+               std::shared_ptr<const CropSource> source, const LoaderOptions& opts)
+    : ds_(std::move(ds)), train_(true), train_t_(t), source_(std::move(source)), opts_(opts) {
+  m_ = source_->crops_per_image();
+  FKD_CHECK(m_ >= 1, ConfigError, "crops per image must be at least 1, got {}", m_);
+  FKD_CHECK(opts_.batch_size % size_t(m_) == 0, ConfigError,
+            "batch size {} is not a multiple of the {} crops per image", opts_.batch_size, m_);
+  out_c_ = ds_->channels();
+  out_h_ = out_w_ = t.size;
+}
+
+Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t,
+               const LoaderOptions& opts)
+    : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts) {
+  out_c_ = ds_->channels();
+  out_h_ = out_w_ = t.size;
+}
+
+Loader::~Loader() { stop(); }
+
+size_t Loader::num_batches() const {
+  const size_t ipb = opts_.batch_size / size_t(m_);
+  const size_t n = ds_->size();
+  return opts_.drop_last ? n / ipb : (n + ipb - 1) / ipb;
+}
+
+void Loader::stop() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stopping_ = true;
+  }
+  cv_space_.notify_all();
+  cv_ready_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+}
+
+void Loader::start_epoch(int64_t epoch) {
+  stop();
+  FKD_CHECK(opts_.batch_size >= size_t(m_), ConfigError, "batch size {} below crops per image {}",
+            opts_.batch_size, m_);
+  epoch_ = epoch;
+  order_.resize(ds_->size());
+  std::iota(order_.begin(), order_.end(), 0u);
+  if (opts_.shuffle) {
+    Rng rng(opts_.seed, RngStream::kOrder, {uint64_t(epoch)});
+    for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
+  }
+  images_per_batch_ = opts_.batch_size / size_t(m_);
+  batches_ = num_batches();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    ready_.clear();
+    next_claim_ = next_yield_ = 0;
+    stopping_ = false;
+    error_ = nullptr;
+  }
+  for (int i = 0; i < opts_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
+}
+
+void Loader::worker_loop() {
+  std::vector<uint8_t> scratch, hwc;
+  for (;;) {
+    int64_t b;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_space_.wait(lk, [&] {
+        return stopping_ || next_claim_ >= int64_t(batches_) ||
+               next_claim_ < next_yield_ + opts_.prefetch;
+      });
+      if (stopping_ || next_claim_ >= int64_t(batches_)) return;
+      b = next_claim_++;
+    }
+    try {
+      Batch batch = make_batch(b, scratch, hwc);
+      std::lock_guard<std::mutex> lk(mu_);
+      ready_.emplace(b, std::move(batch));
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!error_) error_ = std::current_exception();
+      stopping_ = true;
+    }
+    cv_ready_.notify_all();
+    cv_space_.notify_all();
+  }
+}
+
+bool Loader::next(Batch& out) {
+  if (next_yield_ >= int64_t(batches_)) return false;
+  if (opts_.workers == 0) {
+    std::vector<uint8_t> scratch, hwc;
+    out = make_batch(next_yield_++, scratch, hwc);
+    return true;
+  }
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_ready_.wait(lk, [&] { return error_ || ready_.count(next_yield_) > 0; });
+  if (error_) std::rethrow_exception(error_);
+  auto it = ready_.find(next_yield_);
+  out = std::move(it->second);
+  ready_.erase(it);
+  ++next_yield_;
+  lk.unlock();
+  cv_space_.notify_all();
+  return true;
+}
+
+Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<uint8_t>& hwc) {
+  const size_t first = size_t(b) * images_per_batch_;
+  const size_t last = std::min(first + images_per_batch_, order_.size());
+  const size_t max_rows = (last - first) * size_t(m_);
+  const size_t plane = size_t(out_c_) * out_h_ * out_w_;
+
+  Batch batch;
+  batch.index = b;
+  batch.c = out_c_;
+  batch.h = out_h_;
+  batch.w = out_w_;
+  batch.images = std::shared_ptr<float[]>(new float[max_rows * plane]);
+  batch.targets.reserve(max_rows);
+  batch.sample.reserve(max_rows);
+  batch.crop.reserve(max_rows);
+  std::vector<CropPlan> plans(static_cast<size_t>(m_));
+  hwc.resize(size_t(out_h_) * out_w_ * out_c_);
+
+  size_t row = 0;
+  for (size_t k = first; k < last; ++k) {
+    const uint32_t idx = order_[k];
+    Image img;
+    try {
+      img = ds_->load(idx);
+    } catch (const Error& e) {
+      if (opts_.strict) throw;
+      std::lock_guard<std::mutex> lk(mu_);
+      if (bad_ids_.insert(idx).second && bad_.size() < kMaxBadListed) {
+        bad_.push_back({ds_->item_name(idx), e.what()});
+      }
+      continue;
+    }
+    const int64_t target = ds_->label(idx);
+    if (train_) {
+      source_->crops(idx, epoch_, img.height, img.width, plans.data());
+      for (int c = 0; c < m_; ++c) {
+        resized_crop(img, plans[size_t(c)].box, plans[size_t(c)].flip, out_h_, out_w_,
+                     train_t_.interp, hwc.data(), scratch);
+        to_float_chw(hwc.data(), out_h_, out_w_, out_c_, train_t_.norm,
+                     batch.images.get() + row * plane);
+        batch.plans.push_back(plans[size_t(c)]);
+        batch.targets.push_back(target);
+        batch.sample.push_back(idx);
+        batch.crop.push_back(uint16_t(c));
+        ++row;
+      }
+    } else {
+      const Image resized =
+          eval_t_.resize > 0 ? resize_shorter(img, eval_t_.resize, eval_t_.interp) : img;
+      const PixelBox box = center_box(resized.height, resized.width, out_h_, out_w_);
+      resized_crop(resized, box, false, out_h_, out_w_, eval_t_.interp, hwc.data(), scratch);
+      to_float_chw(hwc.data(), out_h_, out_w_, out_c_, eval_t_.norm,
+                   batch.images.get() + row * plane);
+      batch.targets.push_back(target);
+      batch.sample.push_back(idx);
+      batch.crop.push_back(0);
+      ++row;
+    }
+  }
+  batch.n = int(row);
+  return batch;
+}
+
+size_t Loader::skipped() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return bad_ids_.size();
+}
+
+std::vector<BadSample> Loader::bad_samples() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return bad_;
+}
+
+}  // namespace fkd

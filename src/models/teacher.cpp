@@ -1,0 +1,115 @@
+// Teachers: TorchScript archives (optionally frozen and optimized) and zoo models.
+#include <fstream>
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "fkd/error.h"
+#include "fkd/models.h"
+
+namespace fkd {
+namespace {
+
+std::string first_line(const std::exception& e) {
+  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+  std::string msg = c10e ? c10e->what_without_backtrace() : e.what();
+  return msg.substr(0, msg.find('\n'));
+}
+
+/// Checks what any teacher returns: a floating [N, C] tensor.
+torch::Tensor checked_logits(const torch::Tensor& out, const torch::Tensor& x,
+                             const std::string& who) {
+  FKD_CHECK(out.dim() == 2 && out.size(0) == x.size(0), FormatError,
+            "{}: teacher returned logits of shape [{}], expected [{}, num_classes]", who,
+            fmt::join(out.sizes(), ", "), x.size(0));
+  FKD_CHECK(out.is_floating_point(), FormatError, "{}: teacher returned non-float logits", who);
+  return out.scalar_type() == torch::kFloat ? out : out.to(torch::kFloat);
+}
+
+class TorchScriptTeacher : public Teacher {
+ public:
+  TorchScriptTeacher(torch::jit::Module module, torch::Device device, std::string path,
+                     bool optimized)
+      : module_(std::move(module)),
+        device_(device),
+        path_(std::move(path)),
+        optimized_(optimized) {}
+
+  torch::Tensor logits(const torch::Tensor& x) override {
+    torch::NoGradGuard
+        no_grad;  // not InferenceMode: KD losses combine these with tensors under autograd
+    c10::IValue out;
+    try {
+      out = module_.forward({x.to(device_)});
+    } catch (const c10::Error& e) {
+      fail<FormatError>("{}: TorchScript forward failed on input of shape [{}]: {}", path_,
+                        fmt::join(x.sizes(), ", "), first_line(e));
+    }
+    FKD_CHECK(out.isTensor(), FormatError, "{}: forward returned a {}, expected a logits tensor",
+              path_, out.tagKind());
+    return checked_logits(out.toTensor(), x, path_);
+  }
+
+  std::string describe() const override {
+    return path_ + (optimized_ ? " (TorchScript, frozen+optimized)" : " (TorchScript)");
+  }
+
+ private:
+  torch::jit::Module module_;
+  torch::Device device_;
+  std::string path_;
+  bool optimized_;
+};
+
+class ZooTeacher : public Teacher {
+ public:
+  ZooTeacher(std::shared_ptr<Net> net, torch::Device device)
+      : net_(std::move(net)), device_(device) {
+    net_->to(device_);
+    net_->eval();
+  }
+
+  torch::Tensor logits(const torch::Tensor& x) override {
+    torch::NoGradGuard no_grad;
+    return checked_logits(net_->forward(x.to(device_)), x, describe());
+  }
+
+  std::string describe() const override { return "zoo model " + net_->zoo_name(); }
+
+ private:
+  std::shared_ptr<Net> net_;
+  torch::Device device_;
+};
+
+}  // namespace
+
+std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
+                                                  const torch::Device& device, bool optimize) {
+  FKD_CHECK(std::ifstream(path, std::ios::binary).good(), IoError,
+            "{}: cannot open TorchScript teacher", path);
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(path, device);
+  } catch (const std::exception& e) {
+    fail<FormatError>("{}: not a loadable TorchScript archive (save it with torch.jit.save): {}",
+                      path, first_line(e));
+  }
+  module.eval();
+  if (optimize) {
+    try {
+      torch::jit::Module frozen = torch::jit::freeze(module);
+      module = torch::jit::optimize_for_inference(frozen);
+    } catch (const std::exception& e) {
+      fail<FormatError>("{}: TorchScript teacher cannot be frozen and optimized: {}", path,
+                        first_line(e));
+    }
+  }
+  return std::make_unique<TorchScriptTeacher>(std::move(module), device, path, optimize);
+}
+
+std::unique_ptr<Teacher> make_zoo_teacher(std::shared_ptr<Net> net, const torch::Device& device) {
+  FKD_CHECK(net != nullptr, ConfigError, "make_zoo_teacher: no model given");
+  return std::make_unique<ZooTeacher>(std::move(net), device);
+}
+
+}  // namespace fkd

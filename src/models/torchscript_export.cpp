@@ -1,0 +1,128 @@
+// export_torchscript: rebuilds a zoo model as a torch::jit::Module (one scripted
+// submodule per C++ submodule, same names, same tensors) whose forward is TorchScript
+// source emitted per layer type, and saves it as an archive that torch.jit.load reads.
+#include <cctype>
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include "fkd/error.h"
+#include "models/zoo_internal.h"
+
+namespace fkd {
+namespace {
+
+namespace nn = torch::nn;
+
+std::string int_list(at::IntArrayRef v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+/// A TorchScript float literal that reads back as the same double.
+std::string float_literal(double v) {
+  std::string s = fmt::format("{}", v);
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+/// "fkd::models::(anonymous namespace)::BasicBlockImpl" -> "BasicBlock".
+std::string class_name(const nn::Module& m) {
+  std::string full = m.name();
+  auto pos = full.rfind("::");
+  std::string base = pos == std::string::npos ? full : full.substr(pos + 2);
+  if (base.size() > 4 && base.compare(base.size() - 4, 4, "Impl") == 0)
+    base.resize(base.size() - 4);
+  std::string out;
+  for (char c : base) out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
+  if (out.empty() || std::isdigit(static_cast<unsigned char>(out[0]))) out = "M" + out;
+  return out;
+}
+
+std::string self_or_none(const torch::Tensor& t, const char* name) {
+  return t.defined() ? std::string("self.") + name : "None";
+}
+
+constexpr const char* kHeader = "\ndef forward(self, x: Tensor) -> Tensor:\n";
+
+/// TorchScript source of forward for `m` in eval mode.
+std::string forward_source(const nn::Module& m, const std::string& where) {
+  if (const auto* s = dynamic_cast<const models::ScriptForward*>(&m)) return s->script_forward();
+
+  if (const auto* c = dynamic_cast<const nn::Conv2dImpl*>(&m)) {
+    const auto& o = c->options;
+    const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
+    FKD_CHECK(padding && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()), ConfigError,
+              "export_torchscript: {}: only explicit zero padding is supported", where);
+    return fmt::format("{}    return torch.conv2d(x, self.weight, {}, {}, {}, {}, {})\n", kHeader,
+                       self_or_none(c->bias, "bias"), int_list(*o.stride()), int_list(**padding),
+                       int_list(*o.dilation()), o.groups());
+  }
+  if (const auto* bn = dynamic_cast<const nn::BatchNorm2dImpl*>(&m)) {
+    const auto& o = bn->options;
+    FKD_CHECK(o.track_running_stats(), ConfigError,
+              "export_torchscript: {}: BatchNorm2d without running statistics is not supported",
+              where);
+    return fmt::format(
+        "{}    return torch.batch_norm(x, {}, {}, self.running_mean, self.running_var, False, {}, "
+        "{}, True)\n",
+        kHeader, self_or_none(bn->weight, "weight"), self_or_none(bn->bias, "bias"),
+        float_literal(o.momentum().value_or(0.1)), float_literal(o.eps()));
+  }
+  if (const auto* l = dynamic_cast<const nn::LinearImpl*>(&m))
+    return fmt::format("{}    return torch.linear(x, self.weight, {})\n", kHeader,
+                       self_or_none(l->bias, "bias"));
+  if (dynamic_cast<const nn::ReLUImpl*>(&m))
+    return fmt::format("{}    return torch.relu(x)\n", kHeader);
+  if (dynamic_cast<const nn::ReLU6Impl*>(&m))
+    return fmt::format("{}    return torch.hardtanh(x, 0.0, 6.0)\n", kHeader);
+  if (dynamic_cast<const nn::DropoutImpl*>(&m) || dynamic_cast<const nn::IdentityImpl*>(&m))
+    return fmt::format("{}    return x\n", kHeader);  // eval mode
+  if (dynamic_cast<const nn::SequentialImpl*>(&m)) {
+    std::string src = kHeader;
+    for (const auto& child : m.named_children())
+      src += fmt::format("    x = getattr(self, \"{}\").forward(x)\n", child.key());
+    return src + "    return x\n";
+  }
+  fail<ConfigError>("export_torchscript: {}: no TorchScript translation for module type {}", where,
+                    m.name());
+}
+
+/// Mirrors `m` (parameters, buffers, children, forward) as a scripted module.
+torch::jit::Module to_script(const nn::Module& m, const std::string& where,
+                             const std::shared_ptr<torch::jit::CompilationUnit>& cu) {
+  torch::jit::Module jm(c10::QualifiedName("__torch__.fkd." + class_name(m)), cu,
+                        /*shouldMangle=*/true);
+  jm.register_attribute("training", c10::BoolType::get(), false);
+  for (const auto& p : m.named_parameters(/*recurse=*/false))
+    jm.register_parameter(p.key(), p.value().detach().to(torch::kCPU).clone().requires_grad_(true),
+                          /*is_buffer=*/false);
+  for (const auto& b : m.named_buffers(/*recurse=*/false))
+    jm.register_buffer(b.key(), b.value().detach().to(torch::kCPU).clone());
+  for (const auto& c : m.named_children())
+    jm.register_module(c.key(), to_script(*c.value(), where + "." + c.key(), cu));
+  const std::string src = forward_source(m, where);
+  try {
+    jm.define(src);
+  } catch (const c10::Error& e) {
+    fail<ConfigError>("export_torchscript: {}: generated TorchScript does not compile: {}", where,
+                      e.what_without_backtrace());
+  }
+  return jm;
+}
+
+}  // namespace
+
+void export_torchscript(Net& m, const std::string& path) {
+  auto cu = std::make_shared<torch::jit::CompilationUnit>();
+  torch::jit::Module jm = to_script(m, m.zoo_name(), cu);
+  try {
+    jm.save(path);
+  } catch (const c10::Error& e) {
+    std::string msg = e.what_without_backtrace();
+    fail<IoError>("{}: cannot write TorchScript archive: {}", path, msg.substr(0, msg.find('\n')));
+  }
+}
+
+}  // namespace fkd

@@ -1,0 +1,186 @@
+#include "checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "fkd/error.h"
+
+namespace fkd {
+
+namespace {
+
+nlohmann::json metrics_json(const EpochMetrics& m) {
+  return {{"epoch", m.epoch},           {"train_loss", m.train_loss},
+          {"train_top1", m.train_top1}, {"val_loss", m.val_loss},
+          {"top1", m.top1},             {"top5", m.top5},
+          {"lr", m.lr},                 {"samples_per_s", m.samples_per_s},
+          {"seconds", m.seconds}};
+}
+
+EpochMetrics metrics_from(const nlohmann::json& j) {
+  EpochMetrics m;
+  j.at("epoch").get_to(m.epoch);
+  j.at("train_loss").get_to(m.train_loss);
+  j.at("train_top1").get_to(m.train_top1);
+  j.at("val_loss").get_to(m.val_loss);
+  j.at("top1").get_to(m.top1);
+  j.at("top5").get_to(m.top5);
+  j.at("lr").get_to(m.lr);
+  j.at("samples_per_s").get_to(m.samples_per_s);
+  j.at("seconds").get_to(m.seconds);
+  return m;
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+torch::serialize::InputArchive open_archive(const std::string& path) {
+  FKD_CHECK(std::filesystem::exists(path), IoError, "{}: no such file", path);
+  torch::serialize::InputArchive ar;
+  try {
+    ar.load_from(path);
+  } catch (const c10::Error& e) {
+    fail<FormatError>("{}: not an fkd checkpoint (cannot open as a torch archive)", path);
+  }
+  return ar;
+}
+
+CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    FKD_CHECK(j.value("format", "") == "fkd-checkpoint", FormatError,
+              "{}: not an fkd checkpoint (format field is '{}')", path, j.value("format", ""));
+    const int version = j.at("version").get<int>();
+    FKD_CHECK(version >= 1 && version <= kCheckpointVersion, FormatError,
+              "{}: checkpoint version {} is newer than this fkd supports ({}); upgrade fkd",
+              path, version, kCheckpointVersion);
+    CheckpointMeta m;
+    j.at("epochs_done").get_to(m.epochs_done);
+    j.at("step").get_to(m.step);
+    j.at("model").get_to(m.model);
+    j.at("in_channels").get_to(m.in_channels);
+    j.at("num_classes").get_to(m.num_classes);
+    j.at("classes").get_to(m.classes);
+    m.config = config_from_json(j.at("config").dump(), path);
+    for (const auto& h : j.at("history")) m.history.push_back(metrics_from(h));
+    return m;
+  } catch (const nlohmann::json::exception& e) {
+    fail<FormatError>("{}: bad checkpoint metadata: {}", path, e.what());
+  }
+}
+
+std::string read_meta_text(torch::serialize::InputArchive& ar, const std::string& path) {
+  c10::IValue v;
+  FKD_CHECK(ar.try_read("meta", v) && v.isString(), FormatError,
+            "{}: not an fkd checkpoint (no metadata record)", path);
+  return v.toStringRef();
+}
+
+}  // namespace
+
+std::string metrics_to_json(const EpochMetrics& m) { return metrics_json(m).dump(); }
+
+void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
+                     torch::optim::Optimizer* optimizer) {
+  nlohmann::json j = {{"format", "fkd-checkpoint"},
+                      {"version", kCheckpointVersion},
+                      {"epochs_done", meta.epochs_done},
+                      {"step", meta.step},
+                      {"model", meta.model},
+                      {"in_channels", meta.in_channels},
+                      {"num_classes", meta.num_classes},
+                      {"classes", meta.classes},
+                      {"config", nlohmann::json::parse(config_to_json(meta.config))},
+                      {"history", nlohmann::json::array()}};
+  for (const auto& h : meta.history) j["history"].push_back(metrics_json(h));
+
+  torch::serialize::OutputArchive ar;
+  ar.write("meta", c10::IValue(j.dump()));
+  torch::serialize::OutputArchive model_ar;
+  net.save(model_ar);
+  ar.write("model", model_ar);
+  if (optimizer) {
+    torch::serialize::OutputArchive opt_ar;
+    optimizer->save(opt_ar);
+    ar.write("optimizer", opt_ar);
+  }
+  ar.write("rng", at::detail::getDefaultCPUGenerator().get_state());
+
+  const std::string tmp = path + ".tmp";
+  try {
+    ar.save_to(tmp);
+  } catch (const c10::Error& e) {
+    std::remove(tmp.c_str());
+    fail<IoError>("{}: cannot write checkpoint", tmp);
+  }
+  fsync_path(tmp);
+  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename to {}",
+            tmp, path);
+  fsync_path(std::filesystem::path(path).parent_path().empty()
+                 ? "."
+                 : std::filesystem::path(path).parent_path().string());
+}
+
+bool is_checkpoint(const std::string& path) {
+  torch::serialize::InputArchive ar;
+  try {
+    ar.load_from(path);
+  } catch (const c10::Error&) {
+    return false;
+  }
+  c10::IValue v;
+  return ar.try_read("meta", v) && v.isString();
+}
+
+CheckpointMeta read_checkpoint_meta(const std::string& path) {
+  auto ar = open_archive(path);
+  return parse_meta(read_meta_text(ar, path), path);
+}
+
+void load_checkpoint_into(const std::string& path, Net& net, torch::optim::Optimizer* optimizer,
+                          bool restore_rng) {
+  auto ar = open_archive(path);
+  try {
+    torch::serialize::InputArchive model_ar;
+    FKD_CHECK(ar.try_read("model", model_ar), FormatError, "{}: checkpoint has no model", path);
+    net.load(model_ar);
+    if (optimizer) {
+      torch::serialize::InputArchive opt_ar;
+      FKD_CHECK(ar.try_read("optimizer", opt_ar), FormatError,
+                "{}: checkpoint has no optimizer state (weights only); cannot resume from it",
+                path);
+      optimizer->load(opt_ar);
+    }
+    if (restore_rng) {
+      torch::Tensor state;
+      if (ar.try_read("rng", state)) {
+        at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the global one
+        gen.set_state(state);
+      }
+    }
+  } catch (const c10::Error& e) {
+    fail<FormatError>("{}: checkpoint does not match the model: {}", path,
+                      e.what_without_backtrace());
+  }
+}
+
+std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta_out,
+                                     torch::optim::Optimizer* optimizer, bool restore_rng) {
+  CheckpointMeta meta = read_checkpoint_meta(path);
+  auto net = make_model(meta.model, meta.in_channels, meta.num_classes);
+  load_checkpoint_into(path, *net, optimizer, restore_rng);
+  if (meta_out) *meta_out = std::move(meta);
+  return net;
+}
+
+}  // namespace fkd

@@ -1,0 +1,34 @@
+// Pieces of a training run shared by the supervised, FKD and KD loops.
+#pragma once
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "fkd/dataset.h"
+#include "fkd/loader.h"
+#include "fkd/train.h"
+
+namespace fkd {
+
+/// Parses "cpu", "cuda", "cuda:N"; a clear ConfigError when CUDA is asked for but absent.
+torch::Device parse_device(const std::string& spec);
+
+/// The transforms a resolved config describes.
+TrainTransform train_transform(const TrainConfig& cfg);
+EvalTransform eval_transform(const TrainConfig& cfg);
+
+/// A batch's images as a tensor that shares the batch's memory, moved to `device`.
+torch::Tensor batch_images(const Batch& b, const torch::Device& device);
+/// A batch's class indices, int64 [n] on `device`.
+torch::Tensor batch_targets(const Batch& b, const torch::Device& device);
+
+/// Learning rate at optimizer step `step` of `total` steps: linear warm-up over
+/// `warmup` steps from lr/warmup to lr, then cosine decay to 0.
+double lr_at(double lr, int64_t step, int64_t warmup, int64_t total);
+
+/// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass).
+EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+                          Loader& loader, const torch::Device& device, const std::string& label);
+
+}  // namespace fkd

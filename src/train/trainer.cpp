@@ -1,0 +1,216 @@
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include "checkpoint.h"
+#include "fkd/error.h"
+#include "fkd/models.h"
+#include "fkd/progress.h"
+#include "fkd/train.h"
+#include "session.h"
+
+namespace fs = std::filesystem;
+
+namespace fkd {
+
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& cfg, Net& net) {
+  if (cfg.optimizer == "adamw") {
+    return std::make_unique<torch::optim::AdamW>(
+        net.parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
+  }
+  return std::make_unique<torch::optim::SGD>(net.parameters(),
+                                             torch::optim::SGDOptions(cfg.lr)
+                                                 .momentum(cfg.momentum)
+                                                 .nesterov(cfg.nesterov)
+                                                 .weight_decay(cfg.weight_decay));
+}
+
+void set_lr(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) group.options().set_lr(lr);
+}
+
+/// On resume, every field that defines the run must match the checkpoint's; only how it
+/// executes (threads, workers, device, output) may change.
+void check_resume_compatible(const TrainConfig& now, const TrainConfig& saved,
+                             const std::string& path) {
+  auto a = nlohmann::json::parse(config_to_json(now));
+  auto b = nlohmann::json::parse(config_to_json(saved));
+  for (const char* k : {"threads", "workers", "device", "out", "strict_data"}) {
+    a.erase(k);
+    b.erase(k);
+  }
+  for (auto it = a.begin(); it != a.end(); ++it) {
+    FKD_CHECK(b.contains(it.key()) && b[it.key()] == it.value(), ConfigError,
+              "--resume: option '{}' is {} but the run in {} used {}; use the same options "
+              "or a new --out",
+              it.key(), it.value().dump(), path, b.contains(it.key()) ? b[it.key()].dump() : "?");
+  }
+}
+
+void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    for (const auto& m : history) f << metrics_to_json(m) << "\n";
+    FKD_CHECK(f.good(), IoError, "{}: cannot write", tmp);
+  }
+  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename", tmp);
+}
+
+}  // namespace
+
+TrainResult train(TrainConfig cfg) {
+  const int threads = configure_threads(cfg.threads);
+  const torch::Device device = parse_device(cfg.device);
+
+  DatasetOptions dopt;
+  dopt.channels = cfg.channels;
+  dopt.limit = cfg.limit_train;
+  auto train_set = open_dataset(cfg.data, Split::kTrain, dopt);
+  resolve_config(cfg, *train_set);
+  dopt.channels = cfg.channels;
+  dopt.limit = cfg.limit_val;
+  auto val_set = open_dataset(cfg.data, Split::kVal, dopt);
+  FKD_CHECK(val_set->classes() == train_set->classes(), DataError,
+            "{}: the val split's classes differ from the train split's", cfg.data);
+
+  fs::create_directories(cfg.out);
+  const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
+  const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
+  const int num_classes = int(train_set->classes().size());
+
+  torch::manual_seed(cfg.seed);
+  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
+  net->to(device);
+  auto optimizer = make_optimizer(cfg, *net);
+
+  CheckpointMeta meta;
+  meta.model = cfg.model;
+  meta.in_channels = cfg.channels;
+  meta.num_classes = num_classes;
+  meta.classes = train_set->classes();
+  meta.config = cfg;
+  if (cfg.resume && fs::exists(ckpt_path)) {
+    CheckpointMeta saved = read_checkpoint_meta(ckpt_path);
+    check_resume_compatible(cfg, saved.config, ckpt_path);
+    FKD_CHECK(saved.classes == meta.classes, ConfigError,
+              "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
+    load_checkpoint_into(ckpt_path, *net, optimizer.get(), /*restore_rng=*/true);
+    meta.epochs_done = saved.epochs_done;
+    meta.step = saved.step;
+    meta.history = saved.history;
+    write_metrics_file(metrics_path, meta.history);  // drop lines of unfinished epochs
+    fmt::print("resuming {} after epoch {}/{}\n", ckpt_path, meta.epochs_done, cfg.epochs);
+  } else {
+    FKD_CHECK(!fs::exists(ckpt_path) || cfg.resume, ConfigError,
+              "{} already holds a run; pass --resume to continue it or choose a new --out",
+              cfg.out);
+    write_metrics_file(metrics_path, {});
+  }
+
+  LoaderOptions lopt;
+  lopt.batch_size = cfg.batch_size;
+  lopt.seed = cfg.seed;
+  lopt.workers = cfg.workers;
+  lopt.strict = cfg.strict_data;
+  const TrainTransform tt = train_transform(cfg);
+  Loader train_loader(train_set, tt, std::make_shared<RandomCropSource>(tt, cfg.seed), lopt);
+  LoaderOptions vopt = lopt;
+  vopt.batch_size = 256;
+  vopt.shuffle = false;
+  Loader val_loader(val_set, eval_transform(cfg), vopt);
+
+  const int64_t steps_per_epoch = int64_t(train_loader.num_batches());
+  const int64_t total_steps = steps_per_epoch * cfg.epochs;
+  const int64_t warmup_steps = int64_t(cfg.warmup_epochs * double(steps_per_epoch));
+  fmt::print("train {} on {} ({} train / {} val images, {} classes, {}x{}x{}), {} epochs, "
+             "{} threads, {} workers, device {}\n",
+             cfg.model, cfg.data, train_set->size(), val_set->size(), num_classes, cfg.channels,
+             cfg.input_size, cfg.input_size, cfg.epochs, threads, cfg.workers, device.str());
+  std::fflush(stdout);
+
+  TrainResult result;
+  std::ofstream metrics(metrics_path, std::ios::app);
+  int epochs_this_call = 0;
+  for (int epoch = meta.epochs_done; epoch < cfg.epochs; ++epoch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    net->train();
+    train_loader.start_epoch(epoch);
+    Progress bar(fmt::format("epoch {}/{}", epoch + 1, cfg.epochs), train_set->size(), "img");
+    auto loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
+    auto correct = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
+    size_t seen = 0;
+    double lr = cfg.lr;
+    Batch b;
+    while (train_loader.next(b)) {
+      if (b.n == 0) continue;
+      lr = lr_at(cfg.lr, meta.step, warmup_steps, total_steps);
+      set_lr(*optimizer, lr);
+      const auto x = batch_images(b, device);
+      const auto y = batch_targets(b, device);
+      const auto logits = net->forward(x);
+      const auto loss = torch::nn::functional::cross_entropy(
+          logits, y,
+          torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(cfg.label_smoothing));
+      optimizer->zero_grad();
+      loss.backward();
+      optimizer->step();
+      ++meta.step;
+      loss_sum += loss.detach().to(torch::kDouble) * double(b.n);
+      correct += logits.detach().argmax(1).eq(y).sum();
+      seen += size_t(b.n);
+      bar.advance(uint64_t(b.n));
+    }
+    bar.finish();
+    const double train_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    net->eval();
+    const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net->forward(x); },
+                                         val_loader, device, "  eval");
+    EpochMetrics m;
+    m.epoch = epoch + 1;
+    m.train_loss = seen ? loss_sum.item<double>() / double(seen) : 0;
+    m.train_top1 = seen ? 100.0 * double(correct.item<int64_t>()) / double(seen) : 0;
+    m.val_loss = ev.loss;
+    m.top1 = ev.top1;
+    m.top5 = ev.top5;
+    m.lr = lr;
+    m.samples_per_s = train_seconds > 0 ? double(seen) / train_seconds : 0;
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    meta.epochs_done = epoch + 1;
+    meta.history.push_back(m);
+    save_checkpoint(ckpt_path, meta, *net, optimizer.get());
+    metrics << metrics_to_json(m) << "\n";
+    metrics.flush();
+    fmt::print("epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
+               "top5 {:.2f}%  lr {:.4g}  {:.0f} img/s  {}\n",
+               m.epoch, cfg.epochs, m.train_loss, m.train_top1, m.val_loss, m.top1, m.top5, m.lr,
+               m.samples_per_s, format_duration(m.seconds));
+    std::fflush(stdout);
+    if (cfg.stop_after > 0 && ++epochs_this_call >= cfg.stop_after) break;
+  }
+
+  result.history = meta.history;
+  result.checkpoint = ckpt_path;
+  result.bad_samples = train_loader.skipped() + val_loader.skipped();
+  auto report_bad = [](const Loader& l, const char* split) {
+    if (l.skipped() == 0) return;
+    fmt::print(stderr, "warning: {} {} image(s) could not be read and were skipped:\n",
+               l.skipped(), split);
+    for (const auto& s : l.bad_samples()) fmt::print(stderr, "  {}\n", s.error);
+    if (l.skipped() > l.bad_samples().size()) {
+      fmt::print(stderr, "  ... and {} more\n", l.skipped() - l.bad_samples().size());
+    }
+  };
+  report_bad(train_loader, "train");
+  report_bad(val_loader, "val");
+  return result;
+}
+
+}  // namespace fkd

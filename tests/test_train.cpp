@@ -1,0 +1,148 @@
+// Supervised training, checkpoints, resume, evaluation.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "fkd/error.h"
+#include "fkd/models.h"
+#include "fkd/train.h"
+#include "testutil.h"
+#include "train/checkpoint.h"
+#include "train/session.h"
+
+using namespace fkd;
+using fkd::test::TempDir;
+
+namespace {
+
+TrainConfig small_run(const std::string& out) {
+  TrainConfig c;
+  c.data = "fashion-mnist";
+  c.model = "tiny";
+  c.limit_train = 1024;
+  c.limit_val = 256;
+  c.epochs = 2;
+  c.batch_size = 64;
+  c.lr = 0.05;
+  c.threads = 1;
+  c.workers = 2;
+  c.out = out;
+  c.seed = 3;
+  return c;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> weights(const std::string& ckpt) {
+  return state_dict(*load_checkpoint(ckpt, nullptr));
+}
+
+size_t count_lines(const std::string& path) {
+  std::ifstream f(path);
+  size_t n = 0;
+  for (std::string line; std::getline(f, line);) n += !line.empty();
+  return n;
+}
+
+}  // namespace
+
+TEST(Schedule, WarmupThenCosine) {
+  EXPECT_DOUBLE_EQ(lr_at(0.1, 0, 10, 100), 0.01);
+  EXPECT_DOUBLE_EQ(lr_at(0.1, 9, 10, 100), 0.1);
+  EXPECT_DOUBLE_EQ(lr_at(0.1, 10, 10, 100), 0.1);
+  EXPECT_NEAR(lr_at(0.1, 55, 10, 100), 0.05, 1e-12);  // half way through the decay
+  EXPECT_NEAR(lr_at(0.1, 100, 10, 100), 0.0, 1e-12);
+  EXPECT_DOUBLE_EQ(lr_at(0.2, 0, 0, 50), 0.2);
+}
+
+TEST(Train, ShortRunLearnsFashionMnist) {
+  TempDir d;
+  TrainConfig c = small_run(d.file("run"));
+  c.limit_train = 6000;
+  c.limit_val = 1000;
+  c.threads = 2;
+  const TrainResult r = train(c);
+  ASSERT_EQ(r.history.size(), 2u);
+  // Chance is 10%; a 93k-parameter CNN reaches ~80% after two epochs on 6k images.
+  EXPECT_GT(r.history.back().top1, 70.0);
+  EXPECT_GT(r.history.back().top5, 95.0);
+  EXPECT_LT(r.history.back().train_loss, r.history.front().train_loss);
+  EXPECT_EQ(count_lines(d.file("run/metrics.jsonl")), 2u);
+
+  // fkd eval on the checkpoint reproduces the last epoch's val metrics.
+  EvalOptions eo;
+  eo.limit = 1000;
+  eo.threads = 1;
+  const EvalResult ev = evaluate_file(r.checkpoint, eo);
+  EXPECT_EQ(ev.samples, 1000u);
+  EXPECT_NEAR(ev.top1, r.history.back().top1, 1e-9);
+  EXPECT_NEAR(ev.top5, r.history.back().top5, 1e-9);
+}
+
+TEST(Train, ResumeEqualsUninterruptedRun) {
+  TempDir d;
+  const TrainResult full = train(small_run(d.file("full")));
+
+  TrainConfig part = small_run(d.file("part"));
+  part.stop_after = 1;
+  const TrainResult first = train(part);
+  ASSERT_EQ(first.history.size(), 1u);
+  EXPECT_EQ(read_checkpoint_meta(first.checkpoint).epochs_done, 1);
+  part.stop_after = 0;
+  part.resume = true;
+  part.workers = 1;  // how it executes may change; the data it sees may not
+  const TrainResult resumed = train(part);
+  ASSERT_EQ(resumed.history.size(), 2u);
+  EXPECT_EQ(count_lines(d.file("part/metrics.jsonl")), 2u);
+
+  const auto a = weights(full.checkpoint), b = weights(resumed.checkpoint);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    // One thread, same seed: bit-identical.
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  }
+  EXPECT_DOUBLE_EQ(full.history.back().top1, resumed.history.back().top1);
+  EXPECT_DOUBLE_EQ(full.history.back().train_loss, resumed.history.back().train_loss);
+}
+
+TEST(Train, ResumeRefusesChangedRecipe) {
+  TempDir d;
+  TrainConfig c = small_run(d.file("run"));
+  c.epochs = 1;
+  c.limit_train = 128;
+  train(c);
+  c.resume = true;
+  c.lr = 0.2;
+  try {
+    train(c);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'lr'"), std::string::npos) << e.what();
+  }
+  // Without --resume an existing run is never overwritten.
+  c.resume = false;
+  c.lr = 0.05;
+  EXPECT_THROW(train(c), ConfigError);
+}
+
+TEST(Train, BadOptionsAreConfigErrors) {
+  TempDir d;
+  TrainConfig c = small_run(d.file("run"));
+  c.model = "resnet7";
+  EXPECT_THROW(train(c), ConfigError);
+  c = small_run(d.file("run2"));
+  c.scale = {0.9f, 0.1f};
+  EXPECT_THROW(train(c), ConfigError);
+  c = small_run(d.file("run3"));
+  c.device = "tpu";
+  EXPECT_THROW(train(c), ConfigError);
+}
+
+TEST(Checkpoint, CorruptFileIsFormatError) {
+  TempDir d;
+  fkd::test::write_file(d.file("bad.pt"), "PK\x03\x04 this is not a checkpoint");
+  EXPECT_THROW(read_checkpoint_meta(d.file("bad.pt")), FormatError);
+  EXPECT_THROW(read_checkpoint_meta(d.file("missing.pt")), IoError);
+  EXPECT_FALSE(is_checkpoint(d.file("bad.pt")));
+}

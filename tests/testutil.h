@@ -1,0 +1,43 @@
+// Helpers shared by the test executables.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace fkd::test {
+
+/// A fresh empty directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+/// Result of running a command: its exit status and what it printed on stdout.
+struct CommandResult {
+  int status = -1;
+  std::string out;
+};
+
+/// Runs a shell command, capturing stdout (stderr passes through to the test log).
+CommandResult run_command(const std::string& cmd);
+
+/// Runs /usr/bin/python3 on a script under tests/py/ with the given arguments.
+CommandResult run_python(const std::string& script, const std::vector<std::string>& args);
+
+/// Path of a file inside the source tree.
+std::string source_path(const std::string& rel);
+
+/// Writes bytes to a file (throws on failure).
+void write_file(const std::string& path, const std::string& bytes);
+
+/// Reads a whole file (throws on failure).
+std::string read_file(const std::string& path);
+
+}  // namespace fkd::test
