@@ -55,6 +55,8 @@ def main():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--limit", type=int, default=12800)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--channels-last", action="store_true",
+                   help="model and inputs in torch.channels_last (as fkd does by default)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -66,12 +68,15 @@ def main():
                                          num_workers=args.workers,
                                          persistent_workers=args.workers > 0)
     model = fkd_models.make_model(args.model, 1, 10)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
     model.train()
     seen = 0
     start = time.perf_counter()
     for x, y in loader:
+        x = x.contiguous(memory_format=fmt)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

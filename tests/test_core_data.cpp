@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
@@ -414,4 +415,52 @@ TEST(Loader, EvalIsCentreCropInOrder) {
     targets.insert(targets.end(), b.targets.begin(), b.targets.end());
   }
   EXPECT_EQ(targets, (std::vector<int64_t>{0, 1, 2, 3, 4}));
+}
+
+TEST(PortableMath, MatchesLibm) {
+  for (double x = -20; x <= 20; x += 0.0137) {
+    EXPECT_NEAR(portable_exp(x), std::exp(x), 1e-15 * std::exp(x)) << x;
+  }
+  for (double x = 1e-6; x < 1e6; x *= 1.37) {
+    EXPECT_NEAR(portable_log(x), std::log(x), 1e-15 * std::max(1.0, std::fabs(std::log(x)))) << x;
+  }
+  EXPECT_EQ(portable_log(1.0), 0.0);
+  EXPECT_EQ(portable_exp(0.0), 1.0);
+}
+
+TEST(LabelCrops, DerivedCropsArePureAndVaried) {
+  const float scale[2] = {0.08f, 1.0f}, ratio[2] = {3.f / 4, 4.f / 3};
+  const CropPlan a = derive_label_crop(7, scale, ratio, 0.5f, 12, 3, 375, 500);
+  const CropPlan b = derive_label_crop(7, scale, ratio, 0.5f, 12, 3, 375, 500);
+  EXPECT_EQ(a.box.left, b.box.left);
+  EXPECT_EQ(a.box.top, b.box.top);
+  EXPECT_EQ(a.box.width, b.box.width);
+  EXPECT_EQ(a.box.height, b.box.height);
+  EXPECT_EQ(a.flip, b.flip);
+  int flips = 0;
+  std::set<std::tuple<int, int, int, int>> boxes;
+  for (uint32_t c = 0; c < 1000; ++c) {
+    const CropPlan p = derive_label_crop(7, scale, ratio, 0.5f, 12, c, 375, 500);
+    flips += p.flip;
+    boxes.insert({p.box.left, p.box.top, p.box.width, p.box.height});
+  }
+  EXPECT_GT(boxes.size(), 990u);
+  EXPECT_NEAR(flips, 500, 80);
+  // Another seed or image gives other crops.
+  const CropPlan c = derive_label_crop(8, scale, ratio, 0.5f, 12, 3, 375, 500);
+  const CropPlan d = derive_label_crop(7, scale, ratio, 0.5f, 13, 3, 375, 500);
+  EXPECT_FALSE(c.box.left == a.box.left && c.box.top == a.box.top && c.box.width == a.box.width);
+  EXPECT_FALSE(d.box.left == a.box.left && d.box.top == a.box.top && d.box.width == a.box.width);
+}
+
+TEST(LabelCrops, GoldenValuesPinTheSampler) {
+  // Stores written by any fkd build must replay identically: these boxes are part of the
+  // label-store format (docs/label-store.md). Changing them is a format version bump.
+  const float scale[2] = {0.08f, 1.0f}, ratio[2] = {3.f / 4, 4.f / 3};
+  const CropPlan p = derive_label_crop(0, scale, ratio, 0.5f, 0, 0, 375, 500);
+  const CropPlan q = derive_label_crop(42, scale, ratio, 0.5f, 1000, 499, 28, 28);
+  EXPECT_EQ((std::vector<int>{p.box.left, p.box.top, p.box.width, p.box.height, int(p.flip)}),
+            (std::vector<int>{14, 192, 147, 122, 1}));
+  EXPECT_EQ((std::vector<int>{q.box.left, q.box.top, q.box.width, q.box.height, int(q.flip)}),
+            (std::vector<int>{9, 3, 13, 16, 1}));
 }

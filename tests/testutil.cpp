@@ -57,6 +57,22 @@ void write_file(const std::string& path, const std::string& bytes) {
   if (!f) throw std::runtime_error("cannot write " + path);
 }
 
+void write_idx_split(const std::string& dir, const std::string& prefix, int n, int rows, int cols,
+                     int classes) {
+  auto be32 = [](uint32_t v) {
+    return std::string{char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+  };
+  std::string img = be32(0x803) + be32(uint32_t(n)) + be32(uint32_t(rows)) + be32(uint32_t(cols));
+  std::string lab = be32(0x801) + be32(uint32_t(n));
+  for (int k = 0; k < n; ++k) {
+    for (int y = 0; y < rows; ++y)
+      for (int x = 0; x < cols; ++x) img += char((k * 7 + x * 3 + y * 11) & 255);
+    lab += char(k % classes);
+  }
+  write_file(dir + "/" + prefix + "-images-idx3-ubyte", img);
+  write_file(dir + "/" + prefix + "-labels-idx1-ubyte", lab);
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot read " + path);

@@ -37,6 +37,11 @@ std::string source_path(const std::string& rel);
 /// Writes bytes to a file (throws on failure).
 void write_file(const std::string& path, const std::string& bytes);
 
+/// Writes an uncompressed IDX dataset split into `dir` ("train" or "t10k" prefix): image k
+/// has pixel (y, x) = (k*7 + x*3 + y*11) & 255 and label k % classes.
+void write_idx_split(const std::string& dir, const std::string& prefix, int n, int rows, int cols,
+                     int classes);
+
 /// Reads a whole file (throws on failure).
 std::string read_file(const std::string& path);
 

@@ -28,6 +28,9 @@ class Dataset {
   virtual int64_t label(size_t i) const = 0;
   /// Decodes sample i (thread-safe). Throws DataError / IoError naming the file.
   virtual Image load(size_t i) const = 0;
+  /// Decodes only the rows `pick` chooses once the size is known (see decode_image_rows):
+  /// cheaper for JPEG files when the crops cover part of the image. Default: load() whole.
+  virtual ImageBand load_rows(size_t i, const RowPicker& pick) const;
   /// The sample's identity for messages and fingerprints: a path relative to the
   /// dataset root ("train/Coat/0001.png"), or "train-images-idx3-ubyte.gz#123" for IDX.
   virtual std::string item_name(size_t i) const = 0;

@@ -33,6 +33,9 @@ Interp parse_interp(const std::string& name);
 /// not a complete, valid image.
 Image decode_image(const uint8_t* data, size_t size, int want_channels, const std::string& name);
 
+/// Reads a whole file. Throws IoError naming it.
+std::vector<uint8_t> read_file_bytes(const std::string& path);
+
 /// Reads and decodes a file. Throws IoError (unreadable) or DataError (not a valid image).
 Image read_image(const std::string& path, int want_channels);
 
@@ -55,9 +58,9 @@ struct ImageBand {
 /// above the band are skipped without building their pixels, so a band costs less than the
 /// whole image (damage below the band goes unnoticed); a PNG is decoded whole and cut.
 /// To cut a crop from a band: box.top -= first_row, with the band covering the crop's rows.
+using RowPicker = std::function<RowRange(int height, int width)>;
 ImageBand decode_image_rows(const uint8_t* data, size_t size, int want_channels,
-                            const std::string& name,
-                            const std::function<RowRange(int height, int width)>& pick);
+                            const std::string& name, const RowPicker& pick);
 
 /// A crop in pixels of the source image. May extend past its borders: pixels
 /// outside read as 0, as PIL's Image.crop does (this is how padded random crops work).

@@ -56,6 +56,10 @@ struct LoaderOptions {
   int workers = 1;          ///< worker threads; 0 = produce batches in the calling thread
   int prefetch = 4;         ///< batches decoded ahead (bounded memory)
   bool strict = false;      ///< a bad sample is fatal instead of skipped
+  /// Only samples [range_begin, range_end) in id order (labeling a shard, resuming);
+  /// range_end 0 = all samples. Requires shuffle = false.
+  size_t range_begin = 0;
+  size_t range_end = 0;
 };
 
 /// One batch. Rows of a multi-crop batch are grouped by image: image k's crops are rows
@@ -68,6 +72,8 @@ struct Batch {
   std::vector<uint32_t> sample;     ///< [n] dataset index of each row
   std::vector<uint16_t> crop;       ///< [n] crop number of each row within its image
   std::vector<CropPlan> plans;      ///< [n] crop box and flip of each row (empty in eval)
+  std::vector<int32_t> heights;     ///< [n] full height of each row's source image
+  std::vector<int32_t> widths;      ///< [n] full width of each row's source image
 };
 
 /// A sample that failed to load.

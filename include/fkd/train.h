@@ -43,6 +43,7 @@ struct TrainConfig {
   int threads = 0;             ///< torch intra-op threads; 0 = all cores
   int workers = 1;             ///< data loader threads
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
+  bool channels_last = true;   ///< NHWC activations (faster convolutions with oneDNN/cuDNN)
   bool strict_data = false;    ///< a bad image aborts the run instead of being skipped
   // --- output
   std::string out = "runs/train";  ///< run directory: checkpoint.pt, metrics.jsonl
@@ -99,6 +100,7 @@ struct EvalOptions {
   int threads = 0;
   int workers = 1;
   std::string device = "cpu";
+  bool channels_last = true;
   /// Transform overrides; 0/empty = take them from the checkpoint's config.
   int input_size = 0;
   int eval_resize = 0;

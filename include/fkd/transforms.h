@@ -16,6 +16,12 @@ namespace fkd {
 PixelBox sample_random_resized_crop(Rng& rng, int height, int width, const float scale[2],
                                     const float ratio[2]);
 
+/// exp and natural log computed with basic IEEE-754 operations only (no libm), so results
+/// are bit-identical on every platform: crop derivation depends on them. Relative error
+/// below 1e-15 (a few ulp).
+double portable_exp(double x);
+double portable_log(double x);  ///< x > 0
+
 /// torchvision.transforms.RandomCrop(size, padding): the box (in unpadded coordinates,
 /// so it may start at negative offsets) of a uniformly placed out_h x out_w window in the
 /// image zero-padded by `padding` on every side.
@@ -54,6 +60,14 @@ struct CropPlan {
 
 /// Draws the crop and flip of a training transform for an image of the given size.
 CropPlan sample_train_crop(const TrainTransform& t, Rng& rng, int height, int width);
+
+/// Crop `crop` of image `image` (height x width pixels) in a label store: a
+/// RandomResizedCrop box and a flip drawn from Rng(seed, kLabelCrops, {image, crop}), in
+/// that order (box first, then flip = uniform() < flip_prob). A pure function of its
+/// arguments, identical on every platform, so stores need not hold crop coordinates.
+CropPlan derive_label_crop(uint64_t seed, const float scale[2], const float ratio[2],
+                           float flip_prob, uint64_t image, uint32_t crop, int height,
+                           int width);
 
 /// Parses "rrc" / "crop" / "none".
 TrainTransform::Crop parse_crop_kind(const std::string& name);

@@ -6,6 +6,9 @@
 
 #include "fkd/demo.h"
 #include "fkd/error.h"
+#include "fkd/inspect.h"
+#include "fkd/label.h"
+#include "fkd/store.h"
 #include "fkd/models.h"
 #include "fkd/train.h"
 
@@ -69,12 +72,64 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--limit-val", c.limit_val, "Use only this many val images")
       ->capture_default_str();
   add_execution_flags(app, c.threads, c.workers, c.device);
+  app->add_flag("--channels-last,!--no-channels-last", c.channels_last,
+                "NHWC activations (usually faster convolutions)")
+      ->capture_default_str();
   app->add_flag("--strict-data", c.strict_data, "Abort on an unreadable image instead of skipping");
   app->add_option("--out,-o", c.out, "Run directory (checkpoint.pt, metrics.jsonl)")
       ->capture_default_str();
   app->add_flag("--resume", c.resume, "Continue the run in --out from its last checkpoint");
   app->add_option("--stop-after", c.stop_after,
                   "Stop after this many epochs of this invocation (continue with --resume)");
+}
+
+void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& merge_in,
+               std::string& merge_out, CLI::App** ensemble, std::vector<std::string>& ens_in,
+               std::string& ens_out, CLI::App** label_app) {
+  CLI::App* app = root.add_subcommand(
+      "label", "Generate soft labels: a teacher labels random-resized crops into a store");
+  *label_app = app;
+  app->require_subcommand(0, 1);
+  app->add_option("--teacher,-t", c.teacher,
+                  "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt");
+  app->add_option("--data", c.data, "Dataset whose train split is labeled")->capture_default_str();
+  app->add_option("--out,-o", c.out, "Store directory");
+  app->add_option("--crops", c.crops, "Crops per image")->capture_default_str();
+  app->add_option("--label-type", c.label_type,
+                  "hard, smoothing, marginal_smoothing, marginal_renorm or full")
+      ->capture_default_str();
+  app->add_option("--topk", c.topk, "k of the marginal label types")->capture_default_str();
+  app->add_option("--temperature", c.temperature, "Softmax temperature")->capture_default_str();
+  app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
+      ->capture_default_str();
+  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)")->expected(2);
+  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)")->expected(2);
+  app->add_option("--flip", c.flip, "Horizontal flip probability")->capture_default_str();
+  app->add_option("--input-size", c.input_size, "Teacher input side (0 = auto)");
+  app->add_option("--interpolation", c.interp, "bilinear or bicubic")->capture_default_str();
+  app->add_option("--mean", c.mean, "Normalization mean per channel");
+  app->add_option("--std", c.std, "Normalization std per channel");
+  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)");
+  app->add_option("--batch", c.batch, "Crops per teacher forward")->capture_default_str();
+  app->add_option("--limit", c.limit,
+                  "Label only a deterministic subset of this many images (train with the same "
+                  "--limit-train)");
+  app->add_option("--seed", c.seed, "Crop sampler seed")->capture_default_str();
+  app->add_option("--shard", c.shard,
+                  "This process's part, i/n (default: RANK/WORLD_SIZE from the environment)");
+  app->add_option("--reference-crops", c.reference_crops,
+                  "Label exactly the crops of this existing store (for ensembles)");
+  app->add_flag("--optimize,!--no-optimize", c.optimize,
+                "Freeze and optimize a TorchScript teacher for inference")
+      ->capture_default_str();
+  add_execution_flags(app, c.threads, c.workers, c.device);
+
+  *merge = app->add_subcommand("merge", "Pack all shards of a store into one");
+  (*merge)->add_option("store", merge_in, "Complete store directory")->required();
+  (*merge)->add_option("--out,-o", merge_out, "Output store directory")->required();
+  *ensemble = app->add_subcommand("ensemble", "Average the labels of stores made on the same crops");
+  (*ensemble)->add_option("stores", ens_in, "Two or more store directories")->required();
+  (*ensemble)->add_option("--out,-o", ens_out, "Output store directory")->required();
 }
 
 }  // namespace
@@ -113,6 +168,23 @@ int run_cli(int argc, char** argv) {
                   "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
       ->capture_default_str();
 
+  LabelConfig label_cfg;
+  CLI::App *label_app = nullptr, *merge = nullptr, *ensemble = nullptr;
+  std::string merge_in, merge_out, ens_out;
+  std::vector<std::string> ens_in;
+  add_label(app, label_cfg, &merge, merge_in, merge_out, &ensemble, ens_in, ens_out, &label_app);
+
+  InspectOptions insp;
+  CLI::App* inspect = app.add_subcommand("inspect", "Summarize a label store, or show one image");
+  inspect->add_option("store", insp.store, "Store directory")->required();
+  inspect->add_option("--data", insp.data,
+                      "Dataset the store labels (for agreement with the ground truth)");
+  inspect->add_option("--image", insp.image, "Print this image's crops and labels");
+  inspect->add_option("--render", insp.render, "ID OUT.png: draw an image with its crops")
+      ->expected(2);
+  inspect->add_option("--limit", insp.limit, "Summarize only this many images (0 = all)")
+      ->capture_default_str();
+
   DemoOptions demo_opts;
   CLI::App* demo = app.add_subcommand("demo", "Run the Fashion-MNIST demo end to end");
   demo->add_option("--out,-o", demo_opts.out, "Output directory")->capture_default_str();
@@ -136,6 +208,26 @@ int run_cli(int argc, char** argv) {
     } else if (app.got_subcommand("export")) {
       export_model(export_ckpt, export_out, export_format);
       fmt::print("wrote {} ({})\n", export_out, export_format);
+    } else if (label_app->parsed()) {
+      if (merge->parsed()) {
+        merge_store(merge_in, merge_out);
+        fmt::print("merged {} into {}\n", merge_in, merge_out);
+      } else if (ensemble->parsed()) {
+        ensemble_stores(ens_in, ens_out);
+        fmt::print("wrote the ensemble of {} stores to {}\n", ens_in.size(), ens_out);
+      } else {
+        FKD_CHECK(!label_cfg.teacher.empty(), ConfigError, "label: --teacher is required");
+        FKD_CHECK(!label_cfg.out.empty(), ConfigError, "label: --out is required");
+        const LabelResult r = generate_labels(label_cfg);
+        fmt::print("{}: labeled {} images ({} crops) in {:.1f} s, {:.0f} crops/s, teacher busy "
+                   "{:.0f}% of the time{}\n",
+                   r.store, r.images, r.crops, r.seconds,
+                   r.seconds > 0 ? double(r.crops) / r.seconds : 0.0,
+                   r.seconds > 0 ? 100.0 * r.teacher_seconds / r.seconds : 0.0,
+                   r.complete ? "; the store is complete" : "; other shards are still missing");
+      }
+    } else if (app.got_subcommand("inspect")) {
+      run_inspect(insp);
     } else if (app.got_subcommand("demo")) {
       run_demo(demo_opts);
     }

@@ -13,6 +13,14 @@ namespace fs = std::filesystem;
 
 namespace fkd {
 
+ImageBand Dataset::load_rows(size_t i, const RowPicker& pick) const {
+  ImageBand band;
+  band.image = load(i);
+  band.full_height = band.image.height;
+  pick(band.image.height, band.image.width);
+  return band;
+}
+
 const char* split_name(Split s) { return s == Split::kTrain ? "train" : "val"; }
 
 const std::vector<std::string>& fashion_mnist_classes() {
@@ -159,8 +167,7 @@ class ImageFolderDataset final : public Dataset {
            fs::recursive_directory_iterator(cdir, fs::directory_options::follow_directory_symlink)) {
         if (!e.is_regular_file()) continue;
         if (!has_image_extension(e.path())) {
-          ++ignored_;
-          continue;
+          continue;  // torchvision's ImageFolder also skips non-image files
         }
         files.emplace_back(e.path().parent_path().string(), e.path().filename().string());
       }
@@ -183,7 +190,11 @@ class ImageFolderDataset final : public Dataset {
   Image load(size_t i) const override {
     return read_image(root_ + "/" + items_[i].rel_path, channels_);
   }
-  size_t ignored_files() const { return ignored_; }
+  ImageBand load_rows(size_t i, const RowPicker& pick) const override {
+    const std::string path = root_ + "/" + items_[i].rel_path;
+    const std::vector<uint8_t> bytes = read_file_bytes(path);
+    return decode_image_rows(bytes.data(), bytes.size(), channels_, path, pick);
+  }
 
  private:
   struct Item {
@@ -192,7 +203,6 @@ class ImageFolderDataset final : public Dataset {
     uint64_t bytes;
   };
   std::vector<Item> items_;
-  size_t ignored_ = 0;
 };
 
 /// Every k-th sample of another dataset (a deterministic subset for quick runs).

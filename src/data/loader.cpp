@@ -42,7 +42,8 @@ Loader::~Loader() { stop(); }
 
 size_t Loader::num_batches() const {
   const size_t ipb = opts_.batch_size / size_t(m_);
-  const size_t n = ds_->size();
+  const size_t end = opts_.range_end ? std::min(opts_.range_end, ds_->size()) : ds_->size();
+  const size_t n = end - std::min(opts_.range_begin, end);
   return opts_.drop_last ? n / ipb : (n + ipb - 1) / ipb;
 }
 
@@ -62,8 +63,12 @@ void Loader::start_epoch(int64_t epoch) {
   FKD_CHECK(opts_.batch_size >= size_t(m_), ConfigError, "batch size {} below crops per image {}",
             opts_.batch_size, m_);
   epoch_ = epoch;
-  order_.resize(ds_->size());
-  std::iota(order_.begin(), order_.end(), 0u);
+  const size_t end = opts_.range_end ? std::min(opts_.range_end, ds_->size()) : ds_->size();
+  const size_t begin = std::min(opts_.range_begin, end);
+  FKD_CHECK(!(opts_.shuffle && (begin > 0 || end < ds_->size())), ConfigError,
+            "a sample range cannot be shuffled");
+  order_.resize(end - begin);
+  std::iota(order_.begin(), order_.end(), uint32_t(begin));
   if (opts_.shuffle) {
     Rng rng(opts_.seed, RngStream::kOrder, {uint64_t(epoch)});
     for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.below(i)]);
@@ -147,9 +152,22 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   size_t row = 0;
   for (size_t k = first; k < last; ++k) {
     const uint32_t idx = order_[k];
-    Image img;
+    ImageBand band;
     try {
-      img = ds_->load(idx);
+      if (train_) {
+        // Plan the crops as soon as the size is known, then decode only the rows they cover.
+        band = ds_->load_rows(idx, [&](int height, int width) {
+          source_->crops(idx, epoch_, height, width, plans.data());
+          int lo = height, hi = 0;
+          for (const CropPlan& p : plans) {
+            lo = std::min(lo, std::max(0, p.box.top));
+            hi = std::max(hi, std::min(height, p.box.top + p.box.height));
+          }
+          return hi > lo ? RowRange{lo, hi} : RowRange{0, height};
+        });
+      } else {
+        band.image = ds_->load(idx);
+      }
     } catch (const Error& e) {
       if (opts_.strict) throw;
       std::lock_guard<std::mutex> lk(mu_);
@@ -159,14 +177,18 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       continue;
     }
     const int64_t target = ds_->label(idx);
+    const Image& img = band.image;
     if (train_) {
-      source_->crops(idx, epoch_, img.height, img.width, plans.data());
       for (int c = 0; c < m_; ++c) {
-        resized_crop(img, plans[size_t(c)].box, plans[size_t(c)].flip, out_h_, out_w_,
-                     train_t_.interp, hwc.data(), scratch);
+        PixelBox box = plans[size_t(c)].box;
+        box.top -= band.first_row;  // band-relative
+        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp,
+                     hwc.data(), scratch);
         to_float_chw(hwc.data(), out_h_, out_w_, out_c_, train_t_.norm,
                      batch.images.get() + row * plane);
         batch.plans.push_back(plans[size_t(c)]);
+        batch.heights.push_back(band.full_height);
+        batch.widths.push_back(img.width);
         batch.targets.push_back(target);
         batch.sample.push_back(idx);
         batch.crop.push_back(uint16_t(c));
@@ -182,6 +204,8 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       batch.targets.push_back(target);
       batch.sample.push_back(idx);
       batch.crop.push_back(0);
+      batch.heights.push_back(img.height);
+      batch.widths.push_back(img.width);
       ++row;
     }
   }

@@ -12,13 +12,47 @@ namespace {
 int py_round(double x) { return static_cast<int>(std::nearbyint(x)); }
 }  // namespace
 
+double portable_exp(double x) {
+  FKD_CHECK(x > -700 && x < 700, ConfigError, "portable_exp: argument {} out of range", x);
+  // x = n ln2 + r, |r| <= ln2/2; ln2 split so n*kLn2Hi is exact.
+  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+  const double n = std::nearbyint(x / 0.6931471805599453);
+  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
+  // Taylor series to r^14: truncation < 1e-17 for |r| <= 0.347.
+  double term = 1, sum = 1;
+  for (int i = 1; i <= 14; ++i) {
+    term = term * r / i;
+    sum = sum + term;
+  }
+  return std::ldexp(sum, int(n));
+}
+
+double portable_log(double x) {
+  FKD_CHECK(x > 0 && std::isfinite(x), ConfigError, "portable_log: argument {} out of range", x);
+  int e;
+  double m = std::frexp(x, &e);  // x = m 2^e, m in [0.5, 1)
+  if (m < 0.70710678118654752440) {
+    m = m * 2;
+    e = e - 1;
+  }
+  // log m = 2 atanh(s), s = (m-1)/(m+1), |s| <= 0.1716: odd series to s^27.
+  const double s = (m - 1) / (m + 1), s2 = s * s;
+  double power = s, sum = 0;
+  for (int i = 1; i <= 27; i += 2) {
+    sum = sum + power / i;
+    power = power * s2;
+  }
+  constexpr double kLn2Hi = 6.93147180369123816490e-01, kLn2Lo = 1.90821492927058770002e-10;
+  return (e * kLn2Hi + 2 * sum) + e * kLn2Lo;
+}
+
 PixelBox sample_random_resized_crop(Rng& rng, int height, int width, const float scale[2],
                                     const float ratio[2]) {
   const double area = double(height) * double(width);
-  const double log_r0 = std::log(double(ratio[0])), log_r1 = std::log(double(ratio[1]));
+  const double log_r0 = portable_log(ratio[0]), log_r1 = portable_log(ratio[1]);
   for (int attempt = 0; attempt < 10; ++attempt) {
     const double target_area = area * rng.uniform(scale[0], scale[1]);
-    const double aspect = std::exp(rng.uniform(log_r0, log_r1));
+    const double aspect = portable_exp(rng.uniform(log_r0, log_r1));
     const int w = py_round(std::sqrt(target_area * aspect));
     const int h = py_round(std::sqrt(target_area / aspect));
     if (0 < w && w <= width && 0 < h && h <= height) {
@@ -63,6 +97,16 @@ CropPlan sample_train_crop(const TrainTransform& t, Rng& rng, int height, int wi
       break;
   }
   p.flip = t.flip_prob > 0 && rng.bernoulli(t.flip_prob);
+  return p;
+}
+
+CropPlan derive_label_crop(uint64_t seed, const float scale[2], const float ratio[2],
+                           float flip_prob, uint64_t image, uint32_t crop, int height,
+                           int width) {
+  Rng rng(seed, RngStream::kLabelCrops, {image, crop});
+  CropPlan p;
+  p.box = sample_random_resized_crop(rng, height, width, scale, ratio);
+  p.flip = rng.uniform() < flip_prob;
   return p;
 }
 

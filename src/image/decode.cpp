@@ -46,7 +46,6 @@ void check_size(int w, int h, const std::string& name) {
             "{}: image size {}x{} is empty or above {} pixels", name, w, h, kMaxPixels);
 }
 
-using RowPicker = std::function<RowRange(int height, int width)>;
 
 RowRange clamp_rows(RowRange r, int height, const std::string& name) {
   r.begin = std::max(r.begin, 0);
@@ -319,7 +318,7 @@ ImageBand decode_image_rows(const uint8_t* data, size_t size, int want_channels,
   return decode_any(data, size, want_channels, name, &pick);
 }
 
-Image read_image(const std::string& path, int want_channels) {
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail<IoError>("{}: cannot open: {}", path, std::strerror(errno));
   std::vector<uint8_t> bytes;
@@ -338,6 +337,11 @@ Image read_image(const std::string& path, int want_channels) {
     bytes.insert(bytes.end(), buf, buf + n);
   }
   ::close(fd);
+  return bytes;
+}
+
+Image read_image(const std::string& path, int want_channels) {
+  const std::vector<uint8_t> bytes = read_file_bytes(path);
   return decode_image(bytes.data(), bytes.size(), want_channels, path);
 }
 

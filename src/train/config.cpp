@@ -84,7 +84,8 @@ nlohmann::json to_json(const TrainConfig& c) {
       {"nesterov", c.nesterov}, {"weight_decay", c.weight_decay}, {"epochs", c.epochs},
       {"warmup_epochs", c.warmup_epochs}, {"label_smoothing", c.label_smoothing},
       {"batch_size", c.batch_size}, {"seed", c.seed}, {"threads", c.threads},
-      {"workers", c.workers}, {"device", c.device}, {"strict_data", c.strict_data},
+      {"workers", c.workers}, {"device", c.device}, {"channels_last", c.channels_last},
+      {"strict_data", c.strict_data},
       {"out", c.out},
   };
 }
@@ -127,6 +128,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     j.at("workers").get_to(c.workers);
     j.at("device").get_to(c.device);
     j.at("strict_data").get_to(c.strict_data);
+    j.at("channels_last").get_to(c.channels_last);
     j.at("out").get_to(c.out);
     return c;
   } catch (const nlohmann::json::exception& e) {

@@ -47,7 +47,7 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
     FKD_CHECK(classes == ds->classes(), DataError,
               "{}: its {} classes differ from the {} classes of {}", model_path, classes.size(),
               ds->classes().size(), opts.data);
-    net->to(device);
+    place_model(*net, device, opts.channels_last);
     net->eval();
   }
 
@@ -64,7 +64,7 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
               c10::str(logits.sizes()), opts.data, num_classes);
     return logits;
   };
-  return run_evaluation(forward, loader, device, "eval");
+  return run_evaluation(forward, loader, device, opts.channels_last && net != nullptr, "eval");
 }
 
 void export_model(const std::string& checkpoint, const std::string& out,

@@ -71,11 +71,21 @@ EvalTransform eval_transform(const TrainConfig& cfg) {
   return t;
 }
 
-torch::Tensor batch_images(const Batch& b, const torch::Device& device) {
+torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last) {
   auto keep = b.images;
   auto t = torch::from_blob(
       b.images.get(), {b.n, b.c, b.h, b.w}, [keep](void*) {}, torch::kFloat32);
-  return device.is_cpu() ? t : t.to(device, /*non_blocking=*/true);
+  if (!device.is_cpu()) t = t.to(device, /*non_blocking=*/true);
+  return channels_last ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+}
+
+void place_model(torch::nn::Module& net, const torch::Device& device, bool channels_last) {
+  net.to(device);
+  if (!channels_last) return;
+  torch::NoGradGuard no_grad;
+  for (auto& p : net.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+  }
 }
 
 torch::Tensor batch_targets(const Batch& b, const torch::Device& device) {
@@ -91,7 +101,8 @@ double lr_at(double lr, int64_t step, int64_t warmup, int64_t total) {
 }
 
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
-                          Loader& loader, const torch::Device& device, const std::string& label) {
+                          Loader& loader, const torch::Device& device, bool channels_last,
+                          const std::string& label) {
   torch::NoGradGuard no_grad;
   loader.start_epoch(0);
   Progress bar(label, loader.dataset().size(), "img");
@@ -102,7 +113,7 @@ EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&
   Batch b;
   while (loader.next(b)) {
     if (b.n == 0) continue;
-    const auto x = batch_images(b, device);
+    const auto x = batch_images(b, device, channels_last);
     const auto y = batch_targets(b, device);
     const auto logits = forward(x).to(torch::kFloat32);
     loss_sum += torch::nn::functional::cross_entropy(

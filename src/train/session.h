@@ -18,8 +18,12 @@ torch::Device parse_device(const std::string& spec);
 TrainTransform train_transform(const TrainConfig& cfg);
 EvalTransform eval_transform(const TrainConfig& cfg);
 
-/// A batch's images as a tensor that shares the batch's memory, moved to `device`.
-torch::Tensor batch_images(const Batch& b, const torch::Device& device);
+/// A batch's images as a tensor on `device` ([n, c, h, w] float32); on the CPU it shares
+/// the batch's memory unless channels_last asks for NHWC strides.
+torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last);
+
+/// Moves a model to `device`, with its 4-D weights in channels-last layout if asked.
+void place_model(torch::nn::Module& net, const torch::Device& device, bool channels_last);
 /// A batch's class indices, int64 [n] on `device`.
 torch::Tensor batch_targets(const Batch& b, const torch::Device& device);
 
@@ -29,6 +33,7 @@ double lr_at(double lr, int64_t step, int64_t warmup, int64_t total);
 
 /// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass).
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
-                          Loader& loader, const torch::Device& device, const std::string& label);
+                          Loader& loader, const torch::Device& device, bool channels_last,
+                          const std::string& label);
 
 }  // namespace fkd

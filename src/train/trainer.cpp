@@ -39,7 +39,7 @@ void check_resume_compatible(const TrainConfig& now, const TrainConfig& saved,
                              const std::string& path) {
   auto a = nlohmann::json::parse(config_to_json(now));
   auto b = nlohmann::json::parse(config_to_json(saved));
-  for (const char* k : {"threads", "workers", "device", "out", "strict_data"}) {
+  for (const char* k : {"threads", "workers", "device", "out", "strict_data", "channels_last"}) {
     a.erase(k);
     b.erase(k);
   }
@@ -85,7 +85,7 @@ TrainResult train(TrainConfig cfg) {
 
   torch::manual_seed(cfg.seed);
   std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
-  net->to(device);
+  place_model(*net, device, cfg.channels_last);
   auto optimizer = make_optimizer(cfg, *net);
 
   CheckpointMeta meta;
@@ -150,7 +150,7 @@ TrainResult train(TrainConfig cfg) {
       if (b.n == 0) continue;
       lr = lr_at(cfg.lr, meta.step, warmup_steps, total_steps);
       set_lr(*optimizer, lr);
-      const auto x = batch_images(b, device);
+      const auto x = batch_images(b, device, cfg.channels_last);
       const auto y = batch_targets(b, device);
       const auto logits = net->forward(x);
       const auto loss = torch::nn::functional::cross_entropy(
@@ -171,7 +171,7 @@ TrainResult train(TrainConfig cfg) {
 
     net->eval();
     const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net->forward(x); },
-                                         val_loader, device, "  eval");
+                                         val_loader, device, cfg.channels_last, "  eval");
     EpochMetrics m;
     m.epoch = epoch + 1;
     m.train_loss = seen ? loss_sum.item<double>() / double(seen) : 0;

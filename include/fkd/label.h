@@ -1,0 +1,62 @@
+// Soft-label generation (`fkd label`): a teacher labels derived random-resized crops of
+// every training image once; the result is a label store (store.h, docs/label-store.md).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fkd {
+
+struct LabelConfig {
+  std::string teacher;                 ///< TorchScript file, or a checkpoint.pt of fkd train
+  std::string data = "fashion-mnist";  ///< dataset spec (its train split is labeled)
+  std::string out;                     ///< store directory
+  int crops = 500;                     ///< crops per image
+  std::string label_type = "marginal_smoothing";
+  int topk = 5;
+  float temperature = 1.0f;
+  std::string precision = "fp16";      ///< fp16 | u8 | fp32
+  std::array<float, 2> scale = {0.08f, 1.0f};
+  std::array<float, 2> ratio = {3.f / 4.f, 4.f / 3.f};
+  float flip = 0.5f;
+  int input_size = 0;                  ///< 0 = the teacher checkpoint's, else the dataset's
+  std::string interp = "bilinear";
+  std::vector<float> mean, std;        ///< empty = the teacher checkpoint's / dataset's
+  int channels = 0;
+  size_t limit = 0;                    ///< label a deterministic subset of this many images
+  size_t batch = 256;                  ///< crops per teacher forward
+  uint64_t seed = 0;                   ///< crop sampler seed
+  int threads = 0;
+  int workers = 1;
+  std::string device = "cpu";
+  std::string shard;                   ///< "i/n"; empty = RANK/WORLD_SIZE or 0/1
+  std::string reference_crops;         ///< label exactly the crops of this existing store
+  bool optimize = true;                ///< freeze + optimize_for_inference a TorchScript teacher
+};
+
+struct LabelResult {
+  std::string store;
+  uint64_t images = 0;          ///< images labeled by this call
+  uint64_t crops = 0;           ///< crops labeled by this call
+  double seconds = 0;           ///< wall time
+  double teacher_seconds = 0;   ///< wall time inside the teacher's forward pass
+  bool complete = false;        ///< every shard of the store is finished
+};
+
+/// Labels this process's shard of the dataset into cfg.out, resuming a partial run of the
+/// same command. Throws ConfigError when the store in cfg.out was made differently
+/// (naming each difference), or the teacher's output width is not the class count.
+LabelResult generate_labels(const LabelConfig& cfg);
+
+/// The shard this process labels: "i/n" if given, else RANK and WORLD_SIZE from the
+/// environment (torchrun, Slurm via SLURM_PROCID/SLURM_NTASKS), else 0/1.
+std::pair<uint32_t, uint32_t> resolve_shard(const std::string& spec);
+
+/// Averages the dense labels of several stores made on identical crops (same dataset,
+/// sampler and seed, e.g. with --reference-crops) and writes them, quantized as the first
+/// store, to out.
+void ensemble_stores(const std::vector<std::string>& stores, const std::string& out);
+
+}  // namespace fkd

@@ -1,0 +1,169 @@
+// The soft-label store: what `fkd label` writes and FKD training reads.
+//
+// A store is a directory:
+//   manifest.json                      what was labeled, how, by which teacher (see Manifest)
+//   shard-SSSSS-of-NNNNN.fkdl          image records of a contiguous range of image ids
+// Full specification: docs/label-store.md. Crop coordinates are not stored: crop c of image
+// i is derived from (sampler seed, i, c) and the image's size by derive_label_crop()
+// (transforms.h); each record stores the image size and a hash of its derived crops, which
+// the reader checks.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace fkd {
+
+/// How a teacher's softmax output is quantized (the reference's label types).
+enum class LabelType : uint8_t {
+  kHard = 0,               ///< argmax only; recovered as one-hot
+  kSmoothing = 1,          ///< top-1 index and probability p; others (1-p)/(C-1)
+  kMarginalSmoothing = 2,  ///< top-k indices and probabilities; others (1-sum)/(C-k)
+  kMarginalRenorm = 3,     ///< top-k probabilities renormalized to sum 1; others 0
+  kFull = 4,               ///< all C probabilities
+};
+/// "hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"
+const char* label_type_name(LabelType t);
+LabelType parse_label_type(const std::string& name);  ///< throws ConfigError
+
+/// How stored probabilities are encoded.
+enum class Precision : uint8_t {
+  kFp32 = 0,  ///< IEEE binary32
+  kFp16 = 1,  ///< IEEE binary16 (round to nearest even)
+  kU8 = 2,    ///< round(p * 255)
+};
+const char* precision_name(Precision p);  ///< "fp32", "fp16", "u8"
+Precision parse_precision(const std::string& name);  ///< throws ConfigError
+
+/// Values stored per crop for a label type: hard 1 index, smoothing 1+1, marginal k+k,
+/// full C values (no indices).
+int stored_indices(LabelType t, int k);
+int stored_values(LabelType t, int k, int num_classes);
+
+/// The labels of one image: everything its record holds, decoded.
+struct ImageLabels {
+  uint32_t height = 0;      ///< image height when labeled (crops are derived from it)
+  uint32_t width = 0;       ///< image width when labeled
+  uint32_t crop_hash = 0;   ///< hash of the derived crops (see docs/label-store.md)
+  uint32_t num_crops = 0;
+  /// [num_crops, stored_indices] class ids (int32: any class count), descending probability.
+  std::vector<int32_t> indices;
+  /// [num_crops, stored_values] probabilities, decoded to float32.
+  std::vector<float> values;
+};
+
+/// Quantizes one crop's probabilities `probs` [num_classes] (softmax output, sums to 1)
+/// into `indices` / `values` (stored_indices / stored_values entries each) for the label
+/// type; values are NOT yet rounded to the storage precision. Ties in top-k are broken
+/// by the lower class id. Pure.
+void quantize_crop(const float* probs, int num_classes, LabelType t, int k, int32_t* indices,
+                   float* values);
+
+/// Rounds a value as the precision stores it (for tests and exact comparisons).
+float round_to_precision(float v, Precision p);
+
+/// Recovers one crop's dense soft label `out` [num_classes] from its stored indices and
+/// values, with the reference's formulas for each label type. Pure.
+void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
+                   const float* values, float* out);
+
+/// Everything about a store except the records (manifest.json).
+struct Manifest {
+  int version = 1;                     ///< format version
+  // dataset
+  uint64_t num_images = 0;             ///< images in the dataset's train split
+  std::string dataset_fingerprint;     ///< hex xxh64 of the ordered "relpath\tbytes\n" list
+  std::vector<std::string> classes;    ///< class names, index = class id
+  // teacher
+  std::string teacher;                 ///< file name or zoo name, for people
+  std::string teacher_hash;            ///< hex xxh128 (XXH3) of the teacher file's bytes
+  float temperature = 1.0f;
+  // labels
+  LabelType label_type = LabelType::kMarginalSmoothing;
+  int k = 5;                           ///< top-k (marginal types); 1 for hard/smoothing
+  Precision precision = Precision::kFp16;
+  uint32_t crops_per_image = 0;
+  // crop sampler (RandomResizedCrop + flip); crops are derived, see derive_label_crop
+  uint64_t seed = 0;
+  float scale[2] = {0.08f, 1.0f};
+  float ratio[2] = {3.f / 4.f, 4.f / 3.f};
+  float flip_prob = 0.5f;
+  // teacher input transform (for people and for checks on resume)
+  int input_size = 0;
+  std::string interpolation = "bilinear";
+  std::vector<float> mean, std;
+  // sharding
+  uint32_t num_shards = 1;             ///< shard files that make up the store
+};
+
+/// Reads and validates manifest.json (FormatError naming the file and field).
+Manifest read_manifest(const std::string& store_dir);
+/// Writes manifest.json atomically.
+void write_manifest(const std::string& store_dir, const Manifest& m);
+/// Lists the fields in which two manifests differ that matter for appending to / reading
+/// a store together (everything but num_shards and teacher name): "temperature (1 vs 2)", ...
+std::vector<std::string> manifest_differences(const Manifest& a, const Manifest& b);
+
+/// Images [begin, end) of shard `index` of `count` over `num_images` images.
+std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count);
+/// "shard-00003-of-00008.fkdl"
+std::string shard_file_name(uint32_t index, uint32_t count);
+
+/// The crop hash a record of image `image` (height x width pixels) must carry: XXH32 (seed 0)
+/// of (left, top, width, height, flip) as little-endian int32 of every crop c in
+/// [0, crops_per_image), derived by derive_label_crop from the manifest's sampler.
+uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width);
+
+/// Writes one shard: records must be appended in image-id order, each exactly once.
+/// Crash-safe: records go to "<shard>.partial" as self-checking blocks; open() on an
+/// existing .partial keeps every complete, checksummed block and drops a torn tail, so the
+/// labeler resumes from next_image(). finish() appends the index and footer, fsyncs and
+/// renames to the final name. A finished shard is never modified.
+class ShardWriter {
+ public:
+  ShardWriter(const std::string& store_dir, const Manifest& m, uint32_t shard_index);
+  ~ShardWriter();
+  /// The image id the next append must have (begin of the range on a fresh shard).
+  uint64_t next_image() const;
+  /// True when the final shard file already exists (nothing left to do).
+  bool finished() const;
+  /// Appends image `image_id`'s record (values rounded to the manifest precision).
+  void append(uint64_t image_id, const ImageLabels& labels);
+  /// Writes index + footer and publishes the shard. All images of the range must be present.
+  void finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Read-only view of a complete store (all shards), memory-mapped. Thread-safe.
+class StoreReader {
+ public:
+  /// Opens and validates the manifest and every shard's header, index and footer
+  /// (FormatError naming the file, offset, expected and found on any inconsistency).
+  /// check_crops: read() also checks each record's crop_hash against label_crop_hash (costs
+  /// deriving every crop of the image; for debugging).
+  explicit StoreReader(const std::string& store_dir, bool check_crops = false);
+  ~StoreReader();
+  const Manifest& manifest() const;
+  uint64_t num_images() const;
+  /// Decodes image `image_id`'s record, verifying its block checksum (FormatError if bad).
+  void read(uint64_t image_id, ImageLabels& out) const;
+  /// True when the record's crop_hash equals label_crop_hash of its stored image size,
+  /// i.e. the crops derive_label_crop gives are the ones the teacher labeled.
+  bool verify_crops(uint64_t image_id) const;
+  /// Total bytes of the shard files (for bytes-per-crop figures).
+  uint64_t shard_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
+/// `out_dir`; the records are identical.
+void merge_store(const std::string& store_dir, const std::string& out_dir);
+
+}  // namespace fkd

@@ -1,0 +1,155 @@
+// Reading a complete store (manifest + every shard, memory-mapped) and merging its shards.
+#include <algorithm>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "fkd/error.h"
+#include "fkd/store.h"
+#include "store/format.h"
+
+namespace fkd {
+
+namespace fs = std::filesystem;
+
+namespace store {
+namespace {
+
+/// A store's manifest and its shards, opened and cross-checked.
+struct OpenStore {
+  Manifest manifest;
+  std::vector<std::unique_ptr<MappedFile>> maps;
+  std::vector<ShardView> views;
+  std::vector<uint64_t> begins;  ///< first image of each shard
+  uint64_t bytes = 0;
+
+  const ShardView& shard_of(uint64_t image_id) const {
+    FKD_CHECK(image_id < manifest.num_images, ConfigError,
+              "label store: image {} out of range [0, {})", image_id, manifest.num_images);
+    // The last shard starting at or before image_id: empty shards precede the one holding it.
+    const size_t s = size_t(std::upper_bound(begins.begin(), begins.end(), image_id) - begins.begin()) - 1;
+    return views[s];
+  }
+};
+
+/// "k = 5" vs "k = 3": one header field against the manifest.
+template <typename A, typename B>
+void expect_field(const std::string& shard, size_t offset, const char* field, const A& header,
+                  const B& manifest) {
+  FKD_CHECK(header == manifest, FormatError,
+            "{}: offset {}: header says {} = {}, manifest.json says {} (the shard belongs to "
+            "another store)",
+            shard, offset, field, header, manifest);
+}
+
+OpenStore open_store(const std::string& dir) {
+  OpenStore s;
+  s.manifest = read_manifest(dir);
+  const Manifest& m = s.manifest;
+  const uint64_t key = store_key(m);
+  uint64_t next_begin = 0;
+  for (uint32_t i = 0; i < m.num_shards; ++i) {
+    const std::string path = (fs::path(dir) / shard_file_name(i, m.num_shards)).string();
+    if (!fs::exists(path)) {
+      FKD_CHECK(!fs::exists(path + ".partial"), FormatError,
+                "{}: shard {} of {} is unfinished (only {}.partial exists): resume labeling to "
+                "finish it",
+                path, i, m.num_shards, fs::path(path).filename().string());
+      fail<FormatError>("{}: missing shard {} of {} (manifest.json says num_shards = {})", path, i,
+                        m.num_shards, m.num_shards);
+    }
+    s.maps.push_back(std::make_unique<MappedFile>(path));
+    const MappedFile& map = *s.maps.back();
+    s.views.push_back(ShardView::parse(map.data(), map.size(), path));
+    const ShardHeader& h = s.views.back().header();
+    const auto [begin, end] = shard_range(m.num_images, i, m.num_shards);
+    expect_field(path, 16, "shard_index", h.shard_index, i);
+    expect_field(path, 20, "shard_count", h.shard_count, m.num_shards);
+    expect_field(path, 40, "num_images", h.num_images, m.num_images);
+    expect_field(path, 48, "crops_per_image", h.crops_per_image, m.crops_per_image);
+    expect_field(path, 52, "num_classes", uint64_t(h.num_classes), uint64_t(m.classes.size()));
+    expect_field(path, 56, "label_type", std::string(label_type_name(h.label_type)),
+                 std::string(label_type_name(m.label_type)));
+    expect_field(path, 57, "precision", std::string(precision_name(h.precision)),
+                 std::string(precision_name(m.precision)));
+    expect_field(path, 60, "k", int64_t(h.k), int64_t(m.k));
+    expect_field(path, 24, "image_begin", h.image_begin, begin);
+    expect_field(path, 32, "image_end", h.image_end, end);
+    FKD_CHECK(h.store_key == key, FormatError,
+              "{}: offset 64: header says store key 0x{:016x}, manifest.json gives 0x{:016x} "
+              "(made with another teacher, dataset, classes or crop sampler)",
+              path, h.store_key, key);
+    FKD_CHECK(h.image_begin == next_begin, FormatError,
+              "{}: shard starts at image {}, expected {} (the shards must tile [0, {}))", path,
+              h.image_begin, next_begin, m.num_images);
+    next_begin = h.image_end;
+    s.begins.push_back(h.image_begin);
+    s.bytes += map.size();
+  }
+  FKD_CHECK(next_begin == m.num_images, FormatError,
+            "{}: the shards cover images [0, {}), manifest.json says {}", dir, next_begin,
+            m.num_images);
+  return s;
+}
+
+}  // namespace
+}  // namespace store
+
+struct StoreReader::Impl {
+  store::OpenStore store;
+  bool check_crops = false;
+};
+
+StoreReader::StoreReader(const std::string& store_dir, bool check_crops)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->store = store::open_store(store_dir);
+  impl_->check_crops = check_crops;
+}
+
+StoreReader::~StoreReader() = default;
+
+const Manifest& StoreReader::manifest() const { return impl_->store.manifest; }
+
+uint64_t StoreReader::num_images() const { return impl_->store.manifest.num_images; }
+
+uint64_t StoreReader::shard_bytes() const { return impl_->store.bytes; }
+
+void StoreReader::read(uint64_t image_id, ImageLabels& out) const {
+  const store::ShardView& v = impl_->store.shard_of(image_id);
+  v.read(image_id, out);
+  if (impl_->check_crops) {
+    const uint32_t want = label_crop_hash(impl_->store.manifest, image_id, out.height, out.width);
+    FKD_CHECK(out.crop_hash == want, FormatError,
+              "{}: image {}: crop hash 0x{:08x} does not match the crops derived from the "
+              "manifest's sampler for a {}x{} image (0x{:08x})",
+              v.name(), image_id, out.crop_hash, out.height, out.width, want);
+  }
+}
+
+bool StoreReader::verify_crops(uint64_t image_id) const {
+  thread_local ImageLabels l;
+  impl_->store.shard_of(image_id).read(image_id, l);
+  return l.crop_hash == label_crop_hash(impl_->store.manifest, image_id, l.height, l.width);
+}
+
+void merge_store(const std::string& store_dir, const std::string& out_dir) {
+  const store::OpenStore src = store::open_store(store_dir);
+  Manifest m = src.manifest;
+  m.num_shards = 1;
+  fs::create_directories(out_dir);
+  FKD_CHECK(!fs::exists(fs::path(out_dir) / "manifest.json"), ConfigError,
+            "{}: already holds a label store; merge into a new directory", out_dir);
+  const std::string path = (fs::path(out_dir) / shard_file_name(0, 1)).string();
+  // Blocks are copied verbatim (a block's checksum covers its image id, not its offset);
+  // a crashed merge resumes from the .partial like any shard.
+  store::ShardFile out(path, store::header_for(m, 0));
+  for (uint64_t id = out.next_image(); id < m.num_images; ++id) {
+    const store::ShardView& v = src.shard_of(id);
+    const uint8_t* block = v.checked_block(id);
+    out.append_block(block, store::kBlockHeaderSize + v.entry(id).payload_size);
+  }
+  out.finish();
+  write_manifest(out_dir, m);  // last: a store without its manifest is not a store
+}
+
+}  // namespace fkd

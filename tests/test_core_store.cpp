@@ -1,0 +1,994 @@
+// The label store (store.h, docs/label-store.md): pure kernels, round trips of every label
+// type and precision, a table of corrupt stores, crash/resume of the writer, sharding and
+// merging, the crop hash, and the committed v1 seed shards (golden files).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <atomic>
+#include <random>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <xxhash.h>
+
+#include "fkd/error.h"
+#include "fkd/rng.h"
+#include "fkd/store.h"
+#include "fkd/transforms.h"
+#include "store/format.h"
+#include "testutil.h"
+
+namespace fkd {
+namespace {
+
+namespace fs = std::filesystem;
+using test::read_file;
+using test::TempDir;
+using test::write_file;
+
+// --- fixtures --------------------------------------------------------------------------
+
+Manifest make_manifest(LabelType t, int k, Precision p, int num_classes, uint32_t crops,
+                       uint64_t num_images, uint32_t shards = 1) {
+  Manifest m;
+  m.num_images = num_images;
+  m.dataset_fingerprint = "0123456789abcdef";
+  for (int c = 0; c < num_classes; ++c) m.classes.push_back("class" + std::to_string(c));
+  m.teacher = "teacher.pt";
+  m.teacher_hash = "00112233445566778899aabbccddeeff";
+  m.label_type = t;
+  m.k = k;
+  m.precision = p;
+  m.crops_per_image = crops;
+  m.seed = 42;
+  m.input_size = 32;
+  m.mean = {0.5f, 0.25f, 0.125f};
+  m.std = {0.2f, 0.3f, 0.4f};
+  m.num_shards = shards;
+  return m;
+}
+
+double normal(Rng& r) {
+  const double u = std::max(r.uniform(), 1e-300), v = r.uniform();
+  return std::sqrt(-2 * std::log(u)) * std::cos(6.283185307179586 * v);
+}
+
+/// A teacher-like softmax: per-image prior logits and a boosted true class, per-crop noise.
+std::vector<float> crop_probs(uint64_t image, uint32_t crop, int C) {
+  Rng img(hash_keys({image, 7}));
+  Rng cr(hash_keys({image, crop, 9}));
+  const int truth = int(img.below(uint64_t(C)));
+  std::vector<double> logit(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) logit[size_t(c)] = 1.5 * normal(img) + 0.5 * normal(cr);
+  logit[size_t(truth)] += std::log(double(C)) + 2 + 2 * normal(cr);
+  const double mx = *std::max_element(logit.begin(), logit.end());
+  double sum = 0;
+  for (double& x : logit) sum += (x = std::exp(x - mx));
+  std::vector<float> p(static_cast<size_t>(C));
+  for (int c = 0; c < C; ++c) p[size_t(c)] = float(logit[size_t(c)] / sum);
+  return p;
+}
+
+int num_classes(const Manifest& m) { return int(m.classes.size()); }
+
+/// Image i's labels as a labeler would produce them (quantized, not yet rounded).
+ImageLabels make_labels(const Manifest& m, uint64_t image) {
+  const int C = num_classes(m);
+  const int ni = stored_indices(m.label_type, m.k), nv = stored_values(m.label_type, m.k, C);
+  ImageLabels l;
+  l.height = 40 + uint32_t(image % 17);
+  l.width = 50 + uint32_t(image % 23);
+  l.num_crops = m.crops_per_image;
+  l.crop_hash = label_crop_hash(m, image, l.height, l.width);
+  l.indices.resize(size_t(m.crops_per_image) * size_t(ni));
+  l.values.resize(size_t(m.crops_per_image) * size_t(nv));
+  for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+    const auto p = crop_probs(image, c, C);
+    quantize_crop(p.data(), C, m.label_type, m.k, l.indices.data() + size_t(c) * size_t(ni),
+                  l.values.data() + size_t(c) * size_t(nv));
+  }
+  return l;
+}
+
+/// Labels from integer arithmetic and correctly rounded float division only (no libm), so
+/// the committed golden shards compare equal on every platform.
+ImageLabels portable_labels(const Manifest& m, uint64_t image) {
+  const int C = num_classes(m);
+  const int ni = stored_indices(m.label_type, m.k), nv = stored_values(m.label_type, m.k, C);
+  ImageLabels l;
+  l.height = 30 + uint32_t(image);
+  l.width = 45 - uint32_t(image);
+  l.num_crops = m.crops_per_image;
+  l.crop_hash = label_crop_hash(m, image, l.height, l.width);
+  l.indices.resize(size_t(m.crops_per_image) * size_t(ni));
+  l.values.resize(size_t(m.crops_per_image) * size_t(nv));
+  Rng img(hash_keys({image, 11}));
+  const uint64_t truth = img.below(uint64_t(C));
+  std::vector<uint64_t> prior(static_cast<size_t>(C));
+  for (auto& w : prior) w = 1 + img.below(50);
+  std::vector<float> p(static_cast<size_t>(C));
+  for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+    Rng cr(hash_keys({image, c, 13}));
+    std::vector<uint64_t> w(static_cast<size_t>(C));
+    for (int j = 0; j < C; ++j) w[size_t(j)] = prior[size_t(j)] * (1 + cr.below(4));
+    w[truth] += 400 * (1 + cr.below(3));  // the true class dominates
+    uint64_t sum = 0;
+    for (uint64_t x : w) sum += x;
+    for (int j = 0; j < C; ++j) p[size_t(j)] = float(w[size_t(j)]) / float(sum);
+    quantize_crop(p.data(), C, m.label_type, m.k, l.indices.data() + size_t(c) * size_t(ni),
+                  l.values.data() + size_t(c) * size_t(nv));
+  }
+  return l;
+}
+
+/// What a reader must return for `l`: the values rounded to the store's precision.
+ImageLabels rounded(const Manifest& m, ImageLabels l) {
+  for (float& v : l.values) v = round_to_precision(v, m.precision);
+  return l;
+}
+
+void expect_same(const ImageLabels& a, const ImageLabels& b, const std::string& what) {
+  EXPECT_EQ(a.height, b.height) << what;
+  EXPECT_EQ(a.width, b.width) << what;
+  EXPECT_EQ(a.crop_hash, b.crop_hash) << what;
+  EXPECT_EQ(a.num_crops, b.num_crops) << what;
+  EXPECT_EQ(a.indices, b.indices) << what;
+  ASSERT_EQ(a.values.size(), b.values.size()) << what;
+  // Bitwise: decoded values must be exactly the rounded ones.
+  EXPECT_EQ(0, std::memcmp(a.values.data(), b.values.data(), a.values.size() * sizeof(float)))
+      << what;
+}
+
+using LabelFn = ImageLabels (*)(const Manifest&, uint64_t);
+
+void write_shard(const std::string& dir, const Manifest& m, uint32_t shard, LabelFn labels = make_labels) {
+  ShardWriter w(dir, m, shard);
+  for (uint64_t i = w.next_image(); i < shard_range(m.num_images, shard, m.num_shards).second; ++i)
+    w.append(i, labels(m, i));
+  w.finish();
+}
+
+void write_store(const std::string& dir, const Manifest& m, LabelFn labels = make_labels) {
+  fs::create_directories(dir);
+  write_manifest(dir, m);
+  for (uint32_t s = 0; s < m.num_shards; ++s) write_shard(dir, m, s, labels);
+}
+
+std::string shard_path(const std::string& dir, uint32_t i, uint32_t n) {
+  return dir + "/" + shard_file_name(i, n);
+}
+
+const LabelType kAllTypes[] = {LabelType::kHard, LabelType::kSmoothing,
+                               LabelType::kMarginalSmoothing, LabelType::kMarginalRenorm,
+                               LabelType::kFull};
+const Precision kAllPrecisions[] = {Precision::kFp32, Precision::kFp16, Precision::kU8};
+
+int k_for(LabelType t, int C) {
+  return (t == LabelType::kMarginalSmoothing || t == LabelType::kMarginalRenorm) ? std::min(5, C) : 1;
+}
+
+// --- names, rounding, quantization, recovery --------------------------------------------
+
+TEST(StoreNames, RoundTripAndReject) {
+  for (LabelType t : kAllTypes) EXPECT_EQ(parse_label_type(label_type_name(t)), t);
+  for (Precision p : kAllPrecisions) EXPECT_EQ(parse_precision(precision_name(p)), p);
+  EXPECT_THROW(parse_label_type("marginal"), ConfigError);
+  EXPECT_THROW(parse_precision("bf16"), ConfigError);
+  EXPECT_EQ(stored_indices(LabelType::kMarginalSmoothing, 5), 5);
+  EXPECT_EQ(stored_values(LabelType::kFull, 1, 1000), 1000);
+  EXPECT_EQ(stored_indices(LabelType::kFull, 1), 0);
+  EXPECT_EQ(stored_values(LabelType::kHard, 1, 10), 0);
+  EXPECT_EQ(shard_file_name(3, 8), "shard-00003-of-00008.fkdl");
+}
+
+uint32_t bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  return x;
+}
+float from_bits(uint32_t x) {
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+
+TEST(StoreHalf, HandValues) {
+  using store::float_to_half;
+  EXPECT_EQ(float_to_half(1.0f), 0x3c00);
+  EXPECT_EQ(float_to_half(-2.0f), 0xc000);
+  EXPECT_EQ(float_to_half(0.1f), 0x2e66);  // 0.0999755859375
+  EXPECT_EQ(float_to_half(65504.0f), 0x7bff);
+  EXPECT_EQ(float_to_half(65519.99f), 0x7bff);
+  EXPECT_EQ(float_to_half(65520.0f), 0x7c00);  // tie rounds to even: infinity
+  EXPECT_EQ(float_to_half(INFINITY), 0x7c00);
+  EXPECT_EQ(float_to_half(-0.0f), 0x8000);
+  EXPECT_EQ(float_to_half(0x1p-24f), 0x0001);        // smallest subnormal
+  EXPECT_EQ(float_to_half(0x1p-25f), 0x0000);        // tie to even: zero
+  EXPECT_EQ(float_to_half(0x1.8p-25f), 0x0001);      // above the tie
+  EXPECT_EQ(float_to_half(0x1.8p-24f), 0x0002);      // 1.5 ulp: tie to even 2
+  EXPECT_EQ(float_to_half(0x1p-14f), 0x0400);        // smallest normal
+  EXPECT_EQ(float_to_half(0x1.ff8p-15f), 0x03ff);    // largest subnormal
+  EXPECT_EQ(float_to_half(0x1.ffbp-15f), 0x03ff);    // below the midpoint
+  EXPECT_EQ(float_to_half(0x1.ffcp-15f), 0x0400);    // midpoint: even, the smallest normal
+  EXPECT_EQ(float_to_half(1.0f + 0x1p-11f), 0x3c00);  // tie, even stays
+  EXPECT_EQ(float_to_half(1.0f + 0x1.8p-10f), 0x3c02);  // tie, odd rounds up
+  EXPECT_TRUE(std::isnan(store::half_to_float(float_to_half(NAN))));
+  EXPECT_EQ(store::half_to_float(0x0001), 0x1p-24f);
+  EXPECT_EQ(store::half_to_float(0x7bff), 65504.0f);
+  EXPECT_TRUE(std::isinf(store::half_to_float(0xfc00)));
+}
+
+TEST(StoreHalf, EveryHalfRoundTripsAndMatchesCompiler) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = store::half_to_float(uint16_t(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(store::float_to_half(f), h) << std::hex << h;
+#ifdef __FLT16_MAX__
+    ASSERT_EQ(bits(f), bits(float(_Float16(f)))) << std::hex << h;
+#endif
+  }
+#ifdef __FLT16_MAX__
+  std::mt19937 gen(1);
+  for (int i = 0; i < 300000; ++i) {
+    const float f = from_bits(uint32_t(gen()));
+    if (std::isnan(f)) continue;
+    const _Float16 ref = _Float16(f);
+    uint16_t rb;
+    std::memcpy(&rb, &ref, 2);
+    ASSERT_EQ(store::float_to_half(f), rb) << f;
+  }
+#endif
+}
+
+TEST(StoreRounding, U8AndFp32) {
+  EXPECT_EQ(round_to_precision(0.0f, Precision::kU8), 0.0f);
+  EXPECT_EQ(round_to_precision(1.0f, Precision::kU8), 1.0f);
+  EXPECT_EQ(round_to_precision(0.2f, Precision::kU8), 51.0f / 255.0f);
+  EXPECT_EQ(round_to_precision(0.998f, Precision::kU8), 254.0f / 255.0f);    // 254.49
+  EXPECT_EQ(round_to_precision(2.5f / 255, Precision::kU8), 3.0f / 255.0f);  // half rounds up
+  EXPECT_EQ(round_to_precision(1.0f / 510, Precision::kU8), 1.0f / 255.0f);  // 0.5 rounds up
+  EXPECT_EQ(round_to_precision(0.1234567f, Precision::kFp32), 0.1234567f);
+  EXPECT_EQ(round_to_precision(0.1f, Precision::kFp16), 0.0999755859375f);
+}
+
+TEST(StoreQuantize, EachTypeAndTies) {
+  const float p[6] = {0.1f, 0.3f, 0.05f, 0.3f, 0.2f, 0.05f};
+  int32_t idx[6];
+  float val[6];
+  quantize_crop(p, 6, LabelType::kHard, 1, idx, val);
+  EXPECT_EQ(idx[0], 1);  // tie 1 vs 3: lower id
+  quantize_crop(p, 6, LabelType::kSmoothing, 1, idx, val);
+  EXPECT_EQ(idx[0], 1);
+  EXPECT_EQ(val[0], 0.3f);
+  quantize_crop(p, 6, LabelType::kMarginalSmoothing, 5, idx, val);
+  EXPECT_EQ(std::vector<int32_t>(idx, idx + 5), (std::vector<int32_t>{1, 3, 4, 0, 2}));
+  EXPECT_EQ(std::vector<float>(val, val + 5), (std::vector<float>{0.3f, 0.3f, 0.2f, 0.1f, 0.05f}));
+  // marginal_renorm stores the raw top-k: recover_dense renormalizes.
+  quantize_crop(p, 6, LabelType::kMarginalRenorm, 2, idx, val);
+  EXPECT_EQ(std::vector<int32_t>(idx, idx + 2), (std::vector<int32_t>{1, 3}));
+  EXPECT_EQ(std::vector<float>(val, val + 2), (std::vector<float>{0.3f, 0.3f}));
+  quantize_crop(p, 6, LabelType::kFull, 1, idx, val);
+  EXPECT_EQ(std::vector<float>(val, val + 6), std::vector<float>(p, p + 6));
+  // Wide k takes the partial_sort path and must agree with the short-list path.
+  std::vector<float> q(100);
+  for (int c = 0; c < 100; ++c) q[size_t(c)] = float((c * 37) % 11) / 100.0f;
+  std::vector<int32_t> a(40), b(10);
+  std::vector<float> av(40), bv(10);
+  quantize_crop(q.data(), 100, LabelType::kMarginalSmoothing, 40, a.data(), av.data());
+  quantize_crop(q.data(), 100, LabelType::kMarginalSmoothing, 10, b.data(), bv.data());
+  EXPECT_EQ(std::vector<int32_t>(a.begin(), a.begin() + 10), b);
+  for (int i = 1; i < 40; ++i) {
+    EXPECT_TRUE(av[size_t(i - 1)] > av[size_t(i)] ||
+                (av[size_t(i - 1)] == av[size_t(i)] && a[size_t(i - 1)] < a[size_t(i)]));
+  }
+  EXPECT_THROW(quantize_crop(p, 6, LabelType::kMarginalSmoothing, 7, idx, val), ConfigError);
+}
+
+TEST(StoreRecover, HandComputedVectors) {
+  std::vector<float> out(5);
+  const int32_t i2[1] = {2};
+  recover_dense(LabelType::kHard, 1, 5, i2, nullptr, out.data());
+  EXPECT_EQ(out, (std::vector<float>{0, 0, 1, 0, 0}));
+
+  const float p7[1] = {0.6f};
+  recover_dense(LabelType::kSmoothing, 1, 5, i2, p7, out.data());
+  const float r = (1.0f - 0.6f) / 4.0f;
+  EXPECT_EQ(out, (std::vector<float>{r, r, 0.6f, r, r}));
+
+  const int32_t i13[2] = {3, 1};
+  const float v13[2] = {0.5f, 0.25f};
+  recover_dense(LabelType::kMarginalSmoothing, 2, 5, i13, v13, out.data());
+  const float m = (1.0f - 0.75f) / 3.0f;
+  EXPECT_EQ(out, (std::vector<float>{m, 0.25f, m, 0.5f, m}));
+
+  recover_dense(LabelType::kMarginalRenorm, 2, 5, i13, v13, out.data());
+  EXPECT_EQ(out, (std::vector<float>{0, 0.25f / 0.75f, 0, 0.5f / 0.75f, 0}));
+
+  const float zero[2] = {0, 0};  // u8 may round both to zero: uniform over the top-k
+  recover_dense(LabelType::kMarginalRenorm, 2, 5, i13, zero, out.data());
+  EXPECT_EQ(out, (std::vector<float>{0, 0.5f, 0, 0.5f, 0}));
+
+  const float over[2] = {0.75f, 0.5f};  // rounding can push the sum past 1: rest clamps to 0
+  recover_dense(LabelType::kMarginalSmoothing, 2, 5, i13, over, out.data());
+  EXPECT_EQ(out, (std::vector<float>{0, 0.5f, 0, 0.75f, 0}));
+
+  const float full[5] = {0.1f, 0.2f, 0.3f, 0.15f, 0.25f};
+  recover_dense(LabelType::kFull, 1, 5, nullptr, full, out.data());
+  EXPECT_EQ(out, std::vector<float>(full, full + 5));
+
+  const int32_t bad[1] = {5};
+  EXPECT_THROW(recover_dense(LabelType::kHard, 1, 5, bad, nullptr, out.data()), DataError);
+}
+
+TEST(StoreRecover, SumsToOneWhereTheTypeImpliesIt) {
+  const int C = 50;
+  for (LabelType t : kAllTypes) {
+    for (Precision p : kAllPrecisions) {
+      const Manifest m = make_manifest(t, k_for(t, C), p, C, 8, 4);
+      // Rounded values carry the precision's error; where the type fills the rest from
+      // 1 - sum (smoothing types), only the clamp at 0 can leave the sum above 1.
+      double tol = 1e-5;
+      if (p != Precision::kFp32 && t != LabelType::kHard && t != LabelType::kMarginalRenorm) {
+        const double step = p == Precision::kFp16 ? 0x1p-11 : 0.5 / 255;
+        tol = (t == LabelType::kFull ? C : m.k) * step + 1e-5;
+      }
+      const int ni = stored_indices(t, m.k), nv = stored_values(t, m.k, C);
+      std::vector<float> dense(static_cast<size_t>(C));
+      for (uint64_t i = 0; i < 4; ++i) {
+        const ImageLabels l = rounded(m, make_labels(m, i));
+        for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+          recover_dense(t, m.k, C, l.indices.data() + c * size_t(ni),
+                        l.values.data() + c * size_t(nv), dense.data());
+          double sum = 0;
+          for (float v : dense) sum += v;
+          EXPECT_NEAR(sum, 1.0, tol) << label_type_name(t) << " " << precision_name(p);
+          if (t == LabelType::kHard) EXPECT_EQ(sum, 1.0);
+        }
+      }
+    }
+  }
+}
+
+// --- round trips --------------------------------------------------------------------------
+
+TEST(StoreRoundTrip, EveryLabelTypeAndPrecision) {
+  const int C = 37;
+  for (LabelType t : kAllTypes) {
+    for (Precision p : kAllPrecisions) {
+      TempDir dir;
+      const Manifest m = make_manifest(t, k_for(t, C), p, C, 12, 5, 2);
+      write_store(dir.path(), m);
+      StoreReader r(dir.path());
+      ASSERT_EQ(r.num_images(), 5u);
+      EXPECT_TRUE(manifest_differences(r.manifest(), m).empty());
+      ImageLabels got;
+      std::vector<float> a(static_cast<size_t>(C)), b(static_cast<size_t>(C));
+      const int ni = stored_indices(t, m.k), nv = stored_values(t, m.k, C);
+      for (uint64_t i = 0; i < 5; ++i) {
+        const ImageLabels want = rounded(m, make_labels(m, i));
+        r.read(i, got);
+        const std::string what = fmt::format("{} {} image {}", label_type_name(t), precision_name(p), i);
+        expect_same(got, want, what);
+        for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+          recover_dense(t, m.k, C, got.indices.data() + c * size_t(ni), got.values.data() + c * size_t(nv), a.data());
+          recover_dense(t, m.k, C, want.indices.data() + c * size_t(ni), want.values.data() + c * size_t(nv), b.data());
+          ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << what;
+        }
+        if (t == LabelType::kFull && p == Precision::kFp32) {
+          for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+            const auto probs = crop_probs(i, c, C);
+            ASSERT_EQ(0, std::memcmp(probs.data(), got.values.data() + c * size_t(C), size_t(C) * 4));
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Round trip of one record through encode -> compress -> decode, without files.
+void codec_round_trip(const store::RecordFormat& f, const ImageLabels& l) {
+  store::check_labels(f, l, "test");
+  std::vector<uint8_t> raw, payload;
+  std::vector<size_t> sections;
+  store::encode_record(f, l, raw, sections);
+  store::compress_record(raw, sections, payload);
+  ImageLabels got;
+  const std::string name = "memory";
+  store::decode_record(f, payload.data(), payload.size(), uint32_t(raw.size()), got,
+                       store::Where{name, 0, 0});
+  EXPECT_EQ(got.indices, l.indices);
+  EXPECT_EQ(got.values, l.values);
+}
+
+TEST(StoreRoundTrip, DictionaryWidthsOneTwoFourBytes) {
+  // D <= 256, D <= 65536 and D > 65536 distinct classes in one record.
+  for (int D : {200, 3000, 70000}) {
+    store::RecordFormat f;
+    f.label_type = LabelType::kMarginalSmoothing;
+    f.k = 5;
+    f.num_classes = 70000;
+    f.precision = Precision::kFp16;
+    f.crops_per_image = uint32_t((D + 4) / 5) + 1;
+    ImageLabels l;
+    l.height = l.width = 10;
+    l.num_crops = f.crops_per_image;
+    for (uint32_t c = 0; c < f.crops_per_image; ++c) {
+      for (int r = 0; r < 5; ++r) {
+        l.indices.push_back(int32_t((69999 - (c * 5 + uint32_t(r)) % uint32_t(D) * 1) % 70000));
+        l.values.push_back(round_to_precision(0.5f / float(1 + r + int(c % 7)), f.precision));
+      }
+    }
+    codec_round_trip(f, l);
+  }
+}
+
+TEST(StoreRoundTrip, SeventyThousandClasses) {
+  const int C = 70000;
+  TempDir dir;
+  Manifest m = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, C, 6, 3);
+  fs::create_directories(dir.path());
+  write_manifest(dir.path(), m);
+  std::vector<ImageLabels> want;
+  {
+    ShardWriter w(dir.path(), m, 0);
+    for (uint64_t i = 0; i < 3; ++i) {
+      ImageLabels l;
+      l.height = 64;
+      l.width = 48;
+      l.num_crops = 6;
+      l.crop_hash = label_crop_hash(m, i, 64, 48);
+      for (uint32_t c = 0; c < 6; ++c) {
+        for (int r = 0; r < 5; ++r) {
+          l.indices.push_back(int32_t(C - 1 - int(i) - int((c * 3 + uint32_t(r) * 11) % 40)));
+          l.values.push_back(0.4f / float(r + 1) + 0.001f * float(c));
+        }
+        // distinct within the crop by construction? make sure:
+        std::vector<int32_t> s(l.indices.end() - 5, l.indices.end());
+        std::sort(s.begin(), s.end());
+        ASSERT_EQ(std::adjacent_find(s.begin(), s.end()), s.end());
+      }
+      w.append(i, l);
+      want.push_back(rounded(m, l));
+    }
+    w.finish();
+  }
+  StoreReader r(dir.path());
+  ImageLabels got;
+  for (uint64_t i = 0; i < 3; ++i) {
+    r.read(i, got);
+    expect_same(got, want[i], "image " + std::to_string(i));
+    EXPECT_GE(*std::min_element(got.indices.begin(), got.indices.end()), C - 50);
+  }
+}
+
+// --- manifest ---------------------------------------------------------------------------
+
+TEST(StoreManifest, WriteReadCompare) {
+  TempDir dir;
+  Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 10, 7, 100, 4);
+  m.temperature = 2.5f;
+  m.seed = 0xfedcba9876543210ULL;  // needs all 64 bits
+  m.scale[0] = 0.08f;
+  m.ratio[1] = 4.f / 3.f;
+  write_manifest(dir.path(), m);
+  EXPECT_FALSE(fs::exists(dir.file("manifest.json.tmp")));
+  const std::string text = read_file(dir.file("manifest.json"));
+  EXPECT_NE(text.find("\"label_type\": \"marginal_renorm\""), std::string::npos);
+  EXPECT_NE(text.find("0.08"), std::string::npos);  // shortest float text
+  const Manifest back = read_manifest(dir.path());
+  EXPECT_TRUE(manifest_differences(m, back).empty());
+  EXPECT_EQ(back.num_shards, 4u);
+  EXPECT_EQ(back.teacher, "teacher.pt");
+  EXPECT_EQ(back.seed, m.seed);
+  EXPECT_EQ(back.ratio[1], 4.f / 3.f);
+
+  Manifest o = m;
+  o.temperature = 1;
+  o.k = 5;
+  o.classes[3] = "dog";
+  o.num_shards = 1;       // not a difference
+  o.teacher = "other.pt";  // not a difference
+  const auto d = manifest_differences(m, o);
+  ASSERT_EQ(d.size(), 3u);
+  EXPECT_EQ(d[0], "classes[3] ('class3' vs 'dog')");
+  EXPECT_EQ(d[1], "temperature (2.5 vs 1)");
+  EXPECT_EQ(d[2], "k (3 vs 5)");
+  o = m;
+  o.mean = {1.f};
+  EXPECT_EQ(manifest_differences(m, o), std::vector<std::string>{"mean ([0.5, 0.25, 0.125] vs [1])"});
+
+  Manifest bad = m;
+  bad.k = 11;
+  EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
+  bad = m;
+  bad.flip_prob = 2;
+  EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
+}
+
+TEST(StoreShardRange, TilesForAwkwardCounts) {
+  for (uint64_t n : {0ull, 1ull, 2ull, 3ull, 7ull, 10ull, 1000003ull, (1ull << 62) + 5}) {
+    for (uint32_t count : {1u, 2u, 3u, 5u, 7u, 8u, 64u, 99999u}) {
+      uint64_t next = 0, lo = UINT64_MAX, hi = 0;
+      for (uint32_t i = 0; i < count; ++i) {
+        const auto [b, e] = shard_range(n, i, count);
+        ASSERT_EQ(b, next) << n << " " << count << " " << i;
+        ASSERT_LE(b, e);
+        lo = std::min(lo, e - b);
+        hi = std::max(hi, e - b);
+        next = e;
+      }
+      EXPECT_EQ(next, n);
+      EXPECT_LE(hi - lo, 1u);  // balanced
+    }
+  }
+  EXPECT_THROW(shard_range(10, 3, 3), ConfigError);
+}
+
+// --- crop hash ---------------------------------------------------------------------------
+
+TEST(StoreCropHash, MatchesDerivedCropsAndIsChecked) {
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 6, 4);
+  // The hash is XXH32 of the derived crops as little-endian int32s.
+  std::vector<int32_t> v;
+  for (uint32_t c = 0; c < 6; ++c) {
+    const CropPlan p = derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, 2, c, 41, 77);
+    v.insert(v.end(), {p.box.left, p.box.top, p.box.width, p.box.height, p.flip ? 1 : 0});
+  }
+  const uint32_t h = label_crop_hash(m, 2, 41, 77);
+  std::vector<uint8_t> le;
+  for (int32_t x : v) {
+    for (int b = 0; b < 4; ++b) le.push_back(uint8_t(uint32_t(x) >> (8 * b)));
+  }
+  EXPECT_EQ(h, XXH32(le.data(), le.size(), 0));
+  EXPECT_NE(h, label_crop_hash(m, 3, 41, 77));
+  EXPECT_NE(h, label_crop_hash(m, 2, 41, 78));
+  Manifest other = m;
+  other.seed = 43;
+  EXPECT_NE(h, label_crop_hash(other, 2, 41, 77));
+
+  TempDir dir;
+  write_manifest(dir.path(), m);
+  {
+    ShardWriter w(dir.path(), m, 0);
+    for (uint64_t i = 0; i < 4; ++i) {
+      ImageLabels l = make_labels(m, i);
+      if (i == 2) l.crop_hash ^= 1;  // labeled on other crops
+      w.append(i, l);
+    }
+    w.finish();
+  }
+  StoreReader r(dir.path());
+  EXPECT_TRUE(r.verify_crops(0));
+  EXPECT_TRUE(r.verify_crops(3));
+  EXPECT_FALSE(r.verify_crops(2));
+  ImageLabels l;
+  r.read(2, l);  // not checked by default
+  StoreReader checked(dir.path(), /*check_crops=*/true);
+  checked.read(1, l);
+  try {
+    checked.read(2, l);
+    FAIL() << "crop hash mismatch not detected";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("crop hash"), std::string::npos) << e.what();
+  }
+}
+
+// --- corrupt stores ------------------------------------------------------------------------
+
+void reseal_header(std::string& b) {
+  store::store_u64(reinterpret_cast<uint8_t*>(&b[120]),
+                   store::checksum64(reinterpret_cast<const uint8_t*>(b.data()), 120));
+}
+uint64_t footer_u64(const std::string& b, size_t field) {
+  return store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + b.size() - 32 + field);
+}
+void reseal_index(std::string& b) {
+  const uint64_t off = footer_u64(b, 0), n = footer_u64(b, 8);
+  store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 16]),
+                   store::checksum64(reinterpret_cast<const uint8_t*>(b.data()) + off, n * 24));
+}
+/// Recomputes the checksum of the block of index entry `i` (and the index's copy).
+void reseal_block(std::string& b, uint64_t i) {
+  auto* d = reinterpret_cast<uint8_t*>(b.data());
+  const uint64_t entry = footer_u64(b, 0) + i * 24, off = store::load_u64(d + entry);
+  const uint64_t sum = store::block_checksum(d + off, store::load_u32(d + off + 4));
+  store::store_u64(d + off + 8, sum);
+  store::store_u64(d + entry + 16, sum);
+  reseal_index(b);
+}
+
+struct Corruption {
+  const char* name;
+  std::function<void(const std::string& dir)> apply;
+  std::vector<std::string> expect;  ///< substrings of the error
+  int read_image = -1;              ///< >= 0: the store opens; reading this image fails
+};
+
+void edit_file(const std::string& path, const std::function<void(std::string&)>& f) {
+  std::string b = read_file(path);
+  f(b);
+  write_file(path, b);
+}
+
+void edit_manifest(const std::string& dir, const std::function<void(nlohmann::json&)>& f) {
+  auto j = nlohmann::json::parse(read_file(dir + "/manifest.json"));
+  f(j);
+  write_file(dir + "/manifest.json", j.dump(2));
+}
+
+TEST(StoreCorrupt, TableOfHandcraftedStores) {
+  TempDir base;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 5, 2);
+  write_store(base.path(), m);
+  const std::string s0 = shard_file_name(0, 2), s1 = shard_file_name(1, 2);
+  auto shard = [&](const std::string& dir, const std::string& s) { return dir + "/" + s; };
+
+  const std::vector<Corruption> table = {
+      {"bad magic", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b.replace(0, 8, "NOTLABEL"); }); },
+       {s0, "offset 0", "expected magic 'FKDLABEL', found 'NOTLABEL'"}},
+      {"future version", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 2; reseal_header(b); }); },
+       {s0, "format version 2 is newer than this fkd supports (1)"}},
+      {"version zero", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
+       {s0, "expected format version 1, found 0"}},
+      {"header checksum", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
+       {s1, "offset 120", "header checksum mismatch"}},
+      {"unknown label type byte", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[56] = 9; reseal_header(b); }); },
+       {s0, "offset 56", "unknown label type 9"}},
+      {"unknown precision byte", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[57] = 3; reseal_header(b); }); },
+       {s0, "offset 57", "unknown precision 3"}},
+      {"empty shard file", [&](const std::string& d) { write_file(shard(d, s1), ""); },
+       {s1, "found a 0-byte file"}},
+      {"truncated block", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b.resize(b.size() / 2); }); },
+       {s0, "footer missing"}},
+      {"footer missing", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b.resize(b.size() - 32); }); },
+       {s1, "footer missing", "'FKDL_END'"}},
+      {"count larger than file", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
+         store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 24]), 1ull << 40); }); },
+       {s0, "index of 1099511627776 entries", "does not fit"}},
+      {"count disagrees with header", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
+         store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 24]), 1); }); },
+       {s0, "expected 2 index entries", "found 1"}},
+      {"index checksum", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[footer_u64(b, 0) + 9] ^= 4; }); },
+       {s1, "index checksum mismatch"}},
+      {"index pointing past the end", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
+         store::store_u64(reinterpret_cast<uint8_t*>(&b[footer_u64(b, 0)]), 1ull << 40); reseal_index(b); }); },
+       {s0, "expected block offset 128, found 1099511627776"}},
+      {"block size past the index", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
+         const uint64_t last = footer_u64(b, 0) + 24;  // image 1's entry
+         store::store_u32(reinterpret_cast<uint8_t*>(&b[last + 8]), 100000); reseal_index(b); }); },
+       {s0, "index entry of image 1", "payload"}},
+      {"flipped checksum byte in a record", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
+         const uint64_t off = store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + footer_u64(b, 0) + 24);
+         b[off + 40] ^= 0x10; }); },
+       {s1, "block of image 3", "checksum mismatch", "the record is corrupt"}, 3},
+      {"block header disagrees with index", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
+         b[128 + 16] = 7; }); },
+       {s1, "offset 128", "expected image 2", "found image 7"}, 2},
+      {"resealed garbage payload", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
+         for (size_t i = 128 + 32; i < 128 + 40; ++i) b[i] = char(0xff);
+         reseal_block(b, 0); }); },
+       {s1, "image 2 (block at offset 128)", "zstd"}, 2},
+      {"manifest k differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = 2; }); },
+       {s0, "header says k = 3, manifest.json says 2"}},
+      {"manifest crops_per_image differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["crops_per_image"] = 5; }); },
+       {s0, "crops_per_image = 4, manifest.json says 5"}},
+      {"manifest teacher differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["teacher_hash"] = "ff"; }); },
+       {s0, "store key"}},
+      {"manifest num_shards differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["num_shards"] = 3; }); },
+       {shard_file_name(0, 3), "missing shard 0 of 3"}},
+      {"missing shard", [&](const std::string& d) { fs::remove(shard(d, s1)); },
+       {s1, "missing shard 1 of 2"}},
+      {".partial only", [&](const std::string& d) { fs::rename(shard(d, s1), shard(d, s1) + ".partial"); },
+       {s1, "unfinished", ".partial"}},
+      {"manifest missing required key", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j.erase("k"); }); },
+       {"manifest.json", "missing required key 'k'"}},
+      {"manifest future version", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["version"] = 2; j.erase("k"); }); },
+       {"manifest.json", "version 2 is newer than this fkd supports (1)"}},
+      {"manifest wrong type", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
+       {"manifest.json", "key 'k': expected an integer, found string"}},
+      {"manifest unknown label type", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["label_type"] = "soft"; }); },
+       {"manifest.json", "unknown label type 'soft'"}},
+      {"manifest value out of range", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["flip_prob"] = 1.5; }); },
+       {"manifest.json", "flip_prob: 1.5 is not in [0, 1]"}},
+      {"manifest not a store", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["format"] = "other"; }); },
+       {"manifest.json", "key 'format'"}},
+      {"manifest not JSON", [&](const std::string& d) { write_file(d + "/manifest.json", "{\"format\": "); },
+       {"manifest.json", "not valid JSON"}},
+  };
+  for (const Corruption& c : table) {
+    SCOPED_TRACE(c.name);
+    TempDir dir;
+    fs::copy(base.path(), dir.path(), fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+    c.apply(dir.path());
+    std::string msg;
+    try {
+      StoreReader r(dir.path());
+      ASSERT_GE(c.read_image, 0) << "the store opened";
+      ImageLabels l;
+      for (uint64_t i = 0; i < r.num_images(); ++i) {
+        if (int(i) != c.read_image) r.read(i, l);  // the others still read
+      }
+      r.read(uint64_t(c.read_image), l);
+      FAIL() << "read did not fail";
+    } catch (const FormatError& e) {
+      msg = e.what();
+    }
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    for (const auto& s : c.expect) EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
+  }
+}
+
+TEST(StoreCorrupt, RandomDamageNeverCrashes) {
+  // A small in-unit-test fuzzer: flip bytes, truncate, with checksums off so the damage
+  // reaches the decoders. Every outcome is a clean decode or an fkd::Error.
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 300, 6, 3);
+  write_store(dir.path(), m);
+  const std::string good = read_file(shard_path(dir.path(), 0, 1));
+  std::mt19937 gen(7);
+  int decoded = 0, rejected = 0;
+  ImageLabels l;
+  for (int it = 0; it < 3000; ++it) {
+    std::string b = good;
+    const int flips = 1 + int(gen() % 4);
+    for (int f = 0; f < flips; ++f) b[gen() % b.size()] ^= char(1 << (gen() % 8));
+    if (it % 5 == 0) b.resize(gen() % b.size());
+    const bool verify = it % 2 == 0;
+    try {
+      const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "fuzz",
+                                             store::ParseOptions{verify});
+      for (uint64_t i = v.header().image_begin; i < v.header().image_end; ++i) v.read(i, l);
+      ++decoded;
+    } catch (const Error&) {
+      ++rejected;
+    }
+  }
+  EXPECT_GT(rejected, 1000);
+  EXPECT_GT(decoded, 0);  // some flips hit bytes the decoder cannot tell (e.g. mantissas)
+}
+
+// --- writer: validation, crash and resume --------------------------------------------------
+
+TEST(StoreWriter, RejectsBadRecordsAndOrder) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 3);
+  write_manifest(dir.path(), m);
+  ShardWriter w(dir.path(), m, 0);
+  EXPECT_EQ(w.next_image(), 0u);
+  EXPECT_FALSE(w.finished());
+  EXPECT_THROW(w.append(1, make_labels(m, 1)), ConfigError);  // out of order
+  auto bad = [&](const std::function<void(ImageLabels&)>& f) {
+    ImageLabels l = make_labels(m, 0);
+    f(l);
+    EXPECT_THROW(w.append(0, l), DataError);
+  };
+  bad([](ImageLabels& l) { l.indices[2] = 10; });
+  bad([](ImageLabels& l) { l.indices[1] = l.indices[0]; });
+  bad([](ImageLabels& l) { l.values[0] = NAN; });
+  bad([](ImageLabels& l) { l.values[0] = 1.5f; });
+  bad([](ImageLabels& l) { l.values[0] = -0.25f; });
+  bad([](ImageLabels& l) { l.values.pop_back(); });
+  bad([](ImageLabels& l) { l.num_crops = 3; });
+  bad([](ImageLabels& l) { l.width = 0; });
+  EXPECT_EQ(w.next_image(), 0u);
+  w.append(0, make_labels(m, 0));
+  EXPECT_THROW(w.finish(), ConfigError);  // images 1, 2 missing
+  w.append(1, make_labels(m, 1));
+  w.append(2, make_labels(m, 2));
+  w.finish();
+  EXPECT_TRUE(w.finished());
+  EXPECT_THROW(w.append(3, make_labels(m, 2)), ConfigError);
+  const std::string bytes = read_file(shard_path(dir.path(), 0, 1));
+  ShardWriter again(dir.path(), m, 0);
+  EXPECT_TRUE(again.finished());
+  EXPECT_EQ(again.next_image(), 3u);
+  again.finish();  // no-op
+  EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), bytes);  // never modified
+  Manifest other = m;
+  other.seed = 1;
+  EXPECT_THROW(ShardWriter(dir.path(), other, 0), FormatError);  // a finished shard of another store
+  EXPECT_THROW(ShardWriter(dir.path(), m, 1), ConfigError);
+}
+
+TEST(StoreWriter, SecondWriterOnTheSameShardIsRefused) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kHard, 1, Precision::kU8, 10, 4, 3);
+  ShardWriter a(dir.path(), m, 0);
+  EXPECT_THROW(ShardWriter(dir.path(), m, 0), IoError);
+}
+
+/// Block boundaries of a .partial file: [128, b1, b2, ..., end].
+std::vector<size_t> block_bounds(const std::string& b) {
+  std::vector<size_t> out{128};
+  size_t pos = 128;
+  while (pos + 32 <= b.size()) {
+    pos += 32 + store::load_u32(reinterpret_cast<const uint8_t*>(b.data()) + pos + 4);
+    out.push_back(pos);
+  }
+  return out;
+}
+
+TEST(StoreWriter, CrashAndResumeGivesTheSameShardBytes) {
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 40, 10, 7);
+  TempDir ref;
+  write_store(ref.path(), m);
+  const std::string want = read_file(shard_path(ref.path(), 0, 1));
+
+  TempDir crashed;
+  write_manifest(crashed.path(), m);
+  {
+    ShardWriter w(crashed.path(), m, 0);
+    for (uint64_t i = 0; i < 5; ++i) w.append(i, make_labels(m, i));
+  }  // "crash": no finish
+  const std::string partial_name = shard_path(crashed.path(), 0, 1) + ".partial";
+  const std::string partial = read_file(partial_name);
+  const auto bounds = block_bounds(partial);
+  ASSERT_EQ(bounds.size(), 6u);
+  ASSERT_EQ(bounds.back(), partial.size());
+  ASSERT_EQ(want.compare(0, partial.size(), partial), 0);  // the .partial is the shard's prefix
+
+  struct Cut {
+    const char* what;
+    size_t size;
+    uint64_t next;
+    bool garbage = false;
+  };
+  const std::vector<Cut> cuts = {
+      {"empty file", 0, 0},
+      {"torn header", 100, 0},
+      {"header only", 128, 0},
+      {"inside the first block header", 128 + 10, 0},
+      {"at a block boundary", bounds[2], 2},
+      {"inside a block header", bounds[2] + 20, 2},
+      {"inside a payload", bounds[3] + 32 + 5, 3},
+      {"last byte missing", bounds[5] - 1, 4},
+      {"complete", bounds[5], 5},
+      {"garbage after a block", bounds[4], 4, true},
+  };
+  for (const Cut& c : cuts) {
+    SCOPED_TRACE(c.what);
+    TempDir dir;
+    write_manifest(dir.path(), m);
+    std::string b = partial.substr(0, c.size);
+    if (c.garbage) b += std::string(50, '\x5a');
+    write_file(shard_path(dir.path(), 0, 1) + ".partial", b);
+    ShardWriter w(dir.path(), m, 0);
+    ASSERT_EQ(w.next_image(), c.next);
+    for (uint64_t i = w.next_image(); i < m.num_images; ++i) w.append(i, make_labels(m, i));
+    w.finish();
+    EXPECT_FALSE(fs::exists(shard_path(dir.path(), 0, 1) + ".partial"));
+    EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), want);
+  }
+  {
+    SCOPED_TRACE("corrupt middle block");
+    TempDir dir;
+    write_manifest(dir.path(), m);
+    std::string b = partial;
+    b[bounds[3] + 40] ^= 1;  // image 3's payload
+    write_file(shard_path(dir.path(), 0, 1) + ".partial", b);
+    ShardWriter w(dir.path(), m, 0);
+    EXPECT_EQ(w.next_image(), 3u);
+  }
+  {
+    SCOPED_TRACE("partial of another store");
+    TempDir dir;
+    Manifest other = m;
+    other.k = 4;
+    write_file(shard_path(dir.path(), 0, 1) + ".partial", partial);
+    EXPECT_THROW(ShardWriter(dir.path(), other, 0), FormatError);
+  }
+}
+
+// --- sharding and merging -------------------------------------------------------------------
+
+TEST(StoreMerge, ShardsPlusMergeEqualsSingleShardWrite) {
+  const int C = 20;
+  const Manifest one = make_manifest(LabelType::kMarginalSmoothing, 4, Precision::kU8, C, 9, 11, 1);
+  Manifest three = one;
+  three.num_shards = 4;  // 11 images over 4 shards: 2, 3, 3, 3
+  TempDir a, b, merged;
+  write_store(a.path(), one);
+  write_store(b.path(), three);
+  StoreReader ra(a.path()), rb(b.path());
+  ImageLabels x, y;
+  for (uint64_t i = 0; i < 11; ++i) {
+    ra.read(i, x);
+    rb.read(i, y);
+    expect_same(x, y, "image " + std::to_string(i));
+  }
+  merge_store(b.path(), merged.path() + "/out");
+  EXPECT_EQ(read_file(shard_path(merged.path() + "/out", 0, 1)), read_file(shard_path(a.path(), 0, 1)));
+  const Manifest mm = read_manifest(merged.path() + "/out");
+  EXPECT_EQ(mm.num_shards, 1u);
+  EXPECT_TRUE(manifest_differences(mm, one).empty());
+  StoreReader rm(merged.path() + "/out");
+  EXPECT_EQ(rm.shard_bytes(), ra.shard_bytes());
+  EXPECT_THROW(merge_store(b.path(), merged.path() + "/out"), ConfigError);  // never overwrites
+}
+
+TEST(StoreMerge, MoreShardsThanImages) {
+  const Manifest m = make_manifest(LabelType::kSmoothing, 1, Precision::kFp16, 5, 3, 3, 5);
+  TempDir dir;
+  write_store(dir.path(), m);  // shards 0 and 2 are empty
+  StoreReader r(dir.path());
+  ImageLabels l;
+  for (uint64_t i = 0; i < 3; ++i) {
+    r.read(i, l);
+    expect_same(l, rounded(m, make_labels(m, i)), std::to_string(i));
+  }
+  EXPECT_THROW(r.read(3, l), ConfigError);
+}
+
+TEST(StoreReader, ConcurrentReadsAgree) {
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 50, 16, 12, 3);
+  TempDir dir;
+  write_store(dir.path(), m);
+  StoreReader r(dir.path());
+  std::vector<ImageLabels> want(12);
+  for (uint64_t i = 0; i < 12; ++i) want[i] = rounded(m, make_labels(m, i));
+  std::atomic<int> bad{0};
+  auto work = [&](int seed) {
+    ImageLabels l;
+    for (int it = 0; it < 400; ++it) {
+      const uint64_t i = uint64_t((it * 7 + seed) % 12);
+      r.read(i, l);
+      if (l.indices != want[i].indices || l.values != want[i].values) ++bad;
+    }
+  };
+  std::thread t1(work, 1), t2(work, 5);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+// --- golden v1 files (the fuzzer's seed corpus) ----------------------------------------------
+
+struct Seed {
+  const char* file;
+  LabelType type;
+  int k;
+  Precision precision;
+  int classes;
+  uint32_t crops;
+  uint64_t images;
+};
+const Seed kSeeds[] = {
+    {"v1-marginal_smoothing-fp16.fkdl", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
+    {"v1-marginal_renorm-u8.fkdl", LabelType::kMarginalRenorm, 2, Precision::kU8, 300, 5, 2},
+    {"v1-smoothing-fp32.fkdl", LabelType::kSmoothing, 1, Precision::kFp32, 7, 4, 2},
+    {"v1-hard-u8.fkdl", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
+    {"v1-full-fp16.fkdl", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2},
+};
+
+TEST(StoreGolden, V1SeedShardsStillRead) {
+  // FKD_WRITE_SEED_CORPUS=1 regenerates fuzz/corpus/ (only when the format changes on purpose).
+  const bool regenerate = std::getenv("FKD_WRITE_SEED_CORPUS") != nullptr;
+  for (const Seed& s : kSeeds) {
+    SCOPED_TRACE(s.file);
+    const Manifest m = make_manifest(s.type, s.k, s.precision, s.classes, s.crops, s.images);
+    const std::string golden = test::source_path(std::string("fuzz/corpus/") + s.file);
+    if (regenerate) {
+      TempDir dir;
+      write_store(dir.path(), m, portable_labels);
+      fs::create_directories(fs::path(golden).parent_path());
+      fs::copy_file(shard_path(dir.path(), 0, 1), golden, fs::copy_options::overwrite_existing);
+    }
+    ASSERT_TRUE(fs::exists(golden)) << golden;
+    const std::string b = read_file(golden);
+    const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), golden);
+    EXPECT_EQ(v.header().store_key, store::store_key(m));
+    ImageLabels l;
+    for (uint64_t i = 0; i < s.images; ++i) {
+      v.read(i, l);
+      expect_same(l, rounded(m, portable_labels(m, i)), std::to_string(i));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fkd

@@ -1,0 +1,302 @@
+// Soft-label generation: teacher agreement with PyTorch, resume after kill -9, shards,
+// merge, reference crops, ensembles, and refusals.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "fkd/dataset.h"
+#include "fkd/error.h"
+#include "fkd/image.h"
+#include "fkd/label.h"
+#include "fkd/store.h"
+#include "fkd/transforms.h"
+#include "testutil.h"
+
+namespace fs = std::filesystem;
+using namespace fkd;
+using fkd::test::TempDir;
+
+namespace {
+
+/// A 40-image, 10-class IDX dataset and a traced teacher for it.
+struct Fixture {
+  TempDir dir;
+  std::string data, teacher;
+  Fixture() {
+    data = dir.file("data");
+    fs::create_directories(data);
+    fkd::test::write_idx_split(data, "train", 40, 28, 28, 10);
+    fkd::test::write_idx_split(data, "t10k", 10, 28, 28, 10);
+    teacher = dir.file("teacher.pt");
+    const auto r = fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "10"});
+    if (r.status != 0) throw std::runtime_error("cannot make the teacher");
+  }
+  LabelConfig config(const std::string& out) const {
+    LabelConfig c;
+    c.teacher = teacher;
+    c.data = data;
+    c.out = out;
+    c.crops = 12;
+    c.batch = 32;
+    c.threads = 1;
+    c.workers = 2;
+    c.seed = 5;
+    return c;
+  }
+};
+
+std::vector<ImageLabels> all_records(const std::string& store) {
+  StoreReader r(store);
+  std::vector<ImageLabels> out(r.num_images());
+  for (uint64_t i = 0; i < r.num_images(); ++i) r.read(i, out[i]);
+  return out;
+}
+
+void expect_same_records(const std::string& a, const std::string& b) {
+  const auto ra = all_records(a), rb = all_records(b);
+  ASSERT_EQ(ra.size(), rb.size());
+  for (size_t i = 0; i < ra.size(); ++i) {
+    EXPECT_EQ(ra[i].height, rb[i].height) << i;
+    EXPECT_EQ(ra[i].crop_hash, rb[i].crop_hash) << i;
+    EXPECT_EQ(ra[i].indices, rb[i].indices) << "image " << i;
+    EXPECT_EQ(ra[i].values, rb[i].values) << "image " << i;
+  }
+}
+
+}  // namespace
+
+TEST(Label, FullLabelsMatchPyTorchSoftmax) {
+  Fixture fx;
+  LabelConfig c = fx.config(fx.dir.file("full"));
+  c.label_type = "full";
+  c.precision = "fp32";
+  c.temperature = 2.0f;
+  const LabelResult res = generate_labels(c);
+  EXPECT_TRUE(res.complete);
+  EXPECT_EQ(res.images, 40u);
+  EXPECT_EQ(res.crops, 480u);
+
+  // The oracle: PyTorch's softmax of the same teacher on the same crop pixels.
+  StoreReader store(c.out);
+  const Manifest& m = store.manifest();
+  auto ds = open_dataset(fx.data, Split::kTrain);
+  const int n_images = 5, S = m.input_size;
+  ASSERT_EQ(S, 28);
+  torch::Tensor x = torch::empty({n_images * c.crops, 1, S, S});
+  std::vector<uint8_t> hwc(size_t(S) * S), scratch;
+  Normalize norm;
+  norm.mean[0] = m.mean[0];
+  norm.std[0] = m.std[0];
+  for (int i = 0; i < n_images; ++i) {
+    const Image im = ds->load(size_t(i));
+    for (int k = 0; k < c.crops; ++k) {
+      const CropPlan p = derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, uint64_t(i),
+                                           uint32_t(k), im.height, im.width);
+      resized_crop(im, p.box, p.flip, S, S, Interp::kBilinear, hwc.data(), scratch);
+      to_float_chw(hwc.data(), S, S, 1, norm, x[i * c.crops + k].data_ptr<float>());
+    }
+  }
+  const std::vector<char> bytes = torch::pickle_save(x);
+  fkd::test::write_file(fx.dir.file("x.pt"), std::string(bytes.begin(), bytes.end()));
+  const auto py = fkd::test::run_python(
+      "label_teacher.py", {"softmax", fx.teacher, fx.dir.file("x.pt"), fx.dir.file("p.pt"), "2.0"});
+  ASSERT_EQ(py.status, 0);
+  const std::string pbytes = fkd::test::read_file(fx.dir.file("p.pt"));
+  const torch::Tensor p =
+      torch::pickle_load(std::vector<char>(pbytes.begin(), pbytes.end())).toTensor();
+  ASSERT_EQ(p.size(1), 10);
+  double max_diff = 0;
+  ImageLabels l;
+  for (int i = 0; i < n_images; ++i) {
+    store.read(uint64_t(i), l);
+    for (int k = 0; k < c.crops; ++k) {
+      for (int cls = 0; cls < 10; ++cls) {
+        const double d = std::fabs(double(l.values[size_t(k) * 10 + size_t(cls)]) -
+                                   p[i * c.crops + k][cls].item<double>());
+        max_diff = std::max(max_diff, d);
+      }
+    }
+  }
+  // Same network, same pixels; only the order of float operations differs (oneDNN,
+  // frozen graph): measured ~1e-7.
+  EXPECT_LT(max_diff, 1e-5);
+}
+
+TEST(Label, MarginalSmoothingIsQuantizedSoftmax) {
+  Fixture fx;
+  LabelConfig full = fx.config(fx.dir.file("full"));
+  full.label_type = "full";
+  full.precision = "fp32";
+  generate_labels(full);
+  LabelConfig ms = fx.config(fx.dir.file("ms"));
+  ms.label_type = "marginal_smoothing";
+  ms.topk = 3;
+  generate_labels(ms);
+  StoreReader a(full.out), b(ms.out);
+  ImageLabels la, lb;
+  std::vector<float> dense_b(10);
+  for (uint64_t i = 0; i < a.num_images(); ++i) {
+    a.read(i, la);
+    b.read(i, lb);
+    for (int k = 0; k < ms.crops; ++k) {
+      int32_t idx[3];
+      float val[3];
+      quantize_crop(la.values.data() + size_t(k) * 10, 10, LabelType::kMarginalSmoothing, 3, idx,
+                    val);
+      for (int t = 0; t < 3; ++t) {
+        EXPECT_EQ(lb.indices[size_t(k) * 3 + size_t(t)], idx[t]);
+        EXPECT_EQ(lb.values[size_t(k) * 3 + size_t(t)],
+                  round_to_precision(val[t], Precision::kFp16));
+      }
+    }
+  }
+}
+
+TEST(Label, ShardsAndMergeEqualOneRun) {
+  Fixture fx;
+  LabelConfig one = fx.config(fx.dir.file("one"));
+  generate_labels(one);
+  LabelConfig part = fx.config(fx.dir.file("sharded"));
+  part.shard = "1/3";
+  EXPECT_FALSE(generate_labels(part).complete);
+  part.shard = "0/3";
+  generate_labels(part);
+  part.shard = "2/3";
+  part.workers = 1;  // execution may differ between processes
+  EXPECT_TRUE(generate_labels(part).complete);
+  expect_same_records(one.out, part.out);
+  merge_store(part.out, fx.dir.file("merged"));
+  expect_same_records(one.out, fx.dir.file("merged"));
+  EXPECT_EQ(fkd::test::read_file(fx.dir.file("merged/") + shard_file_name(0, 1)),
+            fkd::test::read_file(one.out + "/" + shard_file_name(0, 1)));
+}
+
+TEST(Label, ShardFromEnvironment) {
+  setenv("RANK", "2", 1);
+  setenv("WORLD_SIZE", "4", 1);
+  EXPECT_EQ(resolve_shard(""), (std::pair<uint32_t, uint32_t>{2, 4}));
+  EXPECT_EQ(resolve_shard("0/1"), (std::pair<uint32_t, uint32_t>{0, 1}));
+  setenv("RANK", "4", 1);
+  EXPECT_THROW(resolve_shard(""), ConfigError);
+  unsetenv("RANK");
+  unsetenv("WORLD_SIZE");
+  EXPECT_EQ(resolve_shard(""), (std::pair<uint32_t, uint32_t>{0, 1}));
+  EXPECT_THROW(resolve_shard("3"), ConfigError);
+}
+
+TEST(Label, KilledAndResumedEqualsUninterrupted) {
+  Fixture fx;
+  fkd::test::write_idx_split(fx.data, "train", 400, 28, 28, 10);  // a longer run to interrupt
+  LabelConfig ref = fx.config(fx.dir.file("ref"));
+  ref.crops = 16;
+  generate_labels(ref);
+
+  const std::string out = fx.dir.file("killed");
+  const std::string cmd = std::string(FKD_BINARY_DIR) + "/fkd";
+  const std::vector<std::string> args = {cmd, "label", "--teacher", fx.teacher, "--data", fx.data,
+                                         "--out", out, "--crops", "16", "--batch", "32",
+                                         "--threads", "1", "--workers", "2", "--seed", "5"};
+  const std::string partial = out + "/" + shard_file_name(0, 1) + ".partial";
+  // Kill at several points: early, in the middle, late.
+  for (uintmax_t kill_at : {uintmax_t(2000), uintmax_t(20000), uintmax_t(60000)}) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      freopen("/dev/null", "w", stdout);
+      freopen("/dev/null", "w", stderr);
+      std::vector<char*> argv;
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(cmd.c_str(), argv.data());
+      _exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    int status = 0;
+    bool exited = false;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::error_code ec;
+      if (fs::exists(partial, ec) && fs::file_size(partial, ec) >= kill_at) break;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        exited = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (!exited) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    }
+  }
+  LabelConfig resumed = fx.config(out);
+  resumed.crops = 16;
+  const LabelResult r = generate_labels(resumed);
+  EXPECT_TRUE(r.complete);
+  EXPECT_LT(r.images, 400u) << "the run should have resumed, not restarted";
+  expect_same_records(ref.out, out);
+  EXPECT_EQ(fkd::test::read_file(out + "/" + shard_file_name(0, 1)),
+            fkd::test::read_file(ref.out + "/" + shard_file_name(0, 1)));
+}
+
+TEST(Label, RefusesMismatchedStoreAndTeacher) {
+  Fixture fx;
+  LabelConfig c = fx.config(fx.dir.file("store"));
+  c.shard = "0/2";
+  generate_labels(c);
+  LabelConfig changed = c;
+  changed.temperature = 3.0f;
+  try {
+    generate_labels(changed);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("temperature"), std::string::npos) << e.what();
+  }
+  // A teacher whose output width is not the class count is refused before any work.
+  const std::string wide = fx.dir.file("wide.pt");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", wide, "1", "7"}).status, 0);
+  LabelConfig bad = fx.config(fx.dir.file("bad"));
+  bad.teacher = wide;
+  try {
+    generate_labels(bad);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("10 classes"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(fx.dir.file("bad/") + shard_file_name(0, 1)));
+}
+
+TEST(Label, ReferenceCropsAndEnsemble) {
+  Fixture fx;
+  LabelConfig a = fx.config(fx.dir.file("a"));
+  a.label_type = "full";
+  a.precision = "fp32";
+  generate_labels(a);
+  const std::string teacher_b = fx.dir.file("b.pt");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher_b, "1", "10"}).status, 0);
+  LabelConfig b = fx.config(fx.dir.file("b"));
+  b.teacher = teacher_b;
+  b.label_type = "full";
+  b.precision = "fp32";
+  b.temperature = 3.0f;  // another "teacher": same net, softer output
+  b.seed = 999;          // ignored: the reference store's sampler wins
+  b.crops = 3;
+  b.reference_crops = a.out;
+  generate_labels(b);
+  const auto ra = all_records(a.out), rb = all_records(b.out);
+  ASSERT_EQ(rb[0].num_crops, 12u);
+  for (size_t i = 0; i < ra.size(); ++i) EXPECT_EQ(ra[i].crop_hash, rb[i].crop_hash);
+
+  ensemble_stores({a.out, b.out}, fx.dir.file("ens"));
+  const auto re = all_records(fx.dir.file("ens"));
+  for (size_t i = 0; i < ra.size(); ++i) {
+    for (size_t v = 0; v < ra[i].values.size(); ++v) {
+      EXPECT_NEAR(re[i].values[v], 0.5f * (ra[i].values[v] + rb[i].values[v]), 1e-6);
+    }
+  }
+}
