@@ -11,7 +11,7 @@ class Dataset;
 
 struct InspectOptions {
   std::string store;                ///< store directory
-  std::string data;                 ///< dataset for ground-truth agreement (optional)
+  std::string data;                 ///< dataset for ground truth and images; default: the manifest's
   int64_t image = -1;               ///< print this image's crops and labels
   std::vector<std::string> render;  ///< {ID, OUT.png}: draw an image with its crops
   size_t limit = 0;                 ///< summarize only the first images (0 = all)

@@ -75,6 +75,8 @@ struct Manifest {
   uint64_t num_images = 0;             ///< images in the dataset's train split
   std::string dataset_fingerprint;     ///< hex xxh64 of the ordered "relpath\tbytes\n" list
   std::vector<std::string> classes;    ///< class names, index = class id
+  std::string dataset;                 ///< the --data it was made from (informational)
+  uint64_t dataset_limit = 0;          ///< the subset size it was made from (0 = all)
   // teacher
   std::string teacher;                 ///< file name or zoo name, for people
   std::string teacher_hash;            ///< hex xxh128 (XXH3) of the teacher file's bytes

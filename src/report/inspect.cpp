@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include <fmt/core.h>
 
@@ -217,11 +218,15 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
 void run_inspect(const InspectOptions& o) {
   StoreReader store(o.store);
   const Manifest& m = store.manifest();
+  // The dataset: --data, else the one the manifest names (if it is still there).
   std::shared_ptr<Dataset> ds;
-  if (!o.data.empty()) {
-    ds = open_dataset(o.data, Split::kTrain);
+  const std::string data = !o.data.empty() ? o.data : m.dataset;
+  if (!data.empty() && (!o.data.empty() || data == "fashion-mnist" || std::filesystem::is_directory(data))) {
+    DatasetOptions dopt;
+    dopt.limit = size_t(m.dataset_limit);
+    ds = open_dataset(data, Split::kTrain, dopt);
     FKD_CHECK(ds->size() == m.num_images, ConfigError,
-              "--data {}: has {} training images, the store labels {}", o.data, ds->size(),
+              "--data {}: has {} training images, the store labels {}", data, ds->size(),
               m.num_images);
   }
   if (!o.render.empty()) {
@@ -281,7 +286,7 @@ void run_inspect(const InspectOptions& o) {
     fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n",
                s.agreement, over);
   } else {
-    fmt::print("top-1 agreement  (pass --data to compare with the ground truth)\n");
+    fmt::print("top-1 agreement  (dataset not found: pass --data to compare with the ground truth)\n");
   }
   fmt::print("mean entropy     {:.4f} nats{}\n", s.mean_entropy, over);
   fmt::print("top-{} mass       {:.4f} mean probability kept by the top {} classes{}\n",

@@ -268,6 +268,8 @@ Manifest read_manifest(const std::string& store_dir) {
   m.num_images = f.u64("num_images", true, 0, std::numeric_limits<uint64_t>::max());
   m.dataset_fingerprint = f.str("dataset_fingerprint", true, "");
   m.classes = f.strings("classes", true);
+  m.dataset = f.str("dataset", false, "");
+  m.dataset_limit = f.u64("dataset_limit", false, 0, std::numeric_limits<uint64_t>::max());
   m.teacher = f.str("teacher", false, "");
   m.teacher_hash = f.str("teacher_hash", true, "");
   m.temperature = f.f32("temperature", true, 1.0f);
@@ -308,6 +310,8 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["version"] = m.version;
   j["num_images"] = m.num_images;
   j["dataset_fingerprint"] = m.dataset_fingerprint;
+  j["dataset"] = m.dataset;
+  j["dataset_limit"] = m.dataset_limit;
   j["teacher"] = m.teacher;
   j["teacher_hash"] = m.teacher_hash;
   j["temperature"] = float_json(m.temperature);

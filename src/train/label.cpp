@@ -118,6 +118,8 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   Manifest m;
   m.num_images = ds->size();
   m.dataset_fingerprint = dataset_fingerprint(*ds);
+  m.dataset = cfg.data;
+  m.dataset_limit = cfg.limit;
   m.classes = ds->classes();
   m.teacher = fs::path(cfg.teacher).filename().string();
   m.teacher_hash = hash_file_hex(cfg.teacher);
