@@ -7,7 +7,7 @@
 //       [I,N,k], float32 normalized crops (top, left, height, width) [I,N,4], uint8 flips
 //       [I,N]) so the reference layout holds exactly the same labels.
 //       Prints: "write PREC BYTES_PER_CROP RECORDS_PER_S" (writer: encode + zstd + write).
-//   read DIR [--rounds 5] [--reads 20000]
+//   read DIR [--rounds 40] [--reads 1000]
 //       Decodes random records (every crop's indices and values) of the page-cached store.
 //       Prints: "read RECORDS_PER_S CROPS_PER_S" and "derive US_PER_CROP" (deriving one
 //       crop's box and flip, which training does only for the crops it picks).
@@ -53,7 +53,7 @@ double normal(Rng& r) {
 
 struct Args {
   std::string mode, dir, dump;
-  int classes = 1000, images = 200, crops = 500, k = 5, rounds = 5, reads = 20000;
+  int classes = 1000, images = 200, crops = 500, k = 5, rounds = 40, reads = 1000;
 };
 
 Args parse(int argc, char** argv) {

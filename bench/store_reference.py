@@ -34,8 +34,8 @@ def main():
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--crops", type=int, default=500)
     ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--reads", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--reads", type=int, default=150)
     a = ap.parse_args()
     I, N, K = a.images, a.crops, a.k
     raw = open(a.dump, "rb").read()

@@ -271,19 +271,19 @@ uint32_t read_positions(const uint8_t* __restrict planes, size_t N, size_t ni, u
     // One-byte positions index a 256-entry dictionary: the lookup needs no check, and the
     // largest position is found by a separate (vectorized) pass.
     uint8_t top = 0;
-    for (size_t i = 0; i < count; ++i) top = std::max(top, planes[i]);
+    for (size_t i = 0; i < count; ++i) top = planes[i] > top ? planes[i] : top;
     worst = top;
   }
   for (size_t r = 0; r < ni; ++r) {
     const uint8_t* __restrict p = planes + r * N;
     int32_t* __restrict o = out + r;
 #pragma GCC unroll 4
-    for (size_t n = 0; n < N; ++n) {
+    for (size_t n = 0; n < N; ++n, o += ni) {
       uint32_t pos = p[n];
       if (W >= 2) pos |= uint32_t(p[count + n]) << 8;
       if (W == 4) pos |= uint32_t(p[2 * count + n]) << 16 | uint32_t(p[3 * count + n]) << 24;
-      if (W > 1) worst = std::max(worst, pos);
-      o[n * ni] = dict[W == 1 ? pos : std::min(pos, D - 1)];
+      if (W > 1) worst = pos > worst ? pos : worst;
+      *o = dict[W == 1 ? pos : (pos < D ? pos : 0)];
     }
   }
   return worst;
@@ -291,35 +291,50 @@ uint32_t read_positions(const uint8_t* __restrict planes, size_t N, size_t ni, u
 
 /// Values are decoded one rank plane at a time into `rows` ([nv][N]: contiguous loops the
 /// compiler vectorizes; the delta is element-wise between rank planes), then interleaved
-/// into `out` ([N][nv]). binary16 -> float: the code shifted into a float's bit position is
-/// the value times 2^-112 (exactly, subnormals included), so one multiply restores it.
+/// into `out` ([N][nv]).
 template <int S, bool kDelta>
 uint32_t read_value_rows(const uint8_t* __restrict planes, size_t N, size_t nv,
-                         uint32_t* __restrict above, float* __restrict rows) {
+                         uint32_t* __restrict codes, float* __restrict rows) {
   const size_t count = N * nv;
   constexpr uint32_t kMask = S == 4 ? 0xffffffffu : (1u << (8 * (S % 4))) - 1u;
   uint32_t worst = 0;
   for (size_t r = 0; r < nv; ++r) {
-    const uint8_t* __restrict p = planes + r * N;
+    const uint8_t* __restrict lo = planes + r * N;
     float* __restrict row = rows + r * N;
-    const bool diff = kDelta && r > 0;
-    for (size_t n = 0; n < N; ++n) {
-      uint32_t c = p[n];
-      if (S >= 2) c |= uint32_t(p[count + n]) << 8;
-      if (S == 4) c |= uint32_t(p[2 * count + n]) << 16 | uint32_t(p[3 * count + n]) << 24;
-      if (kDelta) c = diff ? (above[n] - c) & kMask : c;
-      if (kDelta) above[n] = c;
-      worst = std::max(worst, c);
-      if (S == 1) {
-        row[n] = float(int32_t(c)) / 255.0f;
-      } else if (S == 2) {
-        const uint32_t bits = c << 13;
-        float f;
-        std::memcpy(&f, &bits, 4);
-        row[n] = f * 0x1p112f;
-      } else {
-        std::memcpy(&row[n], &c, 4);
+    // Simple separate loops: each one vectorizes.
+    if (S == 2 && kDelta && r > 0) {
+      for (size_t n = 0; n < N; ++n)
+        codes[n] = (codes[n] - (uint32_t(lo[n]) | uint32_t(lo[count + n]) << 8)) & kMask;
+    } else if (S == 2) {
+      for (size_t n = 0; n < N; ++n) codes[n] = uint32_t(lo[n]) | uint32_t(lo[count + n]) << 8;
+    } else if (S == 1 && kDelta && r > 0) {
+      for (size_t n = 0; n < N; ++n) codes[n] = (codes[n] - lo[n]) & kMask;
+    } else if (S == 1) {
+      for (size_t n = 0; n < N; ++n) codes[n] = lo[n];
+    } else {
+      for (size_t n = 0; n < N; ++n) {
+        const uint32_t c = uint32_t(lo[n]) | uint32_t(lo[count + n]) << 8 |
+                           uint32_t(lo[2 * count + n]) << 16 | uint32_t(lo[3 * count + n]) << 24;
+        codes[n] = kDelta && r > 0 ? codes[n] - c : c;
       }
+    }
+    for (size_t n = 0; n < N; ++n) worst = codes[n] > worst ? codes[n] : worst;
+    if (S == 1) {
+      for (size_t n = 0; n < N; ++n) row[n] = float(int32_t(codes[n])) / 255.0f;
+    } else if (S == 2) {
+      // Normal halves: rebias the exponent; subnormal halves (below 2^-14): m * 2^-24.
+      // No float subnormals are involved, so flush-to-zero modes cannot change the result.
+      for (size_t n = 0; n < N; ++n) {
+        const uint32_t c = codes[n], normal = (c << 13) + 0x38000000u;
+        const float sub = float(int32_t(c)) * 0x1p-24f;
+        uint32_t sub_bits, bits;
+        std::memcpy(&sub_bits, &sub, 4);
+        const uint32_t is_sub = 0u - uint32_t(c < 0x400u);  // all ones or zero: a blend
+        bits = (sub_bits & is_sub) | (normal & ~is_sub);
+        std::memcpy(&row[n], &bits, 4);
+      }
+    } else {
+      std::memcpy(row, codes, N * 4);
     }
   }
   return worst;
@@ -336,11 +351,7 @@ void interleave_rows(const float* __restrict rows, size_t N, size_t nv_any, floa
 template <int S>
 uint32_t read_values(const uint8_t* planes, size_t N, size_t nv, bool delta, uint32_t* above,
                      float* rows, float* out) {
-  if (nv == 1 || !delta) {
-    // One rank (smoothing) or class order (full, no delta): rows are the output already
-    // when nv == 1; full decodes row by row into its [N][C] layout below.
-    if (nv == 1) return read_value_rows<S, false>(planes, N, 1, above, out);
-  }
+  if (nv == 1) return read_value_rows<S, false>(planes, N, 1, above, out);  // rows == out
   const uint32_t worst = delta ? read_value_rows<S, true>(planes, N, nv, above, rows)
                                : read_value_rows<S, false>(planes, N, nv, above, rows);
   switch (nv) {
