@@ -1,6 +1,7 @@
-// The one-command demo on Fashion-MNIST (the embedded default dataset).
+// The one-command demo on Fashion-MNIST (the embedded default dataset): the whole FKD story.
 #pragma once
 #include <string>
+#include <vector>
 
 namespace fkd {
 
@@ -10,10 +11,29 @@ struct DemoOptions {
   int threads = 0;
   int workers = 1;
   std::string device = "cpu";
+  uint64_t seed = 0;             ///< seed of the three students' runs
 };
 
-/// Trains a resnet20 teacher on Fashion-MNIST, evaluates it and prints the result.
-/// Returns the teacher's top-1 (percent).
-double run_demo(const DemoOptions& opts);
+/// One student of the comparison.
+struct DemoStudent {
+  std::string name;           ///< "plain", "online KD", "FKD"
+  double top1 = 0;            ///< test top-1 after the last epoch, percent
+  double seconds = 0;         ///< wall time of the run (training and per-epoch evaluation)
+  double epoch_seconds = 0;   ///< training wall time per effective epoch (no evaluation)
+  std::vector<double> curve_seconds, curve_top1;  ///< test top-1 against elapsed wall time
+};
+
+struct DemoResult {
+  double teacher_top1 = 0;
+  double teacher_seconds = 0;
+  double label_seconds = 0;
+  std::vector<DemoStudent> students;  ///< plain, online KD, FKD
+  std::string report;                 ///< path of report.md
+};
+
+/// Trains a resnet20 teacher, labels the training images with it, trains the tiny student
+/// three ways (plain, online KD, FKD) for the same effective epochs, prints a table and
+/// writes out/report.md and out/accuracy.svg. Re-running continues or reuses finished steps.
+DemoResult run_demo(const DemoOptions& opts);
 
 }  // namespace fkd

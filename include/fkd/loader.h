@@ -29,8 +29,14 @@ class CropSource {
   virtual ~CropSource() = default;
   /// Crops cut from each decoded image (m >= 1).
   virtual int crops_per_image() const = 0;
-  /// Writes crops_per_image() crops of sample `index` (an image of height x width) for `epoch`.
-  virtual void crops(size_t index, int64_t epoch, int height, int width, CropPlan* out) const = 0;
+  /// Width of the soft label paired with each crop (the class count), or 0 when the
+  /// source gives none and batches carry only class indices.
+  virtual int soft_label_classes() const { return 0; }
+  /// Writes crops_per_image() crops of sample `index` (an image of height x width) for
+  /// `epoch` into `out`, and, when soft_label_classes() > 0, their dense soft labels into
+  /// `soft` [crops_per_image, soft_label_classes] (else `soft` is null).
+  virtual void crops(size_t index, int64_t epoch, int height, int width, CropPlan* out,
+                     float* soft) const = 0;
 };
 
 /// Random training crops drawn with a TrainTransform (RandomResizedCrop / padded RandomCrop,
@@ -40,7 +46,8 @@ class RandomCropSource final : public CropSource {
   RandomCropSource(TrainTransform t, uint64_t seed, int per_image = 1)
       : t_(t), seed_(seed), per_image_(per_image) {}
   int crops_per_image() const override { return per_image_; }
-  void crops(size_t index, int64_t epoch, int height, int width, CropPlan* out) const override;
+  void crops(size_t index, int64_t epoch, int height, int width, CropPlan* out,
+             float* soft) const override;
 
  private:
   TrainTransform t_;
@@ -70,8 +77,10 @@ struct Batch {
   std::shared_ptr<float[]> images;  ///< [n, c, h, w] float32, normalized
   std::vector<int64_t> targets;     ///< [n] class indices
   std::vector<uint32_t> sample;     ///< [n] dataset index of each row
-  std::vector<uint16_t> crop;       ///< [n] crop number of each row within its image
+  std::vector<uint32_t> crop;       ///< [n] crop id of each row within its image (CropPlan::id)
   std::vector<CropPlan> plans;      ///< [n] crop box and flip of each row (empty in eval)
+  int soft_classes = 0;             ///< width of each soft label; 0 = none
+  std::vector<float> soft;          ///< [n, soft_classes] soft labels (FKD), else empty
   std::vector<int32_t> heights;     ///< [n] full height of each row's source image
   std::vector<int32_t> widths;      ///< [n] full width of each row's source image
 };

@@ -39,6 +39,17 @@ struct TrainConfig {
   double label_smoothing = 0;
   size_t batch_size = 128;
   uint64_t seed = 0;
+  // --- distillation
+  std::string mode = "auto";  ///< supervised | fkd | kd | auto (fkd with labels, kd with teacher)
+  std::string labels;         ///< fkd: label store directory (fkd label)
+  int num_crops = 4;          ///< fkd: crops per image per pass; one pass counts as this many epochs
+  std::string teacher;        ///< kd: TorchScript file or checkpoint.pt of fkd train
+  double temperature = 1;     ///< soft cross-entropy temperature T: -sum q log softmax(z/T)
+  double hard_weight = 0;     ///< weight of hard-label cross-entropy mixed into the soft loss
+  double mixup = 0;           ///< Mixup Beta(alpha, alpha); 0 = off
+  double cutmix = 0;          ///< CutMix Beta(alpha, alpha); 0 = off
+  double mix_prob = 1;        ///< probability that a batch is mixed (when an alpha is set)
+  double switch_prob = 0.5;   ///< probability of CutMix rather than Mixup when both are set
   // --- execution
   int threads = 0;             ///< torch intra-op threads; 0 = all cores
   int workers = 1;             ///< data loader threads
@@ -48,7 +59,7 @@ struct TrainConfig {
   // --- output
   std::string out = "runs/train";  ///< run directory: checkpoint.pt, metrics.jsonl
   bool resume = false;             ///< continue from out/checkpoint.pt
-  int stop_after = 0;              ///< stop (as if interrupted) after this many epochs; 0 = no
+  int stop_after = 0;              ///< stop (as if interrupted) after this many epochs (FKD: passes); 0 = no
 };
 
 class Dataset;
@@ -71,6 +82,10 @@ struct EpochMetrics {
   double lr = 0;             ///< learning rate at the end of the epoch
   double samples_per_s = 0;  ///< training samples per second
   double seconds = 0;        ///< wall time of the epoch (training + evaluation)
+  double train_seconds = 0;  ///< wall time of training alone (no evaluation)
+  /// Epochs this line covers: 1, or in FKD mode the num_crops epochs of one pass over the
+  /// images (fewer for a last, partial pass). `epoch` is the last of them.
+  int epochs_covered = 1;
 };
 
 struct TrainResult {
@@ -79,7 +94,8 @@ struct TrainResult {
   size_t bad_samples = 0;             ///< images skipped because they failed to load
 };
 
-/// Runs (or resumes) supervised training. Writes out/checkpoint.pt after every epoch
+/// Runs (or resumes) training in the config's mode: supervised, FKD from a label store, or
+/// online KD with a teacher. Writes out/checkpoint.pt after every epoch
 /// (atomically) and appends one line per epoch to out/metrics.jsonl.
 TrainResult train(TrainConfig cfg);
 

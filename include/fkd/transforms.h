@@ -56,6 +56,7 @@ struct EvalTransform {
 struct CropPlan {
   PixelBox box;
   bool flip = false;
+  uint32_t id = 0;  ///< which crop of the image: its number in a label store, else 0..m-1
 };
 
 /// Draws the crop and flip of a training transform for an image of the given size.

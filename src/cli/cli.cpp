@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include "fkd/demo.h"
+#include "fkd/distill.h"
 #include "fkd/error.h"
 #include "fkd/inspect.h"
 #include "fkd/label.h"
@@ -27,8 +28,43 @@ void add_execution_flags(CLI::App* app, int& threads, int& workers, std::string&
   app->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
 }
 
+/// The loss options shared by FKD and online KD.
+void add_soft_loss_flags(CLI::App* app, TrainConfig& c) {
+  app->add_option("--temperature", c.temperature,
+                  "Soft cross-entropy temperature T: -sum q log softmax(logits / T)")
+      ->capture_default_str();
+  app->add_option("--hard-weight", c.hard_weight,
+                  "Weight of the hard-label cross-entropy mixed into the soft loss (0..1)")
+      ->capture_default_str();
+  app->add_option("--mixup", c.mixup, "Mixup alpha (0 = off); mixes images and targets")
+      ->capture_default_str();
+  app->add_option("--cutmix", c.cutmix, "CutMix alpha (0 = off); mixes images and targets")
+      ->capture_default_str();
+  app->add_option("--mix-prob", c.mix_prob, "Probability that a batch is mixed")
+      ->capture_default_str();
+  app->add_option("--switch-prob", c.switch_prob,
+                  "Probability of CutMix rather than Mixup when both are on")
+      ->capture_default_str();
+}
+
+void add_distill_flags(CLI::App* app, TrainConfig& c) {
+  app->add_option("--mode", c.mode,
+                  "supervised, fkd or kd; auto = fkd with --labels, kd with --teacher, else "
+                  "supervised")
+      ->capture_default_str();
+  app->add_option("--labels,-l", c.labels, "FKD: label store made by fkd label");
+  app->add_option("--num-crops,-m", c.num_crops,
+                  "FKD: stored crops per image per pass; a pass counts as this many epochs")
+      ->capture_default_str();
+  app->add_option("--teacher,-t", c.teacher,
+                  "KD: teacher run on every batch (TorchScript file or checkpoint.pt)");
+  add_soft_loss_flags(app, c);
+}
+
 void add_train(CLI::App& root, TrainConfig& c) {
-  CLI::App* app = root.add_subcommand("train", "Train a model (supervised)");
+  CLI::App* app = root.add_subcommand(
+      "train", "Train a model: supervised, FKD from a label store (--labels), or online KD "
+               "(--teacher)");
   app->add_option("--data", c.data,
                   "Dataset: fashion-mnist, an IDX folder, or an ImageFolder root with train/ "
                   "and val/")
@@ -55,10 +91,8 @@ void add_train(CLI::App& root, TrainConfig& c) {
       ->capture_default_str();
   app->add_option("--input-size", c.input_size, "Model input side (0 = auto)")
       ->capture_default_str();
-  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)")
-      ->expected(2);
-  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)")
-      ->expected(2);
+  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)");
+  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)");
   app->add_option("--padding", c.padding, "RandomCrop padding (--aug crop)")
       ->capture_default_str();
   app->add_option("--flip", c.flip, "Horizontal flip probability")->capture_default_str();
@@ -71,6 +105,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
       ->capture_default_str();
   app->add_option("--limit-val", c.limit_val, "Use only this many val images")
       ->capture_default_str();
+  add_distill_flags(app, c);
   add_execution_flags(app, c.threads, c.workers, c.device);
   app->add_flag("--channels-last,!--no-channels-last", c.channels_last,
                 "NHWC activations (usually faster convolutions)")
@@ -102,8 +137,8 @@ void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& me
   app->add_option("--temperature", c.temperature, "Softmax temperature")->capture_default_str();
   app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
       ->capture_default_str();
-  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)")->expected(2);
-  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)")->expected(2);
+  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)");
+  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)");
   app->add_option("--flip", c.flip, "Horizontal flip probability")->capture_default_str();
   app->add_option("--input-size", c.input_size, "Teacher input side (0 = auto)");
   app->add_option("--interpolation", c.interp, "bilinear or bicubic")->capture_default_str();
@@ -185,6 +220,54 @@ int run_cli(int argc, char** argv) {
   inspect->add_option("--limit", insp.limit, "Summarize only this many images (0 = all)")
       ->capture_default_str();
 
+  DistillConfig dist;
+  dist.train.model = "tiny";
+  dist.label.crops = 0;
+  CLI::App* distill = app.add_subcommand(
+      "distill", "Label with a teacher, then train a student from the labels (FKD)");
+  distill->add_option("--teacher,-t", dist.label.teacher,
+                      "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt")
+      ->required();
+  distill->add_option("--data", dist.train.data, "Dataset (as for train)")->capture_default_str();
+  distill->add_option("--student,-s", dist.train.model,
+                      "Student zoo model: " + fmt::format("{}", fmt::join(model_names(), ", ")))
+      ->capture_default_str();
+  distill->add_option("--epochs", dist.train.epochs, "Effective training epochs")
+      ->capture_default_str();
+  distill->add_option("--num-crops,-m", dist.train.num_crops,
+                      "Crops per image per pass (a pass counts as this many epochs)")
+      ->capture_default_str();
+  distill->add_option("--crops", dist.label.crops,
+                      "Crops labeled per image (0 = as many as the epochs use)")
+      ->capture_default_str();
+  distill->add_option("--label-type", dist.label.label_type,
+                      "hard, smoothing, marginal_smoothing, marginal_renorm or full")
+      ->capture_default_str();
+  distill->add_option("--topk", dist.label.topk, "k of the marginal label types")
+      ->capture_default_str();
+  distill->add_option("--precision", dist.label.precision, "Stored values: fp16, u8 or fp32")
+      ->capture_default_str();
+  distill->add_option("--scale", dist.label.scale, "RandomResizedCrop area range (min max)");
+  distill->add_option("--ratio", dist.label.ratio, "RandomResizedCrop aspect range (min max)");
+  distill->add_option("--label-temperature", dist.label.temperature,
+                      "Softmax temperature of the stored labels")
+      ->capture_default_str();
+  distill->add_option("--batch-size,-b", dist.train.batch_size, "Crops per step")
+      ->capture_default_str();
+  distill->add_option("--optimizer", dist.train.optimizer, "sgd or adamw")->capture_default_str();
+  distill->add_option("--lr", dist.train.lr, "Peak learning rate")->capture_default_str();
+  distill->add_option("--weight-decay,--wd", dist.train.weight_decay, "Weight decay")
+      ->capture_default_str();
+  distill->add_option("--limit-train", dist.train.limit_train,
+                      "Use only this many training images")
+      ->capture_default_str();
+  distill->add_option("--seed", dist.train.seed, "Seed of the student's run")
+      ->capture_default_str();
+  add_soft_loss_flags(distill, dist.train);
+  distill->add_option("--out,-o", dist.out, "Output directory (labels/, student/)")
+      ->capture_default_str();
+  add_execution_flags(distill, dist.train.threads, dist.train.workers, dist.train.device);
+
   DemoOptions demo_opts;
   CLI::App* demo = app.add_subcommand("demo", "Run the Fashion-MNIST demo end to end");
   demo->add_option("--out,-o", demo_opts.out, "Output directory")->capture_default_str();
@@ -228,6 +311,8 @@ int run_cli(int argc, char** argv) {
       }
     } else if (app.got_subcommand("inspect")) {
       run_inspect(insp);
+    } else if (app.got_subcommand("distill")) {
+      run_distill(dist);
     } else if (app.got_subcommand("demo")) {
       run_demo(demo_opts);
     }

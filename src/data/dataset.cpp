@@ -218,6 +218,9 @@ class SubsetDataset final : public Dataset {
   size_t size() const override { return index_.size(); }
   int64_t label(size_t i) const override { return base_->label(index_[i]); }
   Image load(size_t i) const override { return base_->load(index_[i]); }
+  ImageBand load_rows(size_t i, const RowPicker& pick) const override {
+    return base_->load_rows(index_[i], pick);
+  }
   std::string item_name(size_t i) const override { return base_->item_name(index_[i]); }
   uint64_t item_bytes(size_t i) const override { return base_->item_bytes(index_[i]); }
 

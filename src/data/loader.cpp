@@ -13,10 +13,11 @@ constexpr size_t kMaxBadListed = 20;
 }
 
 void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
-                             CropPlan* out) const {
+                             CropPlan* out, float* /*soft*/) const {
   for (int k = 0; k < per_image_; ++k) {
     Rng rng(seed_, RngStream::kAugment, {uint64_t(epoch), uint64_t(index), uint64_t(k)});
     out[k] = sample_train_crop(t_, rng, height, width);
+    out[k].id = uint32_t(k);
   }
 }
 
@@ -147,6 +148,9 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   batch.sample.reserve(max_rows);
   batch.crop.reserve(max_rows);
   std::vector<CropPlan> plans(static_cast<size_t>(m_));
+  const int sc = train_ ? source_->soft_label_classes() : 0;
+  batch.soft_classes = sc;
+  if (sc > 0) batch.soft.resize(max_rows * size_t(sc));
   hwc.resize(size_t(out_h_) * out_w_ * out_c_);
 
   size_t row = 0;
@@ -157,7 +161,8 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       if (train_) {
         // Plan the crops as soon as the size is known, then decode only the rows they cover.
         band = ds_->load_rows(idx, [&](int height, int width) {
-          source_->crops(idx, epoch_, height, width, plans.data());
+          source_->crops(idx, epoch_, height, width, plans.data(),
+                         sc > 0 ? batch.soft.data() + row * size_t(sc) : nullptr);
           int lo = height, hi = 0;
           for (const CropPlan& p : plans) {
             lo = std::min(lo, std::max(0, p.box.top));
@@ -191,7 +196,7 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
         batch.widths.push_back(img.width);
         batch.targets.push_back(target);
         batch.sample.push_back(idx);
-        batch.crop.push_back(uint16_t(c));
+        batch.crop.push_back(plans[size_t(c)].id);
         ++row;
       }
     } else {
@@ -210,6 +215,7 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
     }
   }
   batch.n = int(row);
+  batch.soft.resize(row * size_t(sc));
   return batch;
 }
 

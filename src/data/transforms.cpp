@@ -107,6 +107,7 @@ CropPlan derive_label_crop(uint64_t seed, const float scale[2], const float rati
   CropPlan p;
   p.box = sample_random_resized_crop(rng, height, width, scale, ratio);
   p.flip = rng.uniform() < flip_prob;
+  p.id = crop;
   return p;
 }
 

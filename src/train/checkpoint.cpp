@@ -19,7 +19,8 @@ nlohmann::json metrics_json(const EpochMetrics& m) {
           {"train_top1", m.train_top1}, {"val_loss", m.val_loss},
           {"top1", m.top1},             {"top5", m.top5},
           {"lr", m.lr},                 {"samples_per_s", m.samples_per_s},
-          {"seconds", m.seconds}};
+          {"seconds", m.seconds},       {"train_seconds", m.train_seconds},
+          {"epochs_covered", m.epochs_covered}};
 }
 
 EpochMetrics metrics_from(const nlohmann::json& j) {
@@ -33,6 +34,8 @@ EpochMetrics metrics_from(const nlohmann::json& j) {
   j.at("lr").get_to(m.lr);
   j.at("samples_per_s").get_to(m.samples_per_s);
   j.at("seconds").get_to(m.seconds);
+  m.train_seconds = j.value("train_seconds", 0.0);
+  m.epochs_covered = j.value("epochs_covered", 1);
   return m;
 }
 

@@ -67,6 +67,30 @@ void resolve_config(TrainConfig& cfg, const Dataset& train_set) {
   FKD_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, ConfigError,
             "--label-smoothing must be in [0, 1)");
   FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers must be >= 0");
+  if (cfg.mode == "auto") {
+    FKD_CHECK(cfg.labels.empty() || cfg.teacher.empty(), ConfigError,
+              "give --labels (FKD) or --teacher (online KD), not both");
+    cfg.mode = !cfg.labels.empty() ? "fkd" : !cfg.teacher.empty() ? "kd" : "supervised";
+  }
+  FKD_CHECK(cfg.mode == "supervised" || cfg.mode == "fkd" || cfg.mode == "kd", ConfigError,
+            "--mode must be supervised, fkd or kd, got '{}'", cfg.mode);
+  FKD_CHECK(cfg.mode != "fkd" || !cfg.labels.empty(), ConfigError,
+            "--mode fkd needs --labels STORE (made by fkd label)");
+  FKD_CHECK(cfg.mode != "kd" || !cfg.teacher.empty(), ConfigError,
+            "--mode kd needs --teacher (a TorchScript file or a checkpoint.pt)");
+  if (cfg.mode != "fkd") cfg.num_crops = 1;
+  FKD_CHECK(cfg.num_crops >= 1, ConfigError, "--num-crops must be at least 1");
+  FKD_CHECK(cfg.batch_size % size_t(cfg.num_crops) == 0, ConfigError,
+            "--batch-size {} must be a multiple of --num-crops {}", cfg.batch_size,
+            cfg.num_crops);
+  FKD_CHECK(cfg.temperature > 0, ConfigError, "--temperature must be positive");
+  FKD_CHECK(cfg.hard_weight >= 0 && cfg.hard_weight <= 1, ConfigError,
+            "--hard-weight must be in [0, 1]");
+  FKD_CHECK(cfg.mixup >= 0 && cfg.cutmix >= 0, ConfigError,
+            "--mixup and --cutmix alphas must be >= 0");
+  FKD_CHECK(cfg.mix_prob >= 0 && cfg.mix_prob <= 1 && cfg.switch_prob >= 0 &&
+                cfg.switch_prob <= 1,
+            ConfigError, "--mix-prob and --switch-prob must be in [0, 1]");
   const auto names = model_names();
   FKD_CHECK(std::find(names.begin(), names.end(), cfg.model) != names.end(), ConfigError,
             "unknown model '{}'; known: {}", cfg.model, fmt::join(names, ", "));
@@ -85,8 +109,10 @@ nlohmann::json to_json(const TrainConfig& c) {
       {"warmup_epochs", c.warmup_epochs}, {"label_smoothing", c.label_smoothing},
       {"batch_size", c.batch_size}, {"seed", c.seed}, {"threads", c.threads},
       {"workers", c.workers}, {"device", c.device}, {"channels_last", c.channels_last},
-      {"strict_data", c.strict_data},
-      {"out", c.out},
+      {"strict_data", c.strict_data}, {"out", c.out}, {"mode", c.mode}, {"labels", c.labels},
+      {"num_crops", c.num_crops}, {"teacher", c.teacher}, {"temperature", c.temperature},
+      {"hard_weight", c.hard_weight}, {"mixup", c.mixup}, {"cutmix", c.cutmix},
+      {"mix_prob", c.mix_prob}, {"switch_prob", c.switch_prob},
   };
 }
 }  // namespace
@@ -130,6 +156,17 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     j.at("strict_data").get_to(c.strict_data);
     j.at("channels_last").get_to(c.channels_last);
     j.at("out").get_to(c.out);
+    // Distillation fields (absent in supervised checkpoints of format 1: defaults).
+    c.mode = j.value("mode", std::string("supervised"));
+    c.labels = j.value("labels", std::string());
+    c.num_crops = j.value("num_crops", 1);
+    c.teacher = j.value("teacher", std::string());
+    c.temperature = j.value("temperature", 1.0);
+    c.hard_weight = j.value("hard_weight", 0.0);
+    c.mixup = j.value("mixup", 0.0);
+    c.cutmix = j.value("cutmix", 0.0);
+    c.mix_prob = j.value("mix_prob", 1.0);
+    c.switch_prob = j.value("switch_prob", 0.5);
     return c;
   } catch (const nlohmann::json::exception& e) {
     fail<FormatError>("{}: bad run configuration: {}", source, e.what());

@@ -3,7 +3,10 @@
 #include <filesystem>
 
 #include <fmt/core.h>
+#include <fmt/format.h>
 
+#include "fkd/label.h"
+#include "fkd/plot.h"
 #include "fkd/progress.h"
 #include "fkd/train.h"
 
@@ -11,37 +14,173 @@ namespace fs = std::filesystem;
 
 namespace fkd {
 
-double run_demo(const DemoOptions& opts) {
-  const auto t0 = std::chrono::steady_clock::now();
-  TrainConfig cfg;
-  cfg.data = "fashion-mnist";
-  cfg.model = "resnet20";
-  cfg.epochs = opts.quick ? 1 : 4;
-  cfg.limit_train = opts.quick ? 10000 : 0;
-  cfg.threads = opts.threads;
-  cfg.workers = opts.workers;
-  cfg.device = opts.device;
-  cfg.out = (fs::path(opts.out) / (opts.quick ? "teacher-quick" : "teacher")).string();
-  cfg.resume = true;  // re-running the demo continues (or reuses) the previous teacher
-  fmt::print("== fkd demo: Fashion-MNIST, resnet20 teacher ({} epochs{})\n", cfg.epochs,
-             opts.quick ? ", 10k-image subset" : "");
-  std::fflush(stdout);
-  const TrainResult r = train(cfg);
+namespace {
 
-  EvalOptions eo;
-  eo.data = cfg.data;
-  eo.threads = opts.threads;
-  eo.workers = opts.workers;
-  eo.device = opts.device;
-  const EvalResult ev = evaluate_file(r.checkpoint, eo);
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  fmt::print("\n| model    | epochs | test top-1 | test top-5 | wall time |\n"
-             "|----------|--------|------------|------------|-----------|\n"
-             "| resnet20 | {:>6} | {:>9.2f}% | {:>9.2f}% | {:>9} |\n",
-             cfg.epochs, ev.top1, ev.top5, format_duration(secs));
-  fmt::print("\nteacher checkpoint: {}\n", r.checkpoint);
-  return ev.top1;
+/// The demo's settings: a full one (about 15 minutes on 2 cores) and a quick one.
+struct Recipe {
+  size_t images;       ///< training subset
+  size_t val_images;   ///< test subset (0 = all 10,000)
+  int teacher_epochs;
+  int epochs;          ///< effective epochs of every student
+  int num_crops;       ///< FKD crops per image per pass
+};
+
+Recipe recipe(bool quick) {
+  if (quick) return {4000, 2000, 3, 4, 2};
+  return {10000, 0, 5, 8, 4};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+DemoStudent summarize(const std::string& name, const TrainResult& r) {
+  DemoStudent s;
+  s.name = name;
+  double train_s = 0;
+  int epochs = 0;
+  for (const EpochMetrics& m : r.history) {
+    s.seconds += m.seconds;
+    train_s += m.train_seconds;
+    epochs += m.epochs_covered;
+    s.curve_seconds.push_back(s.seconds);
+    s.curve_top1.push_back(m.top1);
+  }
+  if (!r.history.empty()) s.top1 = r.history.back().top1;
+  s.epoch_seconds = epochs ? train_s / epochs : 0;
+  return s;
+}
+
+std::string results_table(const DemoResult& d) {
+  const DemoStudent& plain = d.students[0];
+  const DemoStudent& kd = d.students[1];
+  std::string t =
+      "| student (tiny) | test top-1 | wall time | s / epoch | speed vs plain | speed vs online KD |\n"
+      "|----------------|-----------:|----------:|----------:|---------------:|-------------------:|\n";
+  for (const DemoStudent& s : d.students) {
+    t += fmt::format("| {:<14} | {:>9.2f}% | {:>9} | {:>9.1f} | {:>13.2f}x | {:>17.2f}x |\n",
+                     s.name, s.top1, format_duration(s.seconds), s.epoch_seconds,
+                     s.epoch_seconds > 0 ? plain.epoch_seconds / s.epoch_seconds : 0.0,
+                     s.epoch_seconds > 0 ? kd.epoch_seconds / s.epoch_seconds : 0.0);
+  }
+  return t;
+}
+
+}  // namespace
+
+DemoResult run_demo(const DemoOptions& opts) {
+  const auto t_all = std::chrono::steady_clock::now();
+  const Recipe rc = recipe(opts.quick);
+  const fs::path out = fs::path(opts.out) / (opts.quick ? "quick" : "full");
+  fs::create_directories(out);
+  DemoResult d;
+
+  auto base = [&](const std::string& model, const std::string& dir) {
+    TrainConfig c;
+    c.data = "fashion-mnist";
+    c.model = model;
+    c.limit_train = rc.images;
+    c.limit_val = rc.val_images;
+    c.threads = opts.threads;
+    c.workers = opts.workers;
+    c.device = opts.device;
+    c.out = (out / dir).string();
+    c.resume = true;  // re-running the demo continues (or reuses) finished runs
+    return c;
+  };
+
+  // 1. The teacher.
+  fmt::print("== 1/5 teacher: resnet20 on {} Fashion-MNIST images, {} epochs\n", rc.images,
+             rc.teacher_epochs);
+  std::fflush(stdout);
+  TrainConfig tc = base("resnet20", "teacher");
+  tc.epochs = rc.teacher_epochs;
+  auto t0 = std::chrono::steady_clock::now();
+  const TrainResult teacher = train(tc);
+  d.teacher_top1 = teacher.history.back().top1;
+  d.teacher_seconds = 0;
+  for (const auto& m : teacher.history) d.teacher_seconds += m.seconds;
+
+  // 2. Soft labels: as many crops per image as the students' epochs use.
+  fmt::print("\n== 2/5 label: {} crops of each image with the teacher\n", rc.epochs);
+  std::fflush(stdout);
+  LabelConfig lc;
+  lc.teacher = teacher.checkpoint;
+  lc.data = "fashion-mnist";
+  lc.limit = rc.images;
+  lc.crops = rc.epochs;
+  lc.scale = {0.35f, 1.0f};  // 28x28 images: crops of at least a third of the garment
+  lc.threads = opts.threads;
+  lc.workers = opts.workers;
+  lc.device = opts.device;
+  lc.out = (out / "labels").string();
+  t0 = std::chrono::steady_clock::now();
+  const LabelResult lr = generate_labels(lc);
+  d.label_seconds = lr.crops ? lr.seconds : seconds_since(t0);
+
+  // 3-5. The tiny student three ways, same effective epochs and seed.
+  const char* names[] = {"plain", "online KD", "FKD"};
+  for (int k = 0; k < 3; ++k) {
+    fmt::print("\n== {}/5 student: tiny, {}, {} epochs\n", 3 + k, names[k], rc.epochs);
+    std::fflush(stdout);
+    TrainConfig sc = base("tiny", k == 0 ? "student-plain" : k == 1 ? "student-kd" : "student-fkd");
+    sc.epochs = rc.epochs;
+    sc.seed = opts.seed;
+    if (k == 1) sc.teacher = teacher.checkpoint;
+    if (k == 2) {
+      sc.labels = lc.out;
+      sc.num_crops = rc.num_crops;
+    }
+    d.students.push_back(summarize(names[k], train(sc)));
+  }
+
+  // The table and the report.
+  const std::string table = results_table(d);
+  const double total = seconds_since(t_all);
+  fmt::print("\n{}\n", table);
+  fmt::print("teacher resnet20: {:.2f}% top-1 ({}); labeling: {} ({} crops per image, once for "
+             "every student trained from the store)\n",
+             d.teacher_top1, format_duration(d.teacher_seconds), format_duration(d.label_seconds),
+             rc.epochs);
+
+  std::vector<PlotSeries> plot;
+  for (const DemoStudent& s : d.students) {
+    PlotSeries p;
+    p.name = s.name;
+    p.x.push_back(0);
+    p.y.push_back(10.0);  // chance, before training
+    for (size_t i = 0; i < s.curve_seconds.size(); ++i) {
+      p.x.push_back(s.curve_seconds[i]);
+      p.y.push_back(s.curve_top1[i]);
+    }
+    plot.push_back(p);
+  }
+  PlotOptions po;
+  po.title = "Tiny student on Fashion-MNIST: test top-1 against wall-clock time";
+  po.x_label = "wall-clock seconds (training + evaluation)";
+  po.y_label = "test top-1 (%)";
+  write_text_file_atomic((out / "accuracy.svg").string(), render_line_plot_svg(plot, po));
+
+  std::string md = fmt::format(
+      "# fkd demo: distilling resnet20 into a tiny CNN on Fashion-MNIST\n\n"
+      "Setting: {} training images, {} test images, the tiny student (93.5k parameters) "
+      "trained {} effective epochs three ways with the same recipe and seed {}: plain "
+      "(hard labels), online KD (the resnet20 teacher, frozen and optimized for inference, "
+      "runs on every batch) and FKD (the teacher's soft labels of {} stored crops per image, "
+      "{} crops per image per pass, no teacher). {} threads, {} loader workers, device {}.\n\n"
+      "Teacher: resnet20, {} epochs, {:.2f}% test top-1, {}. Labeling: {} for {} crops per "
+      "image, done once and reused by every student trained from the store.\n\n{}\n"
+      "![test top-1 against wall-clock time](accuracy.svg)\n\n"
+      "Whole demo: {}.\n",
+      rc.images, rc.val_images ? rc.val_images : 10000, rc.epochs, opts.seed, rc.epochs,
+      rc.num_crops, opts.threads ? fmt::format("{}", opts.threads) : std::string("all"),
+      opts.workers, opts.device, rc.teacher_epochs, d.teacher_top1,
+      format_duration(d.teacher_seconds), format_duration(d.label_seconds), rc.epochs, table,
+      format_duration(total));
+  d.report = (out / "report.md").string();
+  write_text_file_atomic(d.report, md);
+  fmt::print("report: {} (plot: {})\n", d.report, (out / "accuracy.svg").string());
+  return d;
 }
 
 }  // namespace fkd

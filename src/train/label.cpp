@@ -29,8 +29,8 @@ class LabelCropSource final : public CropSource {
  public:
   explicit LabelCropSource(const Manifest& m) : m_(m) {}
   int crops_per_image() const override { return int(m_.crops_per_image); }
-  void crops(size_t index, int64_t /*epoch*/, int height, int width,
-             CropPlan* out) const override {
+  void crops(size_t index, int64_t /*epoch*/, int height, int width, CropPlan* out,
+             float* /*soft*/) const override {
     for (uint32_t c = 0; c < m_.crops_per_image; ++c) {
       out[c] = derive_label_crop(m_.seed, m_.scale, m_.ratio, m_.flip_prob, index, c, height,
                                  width);
@@ -90,13 +90,9 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   // dataset's defaults (a TorchScript file does not say), options taking precedence.
   TrainConfig tc;
   std::unique_ptr<Teacher> teacher;
-  if (is_checkpoint(cfg.teacher)) {
-    CheckpointMeta meta;
-    auto net = load_checkpoint(cfg.teacher, &meta);
-    tc = meta.config;
-    teacher = make_zoo_teacher(net, device);
-  } else {
-    teacher = load_torchscript_teacher(cfg.teacher, device, cfg.optimize);
+  bool from_checkpoint = false;
+  teacher = open_teacher(cfg.teacher, device, cfg.optimize, &tc, &from_checkpoint);
+  if (!from_checkpoint) {
     tc.model = model_names().front();  // only for resolve_config's checks
     tc.input_size = 0;
     tc.eval_resize = 0;

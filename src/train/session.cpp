@@ -1,8 +1,14 @@
 #include "session.h"
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <thread>
 
+#include <fmt/core.h>
+
+#include "checkpoint.h"
 #include "fkd/error.h"
 #include "fkd/progress.h"
 
@@ -98,6 +104,33 @@ double lr_at(double lr, int64_t step, int64_t warmup, int64_t total) {
   const double span = double(std::max<int64_t>(1, total - warmup));
   const double progress = std::min(1.0, double(step - warmup) / span);
   return 0.5 * lr * (1.0 + std::cos(M_PI * progress));
+}
+
+std::unique_ptr<Teacher> open_teacher(const std::string& path, const torch::Device& device,
+                                      bool optimize, TrainConfig* checkpoint_cfg,
+                                      bool* is_ckpt) {
+  const bool ckpt = is_checkpoint(path);
+  if (is_ckpt) *is_ckpt = ckpt;
+  if (!ckpt) return load_torchscript_teacher(path, device, optimize);
+  CheckpointMeta meta;
+  auto net = load_checkpoint(path, &meta);
+  if (checkpoint_cfg) *checkpoint_cfg = meta.config;
+  if (!optimize) return make_zoo_teacher(net, device);
+  // Through TorchScript, so that the teacher is frozen and optimized like a traced one.
+  namespace fs = std::filesystem;
+  const fs::path tmp = fs::temp_directory_path() /
+                       fmt::format("fkd-teacher-{}-{}.pt", ::getpid(), fs::path(path).stem().string());
+  net->eval();
+  export_torchscript(*net, tmp.string());
+  std::unique_ptr<Teacher> t;
+  try {
+    t = load_torchscript_teacher(tmp.string(), device, /*optimize=*/true);
+  } catch (...) {
+    fs::remove(tmp);
+    throw;
+  }
+  fs::remove(tmp);
+  return t;
 }
 
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,

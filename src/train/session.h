@@ -7,6 +7,7 @@
 
 #include "fkd/dataset.h"
 #include "fkd/loader.h"
+#include "fkd/models.h"
 #include "fkd/train.h"
 
 namespace fkd {
@@ -30,6 +31,13 @@ torch::Tensor batch_targets(const Batch& b, const torch::Device& device);
 /// Learning rate at optimizer step `step` of `total` steps: linear warm-up over
 /// `warmup` steps from lr/warmup to lr, then cosine decay to 0.
 double lr_at(double lr, int64_t step, int64_t warmup, int64_t total);
+
+/// Opens a teacher: a checkpoint.pt of fkd train (its config is copied to *checkpoint_cfg
+/// when given, and *is_checkpoint set) or a TorchScript file. With optimize, either kind
+/// is frozen and optimized for inference (a checkpoint through its TorchScript export).
+std::unique_ptr<Teacher> open_teacher(const std::string& path, const torch::Device& device,
+                                      bool optimize, TrainConfig* checkpoint_cfg = nullptr,
+                                      bool* is_checkpoint = nullptr);
 
 /// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass).
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,

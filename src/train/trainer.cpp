@@ -5,9 +5,13 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.h"
+#include "soft_loss.h"
 #include "fkd/error.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
+#include "fkd/replay.h"
+#include "fkd/rng.h"
+#include "fkd/store.h"
 #include "fkd/train.h"
 #include "session.h"
 
@@ -112,35 +116,94 @@ TrainResult train(TrainConfig cfg) {
     write_metrics_file(metrics_path, {});
   }
 
+  // Where the targets come from: the labels (supervised), a label store (FKD), a teacher (KD).
+  const int m = cfg.num_crops;
+  const TrainTransform tt = train_transform(cfg);
+  std::shared_ptr<const CropSource> source;
+  if (cfg.mode == "fkd") {
+    auto store = std::make_shared<StoreReader>(cfg.labels);
+    const Manifest& mf = store->manifest();
+    check_store_matches(mf, cfg.labels, *train_set, cfg.data, cfg.limit_train);
+    source = std::make_shared<StoreCropSource>(store, m, cfg.seed);
+    const int passes = (cfg.epochs + m - 1) / m;
+    fmt::print("labels {}: {} crops per image by {}, {} top-{} {}; {} crops per image per pass, "
+               "{} passes{}\n",
+               cfg.labels, mf.crops_per_image, mf.teacher, label_type_name(mf.label_type), mf.k,
+               precision_name(mf.precision), m, passes,
+               uint64_t(passes) * uint64_t(m) > mf.crops_per_image
+                   ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
+                   : "");
+  } else {
+    source = std::make_shared<RandomCropSource>(tt, cfg.seed);
+  }
+  std::unique_ptr<Teacher> teacher;
+  torch::Tensor renorm_scale, renorm_shift;  // student-normalized input -> teacher-normalized
+  if (cfg.mode == "kd") {
+    TrainConfig tcfg;
+    bool ckpt = false;
+    teacher = open_teacher(cfg.teacher, device, /*optimize=*/true, &tcfg, &ckpt);
+    const auto probe = torch::zeros({1, cfg.channels, cfg.input_size, cfg.input_size},
+                                    torch::TensorOptions(device).dtype(torch::kFloat32));
+    const auto out = teacher->logits(probe);
+    FKD_CHECK(out.dim() == 2 && out.size(1) == num_classes, ConfigError,
+              "teacher {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes",
+              cfg.teacher, c10::str(out.sizes()), cfg.channels, cfg.input_size, cfg.input_size,
+              cfg.data, num_classes);
+    if (ckpt && (tcfg.mean != cfg.mean || tcfg.std != cfg.std)) {
+      FKD_CHECK(tcfg.mean.size() == cfg.mean.size(), ConfigError,
+                "teacher {} takes {} input channels, the student {}", cfg.teacher,
+                tcfg.mean.size(), cfg.mean.size());
+      std::vector<float> scale, shift;
+      for (size_t c = 0; c < cfg.mean.size(); ++c) {
+        scale.push_back(cfg.std[c] / tcfg.std[c]);
+        shift.push_back((cfg.mean[c] - tcfg.mean[c]) / tcfg.std[c]);
+      }
+      const int64_t nc = int64_t(scale.size());
+      renorm_scale = torch::tensor(scale).view({1, nc, 1, 1}).to(device);
+      renorm_shift = torch::tensor(shift).view({1, nc, 1, 1}).to(device);
+    }
+  }
+
   LoaderOptions lopt;
   lopt.batch_size = cfg.batch_size;
   lopt.seed = cfg.seed;
   lopt.workers = cfg.workers;
   lopt.strict = cfg.strict_data;
-  const TrainTransform tt = train_transform(cfg);
-  Loader train_loader(train_set, tt, std::make_shared<RandomCropSource>(tt, cfg.seed), lopt);
+  Loader train_loader(train_set, tt, source, lopt);
   LoaderOptions vopt = lopt;
   vopt.batch_size = 256;
   vopt.shuffle = false;
   Loader val_loader(val_set, eval_transform(cfg), vopt);
 
-  const int64_t steps_per_epoch = int64_t(train_loader.num_batches());
-  const int64_t total_steps = steps_per_epoch * cfg.epochs;
-  const int64_t warmup_steps = int64_t(cfg.warmup_epochs * double(steps_per_epoch));
-  fmt::print("train {} on {} ({} train / {} val images, {} classes, {}x{}x{}), {} epochs, "
+  // One pass over the images yields m crops of each: it counts as m epochs (the last pass
+  // may count fewer), and the schedule runs in these effective epochs.
+  const int passes = (cfg.epochs + m - 1) / m;
+  const int64_t steps_per_pass = int64_t(train_loader.num_batches());
+  const int64_t total_steps = steps_per_pass * passes;
+  const int64_t warmup_steps = int64_t(cfg.warmup_epochs * double(steps_per_pass) / m);
+  fmt::print("train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {} epochs, "
              "{} threads, {} workers, device {}\n",
-             cfg.model, cfg.data, train_set->size(), val_set->size(), num_classes, cfg.channels,
-             cfg.input_size, cfg.input_size, cfg.epochs, threads, cfg.workers, device.str());
+             cfg.model, cfg.mode, cfg.data, train_set->size(), val_set->size(), num_classes,
+             cfg.channels, cfg.input_size, cfg.input_size, cfg.epochs, threads, cfg.workers,
+             device.str());
   std::fflush(stdout);
 
+  const bool soft = cfg.mode != "supervised";
+  const bool mixing = cfg.mixup > 0 || cfg.cutmix > 0;
   TrainResult result;
   std::ofstream metrics(metrics_path, std::ios::app);
-  int epochs_this_call = 0;
-  for (int epoch = meta.epochs_done; epoch < cfg.epochs; ++epoch) {
+  int passes_this_call = 0;
+  for (int pass = (meta.epochs_done + m - 1) / m; pass < passes; ++pass) {
+    const int first_epoch = pass * m;  // 0-based effective epoch at the start of the pass
+    const int covered = std::min(m, cfg.epochs - first_epoch);
     const auto t0 = std::chrono::steady_clock::now();
     net->train();
-    train_loader.start_epoch(epoch);
-    Progress bar(fmt::format("epoch {}/{}", epoch + 1, cfg.epochs), train_set->size(), "img");
+    train_loader.start_epoch(pass);
+    const std::string title =
+        m == 1 ? fmt::format("epoch {}/{}", first_epoch + 1, cfg.epochs)
+               : fmt::format("epochs {}-{}/{}", first_epoch + 1, first_epoch + covered,
+                             cfg.epochs);
+    Progress bar(title, train_set->size() * size_t(m), m == 1 ? "img" : "crop");
     auto loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
     auto correct = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
     size_t seen = 0;
@@ -150,12 +213,43 @@ TrainResult train(TrainConfig cfg) {
       if (b.n == 0) continue;
       lr = lr_at(cfg.lr, meta.step, warmup_steps, total_steps);
       set_lr(*optimizer, lr);
-      const auto x = batch_images(b, device, cfg.channels_last);
+      auto x = batch_images(b, device, cfg.channels_last);
       const auto y = batch_targets(b, device);
-      const auto logits = net->forward(x);
-      const auto loss = torch::nn::functional::cross_entropy(
-          logits, y,
-          torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(cfg.label_smoothing));
+      torch::Tensor logits, loss;
+      if (!soft && !mixing) {
+        logits = net->forward(x);
+        loss = torch::nn::functional::cross_entropy(
+            logits, y,
+            torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(
+                cfg.label_smoothing));
+      } else {
+        torch::Tensor q, hard;
+        if (cfg.mode == "fkd") {
+          q = torch::from_blob(b.soft.data(), {b.n, b.soft_classes}, torch::kFloat32).to(device);
+        }
+        if (!soft || cfg.hard_weight > 0) hard = one_hot_targets(y, num_classes, cfg.label_smoothing);
+        if (mixing) {
+          Rng rng(cfg.seed, RngStream::kMix, {uint64_t(meta.step)});
+          const MixPlan plan = sample_mix(rng, cfg.mixup, cfg.cutmix, cfg.mix_prob,
+                                          cfg.switch_prob, b.h, b.w);
+          x = apply_mix(plan, x, {&q, &hard});
+        }
+        if (cfg.mode == "kd") {
+          torch::NoGradGuard no_grad;
+          const auto xt = renorm_scale.defined() ? x * renorm_scale + renorm_shift : x;
+          q = torch::softmax(teacher->logits(xt).to(torch::kFloat32) / cfg.temperature, 1);
+        }
+        logits = net->forward(x);
+        if (!soft) {
+          loss = soft_cross_entropy(logits, hard, 1.0);
+        } else {
+          loss = soft_cross_entropy(logits, q, cfg.temperature);
+          if (cfg.hard_weight > 0) {
+            loss = loss * (1.0 - cfg.hard_weight) +
+                   soft_cross_entropy(logits, hard, 1.0) * cfg.hard_weight;
+          }
+        }
+      }
       optimizer->zero_grad();
       loss.backward();
       optimizer->step();
@@ -172,28 +266,30 @@ TrainResult train(TrainConfig cfg) {
     net->eval();
     const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net->forward(x); },
                                          val_loader, device, cfg.channels_last, "  eval");
-    EpochMetrics m;
-    m.epoch = epoch + 1;
-    m.train_loss = seen ? loss_sum.item<double>() / double(seen) : 0;
-    m.train_top1 = seen ? 100.0 * double(correct.item<int64_t>()) / double(seen) : 0;
-    m.val_loss = ev.loss;
-    m.top1 = ev.top1;
-    m.top5 = ev.top5;
-    m.lr = lr;
-    m.samples_per_s = train_seconds > 0 ? double(seen) / train_seconds : 0;
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EpochMetrics em;
+    em.epoch = first_epoch + covered;
+    em.epochs_covered = covered;
+    em.train_loss = seen ? loss_sum.item<double>() / double(seen) : 0;
+    em.train_top1 = seen ? 100.0 * double(correct.item<int64_t>()) / double(seen) : 0;
+    em.val_loss = ev.loss;
+    em.top1 = ev.top1;
+    em.top5 = ev.top5;
+    em.lr = lr;
+    em.samples_per_s = train_seconds > 0 ? double(seen) / train_seconds : 0;
+    em.train_seconds = train_seconds;
+    em.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-    meta.epochs_done = epoch + 1;
-    meta.history.push_back(m);
+    meta.epochs_done = em.epoch;
+    meta.history.push_back(em);
     save_checkpoint(ckpt_path, meta, *net, optimizer.get());
-    metrics << metrics_to_json(m) << "\n";
+    metrics << metrics_to_json(em) << "\n";
     metrics.flush();
     fmt::print("epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
-               "top5 {:.2f}%  lr {:.4g}  {:.0f} img/s  {}\n",
-               m.epoch, cfg.epochs, m.train_loss, m.train_top1, m.val_loss, m.top1, m.top5, m.lr,
-               m.samples_per_s, format_duration(m.seconds));
+               "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
+               em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5,
+               em.lr, em.samples_per_s, m == 1 ? "img" : "crop", format_duration(em.seconds));
     std::fflush(stdout);
-    if (cfg.stop_after > 0 && ++epochs_this_call >= cfg.stop_after) break;
+    if (cfg.stop_after > 0 && ++passes_this_call >= cfg.stop_after) break;
   }
 
   result.history = meta.history;

@@ -1,0 +1,21 @@
+// `fkd distill`: label a dataset with a teacher, then train a student from the labels (FKD),
+// in one command with sensible defaults.
+#pragma once
+#include <string>
+
+#include "fkd/label.h"
+#include "fkd/train.h"
+
+namespace fkd {
+
+struct DistillConfig {
+  LabelConfig label;  ///< teacher, data, crops (0 = as many as the epochs use), sampler, ...
+  TrainConfig train;  ///< the student's run (model, epochs, num_crops, optimizer, ...)
+  std::string out = "runs/distill";  ///< labels in out/labels, the student in out/student
+};
+
+/// Labels (resuming a partial store) and trains (resuming a partial run). Returns the
+/// student's training result.
+TrainResult run_distill(DistillConfig cfg);
+
+}  // namespace fkd
