@@ -25,15 +25,42 @@ int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end()
 TEST(Cli, HelpListsSubcommands) {
   const auto r = run_fkd("--help");
   EXPECT_EQ(r.status, 0);
-  for (const char* sub : {"train", "eval", "export", "demo"}) {
+  for (const char* sub : {"train", "eval", "export", "label", "inspect", "distill", "demo"}) {
     EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
   }
   const auto t = run_fkd("train --help");
   EXPECT_EQ(t.status, 0);
   for (const char* flag : {"--data", "--model", "--resume", "--optimizer", "--label-smoothing",
-                           "--warmup-epochs", "--device", "--threads", "--workers"}) {
+                           "--warmup-epochs", "--device", "--threads", "--workers", "--labels",
+                           "--num-crops", "--teacher", "--temperature", "--hard-weight",
+                           "--mixup", "--cutmix"}) {
     EXPECT_NE(t.out.find(flag), std::string::npos) << flag;
   }
+  const auto dh = run_fkd("distill --help");
+  EXPECT_EQ(dh.status, 0);
+  for (const char* flag : {"--teacher", "--student", "--epochs", "--num-crops", "--crops"}) {
+    EXPECT_NE(dh.out.find(flag), std::string::npos) << flag;
+  }
+}
+
+TEST(Cli, DistillationErrorsAreOneLine) {
+  TempDir d;
+  // A label store that does not exist.
+  const auto r = run_fkd("train --model tiny --labels " + d.file("nolabels") + " --out " +
+                         d.file("run"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  EXPECT_NE(r.out.find(d.file("nolabels")), std::string::npos) << r.out;
+  // Both a store and a teacher: ambiguous.
+  const auto b = run_fkd("train --model tiny --labels x --teacher y --out " + d.file("run"));
+  EXPECT_EQ(b.status, 1);
+  EXPECT_EQ(count_lines(b.out), 1) << b.out;
+  EXPECT_NE(b.out.find("not both"), std::string::npos) << b.out;
+  // A batch that does not split into whole images.
+  const auto m = run_fkd("train --model tiny --labels x --num-crops 3 --batch-size 128 --out " +
+                         d.file("run"));
+  EXPECT_EQ(m.status, 1);
+  EXPECT_NE(m.out.find("multiple of --num-crops 3"), std::string::npos) << m.out;
 }
 
 TEST(Cli, ErrorsAreOneLine) {

@@ -11,6 +11,8 @@
 #include <functional>
 #include <atomic>
 #include <random>
+#include <regex>
+#include <set>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -540,6 +542,99 @@ TEST(StoreManifest, WriteReadCompare) {
   bad = m;
   bad.flip_prob = 2;
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
+}
+
+TEST(StoreManifest, RandomCropSampler) {
+  TempDir dir;
+  Manifest rrc = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 7, 20);
+  write_manifest(dir.path(), rrc);
+  // The original sampler writes no sampler keys (manifests of stores made before stay
+  // byte-identical), and a manifest without them reads as random_resized_crop.
+  std::string text = read_file(dir.file("manifest.json"));
+  EXPECT_EQ(text.find("crop_sampler"), std::string::npos);
+  EXPECT_EQ(read_manifest(dir.path()).crop_sampler, "random_resized_crop");
+
+  Manifest rc = rrc;
+  rc.crop_sampler = "random_crop";
+  rc.padding = 4;
+  write_manifest(dir.path(), rc);
+  text = read_file(dir.file("manifest.json"));
+  EXPECT_NE(text.find("\"crop_sampler\": \"random_crop\""), std::string::npos);
+  const Manifest back = read_manifest(dir.path());
+  EXPECT_EQ(back.crop_sampler, "random_crop");
+  EXPECT_EQ(back.padding, 4);
+  EXPECT_TRUE(manifest_differences(rc, back).empty());
+  EXPECT_EQ(manifest_differences(rrc, rc),
+            (std::vector<std::string>{"crop_sampler (random_resized_crop vs random_crop)",
+                                      "padding (0 vs 4)"}));
+  // The store key tells the samplers (and paddings) apart, so shards never mix.
+  EXPECT_NE(store::store_key(rrc), store::store_key(rc));
+  Manifest rc2 = rc;
+  rc2.padding = 2;
+  EXPECT_NE(store::store_key(rc), store::store_key(rc2));
+
+  Manifest bad = rc;
+  bad.crop_sampler = "center_crop";
+  EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
+  bad = rc;
+  bad.input_size = 0;
+  EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
+  write_file(dir.file("manifest.json"),
+             std::regex_replace(text, std::regex("\"random_crop\""), "\"zoom\""));
+  EXPECT_THROW(read_manifest(dir.path()), FormatError);
+}
+
+TEST(StoreCrops, RandomCropSamplerIsTorchvisionRandomCrop) {
+  Manifest m = make_manifest(LabelType::kHard, 1, Precision::kFp16, 10, 500, 4);
+  m.crop_sampler = "random_crop";
+  m.padding = 4;
+  m.input_size = 28;
+  const int H = 28, W = 28;
+  std::set<int> tops, lefts;
+  int flips = 0;
+  for (uint32_t c = 0; c < 500; ++c) {
+    const CropPlan p = derive_store_crop(m, 7, c, H, W);
+    EXPECT_EQ(p.id, c);
+    EXPECT_EQ(p.box.width, 28);
+    EXPECT_EQ(p.box.height, 28);
+    EXPECT_GE(p.box.top, -4);
+    EXPECT_LE(p.box.top, H + 4 - 28);
+    EXPECT_GE(p.box.left, -4);
+    EXPECT_LE(p.box.left, W + 4 - 28);
+    tops.insert(p.box.top);
+    lefts.insert(p.box.left);
+    flips += p.flip;
+    // Pure: the same arguments give the same crop.
+    const CropPlan q = derive_store_crop(m, 7, c, H, W);
+    EXPECT_EQ(q.box.top, p.box.top);
+    EXPECT_EQ(q.box.left, p.box.left);
+    EXPECT_EQ(q.flip, p.flip);
+  }
+  EXPECT_EQ(tops.size(), 9u);  // every offset in [-4, 4] occurs in 500 draws
+  EXPECT_EQ(lefts.size(), 9u);
+  EXPECT_NEAR(flips / 500.0, 0.5, 0.08);
+  // The draw follows the spec: top = below(H + 2P - S + 1) - P, then left, then the flip,
+  // from Rng(seed, kLabelCrops, {image, crop}).
+  Rng rng(m.seed, RngStream::kLabelCrops, {7, 3});
+  const int top = int(rng.below(9)) - 4, left = int(rng.below(9)) - 4;
+  const bool flip = rng.uniform() < m.flip_prob;
+  const CropPlan p3 = derive_store_crop(m, 7, 3, H, W);
+  EXPECT_EQ(p3.box.top, top);
+  EXPECT_EQ(p3.box.left, left);
+  EXPECT_EQ(p3.flip, flip);
+  // The record's crop hash covers the sampler: another padding gives other crops.
+  Manifest m2 = m;
+  m2.padding = 2;
+  EXPECT_NE(label_crop_hash(m, 7, H, W), label_crop_hash(m2, 7, H, W));
+  // The random_resized_crop sampler is derive_label_crop.
+  const Manifest r = make_manifest(LabelType::kHard, 1, Precision::kFp16, 10, 5, 4);
+  const CropPlan a = derive_store_crop(r, 2, 1, 41, 77);
+  const CropPlan b = derive_label_crop(r.seed, r.scale, r.ratio, r.flip_prob, 2, 1, 41, 77);
+  EXPECT_EQ(a.box.left, b.box.left);
+  EXPECT_EQ(a.box.top, b.box.top);
+  EXPECT_EQ(a.box.width, b.box.width);
+  EXPECT_EQ(a.box.height, b.box.height);
+  EXPECT_EQ(a.flip, b.flip);
 }
 
 TEST(StoreShardRange, TilesForAwkwardCounts) {

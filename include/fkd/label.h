@@ -18,6 +18,10 @@ struct LabelConfig {
   int topk = 5;
   float temperature = 1.0f;
   std::string precision = "fp16";      ///< fp16 | u8 | fp32
+  /// Crop sampler: rrc (RandomResizedCrop(scale, ratio)), crop (RandomCrop(input_size,
+  /// padding), the small-image recipe) or auto (crop for inputs <= 64 px, else rrc).
+  std::string aug = "rrc";
+  int padding = 4;                     ///< zero padding of aug=crop
   std::array<float, 2> scale = {0.08f, 1.0f};
   std::array<float, 2> ratio = {3.f / 4.f, 4.f / 3.f};
   float flip = 0.5f;

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "fkd/transforms.h"
+
 namespace fkd {
 
 /// How a teacher's softmax output is quantized (the reference's label types).
@@ -86,7 +88,11 @@ struct Manifest {
   int k = 5;                           ///< top-k (marginal types); 1 for hard/smoothing
   Precision precision = Precision::kFp16;
   uint32_t crops_per_image = 0;
-  // crop sampler (RandomResizedCrop + flip); crops are derived, see derive_label_crop
+  // crop sampler; crops are derived from it, see derive_store_crop
+  /// "random_resized_crop" (RandomResizedCrop(scale, ratio) + flip, derive_label_crop) or
+  /// "random_crop" (RandomCrop(input_size, padding) + flip: the small-image recipe)
+  std::string crop_sampler = "random_resized_crop";
+  int padding = 0;                     ///< zero padding of random_crop
   uint64_t seed = 0;
   float scale[2] = {0.08f, 1.0f};
   float ratio[2] = {3.f / 4.f, 4.f / 3.f};
@@ -111,6 +117,13 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
 std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count);
 /// "shard-00003-of-00008.fkdl"
 std::string shard_file_name(uint32_t index, uint32_t count);
+
+/// Crop `crop` of image `image` (height x width pixels) as the store's sampler derives it:
+/// derive_label_crop for random_resized_crop; for random_crop an input_size box at
+/// sample_padded_crop's offset (may reach into the zero padding) and then the flip, drawn
+/// from the same Rng(seed, kLabelCrops, {image, crop}). Pure.
+CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int height,
+                           int width);
 
 /// The crop hash a record of image `image` (height x width pixels) must carry: XXH32 (seed 0)
 /// of (left, top, width, height, flip) as little-endian int32 of every crop c in

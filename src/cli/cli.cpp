@@ -137,6 +137,12 @@ void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& me
   app->add_option("--temperature", c.temperature, "Softmax temperature")->capture_default_str();
   app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
       ->capture_default_str();
+  app->add_option("--aug", c.aug,
+                  "Crop sampler: rrc (RandomResizedCrop), crop (RandomCrop with padding), auto "
+                  "(crop for inputs <= 64 px, else rrc)")
+      ->capture_default_str();
+  app->add_option("--padding", c.padding, "RandomCrop padding (--aug crop)")
+      ->capture_default_str();
   app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)");
   app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)");
   app->add_option("--flip", c.flip, "Horizontal flip probability")->capture_default_str();
@@ -223,6 +229,7 @@ int run_cli(int argc, char** argv) {
   DistillConfig dist;
   dist.train.model = "tiny";
   dist.label.crops = 0;
+  dist.label.aug = "auto";
   CLI::App* distill = app.add_subcommand(
       "distill", "Label with a teacher, then train a student from the labels (FKD)");
   distill->add_option("--teacher,-t", dist.label.teacher,
@@ -247,11 +254,17 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str();
   distill->add_option("--precision", dist.label.precision, "Stored values: fp16, u8 or fp32")
       ->capture_default_str();
+  distill->add_option("--aug", dist.label.aug,
+                      "Crop sampler: rrc, crop (RandomCrop with padding) or auto (crop for "
+                      "inputs <= 64 px)")
+      ->capture_default_str();
   distill->add_option("--scale", dist.label.scale, "RandomResizedCrop area range (min max)");
   distill->add_option("--ratio", dist.label.ratio, "RandomResizedCrop aspect range (min max)");
   distill->add_option("--label-temperature", dist.label.temperature,
                       "Softmax temperature of the stored labels")
       ->capture_default_str();
+  distill->add_option("--input-size", dist.train.input_size,
+                      "Input side of teacher and student (0 = auto)");
   distill->add_option("--batch-size,-b", dist.train.batch_size, "Crops per step")
       ->capture_default_str();
   distill->add_option("--optimizer", dist.train.optimizer, "sgd or adamw")->capture_default_str();

@@ -33,6 +33,8 @@ inline constexpr size_t kRecordHeaderSize = 16;  ///< height, width, crop_hash, 
 
 // Sanity limits (a reader allocates nothing larger than these, whatever a file says).
 inline constexpr uint32_t kMaxCropsPerImage = 1u << 20;
+inline constexpr const char* kRandomResizedCrop = "random_resized_crop";  ///< crop samplers
+inline constexpr const char* kRandomCrop = "random_crop";
 inline constexpr uint32_t kMaxShards = 99999;          ///< shard names have 5 digits
 inline constexpr uint64_t kMaxRecordBytes = 256ull << 20;  ///< decoded record size
 inline constexpr uint32_t kMaxClasses = 0x7fffffffu;   ///< class ids are int32

@@ -19,6 +19,7 @@
 #include "fkd/error.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
+#include "fkd/rng.h"
 #include "store/format.h"
 
 namespace fkd {
@@ -173,6 +174,10 @@ std::string manifest_problem(const Manifest& m) {
     return fmt::format("ratio: [{}, {}] does not satisfy 0 < min <= max", m.ratio[0], m.ratio[1]);
   if (!(m.flip_prob >= 0 && m.flip_prob <= 1)) return fmt::format("flip_prob: {} is not in [0, 1]", m.flip_prob);
   if (m.input_size < 0) return fmt::format("input_size: {} is negative", m.input_size);
+  if (m.crop_sampler != store::kRandomResizedCrop && m.crop_sampler != store::kRandomCrop)
+    return fmt::format("crop_sampler: '{}' is not {} or {}", m.crop_sampler, store::kRandomResizedCrop, store::kRandomCrop);
+  if (m.crop_sampler == store::kRandomCrop && !(m.input_size >= 1 && m.padding >= 0 && m.padding <= 4096))
+    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})", m.input_size, m.padding);
   if (m.num_shards < 1 || m.num_shards > kMaxShards)
     return fmt::format("num_shards: {} is not in [1, {}]", m.num_shards, kMaxShards);
   const uint64_t raw = record_format(m).max_raw_size();
@@ -231,6 +236,10 @@ uint64_t store_key(const Manifest& m) {
   w.f32(m.flip_prob);
   w.u32(uint32_t(m.input_size));
   w.str(m.interpolation);
+  if (m.crop_sampler != store::kRandomResizedCrop) {  // absent for the original sampler
+    w.str(m.crop_sampler);
+    w.u32(uint32_t(m.padding));
+  }
   w.floats(m.mean);
   w.floats(m.std);
   return XXH3_64bits(w.b.data(), w.b.size());
@@ -292,6 +301,8 @@ Manifest read_manifest(const std::string& store_dir) {
   m.ratio[0] = ratio[0];
   m.ratio[1] = ratio[1];
   m.flip_prob = f.f32("flip_prob", true, 0.5f);
+  m.crop_sampler = f.str("crop_sampler", false, store::kRandomResizedCrop);
+  m.padding = int(f.i64("padding", false, 0));
   m.input_size = int(f.i64("input_size", false, 0));
   m.interpolation = f.str("interpolation", false, "bilinear");
   m.mean = f.floats("mean", false);
@@ -323,6 +334,10 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["scale"] = floats_json(m.scale, 2);
   j["ratio"] = floats_json(m.ratio, 2);
   j["flip_prob"] = float_json(m.flip_prob);
+  if (m.crop_sampler != store::kRandomResizedCrop) {
+    j["crop_sampler"] = m.crop_sampler;
+    j["padding"] = m.padding;
+  }
   j["input_size"] = m.input_size;
   j["interpolation"] = m.interpolation;
   j["mean"] = floats_json(m.mean.data(), m.mean.size());
@@ -385,6 +400,9 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   if (a.ratio[0] != b.ratio[0] || a.ratio[1] != b.ratio[1])
     d.push_back(fmt::format("ratio ([{}, {}] vs [{}, {}])", a.ratio[0], a.ratio[1], b.ratio[0], b.ratio[1]));
   cmp("flip_prob", a.flip_prob, b.flip_prob);
+  if (a.crop_sampler != b.crop_sampler)
+    d.push_back(fmt::format("crop_sampler ({} vs {})", a.crop_sampler, b.crop_sampler));
+  cmp("padding", a.padding, b.padding);
   cmp("input_size", a.input_size, b.input_size);
   cmp("interpolation", a.interpolation, b.interpolation);
   if (a.mean != b.mean) d.push_back(fmt::format("mean ({} vs {})", show(a.mean), show(b.mean)));
@@ -404,13 +422,27 @@ std::string shard_file_name(uint32_t index, uint32_t count) {
   return fmt::format("shard-{:05d}-of-{:05d}.fkdl", index, count);
 }
 
+CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int height,
+                           int width) {
+  if (m.crop_sampler != store::kRandomResizedCrop) {
+    FKD_CHECK(m.crop_sampler == store::kRandomCrop, FormatError, "unknown crop_sampler '{}'",
+              m.crop_sampler);
+    Rng rng(m.seed, RngStream::kLabelCrops, {image, crop});
+    CropPlan p;
+    p.box = sample_padded_crop(rng, height, width, m.input_size, m.input_size, m.padding);
+    p.flip = rng.uniform() < m.flip_prob;
+    p.id = crop;
+    return p;
+  }
+  return derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, image, crop, height, width);
+}
+
 uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width) {
   FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu,
             DataError, "label_crop_hash: image {} has size {}x{}", image, height, width);
   std::vector<uint8_t> bytes(size_t(m.crops_per_image) * 20);
   for (uint32_t c = 0; c < m.crops_per_image; ++c) {
-    const CropPlan p = derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, image, c,
-                                         int(height), int(width));
+    const CropPlan p = derive_store_crop(m, image, c, int(height), int(width));
     uint8_t* o = bytes.data() + size_t(c) * 20;
     store::store_u32(o, uint32_t(p.box.left));
     store::store_u32(o + 4, uint32_t(p.box.top));

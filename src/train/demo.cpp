@@ -109,7 +109,7 @@ DemoResult run_demo(const DemoOptions& opts) {
   lc.data = "fashion-mnist";
   lc.limit = rc.images;
   lc.crops = rc.epochs;
-  lc.scale = {0.35f, 1.0f};  // 28x28 images: crops of at least a third of the garment
+  lc.aug = "crop";  // the small-image recipe the plain and KD students train with
   lc.threads = opts.threads;
   lc.workers = opts.workers;
   lc.device = opts.device;

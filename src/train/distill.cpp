@@ -22,6 +22,7 @@ TrainResult run_distill(DistillConfig cfg) {
   l.data = t.data;
   l.limit = t.limit_train;
   l.channels = t.channels;
+  if (t.input_size) l.input_size = t.input_size;
   l.threads = t.threads;
   l.workers = t.workers;
   l.device = t.device;

@@ -32,8 +32,7 @@ class LabelCropSource final : public CropSource {
   void crops(size_t index, int64_t /*epoch*/, int height, int width, CropPlan* out,
              float* /*soft*/) const override {
     for (uint32_t c = 0; c < m_.crops_per_image; ++c) {
-      out[c] = derive_label_crop(m_.seed, m_.scale, m_.ratio, m_.flip_prob, index, c, height,
-                                 width);
+      out[c] = derive_store_crop(m_, index, c, height, width);
     }
   }
 
@@ -135,6 +134,16 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   m.ratio[0] = cfg.ratio[0];
   m.ratio[1] = cfg.ratio[1];
   m.flip_prob = cfg.flip;
+  {
+    const std::string aug = cfg.aug == "auto" ? (tc.input_size <= 64 ? "crop" : "rrc") : cfg.aug;
+    FKD_CHECK(aug == "rrc" || aug == "crop", ConfigError,
+              "--aug must be rrc, crop or auto, got '{}'", cfg.aug);
+    FKD_CHECK(cfg.padding >= 0, ConfigError, "--padding must be >= 0");
+    if (aug == "crop") {
+      m.crop_sampler = "random_crop";
+      m.padding = cfg.padding;
+    }
+  }
   FKD_CHECK(m.scale[0] > 0 && m.scale[0] <= m.scale[1] && m.scale[1] <= 1, ConfigError,
             "--scale must satisfy 0 < min <= max <= 1");
   FKD_CHECK(m.ratio[0] > 0 && m.ratio[0] <= m.ratio[1], ConfigError,
@@ -157,6 +166,8 @@ LabelResult generate_labels(const LabelConfig& cfg) {
     m.ratio[0] = ref.ratio[0];
     m.ratio[1] = ref.ratio[1];
     m.flip_prob = ref.flip_prob;
+    m.crop_sampler = ref.crop_sampler;
+    m.padding = ref.padding;
   }
 
   fs::create_directories(cfg.out);

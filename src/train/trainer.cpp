@@ -82,39 +82,9 @@ TrainResult train(TrainConfig cfg) {
   FKD_CHECK(val_set->classes() == train_set->classes(), DataError,
             "{}: the val split's classes differ from the train split's", cfg.data);
 
-  fs::create_directories(cfg.out);
   const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
   const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
   const int num_classes = int(train_set->classes().size());
-
-  torch::manual_seed(cfg.seed);
-  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
-  place_model(*net, device, cfg.channels_last);
-  auto optimizer = make_optimizer(cfg, *net);
-
-  CheckpointMeta meta;
-  meta.model = cfg.model;
-  meta.in_channels = cfg.channels;
-  meta.num_classes = num_classes;
-  meta.classes = train_set->classes();
-  meta.config = cfg;
-  if (cfg.resume && fs::exists(ckpt_path)) {
-    CheckpointMeta saved = read_checkpoint_meta(ckpt_path);
-    check_resume_compatible(cfg, saved.config, ckpt_path);
-    FKD_CHECK(saved.classes == meta.classes, ConfigError,
-              "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
-    load_checkpoint_into(ckpt_path, *net, optimizer.get(), /*restore_rng=*/true);
-    meta.epochs_done = saved.epochs_done;
-    meta.step = saved.step;
-    meta.history = saved.history;
-    write_metrics_file(metrics_path, meta.history);  // drop lines of unfinished epochs
-    fmt::print("resuming {} after epoch {}/{}\n", ckpt_path, meta.epochs_done, cfg.epochs);
-  } else {
-    FKD_CHECK(!fs::exists(ckpt_path) || cfg.resume, ConfigError,
-              "{} already holds a run; pass --resume to continue it or choose a new --out",
-              cfg.out);
-    write_metrics_file(metrics_path, {});
-  }
 
   // Where the targets come from: the labels (supervised), a label store (FKD), a teacher (KD).
   const int m = cfg.num_crops;
@@ -162,6 +132,37 @@ TrainResult train(TrainConfig cfg) {
       renorm_scale = torch::tensor(scale).view({1, nc, 1, 1}).to(device);
       renorm_shift = torch::tensor(shift).view({1, nc, 1, 1}).to(device);
     }
+  }
+
+  fs::create_directories(cfg.out);
+
+  torch::manual_seed(cfg.seed);
+  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
+  place_model(*net, device, cfg.channels_last);
+  auto optimizer = make_optimizer(cfg, *net);
+
+  CheckpointMeta meta;
+  meta.model = cfg.model;
+  meta.in_channels = cfg.channels;
+  meta.num_classes = num_classes;
+  meta.classes = train_set->classes();
+  meta.config = cfg;
+  if (cfg.resume && fs::exists(ckpt_path)) {
+    CheckpointMeta saved = read_checkpoint_meta(ckpt_path);
+    check_resume_compatible(cfg, saved.config, ckpt_path);
+    FKD_CHECK(saved.classes == meta.classes, ConfigError,
+              "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
+    load_checkpoint_into(ckpt_path, *net, optimizer.get(), /*restore_rng=*/true);
+    meta.epochs_done = saved.epochs_done;
+    meta.step = saved.step;
+    meta.history = saved.history;
+    write_metrics_file(metrics_path, meta.history);  // drop lines of unfinished epochs
+    fmt::print("resuming {} after epoch {}/{}\n", ckpt_path, meta.epochs_done, cfg.epochs);
+  } else {
+    FKD_CHECK(!fs::exists(ckpt_path) || cfg.resume, ConfigError,
+              "{} already holds a run; pass --resume to continue it or choose a new --out",
+              cfg.out);
+    write_metrics_file(metrics_path, {});
   }
 
   LoaderOptions lopt;
