@@ -30,7 +30,7 @@ Recipe recipe(bool quick) {
   // One crop per image per pass: in schedules this short, FKD's accuracy follows how often
   // each image is visited (bench/RESULTS.md); the teacher sees a superset of the images.
   if (quick) return {2000, 6000, 2000, 2, 8, 1};
-  return {5000, 30000, 0, 3, 16, 1};
+  return {4000, 20000, 5000, 3, 16, 1};
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
