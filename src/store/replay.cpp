@@ -80,14 +80,9 @@ void StoreCropSource::crops(size_t index, int64_t pass, int height, int width, C
   FKD_CHECK(rec.height == uint32_t(height) && rec.width == uint32_t(width), DataError,
             "image {} is {}x{} but the label store labeled it at {}x{}; relabel the dataset",
             index, height, width, rec.height, rec.width);
-  uint32_t ids[256];
-  std::vector<uint32_t> big;
-  uint32_t* id = ids;
-  if (m_ > 256) {
-    big.resize(size_t(m_));
-    id = big.data();
-  }
-  replay_crop_ids(seed_, index, pass, rec.num_crops, m_, id);
+  thread_local std::vector<uint32_t> id;
+  id.resize(size_t(m_));
+  replay_crop_ids(seed_, index, pass, rec.num_crops, m_, id.data());
   const int ni = stored_indices(mf.label_type, mf.k);
   const int nv = stored_values(mf.label_type, mf.k, classes_);
   for (int k = 0; k < m_; ++k) {

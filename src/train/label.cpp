@@ -185,15 +185,8 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   }
 
   // The teacher must produce one logit per class.
-  {
-    const auto probe = torch::zeros({1, tc.channels, tc.input_size, tc.input_size},
-                                    torch::TensorOptions(device).dtype(torch::kFloat32));
-    const auto out = teacher->logits(probe);
-    FKD_CHECK(out.dim() == 2 && out.size(1) == num_classes, ConfigError,
-              "teacher {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes",
-              cfg.teacher, c10::str(out.sizes()), tc.channels, tc.input_size, tc.input_size,
-              cfg.data, num_classes);
-  }
+  check_teacher_classes(*teacher, cfg.teacher, device, tc.channels, tc.input_size, num_classes,
+                        cfg.data);
 
   ShardWriter writer(cfg.out, m, shard_index);
   LabelResult result;

@@ -133,6 +133,17 @@ std::unique_ptr<Teacher> open_teacher(const std::string& path, const torch::Devi
   return t;
 }
 
+void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
+                           const torch::Device& device, int channels, int size, int num_classes,
+                           const std::string& data) {
+  const auto probe = torch::zeros({1, channels, size, size},
+                                  torch::TensorOptions(device).dtype(torch::kFloat32));
+  const auto out = teacher.logits(probe);
+  FKD_CHECK(out.dim() == 2 && out.size(1) == num_classes, ConfigError,
+            "teacher {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes",
+            teacher_path, c10::str(out.sizes()), channels, size, size, data, num_classes);
+}
+
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,
                           const std::string& label) {

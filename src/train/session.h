@@ -39,6 +39,12 @@ std::unique_ptr<Teacher> open_teacher(const std::string& path, const torch::Devi
                                       bool optimize, TrainConfig* checkpoint_cfg = nullptr,
                                       bool* is_checkpoint = nullptr);
 
+/// Runs the teacher once on a zero [1, channels, size, size] input and throws ConfigError
+/// (naming the teacher and the dataset) unless it outputs num_classes logits.
+void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
+                           const torch::Device& device, int channels, int size, int num_classes,
+                           const std::string& data);
+
 /// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass).
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,

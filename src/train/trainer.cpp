@@ -112,13 +112,8 @@ TrainResult train(TrainConfig cfg) {
     TrainConfig tcfg;
     bool ckpt = false;
     teacher = open_teacher(cfg.teacher, device, /*optimize=*/true, &tcfg, &ckpt);
-    const auto probe = torch::zeros({1, cfg.channels, cfg.input_size, cfg.input_size},
-                                    torch::TensorOptions(device).dtype(torch::kFloat32));
-    const auto out = teacher->logits(probe);
-    FKD_CHECK(out.dim() == 2 && out.size(1) == num_classes, ConfigError,
-              "teacher {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes",
-              cfg.teacher, c10::str(out.sizes()), cfg.channels, cfg.input_size, cfg.input_size,
-              cfg.data, num_classes);
+    check_teacher_classes(*teacher, cfg.teacher, device, cfg.channels, cfg.input_size,
+                          num_classes, cfg.data);
     if (ckpt && (tcfg.mean != cfg.mean || tcfg.std != cfg.std)) {
       FKD_CHECK(tcfg.mean.size() == cfg.mean.size(), ConfigError,
                 "teacher {} takes {} input channels, the student {}", cfg.teacher,
