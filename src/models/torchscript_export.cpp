@@ -2,6 +2,7 @@
 // submodule per C++ submodule, same names, same tensors) whose forward is TorchScript
 // source emitted per layer type, and saves it as an archive that torch.jit.load reads.
 #include <cctype>
+#include <variant>
 
 #include <torch/script.h>
 #include <torch/torch.h>
@@ -13,6 +14,9 @@ namespace fkd {
 namespace {
 
 namespace nn = torch::nn;
+// Module options hold c10::variant in LibTorch 1.x and std::variant from 2.x on: unqualified
+// get_if finds the right one (std's here, c10's by argument-dependent lookup).
+using std::get_if;
 
 std::string int_list(at::IntArrayRef v) {
   std::string s = "[";
@@ -52,8 +56,8 @@ std::string forward_source(const nn::Module& m, const std::string& where) {
 
   if (const auto* c = dynamic_cast<const nn::Conv2dImpl*>(&m)) {
     const auto& o = c->options;
-    const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&o.padding());
-    FKD_CHECK(padding && c10::get_if<torch::enumtype::kZeros>(&o.padding_mode()), ConfigError,
+    const auto* padding = get_if<torch::ExpandingArray<2>>(&o.padding());
+    FKD_CHECK(padding && get_if<torch::enumtype::kZeros>(&o.padding_mode()), ConfigError,
               "export_torchscript: {}: only explicit zero padding is supported", where);
     return fmt::format("{}    return torch.conv2d(x, self.weight, {}, {}, {}, {}, {})\n", kHeader,
                        self_or_none(c->bias, "bias"), int_list(*o.stride()), int_list(**padding),
