@@ -36,7 +36,7 @@ struct TrainConfig {
   double weight_decay = 5e-4;
   int epochs = 15;
   double warmup_epochs = 0;  ///< linear warm-up, then cosine decay to 0 (per step)
-  double label_smoothing = 0;
+  double label_smoothing = 0.1;  ///< hard-label cross-entropy (supervised, --hard-weight)
   size_t batch_size = 128;
   uint64_t seed = 0;
   // --- distillation

@@ -81,7 +81,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")->capture_default_str();
   app->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up epochs")
       ->capture_default_str();
-  app->add_option("--label-smoothing", c.label_smoothing, "Label smoothing")
+  app->add_option("--label-smoothing", c.label_smoothing, "Label smoothing of hard-label cross-entropy")
       ->capture_default_str();
   app->add_option("--seed", c.seed, "Seed of weights init, data order and augmentation")
       ->capture_default_str();
