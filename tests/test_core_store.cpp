@@ -461,6 +461,93 @@ TEST(StoreRoundTrip, ExtremeValuesEveryPrecision) {
   EXPECT_EQ(round_to_precision(6e-8f, Precision::kFp16), 0x1p-24f);  // a subnormal half
 }
 
+TEST(StoreRoundTrip, EveryValueCodeThroughVectorAndTailCrops) {
+  // Every valid code of each precision, in value counts per crop that fill whole groups of
+  // 4 ranks, leave ranks over, or are below 4, and crop counts that are and are not
+  // multiples of 8 (the decoder's vector blocks; the crops after them take the rank-plane
+  // loops). Values in any order: the delta of the marginal types is modulo.
+  for (Precision p : kAllPrecisions) {
+    for (LabelType t : {LabelType::kMarginalSmoothing, LabelType::kFull, LabelType::kSmoothing}) {
+      for (int nv : {1, 2, 3, 4, 5, 8, 9}) {
+        if ((t == LabelType::kSmoothing) != (nv == 1)) continue;
+        const uint32_t codes = p == Precision::kU8 ? 256 : p == Precision::kFp16 ? 0x3c01 : 4096;
+        for (uint32_t extra : {0u, 3u, 7u}) {
+          store::RecordFormat f;
+          f.label_type = t;
+          f.num_classes = t == LabelType::kFull ? nv : 20;
+          f.k = t == LabelType::kMarginalSmoothing ? nv : 1;
+          f.precision = p;
+          f.crops_per_image = (codes + uint32_t(nv) - 1) / uint32_t(nv);
+          f.crops_per_image = (f.crops_per_image + 7) / 8 * 8 + extra;
+          ImageLabels l;
+          l.height = l.width = 5;
+          l.num_crops = f.crops_per_image;
+          for (uint32_t c = 0; c < f.crops_per_image; ++c) {
+            for (int r = 0; r < f.n_idx(); ++r) l.indices.push_back((int32_t(c) + r) % 20);
+            for (int r = 0; r < f.n_val(); ++r) {
+              const uint32_t i = (c * uint32_t(nv) + uint32_t(r)) % codes;
+              // fp32: codes spread over [0, 1], both ends included
+              l.values.push_back(p == Precision::kU8     ? float(i) / 255.0f
+                                 : p == Precision::kFp16 ? store::half_to_float(uint16_t(i))
+                                 : i == codes - 1        ? 1.0f
+                                                         : from_bits(i * (0x3f800000u / codes)));
+            }
+          }
+          SCOPED_TRACE(fmt::format("{} {} nv {} crops {}", label_type_name(t), precision_name(p),
+                                   nv, f.crops_per_image));
+          codec_round_trip(f, l);
+        }
+      }
+    }
+  }
+}
+
+TEST(StoreCorrupt, ValueCodeOutOfRangeIsNamedWhereverItIs) {
+  // A code just above 1, or far above, in the first crop (vector block) or the last (after
+  // the vector blocks), direct or reached through the rank delta: the error names the
+  // largest code.
+  for (Precision p : {Precision::kFp16, Precision::kFp32}) {
+    const uint32_t one = p == Precision::kFp16 ? 0x3c00u : 0x3f800000u;
+    for (uint32_t bad : {one + 1, p == Precision::kFp16 ? 0x7c00u : 0x7f800000u}) {
+      for (LabelType t : {LabelType::kFull, LabelType::kMarginalSmoothing}) {
+        for (uint32_t crop : {0u, 10u}) {
+          store::RecordFormat f;
+          f.label_type = t;
+          f.num_classes = 6;
+          f.k = t == LabelType::kFull ? 1 : 5;
+          f.precision = p;
+          f.crops_per_image = 11;
+          ImageLabels l;
+          l.height = l.width = 5;
+          l.num_crops = f.crops_per_image;
+          for (uint32_t c = 0; c < f.crops_per_image; ++c) {
+            for (int r = 0; r < f.n_idx(); ++r) l.indices.push_back(r);
+            for (int r = 0; r < f.n_val(); ++r) l.values.push_back(round_to_precision(0.5f / float(1 + r), p));
+          }
+          std::vector<uint8_t> raw;
+          std::vector<size_t> sections;
+          store::encode_record(f, l, raw, sections);
+          // Rank 0 of `crop` in each byte plane (the value planes end the record). Rank 0 is
+          // stored as is; the ranks below it (delta) decode to smaller codes.
+          const size_t S = size_t(f.value_bytes()), count = size_t(f.crops_per_image) * size_t(f.n_val());
+          for (size_t b = 0; b < S; ++b) raw[raw.size() - (S - b) * count + crop] = uint8_t(bad >> (8 * b));
+          ImageLabels got;
+          const std::string name = "memory";
+          std::string msg;
+          try {
+            store::decode_raw_record(f, raw.data(), raw.size(), got, store::Where{name, 0, 0});
+          } catch (const FormatError& e) {
+            msg = e.what();
+          }
+          SCOPED_TRACE(fmt::format("{} {} crop {}", label_type_name(t), precision_name(p), crop));
+          EXPECT_NE(msg.find(fmt::format("value code 0x{:x} is not a probability", bad)),
+                    std::string::npos) << msg;
+        }
+      }
+    }
+  }
+}
+
 TEST(StoreRoundTrip, SeventyThousandClasses) {
   const int C = 70000;
   TempDir dir;

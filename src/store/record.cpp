@@ -7,6 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
 
 #include <fmt/format.h>
 
@@ -260,11 +264,12 @@ struct Cursor {
   }
 };
 
-// The decoders walk each rank's plane contiguously and check validity once per record,
-// not per entry.
-template <int W>
-uint32_t read_positions(const uint8_t* __restrict planes, size_t N, size_t ni, uint32_t D,
+// Positions are read one rank's plane at a time, and checked once per record, not per
+// entry. NI > 0: the class ids per crop as a constant (the common k), 0: `ni_any`.
+template <int W, int NI>
+uint32_t read_positions(const uint8_t* __restrict planes, size_t N, size_t ni_any, uint32_t D,
                         const int32_t* __restrict dict, int32_t* __restrict out) {
+  const size_t ni = NI > 0 ? size_t(NI) : ni_any;
   const size_t count = N * ni;
   uint32_t worst = 0;
   if (W == 1) {
@@ -273,93 +278,255 @@ uint32_t read_positions(const uint8_t* __restrict planes, size_t N, size_t ni, u
     uint8_t top = 0;
     for (size_t i = 0; i < count; ++i) top = planes[i] > top ? planes[i] : top;
     worst = top;
+    // Eight positions per load; the class ids go to their crops' rows.
+    for (size_t r = 0; r < ni; ++r) {
+      const uint8_t* __restrict p = planes + r * N;
+      int32_t* __restrict o = out + r;
+      size_t n = 0;
+      for (; n + 8 <= N; n += 8, o += 8 * ni) {
+        const uint64_t x = load_u64(p + n);
+        for (size_t j = 0; j < 8; ++j) o[j * ni] = dict[(x >> (8 * j)) & 0xff];
+      }
+      for (; n < N; ++n, o += ni) *o = dict[p[n]];
+    }
+    return worst;
   }
   for (size_t r = 0; r < ni; ++r) {
     const uint8_t* __restrict p = planes + r * N;
     int32_t* __restrict o = out + r;
-#pragma GCC unroll 4
     for (size_t n = 0; n < N; ++n, o += ni) {
-      uint32_t pos = p[n];
-      if (W >= 2) pos |= uint32_t(p[count + n]) << 8;
+      uint32_t pos = uint32_t(p[n]) | uint32_t(p[count + n]) << 8;
       if (W == 4) pos |= uint32_t(p[2 * count + n]) << 16 | uint32_t(p[3 * count + n]) << 24;
-      if (W > 1) worst = pos > worst ? pos : worst;
-      *o = dict[W == 1 ? pos : (pos < D ? pos : 0)];
+      worst = pos > worst ? pos : worst;
+      *o = dict[pos < D ? pos : 0];
     }
   }
   return worst;
 }
 
-/// Values are decoded one rank plane at a time into `rows` ([nv][N]: contiguous loops the
-/// compiler vectorizes; the delta is element-wise between rank planes), then interleaved
-/// into `out` ([N][nv]).
+template <int W>
+uint32_t read_positions(const uint8_t* planes, size_t N, size_t ni, uint32_t D,
+                        const int32_t* dict, int32_t* out) {
+  switch (ni) {
+    case 1: return read_positions<W, 1>(planes, N, ni, D, dict, out);
+    case 3: return read_positions<W, 3>(planes, N, ni, D, dict, out);
+    case 5: return read_positions<W, 5>(planes, N, ni, D, dict, out);
+    case 10: return read_positions<W, 10>(planes, N, ni, D, dict, out);
+    default: return read_positions<W, 0>(planes, N, ni, D, dict, out);
+  }
+}
+
+/// Values of crops [n0, N) one rank plane at a time into `rows` ([nv][N - n0]: contiguous
+/// loops the compiler vectorizes; the delta is element-wise between rank planes), then
+/// interleaved into `out` ([N][nv]). Without SSE2 this decodes every crop; with it, the
+/// crops after the last block of 8. Returns nonzero when a code is not a probability.
 template <int S, bool kDelta>
-uint32_t read_value_rows(const uint8_t* __restrict planes, size_t N, size_t nv,
-                         uint32_t* __restrict codes, float* __restrict rows) {
-  const size_t count = N * nv;
+uint32_t read_value_rows(const uint8_t* __restrict planes, size_t N, size_t nv, size_t n0,
+                         uint32_t* __restrict codes, float* __restrict rows,
+                         float* __restrict out) {
+  const size_t count = N * nv, M = N - n0;
   constexpr uint32_t kMask = S == 4 ? 0xffffffffu : (1u << (8 * (S % 4))) - 1u;
-  uint32_t worst = 0;
+  uint32_t bad = 0;
   for (size_t r = 0; r < nv; ++r) {
-    const uint8_t* __restrict lo = planes + r * N;
-    float* __restrict row = rows + r * N;
+    const uint8_t* __restrict lo = planes + r * N + n0;
+    float* __restrict row = rows + r * M;
     // Simple separate loops: each one vectorizes.
     if (S == 2 && kDelta && r > 0) {
-      for (size_t n = 0; n < N; ++n)
-        codes[n] = (codes[n] - (uint32_t(lo[n]) | uint32_t(lo[count + n]) << 8)) & kMask;
+      for (size_t m = 0; m < M; ++m)
+        codes[m] = (codes[m] - (uint32_t(lo[m]) | uint32_t(lo[count + m]) << 8)) & kMask;
     } else if (S == 2) {
-      for (size_t n = 0; n < N; ++n) codes[n] = uint32_t(lo[n]) | uint32_t(lo[count + n]) << 8;
+      for (size_t m = 0; m < M; ++m) codes[m] = uint32_t(lo[m]) | uint32_t(lo[count + m]) << 8;
     } else if (S == 1 && kDelta && r > 0) {
-      for (size_t n = 0; n < N; ++n) codes[n] = (codes[n] - lo[n]) & kMask;
+      for (size_t m = 0; m < M; ++m) codes[m] = (codes[m] - lo[m]) & kMask;
     } else if (S == 1) {
-      for (size_t n = 0; n < N; ++n) codes[n] = lo[n];
+      for (size_t m = 0; m < M; ++m) codes[m] = lo[m];
     } else {
-      for (size_t n = 0; n < N; ++n) {
-        const uint32_t c = uint32_t(lo[n]) | uint32_t(lo[count + n]) << 8 |
-                           uint32_t(lo[2 * count + n]) << 16 | uint32_t(lo[3 * count + n]) << 24;
-        codes[n] = kDelta && r > 0 ? codes[n] - c : c;
+      for (size_t m = 0; m < M; ++m) {
+        const uint32_t c = uint32_t(lo[m]) | uint32_t(lo[count + m]) << 8 |
+                           uint32_t(lo[2 * count + m]) << 16 | uint32_t(lo[3 * count + m]) << 24;
+        codes[m] = kDelta && r > 0 ? codes[m] - c : c;
       }
     }
-    for (size_t n = 0; n < N; ++n) worst = codes[n] > worst ? codes[n] : worst;
+    // Codes of [0, 1]: u8 any; fp16 <= 0x3c00, and as fp16 codes are below 2^16, adding
+    // 0xffff - 0x3c00 carries into bit 16 exactly for the codes above it; fp32 <= 0x3f800000
+    // (sign bit clear, NaN excluded).
+    if (S == 2) {
+      for (size_t m = 0; m < M; ++m) bad |= codes[m] + (0xffffu - 0x3c00u);
+    } else if (S == 4) {
+      for (size_t m = 0; m < M; ++m) bad |= uint32_t(codes[m] > 0x3f800000u) << 16;
+    }
     if (S == 1) {
-      for (size_t n = 0; n < N; ++n) row[n] = float(int32_t(codes[n])) / 255.0f;
+      for (size_t m = 0; m < M; ++m) row[m] = float(int32_t(codes[m])) / 255.0f;
     } else if (S == 2) {
       // Normal halves: rebias the exponent; subnormal halves (below 2^-14): m * 2^-24.
       // No float subnormals are involved, so flush-to-zero modes cannot change the result.
-      for (size_t n = 0; n < N; ++n) {
-        const uint32_t c = codes[n], normal = (c << 13) + 0x38000000u;
-        const float sub = float(int32_t(c)) * 0x1p-24f;
+      // Codes are below 2^16: signed comparisons and conversions are exact.
+      for (size_t m = 0; m < M; ++m) {
+        const int32_t c = int32_t(codes[m]);
+        const uint32_t normal = (uint32_t(c) << 13) + 0x38000000u;
+        const float sub = float(c) * 0x1p-24f;
         uint32_t sub_bits, bits;
         std::memcpy(&sub_bits, &sub, 4);
-        const uint32_t is_sub = 0u - uint32_t(c < 0x400u);  // all ones or zero: a blend
+        const uint32_t is_sub = 0u - uint32_t(c < 0x400);  // all ones or zero: a blend
         bits = (sub_bits & is_sub) | (normal & ~is_sub);
-        std::memcpy(&row[n], &bits, 4);
+        std::memcpy(&row[m], &bits, 4);
       }
     } else {
-      std::memcpy(row, codes, N * 4);
+      std::memcpy(row, codes, M * 4);
     }
   }
-  return worst;
+  for (size_t m = 0; m < M; ++m) {
+    for (size_t r = 0; r < nv; ++r) out[(n0 + m) * nv + r] = rows[r * M + m];
+  }
+  return bad >> 16;
 }
 
-template <int NV>
-void interleave_rows(const float* __restrict rows, size_t N, size_t nv_any, float* __restrict out) {
-  const size_t nv = NV ? size_t(NV) : nv_any;
-  for (size_t n = 0; n < N; ++n, out += nv) {
-    for (size_t r = 0; r < nv; ++r) out[r] = rows[r * N + n];
+#if defined(__SSE2__)
+/// Codes of one rank for 8 crops: 16-bit lanes (u8, fp16) or two vectors of 32-bit lanes
+/// (fp32, crops 0-3 and 4-7).
+struct Codes8 {
+  __m128i a, b;
+};
+
+/// Decodes one rank of 8 crops (`q`: the rank's first plane at the block's first crop)
+/// into floats f0 (crops 0-3) and f1 (crops 4-7); `above` holds the rank above (delta).
+template <int S, bool kDelta>
+inline void value_rank8(const uint8_t* q, size_t count, bool first, Codes8& above,
+                        __m128i& bad, __m128& f0, __m128& f1) {
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i b0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q));
+  if (S == 1 || S == 2) {
+    __m128i c = _mm_unpacklo_epi8(
+        b0, S == 2 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + count)) : zero);
+    if (kDelta && !first) {
+      c = _mm_sub_epi16(above.a, c);  // modulo 2^16
+      if (S == 1) c = _mm_and_si128(c, _mm_set1_epi16(0xff));
+    }
+    above.a = c;
+    if (S == 1) {
+      // float(q) / 255 as the scalar u8_to_float computes it (division is correctly rounded).
+      const __m128 k255 = _mm_set1_ps(255.0f);
+      f0 = _mm_div_ps(_mm_cvtepi32_ps(_mm_unpacklo_epi16(c, zero)), k255);
+      f1 = _mm_div_ps(_mm_cvtepi32_ps(_mm_unpackhi_epi16(c, zero)), k255);
+      return;
+    }
+    bad = _mm_or_si128(bad, _mm_subs_epu16(c, _mm_set1_epi16(0x3c00)));
+    // Normal halves: float bits (c << 13) + 0x38000000, built as 16-bit halves. Subnormal
+    // halves (c < 0x400; signed compare: codes of 0x8000 and up are rejected anyway) get the
+    // exponent of 2^-14 instead, giving 2^-14 + m * 2^-24, and 2^-14 is then subtracted:
+    // exact, and no float subnormal is involved (flush-to-zero modes cannot change it).
+    const __m128i sub = _mm_cmplt_epi16(c, _mm_set1_epi16(0x400));
+    __m128i hi = _mm_add_epi16(_mm_srli_epi16(c, 3), _mm_set1_epi16(0x3800));
+    hi = _mm_add_epi16(hi, _mm_and_si128(sub, _mm_set1_epi16(0x80)));
+    const __m128i lo = _mm_slli_epi16(c, 13);
+    const __m128 two_m14 = _mm_castsi128_ps(_mm_set1_epi32(0x38800000));
+    f0 = _mm_sub_ps(_mm_castsi128_ps(_mm_unpacklo_epi16(lo, hi)),
+                    _mm_and_ps(_mm_castsi128_ps(_mm_unpacklo_epi16(sub, sub)), two_m14));
+    f1 = _mm_sub_ps(_mm_castsi128_ps(_mm_unpackhi_epi16(lo, hi)),
+                    _mm_and_ps(_mm_castsi128_ps(_mm_unpackhi_epi16(sub, sub)), two_m14));
+  } else {
+    const __m128i b1 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + count));
+    const __m128i b2 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 2 * count));
+    const __m128i b3 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 3 * count));
+    const __m128i low = _mm_unpacklo_epi8(b0, b1), high = _mm_unpacklo_epi8(b2, b3);
+    __m128i c0 = _mm_unpacklo_epi16(low, high), c1 = _mm_unpackhi_epi16(low, high);
+    if (kDelta && !first) {
+      c0 = _mm_sub_epi32(above.a, c0);
+      c1 = _mm_sub_epi32(above.b, c1);
+    }
+    above.a = c0;
+    above.b = c1;
+    // Unsigned c > 0x3f800000 as a signed comparison with the sign bits flipped.
+    const __m128i flip = _mm_set1_epi32(int32_t(0x80000000u));
+    const __m128i one = _mm_set1_epi32(int32_t(0x3f800000u ^ 0x80000000u));
+    bad = _mm_or_si128(bad, _mm_cmpgt_epi32(_mm_xor_si128(c0, flip), one));
+    bad = _mm_or_si128(bad, _mm_cmpgt_epi32(_mm_xor_si128(c1, flip), one));
+    f0 = _mm_castsi128_ps(c0);
+    f1 = _mm_castsi128_ps(c1);
   }
 }
 
-template <int S>
-uint32_t read_values(const uint8_t* planes, size_t N, size_t nv, bool delta, uint32_t* above,
-                     float* rows, float* out) {
-  if (nv == 1) return read_value_rows<S, false>(planes, N, 1, above, out);  // rows == out
-  const uint32_t worst = delta ? read_value_rows<S, true>(planes, N, nv, above, rows)
-                               : read_value_rows<S, false>(planes, N, nv, above, rows);
-  switch (nv) {
-    case 2: interleave_rows<2>(rows, N, nv, out); break;
-    case 3: interleave_rows<3>(rows, N, nv, out); break;
-    case 5: interleave_rows<5>(rows, N, nv, out); break;
-    case 10: interleave_rows<10>(rows, N, nv, out); break;
-    default: interleave_rows<0>(rows, N, nv, out); break;
+/// Decodes the values of crops [0, N - N % 8) in blocks of 8 crops, all ranks of a block
+/// in registers: every 4 ranks are transposed into the crops' rows of `out` ([N][nv]).
+/// Returns nonzero when a code is not a probability.
+template <int S, bool kDelta>
+uint32_t read_values_sse2(const uint8_t* __restrict planes, size_t N, size_t nv,
+                          float* __restrict out) {
+  const size_t count = N * nv;
+  __m128i bad = _mm_setzero_si128();
+  for (size_t n = 0; n + 8 <= N; n += 8) {
+    const uint8_t* p = planes + n;
+    float* o = out + n * nv;
+    Codes8 above{_mm_setzero_si128(), _mm_setzero_si128()};
+    size_t r = 0;
+    for (; r + 4 <= nv; r += 4) {
+      __m128 a0, a1, b0, b1, c0, c1, d0, d1;
+      value_rank8<S, kDelta>(p + r * N, count, r == 0, above, bad, a0, a1);
+      value_rank8<S, kDelta>(p + (r + 1) * N, count, false, above, bad, b0, b1);
+      value_rank8<S, kDelta>(p + (r + 2) * N, count, false, above, bad, c0, c1);
+      value_rank8<S, kDelta>(p + (r + 3) * N, count, false, above, bad, d0, d1);
+      _MM_TRANSPOSE4_PS(a0, b0, c0, d0);
+      _MM_TRANSPOSE4_PS(a1, b1, c1, d1);
+      float* q = o + r;
+      _mm_storeu_ps(q, a0);
+      _mm_storeu_ps(q + nv, b0);
+      _mm_storeu_ps(q + 2 * nv, c0);
+      _mm_storeu_ps(q + 3 * nv, d0);
+      q += 4 * nv;
+      _mm_storeu_ps(q, a1);
+      _mm_storeu_ps(q + nv, b1);
+      _mm_storeu_ps(q + 2 * nv, c1);
+      _mm_storeu_ps(q + 3 * nv, d1);
+    }
+    for (; r < nv; ++r) {
+      __m128 f0, f1;
+      value_rank8<S, kDelta>(p + r * N, count, r == 0, above, bad, f0, f1);
+      if (nv == 1) {
+        _mm_storeu_ps(o, f0);
+        _mm_storeu_ps(o + 4, f1);
+        continue;
+      }
+      alignas(16) float t[8];
+      _mm_store_ps(t, f0);
+      _mm_store_ps(t + 4, f1);
+      for (size_t j = 0; j < 8; ++j) o[j * nv + r] = t[j];
+    }
+  }
+  return uint32_t(_mm_movemask_epi8(_mm_cmpeq_epi8(bad, _mm_setzero_si128())) != 0xffff);
+}
+#endif
+
+/// Decodes the value planes ([nv][N] codes, rank-major) into `out` ([N][nv] floats).
+/// Returns nonzero when a code is not a probability (worst_value_code finds it).
+template <int S, bool kDelta>
+uint32_t read_values(const uint8_t* planes, size_t N, size_t nv, Scratch& s, float* out) {
+  size_t n0 = 0;
+  uint32_t bad = 0;
+#if defined(__SSE2__)
+  bad = read_values_sse2<S, kDelta>(planes, N, nv, out);
+  n0 = N - N % 8;
+  if (n0 == N) return bad;
+#endif
+  const size_t M = N - n0;
+  if (s.codes.size() < M) s.codes.resize(M);
+  if (s.rows.size() < M * nv) s.rows.resize(M * nv);
+  return bad | read_value_rows<S, kDelta>(planes, N, nv, n0, s.codes.data(), s.rows.data(), out);
+}
+
+/// The largest value code of the planes, for error messages.
+uint32_t worst_value_code(const uint8_t* planes, size_t N, size_t nv, int S, bool delta) {
+  const size_t count = N * nv;
+  const uint32_t mask = S == 4 ? 0xffffffffu : (1u << (8 * S)) - 1u;
+  uint32_t worst = 0;
+  for (size_t n = 0; n < N; ++n) {
+    uint32_t above = 0;
+    for (size_t r = 0; r < nv; ++r) {
+      uint32_t c = 0;
+      for (int b = 0; b < S; ++b) c |= uint32_t(planes[size_t(b) * count + r * N + n]) << (8 * b);
+      c = delta && r > 0 ? (above - c) & mask : c;
+      worst = std::max(worst, c);
+      above = c;
+    }
   }
   return worst;
 }
@@ -387,7 +554,8 @@ void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_siz
     const uint32_t D = cur.varint("dictionary size");
     FKD_CHECK(D >= 1 && D <= d_max, FormatError,
               "{}: record offset 16: dictionary size {} is not in [1, {}]", w.str(), D, d_max);
-    s.dict.assign(std::max<size_t>(D, 256), 0);  // W == 1 reads positions unchecked
+    // W == 1 looks positions up before checking them: 256 entries (past D: any values).
+    if (s.dict.size() < std::max<size_t>(D, 256)) s.dict.resize(std::max<size_t>(D, 256));
     uint64_t prev = 0;
     for (uint32_t i = 0; i < D; ++i) {
       const uint64_t id = i == 0 ? cur.varint("class id") : prev + 1 + cur.varint("class id delta");
@@ -411,18 +579,15 @@ void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_siz
     const int S = f.value_bytes();
     const uint8_t* planes = cur.take(size_t(S) * N * nv, "values");
     const bool delta = f.label_type != LabelType::kFull;
-    s.codes.resize(N);
-    s.rows.resize(N * nv);
-    uint32_t* above = s.codes.data();
-    float* rows = s.rows.data();
     float* v = out.values.data();
-    const uint32_t worst = S == 1   ? read_values<1>(planes, N, nv, delta, above, rows, v)
-                           : S == 2 ? read_values<2>(planes, N, nv, delta, above, rows, v)
-                                    : read_values<4>(planes, N, nv, delta, above, rows, v);
-    // Codes of [0, 1]: fp16 <= 0x3c00, fp32 <= 0x3f800000 (sign bit clear, NaN excluded).
-    const uint32_t one = S == 1 ? 0xffu : S == 2 ? 0x3c00u : 0x3f800000u;
-    FKD_CHECK(worst <= one, FormatError, "{}: value code 0x{:x} is not a probability in [0, 1]",
-              w.str(), worst);
+    const uint32_t bad = S == 1 ? (delta ? read_values<1, true>(planes, N, nv, s, v)
+                                         : read_values<1, false>(planes, N, nv, s, v))
+                         : S == 2 ? (delta ? read_values<2, true>(planes, N, nv, s, v)
+                                           : read_values<2, false>(planes, N, nv, s, v))
+                                  : (delta ? read_values<4, true>(planes, N, nv, s, v)
+                                           : read_values<4, false>(planes, N, nv, s, v));
+    FKD_CHECK(!bad, FormatError, "{}: value code 0x{:x} is not a probability in [0, 1]", w.str(),
+              worst_value_code(planes, N, nv, S, delta));
   }
   FKD_CHECK(cur.pos == raw_size, FormatError, "{}: record has {} trailing bytes after offset {}",
             w.str(), raw_size - cur.pos, cur.pos);
