@@ -178,6 +178,24 @@ TEST(Label, ShardsAndMergeEqualOneRun) {
             fkd::test::read_file(one.out + "/" + shard_file_name(0, 1)));
 }
 
+TEST(Label, ShardsAreBitIdenticalAtFp32) {
+  // fp32 `full` labels keep every bit of the teacher's softmax: shards that start mid-batch
+  // (13 x 12 and 26 x 12 rows are not multiples of 32) must still compute each crop at the
+  // batch position it has in one run.
+  Fixture fx;
+  LabelConfig one = fx.config(fx.dir.file("one"));
+  one.label_type = "full";
+  one.precision = "fp32";
+  generate_labels(one);
+  LabelConfig part = one;
+  part.out = fx.dir.file("sharded");
+  for (const char* s : {"0/3", "1/3", "2/3"}) {
+    part.shard = s;
+    generate_labels(part);
+  }
+  expect_same_records(one.out, part.out);
+}
+
 TEST(Label, ShardFromEnvironment) {
   setenv("RANK", "2", 1);
   setenv("WORLD_SIZE", "4", 1);

@@ -213,13 +213,17 @@ LabelResult generate_labels(const LabelConfig& cfg) {
     Loader loader(ds, tt, std::make_shared<LabelCropSource>(m), lopt);
     loader.start_epoch(0);
 
-    // Rows stream through fixed-size teacher batches (the last one zero-padded), so a
-    // crop's label does not depend on where a run started or how images were grouped:
-    // resumed and sharded runs give the same labels as one uninterrupted run.
+    // Rows stream through fixed-size teacher batches (zero-padded where a run starts or
+    // ends), and every crop sits at the batch position it has in one uninterrupted,
+    // unsharded run: (image * crops + crop) mod batch. Kernels may round a row differently
+    // by its position (vector tails), so resumed and sharded runs write bit-identical labels
+    // only this way.
     const int64_t B = int64_t(cfg.batch);
     const int C = tc.channels, S = tc.input_size;
     torch::Tensor in_buf = torch::empty({B, C, S, S}, torch::kFloat32);
-    int64_t in_fill = 0;
+    int64_t in_fill = int64_t((first * uint64_t(n_crops)) % uint64_t(B));
+    int64_t skip = in_fill;  // leading rows of the next batch that hold no crop
+    if (skip > 0) in_buf.narrow(0, 0, skip).zero_();
     std::vector<float> probs;  // [rows, num_classes] not yet written
     struct Pending {
       uint64_t image;
@@ -236,12 +240,14 @@ LabelResult generate_labels(const LabelConfig& cfg) {
       const auto t0 = std::chrono::steady_clock::now();
       auto x = in_buf.to(device);
       auto p = torch::softmax(teacher->logits(x).to(torch::kFloat32) / cfg.temperature, 1)
-                   .narrow(0, 0, valid)
+                   .narrow(0, skip, valid - skip)
                    .to(torch::kCPU)
                    .contiguous();
       result.teacher_seconds +=
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      probs.insert(probs.end(), p.data_ptr<float>(), p.data_ptr<float>() + valid * num_classes);
+      probs.insert(probs.end(), p.data_ptr<float>(),
+                   p.data_ptr<float>() + (valid - skip) * num_classes);
+      skip = 0;
       // Every image whose crops are all done becomes a record.
       const size_t per_image = size_t(n_crops) * size_t(num_classes);
       size_t consumed = 0;
@@ -287,7 +293,7 @@ LabelResult generate_labels(const LabelConfig& cfg) {
         }
       }
     }
-    if (in_fill > 0) run_teacher(in_fill);
+    if (in_fill > skip) run_teacher(in_fill);
     bar.finish();
     FKD_CHECK(pending.empty(), Error, "internal: {} images left unlabeled", pending.size());
     writer.finish();
