@@ -409,18 +409,20 @@ void codec_round_trip(const store::RecordFormat& f, const ImageLabels& l) {
   EXPECT_EQ(got.values, l.values);
 }
 
+/// An empty record of `f`'s crops for a side x side image, to fill.
+ImageLabels blank_labels(const store::RecordFormat& f, uint32_t side) {
+  ImageLabels l;
+  l.height = l.width = side;
+  l.num_crops = f.crops_per_image;
+  return l;
+}
+
 TEST(StoreRoundTrip, DictionaryWidthsOneTwoFourBytes) {
   // D <= 256, D <= 65536 and D > 65536 distinct classes in one record.
   for (int D : {200, 3000, 70000}) {
-    store::RecordFormat f;
-    f.label_type = LabelType::kMarginalSmoothing;
-    f.k = 5;
-    f.num_classes = 70000;
-    f.precision = Precision::kFp16;
-    f.crops_per_image = uint32_t((D + 4) / 5) + 1;
-    ImageLabels l;
-    l.height = l.width = 10;
-    l.num_crops = f.crops_per_image;
+    const store::RecordFormat f{LabelType::kMarginalSmoothing, 5, 70000, Precision::kFp16,
+                                uint32_t((D + 4) / 5) + 1};
+    ImageLabels l = blank_labels(f, 10);
     for (uint32_t c = 0; c < f.crops_per_image; ++c) {
       for (int r = 0; r < 5; ++r) {
         l.indices.push_back(int32_t((69999 - (c * 5 + uint32_t(r)) % uint32_t(D) * 1) % 70000));
@@ -437,15 +439,8 @@ TEST(StoreRoundTrip, ExtremeValuesEveryPrecision) {
   const float extreme[7] = {1.0f, 0.5f, 1e-3f, 6.0e-5f, 1e-6f, 6e-8f, 0.0f};
   for (Precision p : kAllPrecisions) {
     for (LabelType t : {LabelType::kMarginalSmoothing, LabelType::kSmoothing, LabelType::kFull}) {
-      store::RecordFormat f;
-      f.label_type = t;
-      f.num_classes = 7;
-      f.k = t == LabelType::kMarginalSmoothing ? 7 : 1;
-      f.precision = p;
-      f.crops_per_image = 9;
-      ImageLabels l;
-      l.height = l.width = 3;
-      l.num_crops = f.crops_per_image;
+      const store::RecordFormat f{t, t == LabelType::kMarginalSmoothing ? 7 : 1, 7, p, 9};
+      ImageLabels l = blank_labels(f, 3);
       for (uint32_t c = 0; c < f.crops_per_image; ++c) {
         for (int r = 0; r < f.n_idx(); ++r) l.indices.push_back((int32_t(c) + r) % 7);
         for (int r = 0; r < f.n_val(); ++r) {
@@ -472,16 +467,10 @@ TEST(StoreRoundTrip, EveryValueCodeThroughVectorAndTailCrops) {
         if ((t == LabelType::kSmoothing) != (nv == 1)) continue;
         const uint32_t codes = p == Precision::kU8 ? 256 : p == Precision::kFp16 ? 0x3c01 : 4096;
         for (uint32_t extra : {0u, 3u, 7u}) {
-          store::RecordFormat f;
-          f.label_type = t;
-          f.num_classes = t == LabelType::kFull ? nv : 20;
-          f.k = t == LabelType::kMarginalSmoothing ? nv : 1;
-          f.precision = p;
-          f.crops_per_image = (codes + uint32_t(nv) - 1) / uint32_t(nv);
-          f.crops_per_image = (f.crops_per_image + 7) / 8 * 8 + extra;
-          ImageLabels l;
-          l.height = l.width = 5;
-          l.num_crops = f.crops_per_image;
+          const uint32_t blocks = ((codes + uint32_t(nv) - 1) / uint32_t(nv) + 7) / 8;
+          const store::RecordFormat f{t, t == LabelType::kMarginalSmoothing ? nv : 1,
+                                      t == LabelType::kFull ? nv : 20, p, blocks * 8 + extra};
+          ImageLabels l = blank_labels(f, 5);
           for (uint32_t c = 0; c < f.crops_per_image; ++c) {
             for (int r = 0; r < f.n_idx(); ++r) l.indices.push_back((int32_t(c) + r) % 20);
             for (int r = 0; r < f.n_val(); ++r) {
@@ -511,15 +500,8 @@ TEST(StoreCorrupt, ValueCodeOutOfRangeIsNamedWhereverItIs) {
     for (uint32_t bad : {one + 1, p == Precision::kFp16 ? 0x7c00u : 0x7f800000u}) {
       for (LabelType t : {LabelType::kFull, LabelType::kMarginalSmoothing}) {
         for (uint32_t crop : {0u, 10u}) {
-          store::RecordFormat f;
-          f.label_type = t;
-          f.num_classes = 6;
-          f.k = t == LabelType::kFull ? 1 : 5;
-          f.precision = p;
-          f.crops_per_image = 11;
-          ImageLabels l;
-          l.height = l.width = 5;
-          l.num_crops = f.crops_per_image;
+          const store::RecordFormat f{t, t == LabelType::kFull ? 1 : 5, 6, p, 11};
+          ImageLabels l = blank_labels(f, 5);
           for (uint32_t c = 0; c < f.crops_per_image; ++c) {
             for (int r = 0; r < f.n_idx(); ++r) l.indices.push_back(r);
             for (int r = 0; r < f.n_val(); ++r) l.values.push_back(round_to_precision(0.5f / float(1 + r), p));
