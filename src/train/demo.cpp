@@ -16,7 +16,7 @@ namespace fkd {
 
 namespace {
 
-/// The demo's settings: a full one (about 17 minutes on 2 cores) and a quick one.
+/// The demo's settings: a full one (about 14 minutes on 2 cores) and a quick one.
 struct Recipe {
   size_t images;       ///< the students' training subset (labeled for FKD)
   size_t teacher_images;  ///< the teacher's training subset (contains the students')
