@@ -285,6 +285,9 @@ int run_cli(int argc, char** argv) {
   CLI::App* demo = app.add_subcommand("demo", "Run the Fashion-MNIST demo end to end");
   demo->add_option("--out,-o", demo_opts.out, "Output directory")->capture_default_str();
   demo->add_flag("--quick", demo_opts.quick, "A short version (a few minutes)");
+  demo->add_option("--seed", demo_opts.seed,
+                   "Seed of the three students (other seeds reuse the teacher and labels)")
+      ->capture_default_str();
   add_execution_flags(demo, demo_opts.threads, demo_opts.workers, demo_opts.device);
 
   try {

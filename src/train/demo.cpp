@@ -132,7 +132,12 @@ DemoResult run_demo(const DemoOptions& opts) {
   for (int k = 0; k < 3; ++k) {
     fmt::print("\n== {}/5 student: tiny, {}, {} epochs\n", 3 + k, names[k], rc.epochs);
     std::fflush(stdout);
-    TrainConfig sc = base("tiny", k == 0 ? "student-plain" : k == 1 ? "student-kd" : "student-fkd");
+    // Seed 0 keeps the original directory names; other seeds train beside them and reuse
+    // the teacher and the labels.
+    const std::string suffix = opts.seed ? fmt::format("-seed{}", opts.seed) : std::string();
+    TrainConfig sc = base("tiny", std::string(k == 0 ? "student-plain" : k == 1 ? "student-kd"
+                                                                                 : "student-fkd") +
+                                      suffix);
     sc.epochs = rc.epochs;
     sc.seed = opts.seed;
     if (k == 1) sc.teacher = teacher.checkpoint;
@@ -168,7 +173,9 @@ DemoResult run_demo(const DemoOptions& opts) {
   po.title = "Tiny student on Fashion-MNIST: test top-1 against wall-clock time";
   po.x_label = "wall-clock seconds (training + evaluation)";
   po.y_label = "test top-1 (%)";
-  write_text_file_atomic((out / "accuracy.svg").string(), render_line_plot_svg(plot, po));
+  const std::string tag = opts.seed ? fmt::format("-seed{}", opts.seed) : std::string();
+  const std::string svg = "accuracy" + tag + ".svg";
+  write_text_file_atomic((out / svg).string(), render_line_plot_svg(plot, po));
 
   std::string md = fmt::format(
       "# fkd demo: distilling resnet20 into a tiny CNN on Fashion-MNIST\n\n"
@@ -179,7 +186,7 @@ DemoResult run_demo(const DemoOptions& opts) {
       "{} per pass, no teacher). Threads: {}; loader workers: {}; device {}.\n\n"
       "Teacher: resnet20, {} epochs on {} images, {:.2f}% test top-1, {}. Labeling: {} for {} crops per "
       "image, done once and reused by every student trained from the store.\n\n{}\n"
-      "![test top-1 against wall-clock time](accuracy.svg)\n\n"
+      "![test top-1 against wall-clock time]({})\n\n"
       "Whole demo: {}.\n",
       rc.images, rc.val_images ? rc.val_images : 10000, rc.epochs, opts.seed, rc.epochs,
       rc.num_crops == 1 ? std::string("one crop of each image")
@@ -187,10 +194,10 @@ DemoResult run_demo(const DemoOptions& opts) {
       opts.threads ? fmt::format("{}", opts.threads) : std::string("all cores"),
       opts.workers, opts.device, rc.teacher_epochs, rc.teacher_images, d.teacher_top1,
       format_duration(d.teacher_seconds), format_duration(d.label_seconds), rc.epochs, table,
-      format_duration(total));
-  d.report = (out / "report.md").string();
+      svg, format_duration(total));
+  d.report = (out / ("report" + tag + ".md")).string();
   write_text_file_atomic(d.report, md);
-  fmt::print("report: {} (plot: {})\n", d.report, (out / "accuracy.svg").string());
+  fmt::print("report: {} (plot: {})\n", d.report, (out / svg).string());
   return d;
 }
 
