@@ -139,15 +139,13 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 epochs, m, threads, workers, images = sys.argv[2:7]
 # Each training run's fastest round.
+runs = [r for r in rows if r["kind"] == "train" and r["impl"] == "fkd"]
 best = {}
-for r in rows:
-    if r["kind"] == "train" and r["impl"] == "fkd":
-        key = (r["data"], r["student"], r["mode"])
-        if key not in best or r["epoch_s"] < best[key]["epoch_s"]:
-            best[key] = r
-rounds = max(sum(1 for r in rows if r["kind"] == "train" and r["impl"] == "fkd" and
-                 (r["data"], r["student"], r["mode"]) == k) for k in best) if best else 0
-rows = [r for r in rows if not (r["kind"] == "train" and r["impl"] == "fkd")] + list(best.values())
+for r in runs:
+    key = (r["data"], r["student"], r["mode"])
+    best[key] = min(best.get(key, r), r, key=lambda x: x["epoch_s"])
+rounds = len(runs) // max(len(best), 1)
+rows = [r for r in rows if r not in runs] + list(best.values())
 print(f"{images} training images, {epochs} effective epochs, FKD with {m} crops per image per pass, "
       f"{threads} threads, {workers} loader workers, fastest of {rounds} round(s)\n")
 print("| data | student | mode | s / epoch | samples/s | epoch time / FKD's |")

@@ -127,17 +127,15 @@ DemoResult run_demo(const DemoOptions& opts) {
   const LabelResult lr = generate_labels(lc);
   d.label_seconds = lr.crops ? lr.seconds : seconds_since(t0);
 
-  // 3-5. The tiny student three ways, same effective epochs and seed.
+  // 3-5. The tiny student three ways, same effective epochs and seed. Seed 0 keeps the
+  // original names; other seeds train beside them and reuse the teacher and the labels.
+  const std::string tag = opts.seed ? fmt::format("-seed{}", opts.seed) : std::string();
   const char* names[] = {"plain", "online KD", "FKD"};
   for (int k = 0; k < 3; ++k) {
     fmt::print("\n== {}/5 student: tiny, {}, {} epochs\n", 3 + k, names[k], rc.epochs);
     std::fflush(stdout);
-    // Seed 0 keeps the original directory names; other seeds train beside them and reuse
-    // the teacher and the labels.
-    const std::string suffix = opts.seed ? fmt::format("-seed{}", opts.seed) : std::string();
-    TrainConfig sc = base("tiny", std::string(k == 0 ? "student-plain" : k == 1 ? "student-kd"
-                                                                                 : "student-fkd") +
-                                      suffix);
+    const char* dir = k == 0 ? "student-plain" : k == 1 ? "student-kd" : "student-fkd";
+    TrainConfig sc = base("tiny", dir + tag);
     sc.epochs = rc.epochs;
     sc.seed = opts.seed;
     if (k == 1) sc.teacher = teacher.checkpoint;
@@ -173,7 +171,6 @@ DemoResult run_demo(const DemoOptions& opts) {
   po.title = "Tiny student on Fashion-MNIST: test top-1 against wall-clock time";
   po.x_label = "wall-clock seconds (training + evaluation)";
   po.y_label = "test top-1 (%)";
-  const std::string tag = opts.seed ? fmt::format("-seed{}", opts.seed) : std::string();
   const std::string svg = "accuracy" + tag + ".svg";
   write_text_file_atomic((out / svg).string(), render_line_plot_svg(plot, po));
 
