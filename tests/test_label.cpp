@@ -287,6 +287,38 @@ TEST(Label, RefusesMismatchedStoreAndTeacher) {
     EXPECT_NE(std::string(e.what()).find("10 classes"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(fx.dir.file("bad/") + shard_file_name(0, 1)));
+  // Nothing was written, so the corrected command in the same --out just works.
+  EXPECT_FALSE(fs::exists(fx.dir.file("bad/manifest.json")));
+  bad.teacher = fx.teacher;
+  bad.limit = 4;
+  EXPECT_TRUE(generate_labels(bad).complete);
+}
+
+TEST(Label, DefaultTopkIsCappedAtTheClassCount) {
+  TempDir dir;
+  const std::string data = dir.file("data");
+  fs::create_directories(data);
+  fkd::test::write_idx_split(data, "train", 6, 28, 28, 3);
+  fkd::test::write_idx_split(data, "t10k", 3, 28, 28, 3);
+  const std::string teacher = dir.file("teacher.pt");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "3"}).status, 0);
+  LabelConfig c;
+  c.teacher = teacher;
+  c.data = data;
+  c.out = dir.file("store");
+  c.crops = 4;
+  c.threads = 1;
+  generate_labels(c);
+  EXPECT_EQ(read_manifest(c.out).k, 3);
+  c.out = dir.file("store5");
+  c.topk = kDefaultTopk;  // asked for explicitly: more than there are classes
+  try {
+    generate_labels(c);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--topk 5 must be in [1, 3]"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Label, ReferenceCropsAndEnsemble) {

@@ -9,13 +9,17 @@
 
 namespace fkd {
 
+/// k of the marginal label types when none is given (the reference's default), capped at the
+/// class count.
+inline constexpr int kDefaultTopk = 5;
+
 struct LabelConfig {
   std::string teacher;                 ///< TorchScript file, or a checkpoint.pt of fkd train
   std::string data = "fashion-mnist";  ///< dataset spec (its train split is labeled)
   std::string out;                     ///< store directory
   int crops = 500;                     ///< crops per image
   std::string label_type = "marginal_smoothing";
-  int topk = 5;
+  int topk = 0;                        ///< k of the marginal types; 0 = kDefaultTopk, or C if fewer
   float temperature = 1.0f;
   std::string precision = "fp16";      ///< fp16 | u8 | fp32
   /// Crop sampler: rrc (RandomResizedCrop(scale, ratio)), crop (RandomCrop(input_size,

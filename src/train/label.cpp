@@ -109,6 +109,10 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   auto ds = open_dataset(cfg.data, Split::kTrain, dopt);
   resolve_config(tc, *ds);
   const int num_classes = int(ds->classes().size());
+  // The teacher must produce one logit per class: checked before anything is written, so a
+  // refused run leaves no store behind that would block the corrected one.
+  check_teacher_classes(*teacher, cfg.teacher, device, tc.channels, tc.input_size, num_classes,
+                        cfg.data);
 
   Manifest m;
   m.num_images = ds->size();
@@ -122,7 +126,7 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   m.label_type = parse_label_type(cfg.label_type);
   m.k = (m.label_type == LabelType::kMarginalSmoothing ||
          m.label_type == LabelType::kMarginalRenorm)
-            ? cfg.topk
+            ? (cfg.topk > 0 ? cfg.topk : std::min(kDefaultTopk, num_classes))
             : 1;
   FKD_CHECK(m.k >= 1 && m.k <= num_classes, ConfigError, "--topk {} must be in [1, {}]", cfg.topk,
             num_classes);
@@ -183,10 +187,6 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   } else {
     write_manifest(cfg.out, m);
   }
-
-  // The teacher must produce one logit per class.
-  check_teacher_classes(*teacher, cfg.teacher, device, tc.channels, tc.input_size, num_classes,
-                        cfg.data);
 
   ShardWriter writer(cfg.out, m, shard_index);
   LabelResult result;
