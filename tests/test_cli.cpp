@@ -1,8 +1,12 @@
 // The fkd command line, run as a user runs it.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <regex>
 
+#include "fkd/dataset.h"
+#include "fkd/image.h"
 #include "testutil.h"
 
 using fkd::test::run_command;
@@ -103,7 +107,7 @@ TEST(Cli, TrainEvalExportRoundTrip) {
   ASSERT_EQ(x.status, 0) << x.out;
   const auto py = fkd::test::run_python("cli_check_export.py", {"torchscript", d.file("tiny.pt"), top1});
   EXPECT_EQ(py.status, 0) << "python top-1 " << py.out << " vs fkd " << top1;
-  const auto s = run_fkd("export " + run + "/checkpoint.pt " + d.file("tiny.pth") + " --format state_dict");
+  const auto s = run_fkd("export " + run + "/checkpoint.pt --format state_dict -o " + d.file("tiny.pth"));
   ASSERT_EQ(s.status, 0) << s.out;
   const auto py2 =
       fkd::test::run_python("cli_check_export.py", {"state_dict", d.file("tiny.pth"), top1, "tiny"});
@@ -113,4 +117,42 @@ TEST(Cli, TrainEvalExportRoundTrip) {
   const auto es = run_fkd("eval " + d.file("tiny.pt") + " --limit 512");
   ASSERT_EQ(es.status, 0) << es.out;
   EXPECT_NE(es.out.find("top1 " + top1 + "%"), std::string::npos) << es.out;
+}
+
+TEST(Cli, InspectSummarizesPrintsAndDrawsAnImage) {
+  TempDir d;
+  const std::string data = d.file("data"), store = d.file("store"), teacher = d.file("t.pt");
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {data}).status, 0);
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "3", "3"}).status, 0);
+  // Three classes: the default top-k (5) is capped at the class count.
+  const auto l = run_fkd("label --teacher " + teacher + " --data " + data + " --out " + store +
+                         " --crops 10 --input-size 28 --threads 1");
+  ASSERT_EQ(l.status, 0) << l.out;
+
+  const auto s = run_fkd("inspect " + store);
+  ASSERT_EQ(s.status, 0) << s.out;
+  EXPECT_NE(s.out.find("marginal_smoothing top-3 in fp16, 3 classes"), std::string::npos) << s.out;
+  EXPECT_TRUE(std::regex_search(s.out, std::regex("crops +150 \\(10 per image\\)"))) << s.out;
+
+  // One image: its size as width x height, one row per crop.
+  const auto ds = fkd::open_dataset(data, fkd::Split::kTrain);
+  const fkd::Image im = ds->load(4);
+  ASSERT_NE(im.width, im.height);  // the check below tells the order apart
+  const auto one = run_fkd("inspect " + store + " --image 4");
+  ASSERT_EQ(one.status, 0) << one.out;
+  EXPECT_NE(one.out.find(fmt::format("image 4: {}x{} (width x height)", im.width, im.height)),
+            std::string::npos)
+      << one.out;
+  EXPECT_EQ(count_lines(one.out), 12) << one.out;  // title, header, 10 crops
+
+  const std::string png = d.file("four.png");
+  const auto r = run_fkd("inspect " + store + " --data " + data + " --render 4 " + png);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(fkd::test::read_file(png).substr(0, 4), "\x89PNG");
+  for (const char* bad : {"abc", "-1", "99999"}) {
+    const auto b = run_fkd("inspect " + store + " --data " + data + " --render " + bad + " x.png");
+    EXPECT_EQ(b.status, 1) << bad;
+    EXPECT_EQ(count_lines(b.out), 1) << b.out;
+    EXPECT_NE(b.out.find("--render"), std::string::npos) << b.out;
+  }
 }

@@ -20,6 +20,9 @@ namespace {
 /// The first line of a message: the CLI promises one line per error.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+const std::string kTopkHelp = fmt::format(
+    "k of the marginal label types (default {}, or the class count if smaller)", kDefaultTopk);
+
 void add_execution_flags(CLI::App* app, int& threads, int& workers, std::string& device) {
   app->add_option("--threads", threads, "Torch compute threads (0 = all cores)")
       ->capture_default_str();
@@ -133,7 +136,7 @@ void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& me
   app->add_option("--label-type", c.label_type,
                   "hard, smoothing, marginal_smoothing, marginal_renorm or full")
       ->capture_default_str();
-  app->add_option("--topk", c.topk, "k of the marginal label types")->capture_default_str();
+  app->add_option("--topk", c.topk, kTopkHelp);
   app->add_option("--temperature", c.temperature, "Softmax temperature")->capture_default_str();
   app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
       ->capture_default_str();
@@ -204,7 +207,7 @@ int run_cli(int argc, char** argv) {
   CLI::App* exp = app.add_subcommand(
       "export", "Write a trained model for Python: TorchScript (torch.jit.load) or a state dict");
   exp->add_option("checkpoint", export_ckpt, "checkpoint.pt written by fkd train")->required();
-  exp->add_option("out", export_out, "Output file")->required();
+  exp->add_option("out,-o,--out", export_out, "Output file")->required();
   exp->add_option("--format", export_format,
                   "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
       ->capture_default_str();
@@ -250,8 +253,7 @@ int run_cli(int argc, char** argv) {
   distill->add_option("--label-type", dist.label.label_type,
                       "hard, smoothing, marginal_smoothing, marginal_renorm or full")
       ->capture_default_str();
-  distill->add_option("--topk", dist.label.topk, "k of the marginal label types")
-      ->capture_default_str();
+  distill->add_option("--topk", dist.label.topk, kTopkHelp);
   distill->add_option("--precision", dist.label.precision, "Stored values: fp16, u8 or fp32")
       ->capture_default_str();
   distill->add_option("--aug", dist.label.aug,

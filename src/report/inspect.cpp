@@ -179,10 +179,11 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   for (int y = 0; y < dh; ++y)
     for (int x = 0; x < dw; ++x) cv.put(pad + x, pad + y, &shown[(size_t(y) * dw + x) * 3]);
   const uint8_t black[3] = {0, 0, 0};
-  std::string title = fmt::format("image {} ({}x{})", image, l.height, l.width);
+  std::string title = fmt::format("image {} ({}x{})", image, l.width, l.height);
   if (size_t(ds.label(size_t(image))) < m.classes.size()) {
     title += " label " + m.classes[size_t(ds.label(size_t(image)))];
   }
+  if (uint32_t(crops) < l.num_crops) title += fmt::format(", crops 0-{} of {}", crops - 1, l.num_crops);
   const int lx = pad * 2 + dw;
   cv.text(lx, pad, title, 2, black);
   std::vector<float> dense;
@@ -230,7 +231,12 @@ void run_inspect(const InspectOptions& o) {
   }
   if (!o.render.empty()) {
     FKD_CHECK(ds != nullptr, ConfigError, "--render needs --data (the images to draw)");
-    const uint64_t id = std::stoull(o.render[0]);
+    const std::string& id_text = o.render[0];
+    FKD_CHECK(!id_text.empty() && id_text.size() <= 19 &&
+                  id_text.find_first_not_of("0123456789") == std::string::npos,
+              ConfigError, "--render: '{}' is not an image id (a number in [0, {}))", id_text,
+              store.num_images());
+    const uint64_t id = std::stoull(id_text);
     render_image_crops(store, *ds, id, o.render[1]);
     fmt::print("wrote {}\n", o.render[1]);
     return;
@@ -240,7 +246,8 @@ void run_inspect(const InspectOptions& o) {
               "--image {} out of range [0, {})", o.image, store.num_images());
     ImageLabels l;
     store.read(uint64_t(o.image), l);
-    fmt::print("image {}: {}x{} when labeled, {} crops", o.image, l.height, l.width, l.num_crops);
+    fmt::print("image {}: {}x{} (width x height) when labeled, {} crops", o.image, l.width,
+               l.height, l.num_crops);
     if (ds) {
       fmt::print(", {} (label {} {})", ds->item_name(size_t(o.image)), ds->label(size_t(o.image)),
                  m.classes[size_t(ds->label(size_t(o.image)))]);

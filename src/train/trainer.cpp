@@ -177,11 +177,14 @@ TrainResult train(TrainConfig cfg) {
   const int64_t steps_per_pass = int64_t(train_loader.num_batches());
   const int64_t total_steps = steps_per_pass * passes;
   const int64_t warmup_steps = int64_t(cfg.warmup_epochs * double(steps_per_pass) / m);
-  fmt::print("train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {} epochs, "
-             "{} threads, {} workers, device {}\n",
+  const auto count = [](int64_t n, const char* what) {
+    return fmt::format("{} {}{}", n, what, n == 1 ? "" : "s");
+  };
+  fmt::print("train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
+             "device {}\n",
              cfg.model, cfg.mode, cfg.data, train_set->size(), val_set->size(), num_classes,
-             cfg.channels, cfg.input_size, cfg.input_size, cfg.epochs, threads, cfg.workers,
-             device.str());
+             cfg.channels, cfg.input_size, cfg.input_size, count(cfg.epochs, "epoch"),
+             count(threads, "thread"), count(cfg.workers, "worker"), device.str());
   std::fflush(stdout);
 
   const bool soft = cfg.mode != "supervised";
