@@ -180,6 +180,9 @@ TEST(ImageFolder, StructuralErrorsBeforeWork) {
   EXPECT_NE(msg.find("missing split folder 'val'"), std::string::npos) << msg;
   msg = expect_throw<DataError>([&] { open_dataset(d.file("nope"), Split::kTrain); });
   EXPECT_NE(msg.find("nope"), std::string::npos) << msg;
+  // The split folder itself (what torchvision's ImageFolder is given) is named as such.
+  msg = expect_throw<DataError>([&] { open_dataset(d.file("train"), Split::kTrain); });
+  EXPECT_NE(msg.find("is a split, not a dataset root: pass its parent"), std::string::npos) << msg;
 }
 
 TEST(RandomResizedCrop, StaysWithinBounds) {

@@ -27,7 +27,8 @@ enum class Interp { kBilinear, kBicubic };
 /// Parses "bilinear" / "bicubic"; throws ConfigError otherwise.
 Interp parse_interp(const std::string& name);
 
-/// Decodes a JPEG or PNG held in memory (format from its magic bytes).
+/// Decodes an image held in memory: JPEG, PNG, WebP, TIFF (first frame), BMP or binary PNM
+/// (P1-P6), the format from its magic bytes (torchvision's ImageFolder extensions).
 /// want_channels: 0 keeps the file's own (gray stays 1, colour becomes 3), 1 converts to
 /// grayscale, 3 to RGB. Alpha is dropped. Throws DataError naming `name` when the bytes are
 /// not a complete, valid image.
@@ -56,7 +57,7 @@ struct ImageBand {
 /// and width (the range is clamped to the image; ConfigError if nothing is left). The pixels
 /// equal those rows of a full decode. A JPEG is decoded only down to the last row, and the rows
 /// above the band are skipped without building their pixels, so a band costs less than the
-/// whole image (damage below the band goes unnoticed); a PNG is decoded whole and cut.
+/// whole image (damage below the band goes unnoticed); other formats are decoded whole and cut.
 /// To cut a crop from a band: box.top -= first_row, with the band covering the crop's rows.
 using RowPicker = std::function<RowRange(int height, int width)>;
 ImageBand decode_image_rows(const uint8_t* data, size_t size, int want_channels,

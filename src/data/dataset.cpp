@@ -141,7 +141,22 @@ class IdxDataset final : public Dataset {
 bool has_image_extension(const fs::path& p) {
   std::string ext = p.extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+  // torchvision's IMG_EXTENSIONS: the files its ImageFolder lists.
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".ppm" || ext == ".bmp" ||
+         ext == ".pgm" || ext == ".tif" || ext == ".tiff" || ext == ".webp";
+}
+
+/// True when some sub-folder of `dir` directly holds an image file: `dir` is then a split
+/// (the folder torchvision's ImageFolder is given), not a dataset root.
+bool looks_like_split_folder(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& sub : fs::directory_iterator(dir, ec)) {
+    if (!sub.is_directory()) continue;
+    for (const auto& e : fs::directory_iterator(sub.path(), ec)) {
+      if (e.is_regular_file() && has_image_extension(e.path())) return true;
+    }
+  }
+  return false;
 }
 
 /// torchvision-style ImageFolder: root/<split>/<class>/**/<image>.
@@ -150,8 +165,17 @@ class ImageFolderDataset final : public Dataset {
   ImageFolderDataset(const std::string& root, Split split, int want_channels) {
     root_ = root;
     const fs::path dir = fs::path(root) / split_name(split);
-    FKD_CHECK(fs::is_directory(dir), DataError, "{}: missing split folder '{}'",
-              root, split_name(split));
+    if (!fs::is_directory(dir)) {
+      // torchvision's ImageFolder(root) takes the split folder itself; fkd wants its parent.
+      FKD_CHECK(!looks_like_split_folder(root), DataError,
+                "{}: holds class folders of images, so it is a split, not a dataset root: "
+                "pass its parent, which must hold train/ and val/ (each with one folder per "
+                "class)",
+                root);
+      fail<DataError>("{}: missing split folder '{}' (an ImageFolder root holds train/ and val/, "
+                      "each with one folder per class)",
+                      root, split_name(split));
+    }
     std::vector<std::string> class_dirs;
     for (const auto& e : fs::directory_iterator(dir)) {
       if (e.is_directory()) class_dirs.push_back(e.path().filename().string());
@@ -171,7 +195,7 @@ class ImageFolderDataset final : public Dataset {
         }
         files.emplace_back(e.path().parent_path().string(), e.path().filename().string());
       }
-      FKD_CHECK(!files.empty(), DataError, "{}: empty class folder (no .jpg/.jpeg/.png files)",
+      FKD_CHECK(!files.empty(), DataError, "{}: empty class folder (no image files)",
                 cdir.string());
       std::sort(files.begin(), files.end());
       for (const auto& [folder, name] : files) {

@@ -1,5 +1,6 @@
 // JPEG (libjpeg API of libjpeg-turbo) and PNG (libpng) decoding into fkd::Image, with the
-// channel conversions of PIL's Image.convert so that pixels match torchvision's PIL loader.
+// channel conversions of PIL's Image.convert so that pixels match torchvision's PIL loader;
+// the other formats of torchvision's ImageFolder are in decode_other.cpp.
 //
 // Both libraries report fatal errors through callbacks that must not return; they longjmp
 // back to the function that called setjmp, which returns false, and its caller throws.
@@ -25,6 +26,7 @@
 #include "fkd/error.h"
 #include "fkd/image.h"
 #include "image/convert.h"
+#include "image/decoders.h"
 
 namespace fkd {
 namespace {
@@ -288,13 +290,19 @@ ImageBand decode_any(const uint8_t* data, size_t size, int want_channels, const 
                      const RowPicker* pick) {
   FKD_CHECK(want_channels == 0 || want_channels == 1 || want_channels == 3, ConfigError,
             "{}: cannot decode to {} channels (expected 0, 1 or 3)", name, want_channels);
-  FKD_CHECK(size > 0, DataError, "{}: empty file, not a JPEG or PNG", name);
+  FKD_CHECK(size > 0, DataError, "{}: empty file, not an image", name);
   if (is_jpeg(data, size)) return decode_jpeg(data, size, want_channels, name, pick);
-  FKD_CHECK(is_png(data, size), DataError, "{}: not a JPEG or PNG (unknown magic bytes)", name);
   ImageBand band;
-  band.image = decode_png(data, size, want_channels, name);
+  if (is_png(data, size)) {
+    band.image = decode_png(data, size, want_channels, name);
+  } else {
+    const ImageFormat f = sniff_other_format(data, size);
+    FKD_CHECK(f != ImageFormat::kUnknown, DataError,
+              "{}: not a JPEG, PNG, WebP, TIFF, BMP or PNM image (unknown magic bytes)", name);
+    band.image = decode_other(f, data, size, want_channels, name);
+  }
   band.full_height = band.image.height;
-  if (pick) {  // PNG rows depend on the rows before them: decode all, keep the band
+  if (pick) {  // only JPEG decodes a band: decode all, keep the band
     const RowRange r =
         clamp_rows((*pick)(band.image.height, band.image.width), band.image.height, name);
     Image& img = band.image;

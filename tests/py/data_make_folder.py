@@ -1,8 +1,9 @@
 """Writes a small ImageFolder tree for the data tests.
 
 usage: data_make_folder.py ROOT
-Creates ROOT/{train,val}/{cat,dog,bird}/ with small PNG and JPEG images of varied sizes,
-grayscale and RGB, and prints one line per train file, in torchvision ImageFolder order:
+Creates ROOT/{train,val}/{cat,dog,bird}/ with small JPEG, PNG, BMP, WebP and TIFF images of
+varied sizes, grayscale and RGB, and prints one line per train file, in torchvision
+ImageFolder order:
 "<index> <class index> <relative path>", so the C++ test can compare orderings.
 """
 import os
@@ -24,7 +25,7 @@ for split, n in (("train", 5), ("val", 2)):
                 img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
             else:
                 img = Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), "L")
-            ext = ".png" if k % 3 else ".JPG"
+            ext = (".JPG", ".png", ".bmp", ".webp", ".Tiff")[k]
             sub = d if k != 4 else os.path.join(d, "nested")
             os.makedirs(sub, exist_ok=True)
             img.save(os.path.join(sub, f"img_{k:02d}{ext}"), quality=95)

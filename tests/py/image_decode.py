@@ -1,4 +1,5 @@
-"""Oracle for fkd's decode_image: writes JPEG and PNG files and PIL's decode of each.
+"""Oracle for fkd's decode_image: writes image files of every format torchvision's ImageFolder
+lists (JPEG, PNG, WebP, TIFF, BMP, PPM/PGM) and PIL's decode of each.
 
 usage: image_decode.py OUTDIR
 
@@ -89,6 +90,30 @@ def main():
         "gray4.png": png_bytes(gray4, 0, 4),
         "gray16.png": png_bytes(gray16, 0, 16),
         "rgb16.png": png_bytes(rgb16.reshape(rgb.shape[0], -1), 2, 16),
+        "rgb_lossy.webp": pil_save(Image.fromarray(rgb), "WEBP", quality=80),
+        "rgb_lossless.webp": pil_save(Image.fromarray(rgb), "WEBP", lossless=True),
+        "rgba.webp": pil_save(Image.fromarray(rgba, "RGBA"), "WEBP", quality=90),
+        "gray.webp": pil_save(Image.fromarray(gray), "WEBP", quality=90),
+        "rgb.tif": pil_save(Image.fromarray(rgb), "TIFF"),
+        "rgb_lzw.tif": pil_save(Image.fromarray(rgb), "TIFF", compression="tiff_lzw"),
+        "rgb_deflate.tiff": pil_save(Image.fromarray(rgb), "TIFF", compression="tiff_adobe_deflate"),
+        "gray.tif": pil_save(Image.fromarray(gray), "TIFF"),
+        "rgba.tif": pil_save(Image.fromarray(rgba, "RGBA"), "TIFF"),
+        "palette.tif": pil_save(pal, "TIFF"),
+        "bilevel.tif": pil_save(Image.fromarray(gray > 128), "TIFF"),
+        "rgb.bmp": pil_save(Image.fromarray(rgb), "BMP"),
+        "gray.bmp": pil_save(Image.fromarray(gray), "BMP"),
+        "palette.bmp": pil_save(pal, "BMP"),
+        "bilevel.bmp": pil_save(Image.fromarray(gray > 128), "BMP"),
+        "rgba.bmp": pil_save(Image.fromarray(rgba, "RGBA"), "BMP"),
+        "rgb.ppm": pil_save(Image.fromarray(rgb), "PPM"),
+        "gray.pgm": pil_save(Image.fromarray(gray), "PPM"),
+        "bilevel.pbm": pil_save(Image.fromarray(gray > 128), "PPM"),
+        "plain.pbm": b"P1\n# plain bitmap\n5 2\n10101\n0 1 1 0 0\n",
+        "plain.pgm": b"P2 3 2 15\n0 7 15\n# comment\n3 8 11\n",
+        "plain.ppm": b"P3\n2 2\n255\n1 2 3 4 5 6\n250 251 252 0 0 0\n",
+        "maxval1000.ppm": b"P6 4 3 1000\n" + (rgb[:3, :4].astype(np.uint16) * 3).astype(">u2").tobytes(),
+        "maxval100.pgm": b"P5 5 4 100\n" + (gray[:4, :5] * 100 // 255).astype(np.uint8).tobytes(),
     }
     lines = []
     for name, data in files.items():
