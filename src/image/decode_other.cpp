@@ -132,7 +132,8 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
       TIFFClientOpenExt(name.c_str(), "rm", &src, tiff_read, tiff_write, tiff_seek, tiff_close,
                         tiff_size, tiff_map, tiff_unmap, opts.get()),
       TIFFClose);
-  FKD_CHECK(tif != nullptr, DataError, "{}: corrupt TIFF: {}", name, src.message);
+  FKD_CHECK(tif != nullptr, DataError, "{}: corrupt TIFF: {}", name,
+            src.message.empty() ? "cannot open it" : src.message);
   uint32_t w = 0, h = 0;
   uint16_t spp = 1, photometric = PHOTOMETRIC_MINISBLACK;
   TIFFGetField(tif.get(), TIFFTAG_IMAGEWIDTH, &w);
@@ -156,7 +157,8 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
     std::vector<uint8_t> px(row * h);
     for (uint32_t y = 0; y < h; ++y) {
       FKD_CHECK(TIFFReadScanline(tif.get(), px.data() + row * y, y, 0) == 1, DataError,
-                "{}: corrupt TIFF at row {}: {}", name, y, src.message);
+                "{}: corrupt TIFF at row {}: {}", name, y,
+                src.message.empty() ? "cannot read it" : src.message);
     }
     return from_interleaved(px.data(), int(w), int(h), int(spp), want);
   }
@@ -190,18 +192,25 @@ uint32_t le32(const uint8_t* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
 
+/// stb_image's message for the last failure on this thread (it may have none).
+const char* stb_reason() {
+  const char* r = stbi_failure_reason();
+  return r ? r : "unknown error";
+}
+
 Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& name) {
   FKD_CHECK(size <= size_t(INT32_MAX), DataError, "{}: BMP file too large", name);
   int w = 0, h = 0, comp = 0;
-  FKD_CHECK(size >= 30 && stbi_info_from_memory(data, int(size), &w, &h, &comp) == 1, DataError,
-            "{}: corrupt or unsupported BMP: {}", name, stbi_failure_reason());
+  FKD_CHECK(size >= 34, DataError, "{}: truncated BMP: {} bytes", name, size);
+  FKD_CHECK(stbi_info_from_memory(data, int(size), &w, &h, &comp) == 1, DataError,
+            "{}: corrupt or unsupported BMP: {}", name, stb_reason());
   check_pixels(w, h, name);
   // stb_image reads missing bytes as zeros: refuse a truncated pixel array first (PIL raises
   // "image file is truncated"). Uncompressed rows are padded to 4 bytes.
   const uint32_t header = le32(data + 14);
   const bool os2 = header == 12;
   const int bpp = os2 ? (data[24] | data[25] << 8) : (data[28] | data[29] << 8);
-  const uint32_t compression = os2 || size < 34 ? 0 : le32(data + 30);
+  const uint32_t compression = os2 ? 0 : le32(data + 30);
   // Uncompressed, with or without bit-field masks; stb_image reads no RLE, JPEG or PNG BMPs.
   FKD_CHECK(compression == 0 || compression == 3 || compression == 6, DataError,
             "{}: BMP compression {} is not supported (uncompressed BMPs are)", name, compression);
@@ -211,8 +220,7 @@ Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& 
             size, need);
   std::unique_ptr<uint8_t, void (*)(void*)> px(
       stbi_load_from_memory(data, int(size), &w, &h, &comp, 0), stbi_image_free);
-  FKD_CHECK(px != nullptr, DataError, "{}: corrupt or unsupported BMP: {}", name,
-            stbi_failure_reason());
+  FKD_CHECK(px != nullptr, DataError, "{}: corrupt or unsupported BMP: {}", name, stb_reason());
   // stb expands a BMP palette to RGB; PIL keeps a grey palette as L (or 1). Pixels are the
   // same either way; the channel count of want = 0 follows PIL when every pixel is grey.
   if (comp == 3 && bpp <= 8) {
