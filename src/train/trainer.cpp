@@ -21,6 +21,12 @@ namespace fkd {
 
 namespace {
 
+/// "1 epoch", "2 epochs"; `plural` where adding an s is wrong.
+std::string count_of(int64_t n, const char* one, const char* plural = nullptr) {
+  return n == 1 ? fmt::format("1 {}", one)
+                : plural ? fmt::format("{} {}", n, plural) : fmt::format("{} {}s", n, one);
+}
+
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& cfg, Net& net) {
   if (cfg.optimizer == "adamw") {
     return std::make_unique<torch::optim::AdamW>(
@@ -97,9 +103,9 @@ TrainResult train(TrainConfig cfg) {
     source = std::make_shared<StoreCropSource>(store, m, cfg.seed);
     const int passes = (cfg.epochs + m - 1) / m;
     fmt::print("labels {}: {} crops per image by {}, {} top-{} {}; {} crops per image per pass, "
-               "{} passes{}\n",
+               "{}{}\n",
                cfg.labels, mf.crops_per_image, mf.teacher, label_type_name(mf.label_type), mf.k,
-               precision_name(mf.precision), m, passes,
+               precision_name(mf.precision), m, count_of(passes, "pass", "passes"),
                uint64_t(passes) * uint64_t(m) > mf.crops_per_image
                    ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
                    : "");
@@ -177,14 +183,11 @@ TrainResult train(TrainConfig cfg) {
   const int64_t steps_per_pass = int64_t(train_loader.num_batches());
   const int64_t total_steps = steps_per_pass * passes;
   const int64_t warmup_steps = int64_t(cfg.warmup_epochs * double(steps_per_pass) / m);
-  const auto count = [](int64_t n, const char* what) {
-    return fmt::format("{} {}{}", n, what, n == 1 ? "" : "s");
-  };
   fmt::print("train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
              "device {}\n",
              cfg.model, cfg.mode, cfg.data, train_set->size(), val_set->size(), num_classes,
-             cfg.channels, cfg.input_size, cfg.input_size, count(cfg.epochs, "epoch"),
-             count(threads, "thread"), count(cfg.workers, "worker"), device.str());
+             cfg.channels, cfg.input_size, cfg.input_size, count_of(cfg.epochs, "epoch"),
+             count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str());
   std::fflush(stdout);
 
   const bool soft = cfg.mode != "supervised";
