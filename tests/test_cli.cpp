@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <regex>
 
 #include "fkd/dataset.h"
@@ -155,4 +156,25 @@ TEST(Cli, InspectSummarizesPrintsAndDrawsAnImage) {
     EXPECT_EQ(count_lines(b.out), 1) << b.out;
     EXPECT_NE(b.out.find("--render"), std::string::npos) << b.out;
   }
+}
+
+TEST(Cli, TeacherThatCannotRunOnTheDataIsNamedInOneLine) {
+  TempDir d;
+  const std::string teacher = d.file("rgb.pt"), store = d.file("store");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "3", "10"}).status, 0);
+  // Fashion-MNIST is grayscale; the teacher takes RGB. The error is TorchScript's own last
+  // line (not its traceback), with what fkd fed the teacher and how to change it.
+  for (const std::string& cmd :
+       {"label --teacher " + teacher + " --out " + store + " --limit 4 --crops 2 --threads 1",
+        "eval " + teacher + " --limit 8 --threads 1"}) {
+    const auto r = run_fkd(cmd);
+    EXPECT_EQ(r.status, 1) << cmd;
+    EXPECT_EQ(count_lines(r.out), 1) << r.out;
+    EXPECT_NE(r.out.find("cannot run on a [1, 1, 28, 28] input"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("to have 3 channels"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("--channels"), std::string::npos) << r.out;
+  }
+  EXPECT_FALSE(std::filesystem::exists(store + "/manifest.json"));
+  const auto ok = run_fkd("eval " + teacher + " --limit 8 --threads 1 --channels 3");
+  EXPECT_EQ(ok.status, 0) << ok.out;
 }

@@ -40,6 +40,19 @@ class IoError : public Error {
   using Error::Error;
 };
 
+/// The one line of an exception's message to show: the first, except for errors raised inside
+/// a TorchScript model, whose first line only says so and whose last names the failure
+/// ("RuntimeError: Given groups=1, weight of size [64, 3, 7, 7], expected input ...").
+inline std::string one_line(const std::string& what) {
+  const std::string first = what.substr(0, what.find('\n'));
+  if (first.find("TorchScript interpreter") == std::string::npos) return first;
+  size_t end = what.find_last_not_of(" \n");
+  if (end == std::string::npos) return first;
+  const size_t begin = what.rfind('\n', end);
+  return what.substr(begin == std::string::npos ? 0 : begin + 1,
+                     end - (begin == std::string::npos ? 0 : begin + 1) + 1);
+}
+
 template <typename E, typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
   throw E(fmt::format(f, std::forward<Args>(args)...));

@@ -17,8 +17,6 @@ namespace fkd {
 
 namespace {
 
-/// The first line of a message: the CLI promises one line per error.
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
 const std::string kTopkHelp = fmt::format(
     "k of the marginal label types (default {}, or the class count if smaller)", kDefaultTopk);
@@ -335,13 +333,13 @@ int run_cli(int argc, char** argv) {
       run_demo(demo_opts);
     }
   } catch (const Error& e) {
-    fmt::print(stderr, "fkd: error: {}\n", first_line(e.what()));
+    fmt::print(stderr, "fkd: error: {}\n", one_line(e.what()));
     return 1;
   } catch (const c10::Error& e) {
-    fmt::print(stderr, "fkd: error: {}\n", first_line(e.what_without_backtrace()));
+    fmt::print(stderr, "fkd: error: {}\n", one_line(e.what_without_backtrace()));
     return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "fkd: error: {}\n", first_line(e.what()));
+    fmt::print(stderr, "fkd: error: {}\n", one_line(e.what()));
     return 1;
   }
   return 0;

@@ -51,6 +51,11 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
     net->eval();
   }
 
+  if (scripted) {
+    check_teacher_classes(*scripted, model_path, device, cfg.channels, cfg.input_size,
+                          int(ds->classes().size()), opts.data, "model");
+  }
+
   LoaderOptions lopt;
   lopt.batch_size = opts.batch_size;
   lopt.shuffle = false;

@@ -135,12 +135,20 @@ std::unique_ptr<Teacher> open_teacher(const std::string& path, const torch::Devi
 
 void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
                            const torch::Device& device, int channels, int size, int num_classes,
-                           const std::string& data) {
+                           const std::string& data, const char* role) {
   const auto probe = torch::zeros({1, channels, size, size},
                                   torch::TensorOptions(device).dtype(torch::kFloat32));
-  const auto out = teacher.logits(probe);
+  torch::Tensor out;
+  try {
+    out = teacher.logits(probe);
+  } catch (const std::exception& e) {
+    fail<ConfigError>(
+        "{} {} cannot run on a [1, {}, {}, {}] input ({}'s images at --channels {}, "
+        "--input-size {}; set them to what the {} takes): {}",
+        role, teacher_path, channels, size, size, data, channels, size, role, one_line(e.what()));
+  }
   FKD_CHECK(out.dim() == 2 && out.size(1) == num_classes, ConfigError,
-            "teacher {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes",
+            "{} {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes", role,
             teacher_path, c10::str(out.sizes()), channels, size, size, data, num_classes);
 }
 

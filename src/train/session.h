@@ -43,7 +43,7 @@ std::unique_ptr<Teacher> open_teacher(const std::string& path, const torch::Devi
 /// (naming the teacher and the dataset) unless it outputs num_classes logits.
 void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
                            const torch::Device& device, int channels, int size, int num_classes,
-                           const std::string& data);
+                           const std::string& data, const char* role = "teacher");
 
 /// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass).
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
