@@ -10,10 +10,10 @@
 namespace fkd {
 namespace {
 
-std::string first_line(const std::exception& e) {
+/// The line of a torch exception that names the failure (see fkd::one_line).
+std::string failure_line(const std::exception& e) {
   const auto* c10e = dynamic_cast<const c10::Error*>(&e);
-  std::string msg = c10e ? c10e->what_without_backtrace() : e.what();
-  return msg.substr(0, msg.find('\n'));
+  return one_line(c10e ? c10e->what_without_backtrace() : e.what());
 }
 
 /// Checks what any teacher returns: a floating [N, C] tensor.
@@ -41,9 +41,11 @@ class TorchScriptTeacher : public Teacher {
     c10::IValue out;
     try {
       out = module_.forward({x.to(device_)});
-    } catch (const c10::Error& e) {
-      fail<FormatError>("{}: TorchScript forward failed on input of shape [{}]: {}", path_,
-                        fmt::join(x.sizes(), ", "), first_line(e));
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {  // c10::Error, or the interpreter's runtime_error
+      fail<FormatError>("{}: TorchScript forward failed on an input of shape [{}]: {}", path_,
+                        fmt::join(x.sizes(), ", "), failure_line(e));
     }
     FKD_CHECK(out.isTensor(), FormatError, "{}: forward returned a {}, expected a logits tensor",
               path_, out.tagKind());
@@ -92,7 +94,7 @@ std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
     module = torch::jit::load(path, device);
   } catch (const std::exception& e) {
     fail<FormatError>("{}: not a loadable TorchScript archive (save it with torch.jit.save): {}",
-                      path, first_line(e));
+                      path, failure_line(e));
   }
   module.eval();
   if (optimize) {
@@ -101,7 +103,7 @@ std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
       module = torch::jit::optimize_for_inference(frozen);
     } catch (const std::exception& e) {
       fail<FormatError>("{}: TorchScript teacher cannot be frozen and optimized: {}", path,
-                        first_line(e));
+                        failure_line(e));
     }
   }
   return std::make_unique<TorchScriptTeacher>(std::move(module), device, path, optimize);

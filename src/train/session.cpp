@@ -141,11 +141,10 @@ void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
   torch::Tensor out;
   try {
     out = teacher.logits(probe);
-  } catch (const std::exception& e) {
-    fail<ConfigError>(
-        "{} {} cannot run on a [1, {}, {}, {}] input ({}'s images at --channels {}, "
-        "--input-size {}; set them to what the {} takes): {}",
-        role, teacher_path, channels, size, size, data, channels, size, role, one_line(e.what()));
+  } catch (const Error& e) {
+    fail<ConfigError>("{} (the {} gets {}'s images at --channels {} and --input-size {}: set "
+                      "them to what it takes)",
+                      one_line(e.what()), role, data, channels, size);
   }
   FKD_CHECK(out.dim() == 2 && out.size(1) == num_classes, ConfigError,
             "{} {} outputs {} for a [1, {}, {}, {}] input, but {} has {} classes", role,
