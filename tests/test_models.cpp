@@ -409,6 +409,12 @@ TEST(Models, TorchScriptTeacher) {
   msg = error_message<fkd::FormatError>(
       [&] { fkd::load_torchscript_teacher(dir.file("sd.pt"), torch::kCPU, true); });
   EXPECT_NE(msg.find(dir.file("sd.pt")), std::string::npos) << msg;
+  EXPECT_NE(msg.find("a torch.save() file"), std::string::npos) << msg;
+  // PyTorch's own torch.save file (here of a tensor) gets the same advice.
+  msg = error_message<fkd::FormatError>(
+      [&] { fkd::load_torchscript_teacher(dir.file("input.pt"), torch::kCPU, true); });
+  EXPECT_NE(msg.find("torch.jit.trace(model.eval(), example_input).save(path)"),
+            std::string::npos) << msg;
 
   EXPECT_THROW(fkd::load_torchscript_teacher(dir.file("absent.pt"), torch::kCPU, false),
                fkd::IoError);

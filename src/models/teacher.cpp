@@ -1,4 +1,6 @@
 // Teachers: TorchScript archives (optionally frozen and optimized) and zoo models.
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 
 #include <torch/script.h>
@@ -87,14 +89,21 @@ class ZooTeacher : public Teacher {
 
 std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
                                                   const torch::Device& device, bool optimize) {
-  FKD_CHECK(std::ifstream(path, std::ios::binary).good(), IoError,
-            "{}: cannot open TorchScript teacher", path);
+  if (!std::ifstream(path, std::ios::binary).good()) {
+    fail<IoError>("{}: cannot open TorchScript teacher: {}", path, std::strerror(errno));
+  }
   torch::jit::Module module;
   try {
     module = torch::jit::load(path, device);
   } catch (const std::exception& e) {
+    const std::string why = failure_line(e);
+    // A zip archive without TorchScript's constants.pkl: what torch.save writes.
+    FKD_CHECK(why.find("constants.pkl") == std::string::npos, FormatError,
+              "{}: a torch.save() file (a state dict or a pickled model), not TorchScript: "
+              "save the teacher with torch.jit.trace(model.eval(), example_input).save(path)",
+              path);
     fail<FormatError>("{}: not a loadable TorchScript archive (save it with torch.jit.save): {}",
-                      path, failure_line(e));
+                      path, why);
   }
   module.eval();
   if (optimize) {
