@@ -40,13 +40,6 @@ bool is_png(const uint8_t* d, size_t n) {
   return n >= 8 && std::memcmp(d, kSig, 8) == 0;
 }
 
-// A damaged header can claim a huge size; refuse before allocating, at PIL's limit
-// (Image.MAX_IMAGE_PIXELS * 2, where PIL raises DecompressionBombError).
-void check_size(int w, int h, const std::string& name) {
-  constexpr int64_t kMaxPixels = 2 * int64_t(89478485);
-  FKD_CHECK(w > 0 && h > 0 && int64_t(w) * h <= kMaxPixels, DataError,
-            "{}: image size {}x{} is empty or above {} pixels", name, w, h, kMaxPixels);
-}
 
 
 RowRange clamp_rows(RowRange r, int height, const std::string& name) {
@@ -130,7 +123,7 @@ bool run_jpeg(JpegJob& job, const uint8_t* data, size_t size, int want, const st
   jpeg_start_decompress(&c);
 
   const int w = int(c.output_width), h = int(c.output_height);
-  check_size(w, h, name);
+  check_image_size(w, h, name);
   const RowRange rows = pick ? clamp_rows((*pick)(h, w), h, name) : RowRange{0, h};
   Image& img = job.band.image;
   job.band.first_row = rows.begin;
@@ -254,7 +247,7 @@ bool run_png(PngJob& job, int want, const std::string& name) {
 
   const int w = int(png_get_image_width(png, info));
   const int h = int(png_get_image_height(png, info));
-  check_size(w, h, name);
+  check_image_size(w, h, name);
   const int file_channels = int(png_get_channels(png, info));  // 1 or 3 after the transforms
   Image& img = job.image;
   img.height = h;
@@ -316,6 +309,14 @@ ImageBand decode_any(const uint8_t* data, size_t size, int want_channels, const 
 }
 
 }  // namespace
+
+// A damaged header can claim a huge size; refuse before allocating, at PIL's limit
+// (Image.MAX_IMAGE_PIXELS * 2, where PIL raises DecompressionBombError).
+void check_image_size(int64_t w, int64_t h, const std::string& name) {
+  constexpr int64_t kMaxPixels = 2 * int64_t(89478485);
+  FKD_CHECK(w > 0 && h > 0 && w * h <= kMaxPixels, DataError,
+            "{}: image size {}x{} is empty or above {} pixels", name, w, h, kMaxPixels);
+}
 
 Image decode_image(const uint8_t* data, size_t size, int want_channels, const std::string& name) {
   return decode_any(data, size, want_channels, name, nullptr).image;

@@ -24,13 +24,6 @@ namespace fkd {
 
 namespace {
 
-// The same pixel limit as the JPEG and PNG paths (PIL's decompression-bomb limit).
-void check_pixels(int64_t w, int64_t h, const std::string& name) {
-  constexpr int64_t kMaxPixels = 2 * int64_t(89478485);
-  FKD_CHECK(w > 0 && h > 0 && w * h <= kMaxPixels, DataError,
-            "{}: image size {}x{} is empty or above {} pixels", name, w, h, kMaxPixels);
-}
-
 /// An image from interleaved 8-bit pixels with `comp` channels: 1 (L), 2 (LA), 3 (RGB) or
 /// 4 (RGBA), alpha dropped, converted to `want` channels (0 = L stays 1, colour becomes 3).
 Image from_interleaved(const uint8_t* px, int w, int h, int comp, int want) {
@@ -67,7 +60,7 @@ Image decode_webp(const uint8_t* data, size_t size, int want, const std::string&
   FKD_CHECK(st == VP8_STATUS_OK, DataError, "{}: corrupt WebP (bad header, status {})", name,
             int(st));
   FKD_CHECK(!f.has_animation, DataError, "{}: animated WebP is not supported", name);
-  check_pixels(f.width, f.height, name);
+  check_image_size(f.width, f.height, name);
   // PIL decodes to RGB (RGBA when the file has alpha, which the conversion then drops).
   const int comp = f.has_alpha ? 4 : 3;
   std::vector<uint8_t> px(size_t(f.width) * size_t(f.height) * size_t(comp));
@@ -140,7 +133,7 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
   TIFFGetField(tif.get(), TIFFTAG_IMAGELENGTH, &h);
   TIFFGetFieldDefaulted(tif.get(), TIFFTAG_SAMPLESPERPIXEL, &spp);
   TIFFGetFieldDefaulted(tif.get(), TIFFTAG_PHOTOMETRIC, &photometric);
-  check_pixels(w, h, name);
+  check_image_size(w, h, name);
   uint16_t bits = 1, planar = PLANARCONFIG_CONTIG;
   TIFFGetFieldDefaulted(tif.get(), TIFFTAG_BITSPERSAMPLE, &bits);
   TIFFGetFieldDefaulted(tif.get(), TIFFTAG_PLANARCONFIG, &planar);
@@ -204,7 +197,7 @@ Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& 
   FKD_CHECK(size >= 34, DataError, "{}: truncated BMP: {} bytes", name, size);
   FKD_CHECK(stbi_info_from_memory(data, int(size), &w, &h, &comp) == 1, DataError,
             "{}: corrupt or unsupported BMP: {}", name, stb_reason());
-  check_pixels(w, h, name);
+  check_image_size(w, h, name);
   // stb_image reads missing bytes as zeros: refuse a truncated pixel array first (PIL raises
   // "image file is truncated"). Uncompressed rows are padded to 4 bytes.
   const uint32_t header = le32(data + 14);
@@ -257,7 +250,7 @@ class PnmReader {
     const uint32_t maxval = bitmap ? 1 : number("maxval");
     FKD_CHECK(maxval >= 1 && maxval <= 65535, DataError, "{}: PNM maxval {} not in [1, 65535]",
               name_, maxval);
-    check_pixels(w, h, name_);
+    check_image_size(w, h, name_);
     if (!plain) {  // exactly one whitespace byte ends the header
       FKD_CHECK(pos_ < n_ && is_space(d_[pos_]), DataError, "{}: corrupt PNM header", name_);
       ++pos_;

@@ -10,6 +10,10 @@ namespace fkd {
 
 enum class ImageFormat { kUnknown, kWebp, kTiff, kBmp, kPnm };
 
+/// Throws DataError unless w x h is a plausible image: positive, and within PIL's
+/// decompression-bomb limit (checked before allocating what a damaged header claims).
+void check_image_size(int64_t w, int64_t h, const std::string& name);
+
 /// The format named by a file's magic bytes, among WebP, TIFF, BMP and PNM.
 ImageFormat sniff_other_format(const uint8_t* data, size_t size);
 
