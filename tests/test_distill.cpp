@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "fkd/demo.h"
 #include "fkd/distill.h"
 #include "fkd/error.h"
 #include "fkd/label.h"
@@ -310,4 +311,44 @@ TEST(Distill, LabelsThenTrains) {
   EXPECT_EQ(m.crop_sampler, "random_crop");
   EXPECT_TRUE(std::filesystem::exists(fx.dir.file("distill/student/checkpoint.pt")));
   EXPECT_GT(r.history.back().top1, 30.0);
+}
+
+TEST(Demo, StaleStageIsMovedAsideAndLaterStagesRedone) {
+  TempDir d;
+  const std::filesystem::path teacher = d.file("teacher"), labels = d.file("labels");
+  for (const auto& dir : {teacher, labels}) {
+    std::filesystem::create_directories(dir);
+    fkd::test::write_file((dir / "work").string(), "old " + dir.filename().string());
+  }
+  bool redo = false;
+  int calls = 0;
+  // A stage whose directory holds reusable work runs once and redoes nothing.
+  EXPECT_EQ(run_demo_stage(teacher, redo, [&] { return ++calls; }), 1);
+  EXPECT_FALSE(redo);
+  EXPECT_TRUE(std::filesystem::exists(teacher / "work"));
+  // Work made with other options: moved to .old (kept), the stage runs again, later ones too.
+  calls = 0;
+  const int r = run_demo_stage(teacher, redo, [&] {
+    if (++calls == 1) throw WorkMismatch("option 'lr' differs");
+    std::filesystem::create_directories(teacher);
+    fkd::test::write_file((teacher / "work").string(), "new");
+    return calls;
+  });
+  EXPECT_EQ(r, 2);
+  EXPECT_TRUE(redo);
+  EXPECT_EQ(fkd::test::read_file(d.file("teacher.old/work")), "old teacher");
+  EXPECT_EQ(fkd::test::read_file((teacher / "work").string()), "new");
+  // The next stage builds on the redone one: its old work is moved aside before it runs.
+  bool saw_old = true;
+  run_demo_stage(labels, redo, [&] {
+    saw_old = std::filesystem::exists(labels / "work");
+    return 0;
+  });
+  EXPECT_FALSE(saw_old);
+  EXPECT_EQ(fkd::test::read_file(d.file("labels.old/work")), "old labels");
+  // Any other error is not a reason to discard work.
+  bool keep = false;
+  EXPECT_THROW(run_demo_stage(teacher, keep, [&]() -> int { throw ConfigError("bad option"); }),
+               ConfigError);
+  EXPECT_TRUE(std::filesystem::exists(teacher / "work"));
 }

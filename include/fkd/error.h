@@ -22,6 +22,13 @@ class ConfigError : public Error {
   using Error::Error;
 };
 
+/// An output directory already holds work (a run, a label store) made with other options, so
+/// it can be neither resumed nor reused.
+class WorkMismatch : public ConfigError {
+ public:
+  using ConfigError::ConfigError;
+};
+
 /// Input data is bad: an image that does not decode, an empty class folder, a label out of range.
 class DataError : public Error {
  public:

@@ -5,6 +5,7 @@
 #include <fmt/core.h>
 #include <fmt/format.h>
 
+#include "fkd/error.h"
 #include "fkd/label.h"
 #include "fkd/plot.h"
 #include "fkd/progress.h"
@@ -104,8 +105,9 @@ DemoResult run_demo(const DemoOptions& opts) {
   // The teacher trains on hard labels, as in the setting measured in bench/RESULTS.md
   // (whether label smoothing helps or hurts a teacher's soft labels is debated).
   tc.label_smoothing = 0;
+  bool redo = false;  // a stage was started over: every later one is too
   auto t0 = std::chrono::steady_clock::now();
-  const TrainResult teacher = train(tc);
+  const TrainResult teacher = run_demo_stage(tc.out, redo, [&] { return train(tc); });
   d.teacher_top1 = teacher.history.back().top1;
   d.teacher_seconds = 0;
   for (const auto& m : teacher.history) d.teacher_seconds += m.seconds;
@@ -124,8 +126,11 @@ DemoResult run_demo(const DemoOptions& opts) {
   lc.device = opts.device;
   lc.out = (out / "labels").string();
   t0 = std::chrono::steady_clock::now();
-  const LabelResult lr = generate_labels(lc);
+  const LabelResult lr = run_demo_stage(lc.out, redo, [&] { return generate_labels(lc); });
   d.label_seconds = lr.crops ? lr.seconds : seconds_since(t0);
+  // A store an earlier demo finished is reused: this run did not time its labeling.
+  const std::string label_time =
+      lr.crops ? format_duration(d.label_seconds) : std::string("done by an earlier run");
 
   // 3-5. The tiny student three ways, same effective epochs and seed. Seed 0 keeps the
   // original names; other seeds train beside them and reuse the teacher and the labels.
@@ -143,7 +148,9 @@ DemoResult run_demo(const DemoOptions& opts) {
       sc.labels = lc.out;
       sc.num_crops = rc.num_crops;
     }
-    d.students.push_back(summarize(names[k], train(sc)));
+    bool redo_student = redo;  // the students build on the teacher and labels, not on each other
+    d.students.push_back(
+        summarize(names[k], run_demo_stage(sc.out, redo_student, [&] { return train(sc); })));
   }
 
   // The table and the report.
@@ -152,7 +159,7 @@ DemoResult run_demo(const DemoOptions& opts) {
   fmt::print("\n{}\n", table);
   fmt::print("teacher resnet20: {:.2f}% top-1 ({}); labeling: {} ({} crops per image, once for "
              "every student trained from the store)\n",
-             d.teacher_top1, format_duration(d.teacher_seconds), format_duration(d.label_seconds),
+             d.teacher_top1, format_duration(d.teacher_seconds), label_time,
              rc.epochs);
 
   std::vector<PlotSeries> plot;
@@ -190,7 +197,7 @@ DemoResult run_demo(const DemoOptions& opts) {
                         : fmt::format("{} crops of each image", rc.num_crops),
       opts.threads ? fmt::format("{}", opts.threads) : std::string("all cores"),
       opts.workers, opts.device, rc.teacher_epochs, rc.teacher_images, d.teacher_top1,
-      format_duration(d.teacher_seconds), format_duration(d.label_seconds), rc.epochs, table,
+      format_duration(d.teacher_seconds), label_time, rc.epochs, table,
       svg, format_duration(total));
   d.report = (out / ("report" + tag + ".md")).string();
   write_text_file_atomic(d.report, md);

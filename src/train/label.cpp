@@ -178,10 +178,10 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   if (fs::exists(fs::path(cfg.out) / "manifest.json")) {
     const Manifest existing = read_manifest(cfg.out);
     const auto diffs = manifest_differences(existing, m);
-    FKD_CHECK(diffs.empty(), ConfigError,
+    FKD_CHECK(diffs.empty(), WorkMismatch,
               "{}: holds labels made differently ({}); use the same options or a new --out",
               cfg.out, fmt::join(diffs, ", "));
-    FKD_CHECK(existing.num_shards == m.num_shards, ConfigError,
+    FKD_CHECK(existing.num_shards == m.num_shards, WorkMismatch,
               "{}: was labeled in {} shards, this run asks for {}", cfg.out, existing.num_shards,
               m.num_shards);
   } else {

@@ -54,7 +54,7 @@ void check_resume_compatible(const TrainConfig& now, const TrainConfig& saved,
     b.erase(k);
   }
   for (auto it = a.begin(); it != a.end(); ++it) {
-    FKD_CHECK(b.contains(it.key()) && b[it.key()] == it.value(), ConfigError,
+    FKD_CHECK(b.contains(it.key()) && b[it.key()] == it.value(), WorkMismatch,
               "--resume: option '{}' is {} but the run in {} used {}; use the same options "
               "or a new --out",
               it.key(), it.value().dump(), path, b.contains(it.key()) ? b[it.key()].dump() : "?");
@@ -102,10 +102,10 @@ TrainResult train(TrainConfig cfg) {
     check_store_matches(mf, cfg.labels, *train_set, cfg.data, cfg.limit_train);
     source = std::make_shared<StoreCropSource>(store, m, cfg.seed);
     const int passes = (cfg.epochs + m - 1) / m;
-    fmt::print("labels {}: {} crops per image by {}, {} top-{} {}; {} crops per image per pass, "
-               "{}{}\n",
-               cfg.labels, mf.crops_per_image, mf.teacher, label_type_name(mf.label_type), mf.k,
-               precision_name(mf.precision), m, count_of(passes, "pass", "passes"),
+    fmt::print("labels {}: {} per image by {}, {} top-{} {}; {} per image per pass, {}{}\n",
+               cfg.labels, count_of(mf.crops_per_image, "crop"), mf.teacher,
+               label_type_name(mf.label_type), mf.k, precision_name(mf.precision),
+               count_of(m, "crop"), count_of(passes, "pass", "passes"),
                uint64_t(passes) * uint64_t(m) > mf.crops_per_image
                    ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
                    : "");
@@ -151,7 +151,7 @@ TrainResult train(TrainConfig cfg) {
   if (cfg.resume && fs::exists(ckpt_path)) {
     CheckpointMeta saved = read_checkpoint_meta(ckpt_path);
     check_resume_compatible(cfg, saved.config, ckpt_path);
-    FKD_CHECK(saved.classes == meta.classes, ConfigError,
+    FKD_CHECK(saved.classes == meta.classes, WorkMismatch,
               "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
     load_checkpoint_into(ckpt_path, *net, optimizer.get(), /*restore_rng=*/true);
     meta.epochs_done = saved.epochs_done;
