@@ -14,6 +14,7 @@
 #include "fkd/store.h"
 #include "fkd/train.h"
 #include "testutil.h"
+#include "train/checkpoint.h"
 #include "train/session.h"
 #include "train/soft_loss.h"
 
@@ -251,6 +252,15 @@ TEST(Fkd, StoreOfAnotherDatasetIsRefused) {
     EXPECT_NE(msg.find("1500 images"), std::string::npos) << msg;
   }
   EXPECT_FALSE(std::filesystem::exists(fx.dir.file("mismatch/checkpoint.pt")));
+  // Without --limit-train, training takes the store's subset.
+  c.limit_train = 0;
+  c.num_crops = 1;
+  c.epochs = 1;
+  c.limit_val = 100;
+  c.out = fx.dir.file("store-subset");
+  const TrainResult r = train(c);
+  ASSERT_EQ(r.history.size(), 1u);
+  EXPECT_EQ(read_checkpoint_meta(r.checkpoint).config.limit_train, fx.kImages);
 }
 
 TEST(Fkd, ResumeEqualsUninterruptedRun) {

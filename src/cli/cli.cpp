@@ -102,7 +102,8 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--std", c.std, "Normalization std per channel (default: dataset's)");
   app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = dataset's)")
       ->capture_default_str();
-  app->add_option("--limit-train", c.limit_train, "Use only this many training images")
+  app->add_option("--limit-train", c.limit_train,
+                  "Use only this many training images (FKD: default, the store's subset)")
       ->capture_default_str();
   app->add_option("--limit-val", c.limit_val, "Use only this many val images")
       ->capture_default_str();

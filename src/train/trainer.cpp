@@ -77,6 +77,19 @@ TrainResult train(TrainConfig cfg) {
   const int threads = configure_threads(cfg.threads);
   const torch::Device device = parse_device(cfg.device);
 
+  // A store labels one subset of the dataset: without --limit-train, train on that subset
+  // (check_store_matches below refuses any other).
+  if (!cfg.labels.empty() && cfg.limit_train == 0 && (cfg.mode == "fkd" || cfg.mode == "auto") &&
+      fs::exists(fs::path(cfg.labels) / "manifest.json")) {
+    const uint64_t store_limit = read_manifest(cfg.labels).dataset_limit;
+    if (store_limit > 0) {
+      cfg.limit_train = size_t(store_limit);
+      fmt::print("labels {}: made for a subset of {} training images (fkd label --limit); "
+                 "training on that subset (--limit-train {})\n",
+                 cfg.labels, store_limit, store_limit);
+    }
+  }
+
   DatasetOptions dopt;
   dopt.channels = cfg.channels;
   dopt.limit = cfg.limit_train;
