@@ -21,9 +21,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   try {
-    const fkd::ImageBand band = fkd::decode_image_rows(
-        data, size, 3, "fuzz", [](int h, int) { return fkd::RowRange{h / 3, h / 3 + 2}; });
-    if (band.image.height > 2 || band.first_row + band.image.height > band.full_height) std::abort();
+    const fkd::ImageBand band = fkd::decode_image_rows(data, size, 3, "fuzz", [](int h, int) {
+      return fkd::RowRange{h / 3, h / 3 + 2};
+    });
+    if (band.image.height > 2 || band.first_row + band.image.height > band.full_height)
+      std::abort();
   } catch (const fkd::Error&) {
   }
   return 0;

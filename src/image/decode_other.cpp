@@ -5,9 +5,9 @@
 #include <webp/decode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
-#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -39,7 +39,8 @@ Image from_interleaved(const uint8_t* px, int w, int h, int comp, int want) {
   const uint8_t* src = px;
   if (comp != base) {  // drop alpha first
     packed.resize(npx * size_t(base));
-    for (size_t p = 0; p < npx; ++p) std::memcpy(&packed[p * base], px + p * size_t(comp), size_t(base));
+    for (size_t p = 0; p < npx; ++p)
+      std::memcpy(&packed[p * base], px + p * size_t(comp), size_t(base));
     src = packed.data();
   }
   if (base == img.channels) {
@@ -65,9 +66,8 @@ Image decode_webp(const uint8_t* data, size_t size, int want, const std::string&
   const int comp = f.has_alpha ? 4 : 3;
   std::vector<uint8_t> px(size_t(f.width) * size_t(f.height) * size_t(comp));
   const int stride = f.width * comp;
-  const uint8_t* ok = f.has_alpha
-                          ? WebPDecodeRGBAInto(data, size, px.data(), px.size(), stride)
-                          : WebPDecodeRGBInto(data, size, px.data(), px.size(), stride);
+  const uint8_t* ok = f.has_alpha ? WebPDecodeRGBAInto(data, size, px.data(), px.size(), stride)
+                                  : WebPDecodeRGBInto(data, size, px.data(), px.size(), stride);
   FKD_CHECK(ok != nullptr, DataError, "{}: corrupt or truncated WebP", name);
   return from_interleaved(px.data(), f.width, f.height, comp, want);
 }
@@ -145,8 +145,8 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
       !TIFFIsTiled(tif.get())) {
     const size_t row = size_t(w) * spp;
     FKD_CHECK(size_t(TIFFScanlineSize(tif.get())) == row, DataError,
-              "{}: corrupt TIFF: scanline size {} for {} samples", name, TIFFScanlineSize(tif.get()),
-              row);
+              "{}: corrupt TIFF: scanline size {} for {} samples", name,
+              TIFFScanlineSize(tif.get()), row);
     std::vector<uint8_t> px(row * h);
     for (uint32_t y = 0; y < h; ++y) {
       FKD_CHECK(TIFFReadScanline(tif.get(), px.data() + row * y, y, 0) == 1, DataError,
@@ -169,8 +169,8 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
     px[p * 4 + 3] = uint8_t(TIFFGetA(rgba[p]));
   }
   // Grey files (PIL mode L) stay one channel: libtiff replicated the level into R, G and B.
-  const bool gray = (photometric == PHOTOMETRIC_MINISBLACK || photometric == PHOTOMETRIC_MINISWHITE) &&
-                    spp <= 2;
+  const bool gray =
+      (photometric == PHOTOMETRIC_MINISBLACK || photometric == PHOTOMETRIC_MINISWHITE) && spp <= 2;
   if (gray) {
     std::vector<uint8_t> g(rgba.size());
     for (size_t p = 0; p < rgba.size(); ++p) g[p] = px[p * 4];
@@ -209,8 +209,8 @@ Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& 
             "{}: BMP compression {} is not supported (uncompressed BMPs are)", name, compression);
   const uint64_t stride = (uint64_t(w) * uint64_t(bpp) + 31) / 32 * 4;
   const uint64_t need = uint64_t(le32(data + 10)) + stride * uint64_t(h);
-  FKD_CHECK(need <= size, DataError, "{}: truncated BMP: {} bytes, its pixels need {}", name,
-            size, need);
+  FKD_CHECK(need <= size, DataError, "{}: truncated BMP: {} bytes, its pixels need {}", name, size,
+            need);
   std::unique_ptr<uint8_t, void (*)(void*)> px(
       stbi_load_from_memory(data, int(size), &w, &h, &comp, 0), stbi_image_free);
   FKD_CHECK(px != nullptr, DataError, "{}: corrupt or unsupported BMP: {}", name, stb_reason());
