@@ -150,6 +150,17 @@ TEST(Cli, InspectSummarizesPrintsAndDrawsAnImage) {
   const auto r = run_fkd("inspect " + store + " --data " + data + " --render 4 " + png);
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(fkd::test::read_file(png).substr(0, 4), "\x89PNG");
+  // A store whose labeling stopped: how far it came, and no reading of records.
+  const std::string shard = store + "/shard-00000-of-00001.fkdl";
+  std::filesystem::rename(shard, shard + ".partial");  // all blocks there, not finished
+  const auto u = run_fkd("inspect " + store);
+  EXPECT_EQ(u.status, 0) << u.out;
+  EXPECT_NE(u.out.find("(unfinished)"), std::string::npos) << u.out;
+  EXPECT_NE(u.out.find("15 of 15 images, in progress or stopped"), std::string::npos) << u.out;
+  const auto ui = run_fkd("inspect " + store + " --image 1");
+  EXPECT_EQ(ui.status, 1) << ui.out;
+  EXPECT_NE(ui.out.find("unfinished"), std::string::npos) << ui.out;
+  std::filesystem::rename(shard + ".partial", shard);
   for (const char* bad : {"abc", "-1", "99999"}) {
     const auto b = run_fkd("inspect " + store + " --data " + data + " --render " + bad + " x.png");
     EXPECT_EQ(b.status, 1) << bad;

@@ -1202,4 +1202,39 @@ TEST(StoreGolden, V1SeedShardsStillRead) {
 }
 
 }  // namespace
+
+TEST(StoreProgress, CountsFinishedPartialAndMissingShards) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 12, 4);
+  write_manifest(dir.path(), m);
+  write_shard(dir.path(), m, 0);
+  {  // shard 1: two records appended, then the writer stops (as a killed run leaves it)
+    ShardWriter w(dir.path(), m, 1);
+    const uint64_t first = w.next_image();
+    w.append(first, make_labels(m, first));
+    w.append(first + 1, make_labels(m, first + 1));
+  }
+  // shard 2: a header torn by a crash; shard 3: never started.
+  write_file(shard_path(dir.path(), 2, 4) + ".partial", std::string(50, 'x'));
+  const StoreProgress p = store_progress(dir.path());
+  ASSERT_EQ(p.shards.size(), 4u);
+  EXPECT_EQ(p.total, 12u);
+  EXPECT_TRUE(p.shards[0].finished);
+  EXPECT_EQ(p.shards[0].done, p.shards[0].total);
+  EXPECT_FALSE(p.shards[1].finished);
+  EXPECT_TRUE(p.shards[1].started);
+  EXPECT_EQ(p.shards[1].done, 2u);
+  EXPECT_TRUE(p.shards[2].started);
+  EXPECT_EQ(p.shards[2].done, 0u);
+  EXPECT_FALSE(p.shards[3].started);
+  EXPECT_EQ(p.done, p.shards[0].total + 2);
+  EXPECT_FALSE(p.complete());
+  // Finishing every shard completes it, and the count agrees with the reader.
+  fs::remove(shard_path(dir.path(), 2, 4) + ".partial");
+  for (uint32_t s = 1; s < 4; ++s) write_shard(dir.path(), m, s);
+  const StoreProgress done = store_progress(dir.path());
+  EXPECT_TRUE(done.complete());
+  EXPECT_EQ(done.done, StoreReader(dir.path()).num_images());
+}
+
 }  // namespace fkd

@@ -177,6 +177,25 @@ class StoreReader {
   std::unique_ptr<Impl> impl_;
 };
 
+/// How far labeling of a store has come, from its files alone (read-only): a finished shard
+/// counts its whole range, a .partial its complete, verified blocks, a missing shard none.
+struct StoreProgress {
+  struct Shard {
+    uint64_t done = 0, total = 0;  ///< images labeled, images in the shard's range
+    bool finished = false;         ///< the final shard file exists
+    bool started = false;          ///< a .partial or the final file exists
+  };
+  uint64_t done = 0, total = 0;  ///< over all shards
+  std::vector<Shard> shards;
+  /// Every shard finished (a .partial holding its whole range still lacks index and footer).
+  bool complete() const {
+    for (const Shard& s : shards)
+      if (!s.finished) return false;
+    return !shards.empty();
+  }
+};
+StoreProgress store_progress(const std::string& store_dir);
+
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical.
 void merge_store(const std::string& store_dir, const std::string& out_dir);

@@ -216,6 +216,24 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
 }
 
 void run_inspect(const InspectOptions& o) {
+  // An unfinished store (labeling stopped or still running): how far it has come.
+  const StoreProgress progress = store_progress(o.store);
+  if (!progress.complete()) {
+    FKD_CHECK(o.image < 0 && o.render.empty(), FormatError,
+              "{}: unfinished ({} of {} images labeled): resume labeling to finish it", o.store,
+              progress.done, progress.total);
+    fmt::print("store            {} (unfinished)\n", o.store);
+    fmt::print("images           {} of {} labeled ({:.1f}%)\n", progress.done, progress.total,
+               progress.total ? 100.0 * double(progress.done) / double(progress.total) : 0.0);
+    for (size_t i = 0; i < progress.shards.size(); ++i) {
+      const auto& sh = progress.shards[i];
+      fmt::print("shard {:>5}/{}  {} of {} images{}\n", i, progress.shards.size(), sh.done,
+                 sh.total,
+                 sh.finished ? ", finished" : sh.started ? ", in progress or stopped" : ", not started");
+    }
+    fmt::print("to finish it, run the same fkd label command again (it resumes)\n");
+    return;
+  }
   StoreReader store(o.store);
   const Manifest& m = store.manifest();
   // The dataset: --data, else the one the manifest names (if it is still there).

@@ -100,6 +100,39 @@ struct StoreReader::Impl {
   bool check_crops = false;
 };
 
+StoreProgress store_progress(const std::string& store_dir) {
+  const Manifest m = read_manifest(store_dir);
+  StoreProgress p;
+  for (uint32_t i = 0; i < m.num_shards; ++i) {
+    const std::string path = (fs::path(store_dir) / shard_file_name(i, m.num_shards)).string();
+    const auto [begin, end] = shard_range(m.num_images, i, m.num_shards);
+    StoreProgress::Shard sh;
+    sh.total = end - begin;
+    if (fs::exists(path)) {
+      sh.finished = sh.started = true;
+      sh.done = sh.total;
+    } else if (fs::exists(path + ".partial")) {
+      sh.started = true;
+      const store::MappedFile map(path + ".partial");
+      const store::ShardHeader expected = store::header_for(m, i);
+      // A torn or foreign header holds nothing this store can use (the writer starts over
+      // or refuses it); otherwise count the blocks a resumed writer would keep.
+      try {
+        const store::ShardHeader h =
+            store::decode_header(map.data(), map.size(), path + ".partial");
+        if (store::encode_header(h) == store::encode_header(expected)) {
+          sh.done = store::scan_blocks(map.data(), map.size(), h, path + ".partial").entries.size();
+        }
+      } catch (const Error&) {  // unreadable, torn or foreign: nothing usable
+      }
+    }
+    p.done += sh.done;
+    p.total += sh.total;
+    p.shards.push_back(sh);
+  }
+  return p;
+}
+
 StoreReader::StoreReader(const std::string& store_dir, bool check_crops)
     : impl_(std::make_unique<Impl>()) {
   impl_->store = store::open_store(store_dir);
