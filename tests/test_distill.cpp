@@ -323,6 +323,40 @@ TEST(Distill, LabelsThenTrains) {
   EXPECT_GT(r.history.back().top1, 30.0);
 }
 
+TEST(Distill, WhatTrainingNeedsIsCheckedBeforeLabeling) {
+  TempDir d;
+  const std::string data = d.file("data"), teacher = d.file("t.pt");
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {data}).status, 0);
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "3", "3"}).status, 0);
+  std::filesystem::remove_all(data + "/val");
+  DistillConfig c;
+  c.label.teacher = teacher;
+  c.label.crops = 0;
+  c.train.data = data;
+  c.train.model = "tiny";
+  c.train.input_size = 28;
+  c.train.epochs = 2;
+  c.train.threads = 1;
+  c.out = d.file("out");
+  // No val split: refused before labeling, not after.
+  try {
+    run_distill(c);
+    FAIL() << "expected DataError";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing split folder 'val'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(d.file("out/labels/manifest.json")));
+  // A batch that does not split into whole images, likewise.
+  std::filesystem::create_directories(data + "/val");
+  std::filesystem::copy(data + "/train", data + "/val",
+                        std::filesystem::copy_options::recursive);
+  c.train.batch_size = 10;
+  c.train.num_crops = 4;
+  EXPECT_THROW(run_distill(c), ConfigError);
+  EXPECT_FALSE(std::filesystem::exists(d.file("out/labels/manifest.json")));
+}
+
 TEST(Demo, StaleStageIsMovedAsideAndLaterStagesRedone) {
   TempDir d;
   const std::filesystem::path teacher = d.file("teacher"), labels = d.file("labels");

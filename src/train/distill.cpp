@@ -27,6 +27,21 @@ TrainResult run_distill(DistillConfig cfg) {
   l.workers = t.workers;
   l.device = t.device;
   l.out = (fs::path(cfg.out) / "labels").string();
+  // What training needs is checked before any time goes into labels: the student and its
+  // options, and a val split to evaluate on.
+  {
+    TrainConfig check = t;
+    check.mode = "fkd";
+    check.labels = l.out;
+    DatasetOptions dopt;
+    dopt.channels = check.channels;
+    dopt.limit = check.limit_train;
+    const auto train_set = open_dataset(check.data, Split::kTrain, dopt);
+    resolve_config(check, *train_set);
+    dopt.channels = check.channels;
+    dopt.limit = check.limit_val;
+    open_dataset(check.data, Split::kVal, dopt);
+  }
   // Enough crops that no stored crop is used twice in the run.
   if (l.crops == 0) l.crops = (t.epochs + t.num_crops - 1) / t.num_crops * t.num_crops;
   fmt::print("== 1/2 label: {} crops per image of {} with {}\n", l.crops, t.data, l.teacher);
