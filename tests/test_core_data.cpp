@@ -467,3 +467,28 @@ TEST(LabelCrops, GoldenValuesPinTheSampler) {
   EXPECT_EQ((std::vector<int>{q.box.left, q.box.top, q.box.width, q.box.height, int(q.flip)}),
             (std::vector<int>{9, 3, 13, 16, 1}));
 }
+
+TEST(ImageFolder, FindUnreadableImagesListsEveryBadOneInOrder) {
+  TempDir d;
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {d.path()}).status, 0);
+  auto ds = open_dataset(d.path(), Split::kTrain);
+  // Damage two files: one truncated, one not an image at all.
+  const std::string a = d.path() + "/" + ds->item_name(3), b = d.path() + "/" + ds->item_name(11);
+  const std::string bytes = fkd::test::read_file(a);
+  fkd::test::write_file(a, bytes.substr(0, bytes.size() / 3));
+  fkd::test::write_file(b, "plain text");
+  ds = open_dataset(d.path(), Split::kTrain);  // the sizes changed
+  for (int threads : {1, 3}) {
+    size_t last = 0;
+    const auto bad = find_unreadable_images(*ds, 0, ds->size(), threads,
+                                            [&](size_t done) { last = done; });
+    ASSERT_EQ(bad.size(), 2u) << threads;
+    EXPECT_EQ(bad[0].index, 3u);
+    EXPECT_EQ(bad[1].index, 11u);
+    EXPECT_NE(bad[0].message.find(a), std::string::npos) << bad[0].message;
+    EXPECT_NE(bad[1].message.find("unknown magic bytes"), std::string::npos) << bad[1].message;
+    EXPECT_EQ(last, ds->size());
+  }
+  // A range that leaves them out finds nothing.
+  EXPECT_TRUE(find_unreadable_images(*ds, 4, 11, 2).empty());
+}

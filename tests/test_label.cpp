@@ -294,6 +294,36 @@ TEST(Label, RefusesMismatchedStoreAndTeacher) {
   EXPECT_TRUE(generate_labels(bad).complete);
 }
 
+TEST(Label, UnreadableImagesAreFoundBeforeAnyLabel) {
+  TempDir dir;
+  const std::string data = dir.file("data"), teacher = dir.file("t.pt");
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {data}).status, 0);
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "3", "3"}).status, 0);
+  const auto ds = open_dataset(data, Split::kTrain);
+  const std::string broken = data + "/" + ds->item_name(ds->size() - 1);  // the last image
+  const std::string good = fkd::test::read_file(broken);
+  fkd::test::write_file(broken, good.substr(0, good.size() / 2));
+  LabelConfig c;
+  c.teacher = teacher;
+  c.data = data;
+  c.out = dir.file("store");
+  c.crops = 3;
+  c.input_size = 28;
+  c.threads = 1;
+  try {
+    generate_labels(c);
+    FAIL() << "expected DataError";
+  } catch (const DataError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("1 of the 15 images to label cannot be read"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(broken), std::string::npos) << msg;
+  }
+  // Nothing was written: with the file fixed, the same command labels from scratch.
+  EXPECT_FALSE(fs::exists(c.out));
+  fkd::test::write_file(broken, good);
+  EXPECT_TRUE(generate_labels(c).complete);
+}
+
 TEST(Label, DefaultTopkIsCappedAtTheClassCount) {
   TempDir dir;
   const std::string data = dir.file("data");

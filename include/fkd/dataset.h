@@ -1,13 +1,15 @@
 // Datasets: an indexed collection of (image, class) pairs, split into train and val.
 //
 // Two kinds, chosen by open_dataset from the --data argument:
-//   - ImageFolder: root/{train,val}/<class>/**/*.{jpg,jpeg,png}; classes are the
+//   - ImageFolder: root/{train,val}/<class>/**/<image> with torchvision's extensions (JPEG,
+//     PNG, WebP, TIFF, BMP, PNM); classes are the
 //     sub-folder names in sorted order and files are ordered as torchvision's ImageFolder
 //     orders them (sorted walk), so class indices and sample indices agree with PyTorch.
 //   - IDX (MNIST / Fashion-MNIST): {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz],
 //     held in memory. "fashion-mnist" names the copy Debian's dataset-fashion-mnist installs.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,6 +67,19 @@ struct DatasetOptions {
 /// DataError with one line naming the path otherwise.
 std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
                                       const DatasetOptions& opts = {});
+
+/// A sample that does not decode, with the one-line error naming its file.
+struct UnreadableImage {
+  size_t index = 0;
+  std::string message;
+};
+
+/// Decodes samples [begin, end) on `threads` threads (the caller's included) and returns
+/// those that fail, in index order. `progress(done)` is called on the calling thread with the
+/// count decoded so far.
+std::vector<UnreadableImage> find_unreadable_images(
+    const Dataset& ds, size_t begin, size_t end, int threads,
+    const std::function<void(size_t done)>& progress = {});
 
 /// The directory Debian's dataset-fashion-mnist package installs.
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";

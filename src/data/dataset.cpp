@@ -3,9 +3,12 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "fkd/error.h"
 
@@ -262,6 +265,34 @@ bool is_idx_dir(const std::string& dir) {
 }
 
 }  // namespace
+
+std::vector<UnreadableImage> find_unreadable_images(
+    const Dataset& ds, size_t begin, size_t end, int threads,
+    const std::function<void(size_t done)>& progress) {
+  std::atomic<size_t> next{begin}, done{0};
+  std::mutex mu;
+  std::vector<UnreadableImage> bad;
+  auto work = [&](bool report) {
+    for (size_t i; (i = next.fetch_add(1)) < end;) {
+      try {
+        ds.load(i);
+      } catch (const std::exception& e) {  // fkd's DataError / IoError, or out of memory
+        std::lock_guard<std::mutex> lock(mu);
+        bad.push_back({i, e.what()});
+      }
+      const size_t d = done.fetch_add(1) + 1;
+      if (report && progress) progress(d);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, false);
+  work(true);
+  for (auto& t : pool) t.join();
+  if (progress) progress(done.load());
+  std::sort(bad.begin(), bad.end(),
+            [](const UnreadableImage& a, const UnreadableImage& b) { return a.index < b.index; });
+  return bad;
+}
 
 std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
                                       const DatasetOptions& opts) {

@@ -1,7 +1,9 @@
 #include "fkd/label.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <deque>
+#include <thread>
 #include <filesystem>
 
 #include <fmt/core.h>
@@ -174,8 +176,8 @@ LabelResult generate_labels(const LabelConfig& cfg) {
     m.padding = ref.padding;
   }
 
-  fs::create_directories(cfg.out);
-  if (fs::exists(fs::path(cfg.out) / "manifest.json")) {
+  const bool have_manifest = fs::exists(fs::path(cfg.out) / "manifest.json");
+  if (have_manifest) {
     const Manifest existing = read_manifest(cfg.out);
     const auto diffs = manifest_differences(existing, m);
     FKD_CHECK(diffs.empty(), WorkMismatch,
@@ -184,14 +186,39 @@ LabelResult generate_labels(const LabelConfig& cfg) {
     FKD_CHECK(existing.num_shards == m.num_shards, WorkMismatch,
               "{}: was labeled in {} shards, this run asks for {}", cfg.out, existing.num_shards,
               m.num_shards);
-  } else {
-    write_manifest(cfg.out, m);
   }
+
+  // Before a shard's first image is labeled, every image of its range must decode: the store
+  // covers each image, and the dataset fingerprint covers each file, so an image found bad
+  // halfway could only be fixed by changing the dataset and labeling again from the start.
+  const auto [range_begin, range_end] = shard_range(m.num_images, shard_index, shard_count);
+  const std::string shard_path = (fs::path(cfg.out) / shard_file_name(shard_index, shard_count)).string();
+  if (!fs::exists(shard_path) && !fs::exists(shard_path + ".partial")) {
+    Progress bar("check", range_end - range_begin, "img");
+    size_t shown = 0;
+    const auto bad = find_unreadable_images(
+        *ds, size_t(range_begin), size_t(range_end),
+        int(std::max(1u, std::thread::hardware_concurrency())), [&](size_t done) {
+          bar.advance(done - shown);
+          shown = done;
+        });
+    bar.finish();
+    FKD_CHECK(bad.empty(), DataError,
+              "{}: {} of the {} images to label cannot be read ({}{}); fix or remove them, then "
+              "run fkd label again (this run labeled nothing)",
+              cfg.data, bad.size(), range_end - range_begin, bad.front().message,
+              bad.size() > 1 ? fmt::format("; also {}/{}", ds->root(), ds->item_name(bad[1].index)) +
+                                   (bad.size() > 2 ? fmt::format(" and {} more", bad.size() - 2)
+                                                   : std::string())
+                             : std::string());
+  }
+
+  fs::create_directories(cfg.out);
+  if (!have_manifest) write_manifest(cfg.out, m);
 
   ShardWriter writer(cfg.out, m, shard_index);
   LabelResult result;
   result.store = cfg.out;
-  const auto [range_begin, range_end] = shard_range(m.num_images, shard_index, shard_count);
   if (!writer.finished()) {
     const uint64_t first = writer.next_image();
     const int n_crops = int(m.crops_per_image);
