@@ -52,6 +52,18 @@ struct Fixture {
   }
 };
 
+/// The defaults of fkd label with one teacher thread and `crops` crops per image.
+LabelConfig one_thread_config(const std::string& teacher, const std::string& data,
+                              const std::string& out, int crops) {
+  LabelConfig c;
+  c.teacher = teacher;
+  c.data = data;
+  c.out = out;
+  c.crops = crops;
+  c.threads = 1;
+  return c;
+}
+
 std::vector<ImageLabels> all_records(const std::string& store) {
   StoreReader r(store);
   std::vector<ImageLabels> out(r.num_images());
@@ -303,13 +315,8 @@ TEST(Label, UnreadableImagesAreFoundBeforeAnyLabel) {
   const std::string broken = data + "/" + ds->item_name(ds->size() - 1);  // the last image
   const std::string good = fkd::test::read_file(broken);
   fkd::test::write_file(broken, good.substr(0, good.size() / 2));
-  LabelConfig c;
-  c.teacher = teacher;
-  c.data = data;
-  c.out = dir.file("store");
-  c.crops = 3;
+  LabelConfig c = one_thread_config(teacher, data, dir.file("store"), 3);
   c.input_size = 28;
-  c.threads = 1;
   try {
     generate_labels(c);
     FAIL() << "expected DataError";
@@ -332,12 +339,7 @@ TEST(Label, DefaultTopkIsCappedAtTheClassCount) {
   fkd::test::write_idx_split(data, "t10k", 3, 28, 28, 3);
   const std::string teacher = dir.file("teacher.pt");
   ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "3"}).status, 0);
-  LabelConfig c;
-  c.teacher = teacher;
-  c.data = data;
-  c.out = dir.file("store");
-  c.crops = 4;
-  c.threads = 1;
+  LabelConfig c = one_thread_config(teacher, data, dir.file("store"), 4);
   generate_labels(c);
   EXPECT_EQ(read_manifest(c.out).k, 3);
   c.out = dir.file("store5");
