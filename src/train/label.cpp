@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <deque>
-#include <thread>
 #include <filesystem>
+#include <thread>
 
 #include <fmt/core.h>
 #include <fmt/ranges.h>
@@ -192,7 +192,8 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   // covers each image, and the dataset fingerprint covers each file, so an image found bad
   // halfway could only be fixed by changing the dataset and labeling again from the start.
   const auto [range_begin, range_end] = shard_range(m.num_images, shard_index, shard_count);
-  const std::string shard_path = (fs::path(cfg.out) / shard_file_name(shard_index, shard_count)).string();
+  const std::string shard_path =
+      (fs::path(cfg.out) / shard_file_name(shard_index, shard_count)).string();
   if (!fs::exists(shard_path) && !fs::exists(shard_path + ".partial")) {
     Progress bar("check", range_end - range_begin, "img");
     size_t shown = 0;
