@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -53,6 +54,20 @@ Image from_interleaved(const uint8_t* px, int w, int h, int comp, int want) {
   return img;
 }
 
+/// from_interleaved, taking the buffer over when it already has the wanted layout.
+Image image_from(std::vector<uint8_t>&& px, int w, int h, int comp, int want) {
+  const int natural = comp <= 2 ? 1 : 3;
+  if (comp != natural || (want != 0 && want != comp)) {
+    return from_interleaved(px.data(), w, h, comp, want);
+  }
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.channels = comp;
+  img.pixels = std::move(px);
+  return img;
+}
+
 // ---------------------------------------------------------------- WebP
 
 Image decode_webp(const uint8_t* data, size_t size, int want, const std::string& name) {
@@ -69,7 +84,7 @@ Image decode_webp(const uint8_t* data, size_t size, int want, const std::string&
   const uint8_t* ok = f.has_alpha ? WebPDecodeRGBAInto(data, size, px.data(), px.size(), stride)
                                   : WebPDecodeRGBInto(data, size, px.data(), px.size(), stride);
   FKD_CHECK(ok != nullptr, DataError, "{}: corrupt or truncated WebP", name);
-  return from_interleaved(px.data(), f.width, f.height, comp, want);
+  return image_from(std::move(px), f.width, f.height, comp, want);
 }
 
 // ---------------------------------------------------------------- TIFF
@@ -153,7 +168,7 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
                 "{}: corrupt TIFF at row {}: {}", name, y,
                 src.message.empty() ? "cannot read it" : src.message);
     }
-    return from_interleaved(px.data(), int(w), int(h), int(spp), want);
+    return image_from(std::move(px), int(w), int(h), int(spp), want);
   }
   // Anything else (palette, bilevel, YCbCr, CMYK, tiles, 16 bits...): the first image of the
   // file (PIL opens frame 0) in libtiff's RGBA rendering, top row first.
@@ -197,6 +212,7 @@ Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& 
   FKD_CHECK(size >= 34, DataError, "{}: truncated BMP: {} bytes", name, size);
   FKD_CHECK(stbi_info_from_memory(data, int(size), &w, &h, &comp) == 1, DataError,
             "{}: corrupt or unsupported BMP: {}", name, stb_reason());
+  h = std::abs(h);  // stb reports a top-down BMP's height as stored: negative
   check_image_size(w, h, name);
   // stb_image reads missing bytes as zeros: refuse a truncated pixel array first (PIL raises
   // "image file is truncated"). Uncompressed rows are padded to 4 bytes.
@@ -211,6 +227,23 @@ Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& 
   const uint64_t need = uint64_t(le32(data + 10)) + stride * uint64_t(h);
   FKD_CHECK(need <= size, DataError, "{}: truncated BMP: {} bytes, its pixels need {}", name, size,
             need);
+  // The common kind, 24-bit uncompressed (what PIL saves), read here: rows of BGR, bottom-up
+  // unless the height is negative, each padded to 4 bytes. stb_image reads the others.
+  if (!os2 && bpp == 24 && compression == 0) {
+    const bool top_down = int32_t(le32(data + 22)) < 0;
+    const uint8_t* pixels = data + le32(data + 10);
+    std::vector<uint8_t> out(size_t(w) * size_t(h) * 3);
+    for (int y = 0; y < h; ++y) {
+      const uint8_t* src = pixels + stride * uint64_t(top_down ? y : h - 1 - y);
+      uint8_t* dst = out.data() + size_t(y) * size_t(w) * 3;
+      for (int x = 0; x < w; ++x, src += 3, dst += 3) {
+        dst[0] = src[2];
+        dst[1] = src[1];
+        dst[2] = src[0];
+      }
+    }
+    return image_from(std::move(out), w, h, 3, want);
+  }
   std::unique_ptr<uint8_t, void (*)(void*)> px(
       stbi_load_from_memory(data, int(size), &w, &h, &comp, 0), stbi_image_free);
   FKD_CHECK(px != nullptr, DataError, "{}: corrupt or unsupported BMP: {}", name, stb_reason());
@@ -271,21 +304,24 @@ class PnmReader {
                   "{}: truncated or corrupt PNM: bit {} of {}", name_, i, samples);
         px[i] = d_[pos_++] == '1' ? 0 : 255;
       }
+    } else if (!plain && maxval == 255) {
+      std::memcpy(px.data(), d_ + pos_, samples);  // the common case: the bytes as they are
     } else {
       for (size_t i = 0; i < samples; ++i) {
         uint32_t v;
         if (plain) {
           v = number("sample");
-        } else {
+          FKD_CHECK(v <= maxval, DataError, "{}: PNM sample {} above maxval {}", name_, v,
+                    maxval);
+        } else {  // binary samples above maxval clip, as in PIL
           const uint8_t* p = d_ + pos_ + i * bytes;
           v = bytes == 2 ? uint32_t(p[0]) << 8 | p[1] : p[0];
         }
-        FKD_CHECK(v <= maxval, DataError, "{}: PNM sample {} above maxval {}", name_, v, maxval);
         px[i] = maxval == 255 ? uint8_t(v)
                               : uint8_t(std::min(255.0, std::nearbyint(double(v) / maxval * 255)));
       }
     }
-    return from_interleaved(px.data(), int(w), int(h), bands, want);
+    return image_from(std::move(px), int(w), int(h), bands, want);
   }
 
  private:

@@ -53,6 +53,17 @@ def png_bytes(samples, color_type, bit_depth):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
+def top_down_bmp(data):
+    """The same 24-bit BMP stored top row first (negative height), which PIL does not write."""
+    off = struct.unpack_from("<I", data, 10)[0]
+    w, h = struct.unpack_from("<ii", data, 18)
+    stride = (w * 3 + 3) // 4 * 4
+    rows = [data[off + i * stride : off + (i + 1) * stride] for i in range(h)]
+    head = bytearray(data[:off])
+    struct.pack_into("<i", head, 22, -h)
+    return bytes(head) + b"".join(reversed(rows))
+
+
 def pil_save(img, fmt, **kw):
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
@@ -102,6 +113,7 @@ def main():
         "palette.tif": pil_save(pal, "TIFF"),
         "bilevel.tif": pil_save(Image.fromarray(gray > 128), "TIFF"),
         "rgb.bmp": pil_save(Image.fromarray(rgb), "BMP"),
+        "rgb_topdown.bmp": top_down_bmp(pil_save(Image.fromarray(rgb), "BMP")),
         "gray.bmp": pil_save(Image.fromarray(gray), "BMP"),
         "palette.bmp": pil_save(pal, "BMP"),
         "bilevel.bmp": pil_save(Image.fromarray(gray > 128), "BMP"),
