@@ -2,9 +2,9 @@
 //
 // Two kinds, chosen by open_dataset from the --data argument:
 //   - ImageFolder: root/{train,val}/<class>/**/<image> with torchvision's extensions (JPEG,
-//     PNG, WebP, TIFF, BMP, PNM); classes are the
-//     sub-folder names in sorted order and files are ordered as torchvision's ImageFolder
-//     orders them (sorted walk), so class indices and sample indices agree with PyTorch.
+//     PNG, WebP, TIFF, BMP, PNM); classes are the sub-folder names in sorted order and files
+//     are ordered as torchvision's ImageFolder orders them (sorted walk), so class indices
+//     and sample indices agree with PyTorch.
 //   - IDX (MNIST / Fashion-MNIST): {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz],
 //     held in memory. "fashion-mnist" names the copy Debian's dataset-fashion-mnist installs.
 #pragma once

@@ -52,12 +52,13 @@ class IoError : public Error {
 /// ("RuntimeError: Given groups=1, weight of size [64, 3, 7, 7], expected input ...").
 inline std::string one_line(const std::string& what) {
   const std::string first = what.substr(0, what.find('\n'));
-  if (first.find("TorchScript interpreter") == std::string::npos) return first;
-  size_t end = what.find_last_not_of(" \n");
-  if (end == std::string::npos) return first;
-  const size_t begin = what.rfind('\n', end);
-  return what.substr(begin == std::string::npos ? 0 : begin + 1,
-                     end - (begin == std::string::npos ? 0 : begin + 1) + 1);
+  const size_t end = what.find_last_not_of(" \n");
+  if (first.find("TorchScript interpreter") == std::string::npos || end == std::string::npos) {
+    return first;
+  }
+  const size_t newline = what.rfind('\n', end);
+  const size_t begin = newline == std::string::npos ? 0 : newline + 1;
+  return what.substr(begin, end + 1 - begin);
 }
 
 template <typename E, typename... Args>

@@ -27,8 +27,8 @@ enum class Interp { kBilinear, kBicubic };
 /// Parses "bilinear" / "bicubic"; throws ConfigError otherwise.
 Interp parse_interp(const std::string& name);
 
-/// Decodes an image held in memory: JPEG, PNG, WebP, TIFF (first frame), BMP or binary PNM
-/// (P1-P6), the format from its magic bytes (torchvision's ImageFolder extensions).
+/// Decodes an image held in memory: JPEG, PNG, WebP, TIFF (first frame), BMP or PNM (P1-P6),
+/// the format from its magic bytes (torchvision's ImageFolder extensions).
 /// want_channels: 0 keeps the file's own (gray stays 1, colour becomes 3), 1 converts to
 /// grayscale, 3 to RGB. Alpha is dropped. Throws DataError naming `name` when the bytes are
 /// not a complete, valid image.

@@ -17,7 +17,6 @@ namespace fkd {
 
 namespace {
 
-
 const std::string kTopkHelp = fmt::format(
     "k of the marginal label types (default {}, or the class count if smaller)", kDefaultTopk);
 

@@ -40,8 +40,6 @@ bool is_png(const uint8_t* d, size_t n) {
   return n >= 8 && std::memcmp(d, kSig, 8) == 0;
 }
 
-
-
 RowRange clamp_rows(RowRange r, int height, const std::string& name) {
   r.begin = std::max(r.begin, 0);
   r.end = std::min(r.end, height);

@@ -176,22 +176,19 @@ Image decode_tiff(const uint8_t* data, size_t size, int want, const std::string&
   FKD_CHECK(TIFFReadRGBAImageOriented(tif.get(), w, h, rgba.data(), ORIENTATION_TOPLEFT, 0) == 1,
             DataError, "{}: corrupt or unsupported TIFF: {}", name,
             src.message.empty() ? "cannot render it as RGBA" : src.message);
-  std::vector<uint8_t> px(rgba.size() * 4);
-  for (size_t p = 0; p < rgba.size(); ++p) {
-    px[p * 4 + 0] = uint8_t(TIFFGetR(rgba[p]));
-    px[p * 4 + 1] = uint8_t(TIFFGetG(rgba[p]));
-    px[p * 4 + 2] = uint8_t(TIFFGetB(rgba[p]));
-    px[p * 4 + 3] = uint8_t(TIFFGetA(rgba[p]));
-  }
   // Grey files (PIL mode L) stay one channel: libtiff replicated the level into R, G and B.
   const bool gray =
       (photometric == PHOTOMETRIC_MINISBLACK || photometric == PHOTOMETRIC_MINISWHITE) && spp <= 2;
-  if (gray) {
-    std::vector<uint8_t> g(rgba.size());
-    for (size_t p = 0; p < rgba.size(); ++p) g[p] = px[p * 4];
-    return from_interleaved(g.data(), int(w), int(h), 1, want);
+  const int comp = gray ? 1 : 3;  // alpha dropped
+  std::vector<uint8_t> px(rgba.size() * size_t(comp));
+  for (size_t p = 0; p < rgba.size(); ++p) {
+    px[p * comp] = uint8_t(TIFFGetR(rgba[p]));
+    if (!gray) {
+      px[p * 3 + 1] = uint8_t(TIFFGetG(rgba[p]));
+      px[p * 3 + 2] = uint8_t(TIFFGetB(rgba[p]));
+    }
   }
-  return from_interleaved(px.data(), int(w), int(h), 4, want);
+  return image_from(std::move(px), int(w), int(h), comp, want);
 }
 
 // ---------------------------------------------------------------- BMP (stb_image)
@@ -258,7 +255,7 @@ Image decode_bmp(const uint8_t* data, size_t size, int want, const std::string& 
     if (gray) {
       std::vector<uint8_t> g(size_t(w) * size_t(h));
       for (size_t i = 0; i < g.size(); ++i) g[i] = px.get()[i * 3];
-      return from_interleaved(g.data(), w, h, 1, want);
+      return image_from(std::move(g), w, h, 1, want);
     }
   }
   return from_interleaved(px.get(), w, h, comp, want);

@@ -204,14 +204,16 @@ LabelResult generate_labels(const LabelConfig& cfg) {
           shown = done;
         });
     bar.finish();
-    FKD_CHECK(bad.empty(), DataError,
-              "{}: {} of the {} images to label cannot be read ({}{}); fix or remove them, then "
-              "run fkd label again (this run labeled nothing)",
-              cfg.data, bad.size(), range_end - range_begin, bad.front().message,
-              bad.size() > 1 ? fmt::format("; also {}/{}", ds->root(), ds->item_name(bad[1].index)) +
-                                   (bad.size() > 2 ? fmt::format(" and {} more", bad.size() - 2)
-                                                   : std::string())
-                             : std::string());
+    if (!bad.empty()) {
+      std::string others;  // the second file by name, then a count
+      if (bad.size() > 1) {
+        others = fmt::format("; also {}/{}", ds->root(), ds->item_name(bad[1].index));
+      }
+      if (bad.size() > 2) others += fmt::format(" and {} more", bad.size() - 2);
+      fail<DataError>("{}: {} of the {} images to label cannot be read ({}{}); fix or remove them, "
+                      "then run fkd label again (this run labeled nothing)",
+                      cfg.data, bad.size(), range_end - range_begin, bad.front().message, others);
+    }
   }
 
   fs::create_directories(cfg.out);
