@@ -183,7 +183,9 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   if (size_t(ds.label(size_t(image))) < m.classes.size()) {
     title += " label " + m.classes[size_t(ds.label(size_t(image)))];
   }
-  if (uint32_t(crops) < l.num_crops) title += fmt::format(", crops 0-{} of {}", crops - 1, l.num_crops);
+  if (uint32_t(crops) < l.num_crops) {
+    title += fmt::format(", crops 0-{} of {}", crops - 1, l.num_crops);
+  }
   const int lx = pad * 2 + dw;
   cv.text(lx, pad, title, 2, black);
   std::vector<float> dense;
@@ -227,9 +229,10 @@ void run_inspect(const InspectOptions& o) {
                progress.total ? 100.0 * double(progress.done) / double(progress.total) : 0.0);
     for (size_t i = 0; i < progress.shards.size(); ++i) {
       const auto& sh = progress.shards[i];
-      fmt::print("shard {:>5}/{}  {} of {} images{}\n", i, progress.shards.size(), sh.done,
-                 sh.total,
-                 sh.finished ? ", finished" : sh.started ? ", in progress or stopped" : ", not started");
+      const char* state =
+          sh.finished ? "finished" : sh.started ? "in progress or stopped" : "not started";
+      fmt::print("shard {:>5}/{}  {} of {} images, {}\n", i, progress.shards.size(), sh.done,
+                 sh.total, state);
     }
     fmt::print("to finish it, run the same fkd label command again (it resumes)\n");
     return;
