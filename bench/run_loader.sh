@@ -14,9 +14,8 @@ bin=$build/bench/bench_core_loader
 python=/usr/bin/python3
 out=$root/bench/out
 [ -x "$bin" ] || { echo "no $bin: build the bench_core_loader target first" >&2; exit 1; }
-if [ "$(ls "$out/500x375" 2>/dev/null | wc -l)" -lt 200 ]; then
-  "$python" "$root/bench/make_jpegs.py" "$out" --count 200 --seed 0
-fi
+. "$root/bench/jpegs.sh"
+ensure_jpegs "$root" "$out"
 echo "| source | crops/image | decode only img/s | fkd loader img/s (crops/s) | loader/decode | torchvision img/s (crops/s) | fkd/torchvision |"
 echo "|---|---|---|---|---|---|---|"
 for s in 500x375 224x224; do

@@ -19,13 +19,8 @@ out=$root/bench/out
 sizes=(500x375 224x224)
 
 [ -x "$bin" ] || { echo "no $bin: build the bench_core_pipeline target first" >&2; exit 1; }
-for s in "${sizes[@]}"; do
-  if [ "$(ls "$out/$s" 2>/dev/null | wc -l)" -lt 200 ]; then
-    echo "making JPEGs in $out ..." >&2
-    "$python" "$root/bench/make_jpegs.py" "$out" --count 200 --seed 0
-    break
-  fi
-done
+. "$root/bench/jpegs.sh"
+ensure_jpegs "$root" "$out"
 
 echo "| source | crops/image | fkd decode img/s | fkd pipeline img/s (crops/s) | pipeline/decode | fkd row-band pipeline img/s | band/decode | torchvision img/s (crops/s) | fkd/torchvision |"
 echo "|---|---|---|---|---|---|---|---|---|"
