@@ -362,31 +362,34 @@ TEST(StoreRecover, SumsToOneWhereTheTypeImpliesIt) {
 
 TEST(StoreRoundTrip, EveryLabelTypeAndPrecision) {
   const int C = 37;
-  for (LabelType t : kAllTypes) {
-    for (Precision p : kAllPrecisions) {
-      TempDir dir;
-      const Manifest m = make_manifest(t, k_for(t, C), p, C, 12, 5, 2);
-      write_store(dir.path(), m);
-      StoreReader r(dir.path());
-      ASSERT_EQ(r.num_images(), 5u);
-      EXPECT_TRUE(manifest_differences(r.manifest(), m).empty());
-      ImageLabels got;
-      std::vector<float> a(static_cast<size_t>(C)), b(static_cast<size_t>(C));
-      const int ni = stored_indices(t, m.k), nv = stored_values(t, m.k, C);
-      for (uint64_t i = 0; i < 5; ++i) {
-        const ImageLabels want = rounded(m, make_labels(m, i));
-        r.read(i, got);
-        const std::string what = fmt::format("{} {} image {}", label_type_name(t), precision_name(p), i);
-        expect_same(got, want, what);
-        for (uint32_t c = 0; c < m.crops_per_image; ++c) {
-          recover_dense(t, m.k, C, got.indices.data() + c * size_t(ni), got.values.data() + c * size_t(nv), a.data());
-          recover_dense(t, m.k, C, want.indices.data() + c * size_t(ni), want.values.data() + c * size_t(nv), b.data());
-          ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << what;
-        }
-        if (t == LabelType::kFull && p == Precision::kFp32) {
+  for (int version : {1, 2}) {
+    for (LabelType t : kAllTypes) {
+      for (Precision p : kAllPrecisions) {
+        TempDir dir;
+        Manifest m = make_manifest(t, k_for(t, C), p, C, 12, 5, 2);
+        m.version = version;
+        write_store(dir.path(), m);
+        StoreReader r(dir.path());
+        ASSERT_EQ(r.num_images(), 5u);
+        EXPECT_TRUE(manifest_differences(r.manifest(), m).empty());
+        ImageLabels got;
+        std::vector<float> a(static_cast<size_t>(C)), b(static_cast<size_t>(C));
+        const int ni = stored_indices(t, m.k), nv = stored_values(t, m.k, C);
+        for (uint64_t i = 0; i < 5; ++i) {
+          const ImageLabels want = rounded(m, make_labels(m, i));
+          r.read(i, got);
+          const std::string what = fmt::format("v{} {} {} image {}", version, label_type_name(t), precision_name(p), i);
+          expect_same(got, want, what);
           for (uint32_t c = 0; c < m.crops_per_image; ++c) {
-            const auto probs = crop_probs(i, c, C);
-            ASSERT_EQ(0, std::memcmp(probs.data(), got.values.data() + c * size_t(C), size_t(C) * 4));
+            recover_dense(t, m.k, C, got.indices.data() + c * size_t(ni), got.values.data() + c * size_t(nv), a.data());
+            recover_dense(t, m.k, C, want.indices.data() + c * size_t(ni), want.values.data() + c * size_t(nv), b.data());
+            ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << what;
+          }
+          if (t == LabelType::kFull && p == Precision::kFp32) {
+            for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+              const auto probs = crop_probs(i, c, C);
+              ASSERT_EQ(0, std::memcmp(probs.data(), got.values.data() + c * size_t(C), size_t(C) * 4));
+            }
           }
         }
       }
@@ -394,7 +397,9 @@ TEST(StoreRoundTrip, EveryLabelTypeAndPrecision) {
   }
 }
 
-/// Round trip of one record through encode -> compress -> decode, without files.
+/// Round trip of one record through both codecs, without files: encode -> compress ->
+/// decode, and, where the record's values descend in every crop (and the type is not
+/// `full`), pack -> decode; a record that does not descend must refuse to pack.
 void codec_round_trip(const store::RecordFormat& f, const ImageLabels& l) {
   store::check_labels(f, l, "test");
   std::vector<uint8_t> raw, payload;
@@ -407,6 +412,21 @@ void codec_round_trip(const store::RecordFormat& f, const ImageLabels& l) {
                        store::Where{name, 0, 0});
   EXPECT_EQ(got.indices, l.indices);
   EXPECT_EQ(got.values, l.values);
+  const size_t nv = size_t(f.n_val());
+  bool descending = store::packable(f);
+  for (size_t i = 0; descending && nv > 0 && i < l.values.size(); ++i) {
+    descending = i % nv == 0 || store::value_code(l.values[i], f.precision) <=
+                                    store::value_code(l.values[i - 1], f.precision);
+  }
+  std::vector<uint8_t> packed;
+  ASSERT_EQ(store::encode_packed_record(f, l, packed), descending);
+  if (!descending) return;
+  ImageLabels unpacked;
+  store::decode_packed_record(f, packed.data(), packed.size(), unpacked, store::Where{name, 0, 0});
+  EXPECT_EQ(unpacked.height, l.height);
+  EXPECT_EQ(unpacked.crop_hash, l.crop_hash);
+  EXPECT_EQ(unpacked.indices, l.indices);
+  EXPECT_EQ(unpacked.values, l.values);
 }
 
 /// An empty record of `f`'s crops for a side x side image, to fill.
@@ -827,10 +847,10 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
   const std::vector<Corruption> table = {
       {"bad magic", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b.replace(0, 8, "NOTLABEL"); }); },
        {s0, "offset 0", "expected magic 'FKDLABEL', found 'NOTLABEL'"}},
-      {"future version", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 2; reseal_header(b); }); },
-       {s0, "format version 2 is newer than this fkd supports (1)"}},
+      {"future version", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 3; reseal_header(b); }); },
+       {s0, "format version 3 is newer than this fkd supports (2)"}},
       {"version zero", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
-       {s0, "expected format version 1, found 0"}},
+       {s0, "expected format version 2, found 0"}},
       {"header checksum", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
        {s1, "offset 120", "header checksum mismatch"}},
       {"unknown label type byte", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[56] = 9; reseal_header(b); }); },
@@ -868,7 +888,13 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
       {"resealed garbage payload", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
          for (size_t i = 128 + 32; i < 128 + 40; ++i) b[i] = char(0xff);
          reseal_block(b, 0); }); },
+       {s1, "image 2 (block at offset 128)", "image size 4294967295x4294967295 is not positive"}, 2},
+      {"packed record marked as zstd", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
+         b[128 + 28] = 0; reseal_block(b, 0); }); },
        {s1, "image 2 (block at offset 128)", "zstd"}, 2},
+      {"unknown codec", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
+         b[128 + 28] = 7; reseal_block(b, 0); }); },
+       {s1, "offset 156", "block of image 2", "unknown codec 7"}, 2},
       {"manifest k differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = 2; }); },
        {s0, "header says k = 3, manifest.json says 2"}},
       {"manifest crops_per_image differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["crops_per_image"] = 5; }); },
@@ -883,8 +909,8 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
        {s1, "unfinished", ".partial"}},
       {"manifest missing required key", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j.erase("k"); }); },
        {"manifest.json", "missing required key 'k'"}},
-      {"manifest future version", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["version"] = 2; j.erase("k"); }); },
-       {"manifest.json", "version 2 is newer than this fkd supports (1)"}},
+      {"manifest future version", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["version"] = 3; j.erase("k"); }); },
+       {"manifest.json", "version 3 is newer than this fkd supports (2)"}},
       {"manifest wrong type", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
        {"manifest.json", "key 'k': expected an integer, found string"}},
       {"manifest unknown label type", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["label_type"] = "soft"; }); },
@@ -916,6 +942,125 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
     }
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
     for (const auto& s : c.expect) EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
+  }
+}
+
+TEST(StoreCorrupt, PackedRecordsOnlyWhereTheFormatAllowsThem) {
+  // A version 1 store is written with zstd records (codec 0), and a packed codec in its
+  // blocks is refused; so is a packed record in a store of `full` labels.
+  struct Case {
+    int version;
+    LabelType type;
+    const char* error;
+  };
+  for (const Case& c : {Case{1, LabelType::kMarginalSmoothing, "codec 1 in a version 1 shard"},
+                        Case{2, LabelType::kFull, "a packed record in a store of full labels"}}) {
+    SCOPED_TRACE(c.error);
+    Manifest m = make_manifest(c.type, 3, Precision::kFp16, 10, 4, 2);
+    m.version = c.version;
+    TempDir dir;
+    write_store(dir.path(), m);
+    const std::string path = shard_path(dir.path(), 0, 1);
+    std::string b = read_file(path);
+    EXPECT_EQ(b[128 + 28], 0) << "a zstd record";
+    b[128 + 28] = 1;
+    reseal_block(b, 0);
+    write_file(path, b);
+    StoreReader r(dir.path());
+    ImageLabels l;
+    r.read(1, l);
+    try {
+      r.read(0, l);
+      FAIL() << "the packed codec was accepted";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(c.error), std::string::npos) << e.what();
+    }
+  }
+  // In version 2 the writer packs every other type, and falls back to zstd for a record
+  // whose values do not descend.
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 2);
+  TempDir dir;
+  {
+    ShardWriter w(dir.path(), m, 0);
+    ImageLabels l = make_labels(m, 0);
+    w.append(0, l);
+    std::swap(l.values[0], l.values[2]);  // crop 0: ascending
+    w.append(1, l);
+    w.finish();
+  }
+  write_manifest(dir.path(), m);
+  const std::string b = read_file(shard_path(dir.path(), 0, 1));
+  const uint64_t second = store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + footer_u64(b, 0) + 24);
+  EXPECT_EQ(b[128 + 28], 1);
+  EXPECT_EQ(b[second + 28], 0);
+}
+
+/// A packed record of 4 crops, smoothing labels (one index, one fp16 value) over 3 classes.
+std::string packed_record(const std::string& dictionary, const std::string& positions, const std::string& values) {
+  std::string r(16, '\0');
+  store::store_u32(reinterpret_cast<uint8_t*>(&r[0]), 8);   // height
+  store::store_u32(reinterpret_cast<uint8_t*>(&r[4]), 9);   // width
+  store::store_u32(reinterpret_cast<uint8_t*>(&r[12]), 4);  // crops
+  return r + dictionary + positions + values;
+}
+
+TEST(StoreCorrupt, TableOfHandcraftedPackedRecords) {
+  store::RecordFormat f;
+  f.label_type = LabelType::kSmoothing;
+  f.k = 1;
+  f.num_classes = 3;
+  f.precision = Precision::kFp16;
+  f.crops_per_image = 4;
+  const std::string file = "x.fkdl";
+  auto decode = [&](const std::string& rec, ImageLabels& l) {
+    store::decode_packed_record(f, reinterpret_cast<const uint8_t*>(rec.data()), rec.size(), l,
+                                store::Where{file, 5, 128});
+  };
+  // Dictionary {2}: one entry, no order bits. Positions all 0 (width 0). Values: width 16,
+  // lanes of one 16-bit slot each: 1.0 - code, so 0x3c00 - 0x3800 = 0x400 is 0.5.
+  const std::string dict1("\x01\x02", 2), zero_plane("\x00\x00", 2);
+  const std::string halves("\x10\x00\x00\x04\x00\x04\x00\x04\x00\x04", 10);
+  ImageLabels l;
+  decode(packed_record(dict1, zero_plane, halves), l);
+  EXPECT_EQ(l.indices, std::vector<int32_t>({2, 2, 2, 2}));
+  EXPECT_EQ(l.values, std::vector<float>({0.5f, 0.5f, 0.5f, 0.5f}));
+  // Dictionary {0, 2}, ordered 2 then 0 (order bits: 1, 0); positions 0 1 0 0 via one
+  // exception (index 1, high part 1) on a width-0 plane.
+  const std::string dict2("\x02\x00\x01\x01", 4);
+  const std::string one_exception("\x00\x01\x01\x01\x01", 5);
+  decode(packed_record(dict2, one_exception, halves), l);
+  EXPECT_EQ(l.indices, std::vector<int32_t>({2, 0, 2, 2}));
+
+  struct Bad {
+    const char* name;
+    std::string record;
+    const char* error;
+  };
+  const std::vector<Bad> table = {
+      {"dictionary size 0", packed_record(std::string("\x00", 1), zero_plane, halves), "dictionary size 0 is not in [1, 3]"},
+      {"dictionary id past the classes", packed_record(std::string("\x01\x03", 2), zero_plane, halves), "class id 3 out of range [0, 3)"},
+      {"dictionary order repeated", packed_record(std::string("\x02\x00\x01\x00", 4), zero_plane, halves), "dictionary order entry 1: 0 is past 2 entries or repeated"},
+      {"width above 32", packed_record(dict1, zero_plane, std::string("\x21\x00", 2)), "width 33 is more than 32"},
+      {"more exceptions than values", packed_record(dict1, std::string("\x00\x05", 2), halves), "5 exceptions for 4 values"},
+      {"exceptions out of order", packed_record(dict2, std::string("\x00\x02\x01\x06\x03", 5), halves), "exception 1 at value 1 is out of order"},
+      {"exception width above 32 - w", packed_record(dict2, std::string("\x00\x01\x21\x01\x01", 5), halves), "exception width 33 is not in [1, 1]"},
+      {"positions wider than the dictionary", packed_record(dict1, std::string("\x01\x00\x01\x00\x00\x00", 6), halves), "width 1 is more than 0"},
+      {"position past the dictionary", packed_record(std::string("\x03\x00\x00\x00\x24", 5), std::string("\x02\x00\x03\x00\x00\x00", 6), halves), "dictionary position 3 >= dictionary size 3"},
+      {"value above 1", packed_record(dict1, zero_plane, std::string("\x10\x00\x01\x3c\x00\x00\x00\x00\x00\x00", 10)), "value difference is larger than the value above it"},
+      {"truncated values", packed_record(dict1, zero_plane, halves.substr(0, 9)), "record truncated: values needs 8 bytes"},
+      {"trailing byte", packed_record(dict1, zero_plane, halves + "x"), "1 trailing bytes"},
+      {"varint too long", packed_record(std::string("\x81\x80\x80\x80\x80\x01", 6), zero_plane, halves), "varint"},
+  };
+  for (const Bad& b : table) {
+    SCOPED_TRACE(b.name);
+    try {
+      decode(b.record, l);
+      FAIL() << "decoded";
+    } catch (const FormatError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("x.fkdl: image 5 (block at offset 128)"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(b.error), std::string::npos) << msg;
+    }
   }
 }
 
@@ -1157,10 +1302,11 @@ TEST(StoreReader, ConcurrentReadsAgree) {
   EXPECT_EQ(bad.load(), 0);
 }
 
-// --- golden v1 files (the fuzzer's seed corpus) ----------------------------------------------
+// --- golden files of every format version (the fuzzer's seed corpus) ----------------------
 
 struct Seed {
-  const char* file;
+  int version;
+  const char* kind;
   LabelType type;
   int k;
   Precision precision;
@@ -1169,21 +1315,30 @@ struct Seed {
   uint64_t images;
 };
 const Seed kSeeds[] = {
-    {"v1-marginal_smoothing-fp16.fkdl", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
-    {"v1-marginal_renorm-u8.fkdl", LabelType::kMarginalRenorm, 2, Precision::kU8, 300, 5, 2},
-    {"v1-smoothing-fp32.fkdl", LabelType::kSmoothing, 1, Precision::kFp32, 7, 4, 2},
-    {"v1-hard-u8.fkdl", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
-    {"v1-full-fp16.fkdl", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2},
+    {1, "marginal_smoothing-fp16", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
+    {1, "marginal_renorm-u8", LabelType::kMarginalRenorm, 2, Precision::kU8, 300, 5, 2},
+    {1, "smoothing-fp32", LabelType::kSmoothing, 1, Precision::kFp32, 7, 4, 2},
+    {1, "hard-u8", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
+    {1, "full-fp16", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2},
+    {2, "marginal_smoothing-fp16", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
+    {2, "marginal_smoothing-fp16-many", LabelType::kMarginalSmoothing, 10, Precision::kFp16, 40, 70, 2},
+    {2, "marginal_renorm-u8", LabelType::kMarginalRenorm, 2, Precision::kU8, 300, 5, 2},
+    {2, "smoothing-fp32", LabelType::kSmoothing, 1, Precision::kFp32, 7, 4, 2},
+    {2, "hard-u8", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
+    {2, "full-fp16", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2},
 };
 
-TEST(StoreGolden, V1SeedShardsStillRead) {
-  // FKD_WRITE_SEED_CORPUS=1 regenerates fuzz/corpus/ (only when the format changes on purpose).
+TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
+  // FKD_WRITE_SEED_CORPUS=1 regenerates the current version's files in fuzz/corpus/ (only
+  // when the format changes on purpose); older versions' files are never rewritten.
   const bool regenerate = std::getenv("FKD_WRITE_SEED_CORPUS") != nullptr;
   for (const Seed& s : kSeeds) {
-    SCOPED_TRACE(s.file);
-    const Manifest m = make_manifest(s.type, s.k, s.precision, s.classes, s.crops, s.images);
-    const std::string golden = test::source_path(std::string("fuzz/corpus/") + s.file);
-    if (regenerate) {
+    const std::string file = fmt::format("v{}-{}.fkdl", s.version, s.kind);
+    SCOPED_TRACE(file);
+    Manifest m = make_manifest(s.type, s.k, s.precision, s.classes, s.crops, s.images);
+    m.version = s.version;
+    const std::string golden = test::source_path("fuzz/corpus/" + file);
+    if (regenerate && s.version == int(store::kFormatVersion)) {
       TempDir dir;
       write_store(dir.path(), m, portable_labels);
       fs::create_directories(fs::path(golden).parent_path());
@@ -1192,6 +1347,7 @@ TEST(StoreGolden, V1SeedShardsStillRead) {
     ASSERT_TRUE(fs::exists(golden)) << golden;
     const std::string b = read_file(golden);
     const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), golden);
+    EXPECT_EQ(v.header().version, uint32_t(s.version));
     EXPECT_EQ(v.header().store_key, store::store_key(m));
     ImageLabels l;
     for (uint64_t i = 0; i < s.images; ++i) {

@@ -72,7 +72,7 @@ void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
 
 /// Everything about a store except the records (manifest.json).
 struct Manifest {
-  int version = 1;                     ///< format version
+  int version = 2;                     ///< format version (docs/label-store.md)
   // dataset
   uint64_t num_images = 0;             ///< images in the dataset's train split
   std::string dataset_fingerprint;     ///< hex xxh64 of the ordered "relpath\tbytes\n" list

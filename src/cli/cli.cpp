@@ -179,7 +179,7 @@ void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& me
 int run_cli(int argc, char** argv) {
   CLI::App app{"fkd: fast knowledge distillation for vision models"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "fkd 0.1.0");
+  app.set_version_flag("--version", "fkd " FKD_VERSION);
 
   TrainConfig train_cfg;
   add_train(app, train_cfg);

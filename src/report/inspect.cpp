@@ -292,7 +292,7 @@ void run_inspect(const InspectOptions& o) {
     return;
   }
   const StoreSummary s = summarize_store(store, ds.get(), o.limit);
-  fmt::print("store            {}\n", o.store);
+  fmt::print("store            {} (format version {})\n", o.store, m.version);
   fmt::print("images           {}\n", s.images);
   fmt::print("crops            {} ({} per image)\n", s.crops, m.crops_per_image);
   fmt::print("bytes            {} ({:.2f} per crop, crop coordinates derived)\n", s.bytes,

@@ -24,7 +24,7 @@ namespace fkd::store {
 inline constexpr char kShardMagic[8] = {'F', 'K', 'D', 'L', 'A', 'B', 'E', 'L'};
 inline constexpr char kBlockMagic[4] = {'F', 'K', 'D', 'B'};
 inline constexpr char kEndMagic[8] = {'F', 'K', 'D', 'L', '_', 'E', 'N', 'D'};
-inline constexpr uint32_t kFormatVersion = 1;  ///< bumped only for structural changes
+inline constexpr uint32_t kFormatVersion = 2;  ///< bumped only for structural changes
 inline constexpr size_t kHeaderSize = 128;
 inline constexpr size_t kBlockHeaderSize = 32;
 inline constexpr size_t kIndexEntrySize = 24;
@@ -166,12 +166,52 @@ struct Where {
   uint64_t offset = 0;  ///< of the record's block
   std::string str() const;  ///< "FILE: image I (block at offset O)"
 };
+/// A bounds-checked cursor over a record; errors name the record and the offset.
+struct RecordCursor {
+  const uint8_t* base;
+  size_t size, pos;
+  const Where& w;
+  const uint8_t* take(size_t n, const char* what);  ///< n bytes, or FormatError
+  uint32_t varint(const char* what);               ///< LEB128, at most 5 bytes and 32 bits
+};
+/// LEB128 (7 bits per byte, low first).
+void put_varint(std::vector<uint8_t>& b, uint32_t v);
+/// Reads and checks the 16-byte record header (crop count, image size) into `out`.
+void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& out);
+/// Reads and checks the dictionary (size D in [1, min(C, N*NI)], ascending ids below C)
+/// into dict[0, D), growing `dict` to at least max(D, min_entries). Returns D.
+uint32_t read_dictionary(RecordCursor& cur, const RecordFormat& f, std::vector<int32_t>& dict,
+                         size_t min_entries);
 /// Decodes a record from its zstd payload.
 void decode_record(const RecordFormat& f, const uint8_t* payload, size_t payload_size,
                    uint32_t raw_size, ImageLabels& out, const Where& where);
 /// Decodes an uncompressed record (the part after zstd).
 void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_size,
                        ImageLabels& out, const Where& where);
+
+/// How a block's payload encodes its record (BlockHeader.codec; version 1 knows only zstd).
+enum class Codec : uint32_t {
+  kZstd = 0,    ///< a zstd frame of the record layout above ("Record")
+  kPacked = 1,  ///< the packed record ("Packed record"), stored as is
+};
+/// Ranks whose positions a packed record's later ranks exclude (see "Packed record").
+inline constexpr size_t kExcludedRanks = 8;
+/// True when records of this format may be packed (every label type but `full`).
+bool packable(const RecordFormat& f);
+/// Encodes a record as a packed record (values rounded to the precision). Returns false,
+/// leaving `out` unspecified, when it cannot be: a `full` record, values that do not
+/// descend within a crop, or a packed size above max_raw_size(). `labels` must have passed
+/// check_labels.
+bool encode_packed_record(const RecordFormat& f, const ImageLabels& labels, std::vector<uint8_t>& out);
+/// Decodes a packed record, checking every field (FormatError naming `where`).
+void decode_packed_record(const RecordFormat& f, const uint8_t* data, size_t size,
+                          ImageLabels& out, const Where& where);
+
+/// A value's stored code: fp32 bits, fp16 bits (rounded) or u8 (rounded).
+uint32_t value_code(float v, Precision p);
+/// row[i] = the value of codes[i] (fp16: exact, also for subnormals; u8: q / 255). Codes
+/// above the precision's range convert to some float (callers reject them separately).
+void codes_to_floats(Precision p, const uint32_t* codes, float* row, size_t n);
 
 // --- blocks and index ------------------------------------------------------------------
 struct IndexEntry {
@@ -183,7 +223,11 @@ struct IndexEntry {
 
 /// One block's bytes: header + payload, built by make_block.
 void make_block(uint64_t image_id, const std::vector<uint8_t>& payload, uint32_t raw_size,
-                std::vector<uint8_t>& block);
+                Codec codec, std::vector<uint8_t>& block);
+/// "" when a block header's codec field is valid for the shard (version 1: zstd only;
+/// packed: not for `full`, payload size == record size), else what is wrong.
+std::string codec_problem(const ShardHeader& h, uint32_t codec, uint32_t payload_size,
+                          uint32_t raw_size);
 
 /// Result of scanning the blocks after a header (a .partial file, or a shard's data area).
 struct BlockScan {

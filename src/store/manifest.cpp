@@ -156,7 +156,8 @@ std::string k_problem(LabelType t, int64_t k, uint64_t C) {
 }
 
 std::string manifest_problem(const Manifest& m) {
-  if (m.version != int(kFormatVersion)) return fmt::format("version: {} is not {}", m.version, kFormatVersion);
+  if (m.version < 1 || m.version > int(kFormatVersion))
+    return fmt::format("version: {} is not in [1, {}]", m.version, kFormatVersion);
   if (m.classes.empty()) return "classes: the list is empty";
   if (m.classes.size() > kMaxClasses) return fmt::format("classes: {} names is more than {}", m.classes.size(), kMaxClasses);
   const uint64_t C = m.classes.size();

@@ -62,6 +62,118 @@ std::string Where::str() const {
   return fmt::format("{}: image {} (block at offset {})", file, image, offset);
 }
 
+namespace {
+
+/// Value codes of S bytes to floats; see codes_to_floats.
+template <int S>
+void codes_to_floats_of(const uint32_t* __restrict codes, float* __restrict row, size_t n) {
+  if (S == 1) {
+    for (size_t m = 0; m < n; ++m) row[m] = float(int32_t(codes[m])) / 255.0f;
+  } else if (S == 2) {
+    // Normal halves: rebias the exponent; subnormal halves (below 2^-14): m * 2^-24.
+    // No float subnormals are involved, so flush-to-zero modes cannot change the result.
+    // Valid codes are below 2^16: signed comparisons and conversions are exact.
+    for (size_t m = 0; m < n; ++m) {
+      const int32_t c = int32_t(codes[m]);
+      const uint32_t normal = (uint32_t(c) << 13) + 0x38000000u;
+      const float sub = float(c) * 0x1p-24f;
+      uint32_t sub_bits, bits;
+      std::memcpy(&sub_bits, &sub, 4);
+      const uint32_t is_sub = 0u - uint32_t(c < 0x400);  // all ones or zero: a blend
+      bits = (sub_bits & is_sub) | (normal & ~is_sub);
+      std::memcpy(&row[m], &bits, 4);
+    }
+  } else {
+    std::memcpy(row, codes, n * 4);
+  }
+}
+
+}  // namespace
+
+uint32_t value_code(float v, Precision p) {
+  switch (p) {
+    case Precision::kFp32: {
+      uint32_t x;
+      std::memcpy(&x, &v, 4);
+      return x;
+    }
+    case Precision::kFp16: return float_to_half(v);
+    case Precision::kU8: return float_to_u8(v);
+  }
+  return 0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void codes_to_floats(Precision p, const uint32_t* codes, float* row, size_t n) {
+  switch (p) {
+    case Precision::kFp32: return codes_to_floats_of<4>(codes, row, n);
+    case Precision::kFp16: return codes_to_floats_of<2>(codes, row, n);
+    case Precision::kU8: return codes_to_floats_of<1>(codes, row, n);
+  }
+}
+
+void put_varint(std::vector<uint8_t>& b, uint32_t v) {
+  for (; v >= 0x80; v >>= 7) b.push_back(uint8_t(v | 0x80));
+  b.push_back(uint8_t(v));
+}
+
+const uint8_t* RecordCursor::take(size_t n, const char* what) {
+  FKD_CHECK(n <= size - pos, FormatError,
+            "{}: record truncated: {} needs {} bytes at record offset {}, {} left", w.str(), what,
+            n, pos, size - pos);
+  const uint8_t* p = base + pos;
+  pos += n;
+  return p;
+}
+
+uint32_t RecordCursor::varint(const char* what) {
+  uint32_t v = 0;
+  for (int shift = 0; shift < 35; shift += 7) {
+    const uint8_t b = *take(1, what);
+    FKD_CHECK(shift < 28 || b < 0x10, FormatError, "{}: {} at record offset {}: varint exceeds 32 bits",
+              w.str(), what, pos - 1);
+    v |= uint32_t(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+  fail<FormatError>("{}: {} at record offset {}: varint longer than 5 bytes", w.str(), what, pos);
+}
+
+void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& out) {
+  const uint8_t* h = cur.take(kRecordHeaderSize, "record header");
+  out.height = load_u32(h);
+  out.width = load_u32(h + 4);
+  out.crop_hash = load_u32(h + 8);
+  out.num_crops = load_u32(h + 12);
+  FKD_CHECK(out.num_crops == f.crops_per_image, FormatError,
+            "{}: record offset 12: expected {} crops, found {}", cur.w.str(), f.crops_per_image,
+            out.num_crops);
+  FKD_CHECK(out.height >= 1 && out.width >= 1 && out.height <= 0x7fffffffu && out.width <= 0x7fffffffu,
+            FormatError, "{}: record offset 0: image size {}x{} is not positive", cur.w.str(),
+            out.height, out.width);
+}
+
+uint32_t read_dictionary(RecordCursor& cur, const RecordFormat& f, std::vector<int32_t>& dict,
+                         size_t min_entries) {
+  const uint64_t d_max =
+      std::min<uint64_t>(uint64_t(f.num_classes), uint64_t(f.crops_per_image) * uint64_t(f.n_idx()));
+  const uint32_t D = cur.varint("dictionary size");
+  FKD_CHECK(D >= 1 && D <= d_max, FormatError,
+            "{}: record offset 16: dictionary size {} is not in [1, {}]", cur.w.str(), D, d_max);
+  if (dict.size() < std::max<size_t>(D, min_entries)) dict.resize(std::max<size_t>(D, min_entries));
+  uint64_t prev = 0;
+  for (uint32_t i = 0; i < D; ++i) {
+    const uint64_t id = i == 0 ? cur.varint("class id") : prev + 1 + cur.varint("class id delta");
+    FKD_CHECK(id < uint64_t(f.num_classes), FormatError,
+              "{}: dictionary entry {}: class id {} out of range [0, {})", cur.w.str(), i, id,
+              f.num_classes);
+    dict[i] = int32_t(id);
+    prev = id;
+  }
+  return D;
+}
+
 int compression_level(size_t raw_size) { return raw_size <= (256u << 10) ? 19 : 3; }
 
 void check_labels(const RecordFormat& f, const ImageLabels& l, const std::string& where) {
@@ -104,26 +216,6 @@ void put_u32(std::vector<uint8_t>& b, uint32_t v) {
   store_u32(b.data() + at, v);
 }
 
-void put_varint(std::vector<uint8_t>& b, uint32_t v) {
-  while (v >= 0x80) {
-    b.push_back(uint8_t(v | 0x80));
-    v >>= 7;
-  }
-  b.push_back(uint8_t(v));
-}
-
-uint32_t value_code(float v, Precision p) {
-  switch (p) {
-    case Precision::kFp32: {
-      uint32_t x;
-      std::memcpy(&x, &v, 4);
-      return x;
-    }
-    case Precision::kFp16: return float_to_half(v);
-    case Precision::kU8: return float_to_u8(v);
-  }
-  return 0;
-}
 
 /// Scratch space reused by every record a thread encodes or decodes.
 struct Scratch {
@@ -238,32 +330,6 @@ void compress_record(const std::vector<uint8_t>& raw, const std::vector<size_t>&
 
 namespace {
 
-/// A bounds-checked cursor over a decoded record; errors name the record and offset.
-struct Cursor {
-  const uint8_t* base;
-  size_t size, pos;
-  const Where& w;
-  const uint8_t* take(size_t n, const char* what) {
-    FKD_CHECK(n <= size - pos, FormatError,
-              "{}: record truncated: {} needs {} bytes at record offset {}, {} left", w.str(), what,
-              n, pos, size - pos);
-    const uint8_t* p = base + pos;
-    pos += n;
-    return p;
-  }
-  uint32_t varint(const char* what) {
-    uint32_t v = 0;
-    for (int shift = 0; shift < 35; shift += 7) {
-      const uint8_t b = *take(1, what);
-      FKD_CHECK(shift < 28 || b < 0x10, FormatError, "{}: {} at record offset {}: varint exceeds 32 bits",
-                w.str(), what, pos - 1);
-      v |= uint32_t(b & 0x7f) << shift;
-      if (!(b & 0x80)) return v;
-    }
-    fail<FormatError>("{}: {} at record offset {}: varint longer than 5 bytes", w.str(), what, pos);
-  }
-};
-
 // Positions are read one rank's plane at a time, and checked once per record, not per
 // entry. NI > 0: the class ids per crop as a constant (the common k), 0: `ni_any`.
 template <int W, int NI>
@@ -355,25 +421,7 @@ uint32_t read_value_rows(const uint8_t* __restrict planes, size_t N, size_t nv, 
     } else if (S == 4) {
       for (size_t m = 0; m < M; ++m) bad |= uint32_t(codes[m] > 0x3f800000u) << 16;
     }
-    if (S == 1) {
-      for (size_t m = 0; m < M; ++m) row[m] = float(int32_t(codes[m])) / 255.0f;
-    } else if (S == 2) {
-      // Normal halves: rebias the exponent; subnormal halves (below 2^-14): m * 2^-24.
-      // No float subnormals are involved, so flush-to-zero modes cannot change the result.
-      // Codes are below 2^16: signed comparisons and conversions are exact.
-      for (size_t m = 0; m < M; ++m) {
-        const int32_t c = int32_t(codes[m]);
-        const uint32_t normal = (uint32_t(c) << 13) + 0x38000000u;
-        const float sub = float(c) * 0x1p-24f;
-        uint32_t sub_bits, bits;
-        std::memcpy(&sub_bits, &sub, 4);
-        const uint32_t is_sub = 0u - uint32_t(c < 0x400);  // all ones or zero: a blend
-        bits = (sub_bits & is_sub) | (normal & ~is_sub);
-        std::memcpy(&row[m], &bits, 4);
-      }
-    } else {
-      std::memcpy(row, codes, M * 4);
-    }
+    codes_to_floats_of<S>(codes, row, M);
   }
   for (size_t m = 0; m < M; ++m) {
     for (size_t r = 0; r < nv; ++r) out[(n0 + m) * nv + r] = rows[r * M + m];
@@ -536,34 +584,13 @@ uint32_t worst_value_code(const uint8_t* planes, size_t N, size_t nv, int S, boo
 void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_size,
                        ImageLabels& out, const Where& w) {
   const size_t N = f.crops_per_image, ni = size_t(f.n_idx()), nv = size_t(f.n_val());
-  Cursor cur{raw, raw_size, 0, w};
-  const uint8_t* h = cur.take(kRecordHeaderSize, "record header");
-  out.height = load_u32(h);
-  out.width = load_u32(h + 4);
-  out.crop_hash = load_u32(h + 8);
-  out.num_crops = load_u32(h + 12);
-  FKD_CHECK(out.num_crops == f.crops_per_image, FormatError,
-            "{}: record offset 12: expected {} crops, found {}", w.str(), f.crops_per_image, out.num_crops);
-  FKD_CHECK(out.height >= 1 && out.width >= 1 && out.height <= 0x7fffffffu && out.width <= 0x7fffffffu,
-            FormatError, "{}: record offset 0: image size {}x{} is not positive", w.str(), out.height,
-            out.width);
+  RecordCursor cur{raw, raw_size, 0, w};
+  read_record_header(cur, f, out);
   Scratch& s = scratch();
   out.indices.resize(N * ni);
   if (ni > 0) {
-    const uint64_t d_max = std::min<uint64_t>(uint64_t(f.num_classes), uint64_t(N) * ni);
-    const uint32_t D = cur.varint("dictionary size");
-    FKD_CHECK(D >= 1 && D <= d_max, FormatError,
-              "{}: record offset 16: dictionary size {} is not in [1, {}]", w.str(), D, d_max);
     // W == 1 looks positions up before checking them: 256 entries (past D: any values).
-    if (s.dict.size() < std::max<size_t>(D, 256)) s.dict.resize(std::max<size_t>(D, 256));
-    uint64_t prev = 0;
-    for (uint32_t i = 0; i < D; ++i) {
-      const uint64_t id = i == 0 ? cur.varint("class id") : prev + 1 + cur.varint("class id delta");
-      FKD_CHECK(id < uint64_t(f.num_classes), FormatError,
-                "{}: dictionary entry {}: class id {} out of range [0, {})", w.str(), i, id, f.num_classes);
-      s.dict[i] = int32_t(id);
-      prev = id;
-    }
+    const uint32_t D = read_dictionary(cur, f, s.dict, 256);
     const int W = D <= 256 ? 1 : D <= 65536 ? 2 : 4;
     const uint8_t* planes = cur.take(size_t(W) * N * ni, "dictionary positions");
     const int32_t* dict = s.dict.data();

@@ -34,6 +34,7 @@ std::string show_bytes(const uint8_t* p, size_t n) {
 
 ShardHeader header_for(const Manifest& m, uint32_t shard_index) {
   ShardHeader h;
+  h.version = uint32_t(m.version);
   h.shard_index = shard_index;
   h.shard_count = m.num_shards;
   std::tie(h.image_begin, h.image_end) = shard_range(m.num_images, shard_index, m.num_shards);
@@ -148,15 +149,26 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
   return h;
 }
 
+std::string codec_problem(const ShardHeader& h, uint32_t codec, uint32_t payload_size,
+                          uint32_t raw_size) {
+  if (codec == uint32_t(Codec::kZstd)) return "";
+  if (h.version < 2) return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
+  if (codec != uint32_t(Codec::kPacked)) return fmt::format("unknown codec {}", codec);
+  if (!packable(record_format(h))) return "a packed record in a store of full labels";
+  if (payload_size != raw_size)
+    return fmt::format("a packed record of {} bytes with a payload of {}", raw_size, payload_size);
+  return "";
+}
+
 void make_block(uint64_t image_id, const std::vector<uint8_t>& payload, uint32_t raw_size,
-                std::vector<uint8_t>& block) {
+                Codec codec, std::vector<uint8_t>& block) {
   block.resize(kBlockHeaderSize + payload.size());
   uint8_t* b = block.data();
   std::memcpy(b, kBlockMagic, 4);
   store_u32(b + 4, uint32_t(payload.size()));
   store_u64(b + 16, image_id);
   store_u32(b + 24, raw_size);
-  store_u32(b + 28, 0);
+  store_u32(b + 28, uint32_t(codec));
   std::memcpy(b + kBlockHeaderSize, payload.data(), payload.size());
   store_u64(b + 8, block_checksum(b, payload.size()));
 }
@@ -179,7 +191,7 @@ BlockScan scan_blocks(const uint8_t* data, size_t size, const ShardHeader& h,
       break;
     }
     if (image != id || raw < kRecordHeaderSize || raw > max_raw || payload > ZSTD_COMPRESSBOUND(raw) ||
-        load_u32(b + 28) != 0) {
+        !codec_problem(h, load_u32(b + 28), payload, raw).empty()) {
       s.stop_reason = fmt::format(
           "{}: offset {}: block header of image {} is inconsistent (image {}, payload {} bytes, record {} bytes)",
           name, pos, id, image, payload, raw);
@@ -324,12 +336,13 @@ const uint8_t* ShardView::checked_block(uint64_t image_id) const {
             image_id, show_bytes(b, 4));
   const uint32_t payload = load_u32(b + 4), raw = load_u32(b + 24);
   const uint64_t image = load_u64(b + 16), stored = load_u64(b + 8);
-  FKD_CHECK(payload == e.payload_size && raw == e.raw_size && image == image_id &&
-                load_u32(b + 28) == 0,
-            FormatError,
+  FKD_CHECK(payload == e.payload_size && raw == e.raw_size && image == image_id, FormatError,
             "{}: offset {}: block header disagrees with the index: expected image {}, payload {}, "
             "record {}; found image {}, payload {}, record {}",
             name_, e.offset, image_id, e.payload_size, e.raw_size, image, payload, raw);
+  const std::string bad_codec = codec_problem(header_, load_u32(b + 28), payload, raw);
+  FKD_CHECK(bad_codec.empty(), FormatError, "{}: offset {}: block of image {}: {}", name_,
+            e.offset + 28, image_id, bad_codec);
   FKD_CHECK(stored == e.checksum, FormatError,
             "{}: offset {}: block of image {}: checksum 0x{:016x} disagrees with the index's "
             "0x{:016x}",
@@ -347,8 +360,12 @@ const uint8_t* ShardView::checked_block(uint64_t image_id) const {
 void ShardView::read(uint64_t image_id, ImageLabels& out) const {
   const uint8_t* b = checked_block(image_id);
   const IndexEntry& e = entry(image_id);
-  decode_record(format_, b + kBlockHeaderSize, e.payload_size, e.raw_size, out,
-                Where{name_, image_id, e.offset});
+  const Where where{name_, image_id, e.offset};
+  if (load_u32(b + 28) == uint32_t(Codec::kPacked)) {
+    decode_packed_record(format_, b + kBlockHeaderSize, e.payload_size, out, where);
+  } else {
+    decode_record(format_, b + kBlockHeaderSize, e.payload_size, e.raw_size, out, where);
+  }
 }
 
 MappedFile::MappedFile(const std::string& path) {

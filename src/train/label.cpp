@@ -179,6 +179,8 @@ LabelResult generate_labels(const LabelConfig& cfg) {
   const bool have_manifest = fs::exists(fs::path(cfg.out) / "manifest.json");
   if (have_manifest) {
     const Manifest existing = read_manifest(cfg.out);
+    // A store begun by an earlier fkd is finished in its own format version.
+    if (existing.version < m.version) m.version = existing.version;
     const auto diffs = manifest_differences(existing, m);
     FKD_CHECK(diffs.empty(), WorkMismatch,
               "{}: holds labels made differently ({}); use the same options or a new --out",
@@ -356,6 +358,7 @@ void ensemble_stores(const std::vector<std::string>& stores, const std::string& 
               stores[0], stores[i]);
   }
   Manifest m = first;
+  m.version = Manifest{}.version;  // a new store: the current format
   m.num_shards = 1;
   std::string names, hashes;
   for (const auto& r : readers) {
