@@ -1,12 +1,12 @@
 // Size and random-access read speed of fkd's label store, on synthetic teacher-like labels.
 //
 //   write DIR --classes C [--images 200] [--crops 500] [--k 5] [--dump FILE]
-//       Generates labels (below), quantizes them marginal_smoothing top-k and writes two
-//       stores, DIR/fp16 and DIR/u8. --dump also writes the same labels for
+//       Generates labels (below), quantizes them marginal_smoothing top-k and writes three
+//       stores: DIR/fp16 and DIR/u8, and DIR/fp16-v1 in format version 1 (zstd records). --dump also writes the same labels for
 //       bench/store_reference.py (little-endian: int32 indices [I,N,k], float32 values
 //       [I,N,k], float32 normalized crops (top, left, height, width) [I,N,4], uint8 flips
 //       [I,N]) so the reference layout holds exactly the same labels.
-//       Prints: "write PREC BYTES_PER_CROP RECORDS_PER_S" (writer: encode + zstd + write).
+//       Prints: "write PREC BYTES_PER_CROP RECORDS_PER_S" (writer: encode + pack + write).
 //   read DIR [--rounds 40] [--reads 1000]
 //       Decodes random records (every crop's indices and values) of the page-cached store.
 //       Prints: "read RECORDS_PER_S CROPS_PER_S" and "derive US_PER_CROP" (deriving one
@@ -143,9 +143,13 @@ int write(const Args& a) {
     f.write(reinterpret_cast<const char*>(flips.data()), std::streamsize(flips.size()));
     FKD_CHECK(f.good(), IoError, "{}: cannot write", a.dump);
   }
-  for (Precision prec : {Precision::kFp16, Precision::kU8}) {
-    const Manifest m = bench_manifest(a, prec);
-    const std::string dir = a.dir + "/" + precision_name(prec);
+  // fp16 and u8 in the current format; fp16 also as a version 1 store (zstd records).
+  for (const auto& [prec, version] : {std::pair{Precision::kFp16, 2}, std::pair{Precision::kU8, 2},
+                                      std::pair{Precision::kFp16, 1}}) {
+    Manifest m = bench_manifest(a, prec);
+    m.version = version;
+    const std::string name = std::string(precision_name(prec)) + (version == 1 ? "-v1" : "");
+    const std::string dir = a.dir + "/" + name;
     fs::remove_all(dir);
     fs::create_directories(dir);
     write_manifest(dir, m);
@@ -157,7 +161,7 @@ int write(const Args& a) {
     }
     const double t = cpu_seconds() - t0;
     const StoreReader r(dir);
-    std::printf("write %s %.3f %.0f\n", precision_name(prec),
+    std::printf("write %s %.3f %.0f\n", name.c_str(),
                 double(r.shard_bytes()) / (double(a.images) * N), a.images / t);
   }
   return 0;
