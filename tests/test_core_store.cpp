@@ -1267,6 +1267,29 @@ TEST(StoreMerge, ShardsPlusMergeEqualsSingleShardWrite) {
   EXPECT_THROW(merge_store(b.path(), merged.path() + "/out"), ConfigError);  // never overwrites
 }
 
+TEST(StoreMerge, VersionOneStoreComesOutInTheCurrentVersion) {
+  Manifest old = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 30, 40, 6, 2);
+  old.version = 1;
+  TempDir a, merged;
+  write_store(a.path(), old);
+  merge_store(a.path(), merged.path() + "/out");
+  const Manifest m = read_manifest(merged.path() + "/out");
+  EXPECT_EQ(m.version, int(store::kFormatVersion));
+  EXPECT_EQ(m.num_shards, 1u);
+  const std::string b = read_file(shard_path(merged.path() + "/out", 0, 1));
+  EXPECT_EQ(b[8], char(store::kFormatVersion));
+  EXPECT_EQ(b[128 + 28], char(store::Codec::kPacked));
+  StoreReader ra(a.path()), rm(merged.path() + "/out");
+  ImageLabels x, y;
+  for (uint64_t i = 0; i < 6; ++i) {
+    ra.read(i, x);
+    rm.read(i, y);
+    expect_same(y, x, "image " + std::to_string(i));
+    EXPECT_EQ(y.crop_hash, x.crop_hash);
+  }
+  EXPECT_LT(rm.shard_bytes(), ra.shard_bytes());
+}
+
 TEST(StoreMerge, MoreShardsThanImages) {
   const Manifest m = make_manifest(LabelType::kSmoothing, 1, Precision::kFp16, 5, 3, 3, 5);
   TempDir dir;

@@ -197,7 +197,8 @@ struct StoreProgress {
 StoreProgress store_progress(const std::string& store_dir);
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
-/// `out_dir`; the records are identical.
+/// `out_dir`; the records are identical. A store of an older format version comes out in
+/// the current one, with the same labels.
 void merge_store(const std::string& store_dir, const std::string& out_dir);
 
 }  // namespace fkd

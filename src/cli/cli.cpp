@@ -166,7 +166,8 @@ void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& me
       ->capture_default_str();
   add_execution_flags(app, c.threads, c.workers, c.device);
 
-  *merge = app->add_subcommand("merge", "Pack all shards of a store into one");
+  *merge = app->add_subcommand(
+      "merge", "Pack all shards of a store into one (an older format version is upgraded)");
   (*merge)->add_option("store", merge_in, "Complete store directory")->required();
   (*merge)->add_option("--out,-o", merge_out, "Output store directory")->required();
   *ensemble = app->add_subcommand("ensemble", "Average the labels of stores made on the same crops");

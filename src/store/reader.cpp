@@ -173,15 +173,27 @@ void merge_store(const std::string& store_dir, const std::string& out_dir) {
   FKD_CHECK(!fs::exists(fs::path(out_dir) / "manifest.json"), ConfigError,
             "{}: already holds a label store; merge into a new directory", out_dir);
   const std::string path = (fs::path(out_dir) / shard_file_name(0, 1)).string();
-  // Blocks are copied verbatim (a block's checksum covers its image id, not its offset);
-  // a crashed merge resumes from the .partial like any shard.
-  store::ShardFile out(path, store::header_for(m, 0));
-  for (uint64_t id = out.next_image(); id < m.num_images; ++id) {
-    const store::ShardView& v = src.shard_of(id);
-    const uint8_t* block = v.checked_block(id);
-    out.append_block(block, store::kBlockHeaderSize + v.entry(id).payload_size);
+  // A crashed merge resumes from the .partial like any shard.
+  if (m.version < int(store::kFormatVersion)) {
+    // An older format version comes out in the current one: the same labels, re-encoded.
+    m.version = int(store::kFormatVersion);
+    ShardWriter out(out_dir, m, 0);
+    ImageLabels l;
+    for (uint64_t id = out.next_image(); id < m.num_images; ++id) {
+      src.shard_of(id).read(id, l);
+      out.append(id, l);
+    }
+    out.finish();
+  } else {
+    // Blocks are copied verbatim (a block's checksum covers its image id, not its offset).
+    store::ShardFile out(path, store::header_for(m, 0));
+    for (uint64_t id = out.next_image(); id < m.num_images; ++id) {
+      const store::ShardView& v = src.shard_of(id);
+      const uint8_t* block = v.checked_block(id);
+      out.append_block(block, store::kBlockHeaderSize + v.entry(id).payload_size);
+    }
+    out.finish();
   }
-  out.finish();
   write_manifest(out_dir, m);  // last: a store without its manifest is not a store
 }
 
