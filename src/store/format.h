@@ -176,6 +176,11 @@ struct RecordCursor {
 };
 /// LEB128 (7 bits per byte, low first).
 void put_varint(std::vector<uint8_t>& b, uint32_t v);
+/// Appends the 16-byte record header (height, width, crop_hash, num_crops).
+void put_record_header(std::vector<uint8_t>& b, const ImageLabels& l);
+/// Appends the dictionary of l's class ids (count, then ascending ids delta coded) and
+/// leaves those ids, ascending, in `dict`.
+void put_dictionary(std::vector<uint8_t>& b, const ImageLabels& l, std::vector<int32_t>& dict);
 /// Reads and checks the 16-byte record header (crop count, image size) into `out`.
 void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& out);
 /// Reads and checks the dictionary (size D in [1, min(C, N*NI)], ascending ids below C)
@@ -189,11 +194,20 @@ void decode_record(const RecordFormat& f, const uint8_t* payload, size_t payload
 void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_size,
                        ImageLabels& out, const Where& where);
 
+/// Hot loops built for AVX2 as well, where the compiler can, and picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define FKD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FKD_VECTOR_CLONES
+#endif
+
 /// How a block's payload encodes its record (BlockHeader.codec; version 1 knows only zstd).
 enum class Codec : uint32_t {
   kZstd = 0,    ///< a zstd frame of the record layout above ("Record")
   kPacked = 1,  ///< the packed record ("Packed record"), stored as is
 };
+/// The first format version with packed records.
+inline constexpr int kPackedSince = 2;
 /// Ranks whose positions a packed record's later ranks exclude (see "Packed record").
 inline constexpr size_t kExcludedRanks = 8;
 /// True when records of this format may be packed (every label type but `full`).

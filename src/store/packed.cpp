@@ -19,14 +19,6 @@
 #include "fkd/error.h"
 #include "store/format.h"
 
-// The decoder's loops are plain C++ that compilers vectorize; where the compiler can, they
-// are also built for AVX2 (wider vectors, unsigned min/max) and picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define FKD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FKD_VECTOR_CLONES
-#endif
-
 namespace fkd::store {
 
 namespace {
@@ -410,38 +402,26 @@ bool encode_packed_record(const RecordFormat& f, const ImageLabels& l, std::vect
     }
   }
   out.clear();
-  for (uint32_t x : {l.height, l.width, l.crop_hash, l.num_crops}) {
-    for (int b = 0; b < 4; ++b) out.push_back(uint8_t(x >> (8 * b)));
-  }
+  put_record_header(out, l);
   std::vector<uint32_t> plane(N);
   if (ni > 0) {
-    // Dictionary: distinct ids ascending (delta coded), then their order by descending count
-    // (ties: lower id first), packed at bits_of(D - 1) bits each.
-    std::vector<int32_t> dict(l.indices.begin(), l.indices.end());
-    std::sort(dict.begin(), dict.end());
-    std::vector<uint32_t> count;
-    size_t D = 0;
-    for (size_t i = 0; i < dict.size(); ++i) {
-      if (i > 0 && dict[i] == dict[D - 1]) {
-        ++count[D - 1];
-        continue;
-      }
-      dict[D++] = dict[i];
-      count.push_back(1);
+    // Dictionary as in "Record", then its order by descending count (ties: lower id first),
+    // packed at bits_of(D - 1) bits each.
+    std::vector<int32_t> dict;
+    put_dictionary(out, l, dict);
+    const size_t D = dict.size();
+    std::vector<uint32_t> pos(N * ni), count(D, 0);
+    for (size_t i = 0; i < N * ni; ++i) {
+      pos[i] = uint32_t(std::lower_bound(dict.begin(), dict.end(), l.indices[i]) - dict.begin());
+      ++count[pos[i]];
     }
-    dict.resize(D);
-    put_varint(out, uint32_t(D));
-    for (size_t i = 0; i < D; ++i) put_varint(out, i == 0 ? uint32_t(dict[0]) : uint32_t(dict[i] - dict[i - 1] - 1));
     std::vector<uint32_t> order(D);
     for (size_t i = 0; i < D; ++i) order[i] = uint32_t(i);
     std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return count[a] > count[b]; });
     put_bits(out, order.data(), D, bits_of(uint32_t(D - 1)));
     std::vector<uint32_t> rank_of(D);
     for (size_t i = 0; i < D; ++i) rank_of[order[i]] = uint32_t(i);
-    std::vector<uint32_t> pos(N * ni);
-    for (size_t i = 0; i < N * ni; ++i) {
-      pos[i] = rank_of[size_t(std::lower_bound(dict.begin(), dict.end(), l.indices[i]) - dict.begin())];
-    }
+    for (uint32_t& p : pos) p = rank_of[p];
     for (size_t r = 0; r < ni; ++r) {
       for (size_t n = 0; n < N; ++n) {
         const uint32_t p = pos[n * ni + r];

@@ -172,7 +172,6 @@ void merge_store(const std::string& store_dir, const std::string& out_dir) {
   fs::create_directories(out_dir);
   FKD_CHECK(!fs::exists(fs::path(out_dir) / "manifest.json"), ConfigError,
             "{}: already holds a label store; merge into a new directory", out_dir);
-  const std::string path = (fs::path(out_dir) / shard_file_name(0, 1)).string();
   // A crashed merge resumes from the .partial like any shard.
   if (m.version < int(store::kFormatVersion)) {
     // An older format version comes out in the current one: the same labels, re-encoded.
@@ -186,6 +185,7 @@ void merge_store(const std::string& store_dir, const std::string& out_dir) {
     out.finish();
   } else {
     // Blocks are copied verbatim (a block's checksum covers its image id, not its offset).
+    const std::string path = (fs::path(out_dir) / shard_file_name(0, 1)).string();
     store::ShardFile out(path, store::header_for(m, 0));
     for (uint64_t id = out.next_image(); id < m.num_images; ++id) {
       const store::ShardView& v = src.shard_of(id);

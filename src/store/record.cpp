@@ -103,9 +103,7 @@ uint32_t value_code(float v, Precision p) {
   return 0;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-__attribute__((target_clones("avx2", "default")))
-#endif
+FKD_VECTOR_CLONES
 void codes_to_floats(Precision p, const uint32_t* codes, float* row, size_t n) {
   switch (p) {
     case Precision::kFp32: return codes_to_floats_of<4>(codes, row, n);
@@ -117,6 +115,24 @@ void codes_to_floats(Precision p, const uint32_t* codes, float* row, size_t n) {
 void put_varint(std::vector<uint8_t>& b, uint32_t v) {
   for (; v >= 0x80; v >>= 7) b.push_back(uint8_t(v | 0x80));
   b.push_back(uint8_t(v));
+}
+
+void put_record_header(std::vector<uint8_t>& b, const ImageLabels& l) {
+  for (uint32_t x : {l.height, l.width, l.crop_hash, l.num_crops}) {
+    const size_t at = b.size();
+    b.resize(at + 4);
+    store_u32(b.data() + at, x);
+  }
+}
+
+void put_dictionary(std::vector<uint8_t>& b, const ImageLabels& l, std::vector<int32_t>& dict) {
+  dict.assign(l.indices.begin(), l.indices.end());
+  std::sort(dict.begin(), dict.end());
+  dict.erase(std::unique(dict.begin(), dict.end()), dict.end());
+  put_varint(b, uint32_t(dict.size()));
+  for (size_t i = 0; i < dict.size(); ++i) {
+    put_varint(b, i == 0 ? uint32_t(dict[0]) : uint32_t(dict[i] - dict[i - 1] - 1));
+  }
 }
 
 const uint8_t* RecordCursor::take(size_t n, const char* what) {
@@ -210,13 +226,6 @@ void check_labels(const RecordFormat& f, const ImageLabels& l, const std::string
 
 namespace {
 
-void put_u32(std::vector<uint8_t>& b, uint32_t v) {
-  const size_t at = b.size();
-  b.resize(at + 4);
-  store_u32(b.data() + at, v);
-}
-
-
 /// Scratch space reused by every record a thread encodes or decodes.
 struct Scratch {
   std::vector<int32_t> dict;
@@ -236,21 +245,11 @@ void encode_record(const RecordFormat& f, const ImageLabels& l, std::vector<uint
   const size_t N = f.crops_per_image, ni = size_t(f.n_idx()), nv = size_t(f.n_val());
   raw.clear();
   sections.clear();
-  put_u32(raw, l.height);
-  put_u32(raw, l.width);
-  put_u32(raw, l.crop_hash);
-  put_u32(raw, l.num_crops);
+  put_record_header(raw, l);
   Scratch& s = scratch();
   if (ni > 0) {
-    // Dictionary: the image's distinct class ids, ascending, delta coded.
-    s.dict.assign(l.indices.begin(), l.indices.end());
-    std::sort(s.dict.begin(), s.dict.end());
-    s.dict.erase(std::unique(s.dict.begin(), s.dict.end()), s.dict.end());
+    put_dictionary(raw, l, s.dict);
     const size_t D = s.dict.size();
-    put_varint(raw, uint32_t(D));
-    for (size_t i = 0; i < D; ++i) {
-      put_varint(raw, i == 0 ? uint32_t(s.dict[0]) : uint32_t(s.dict[i] - s.dict[i - 1] - 1));
-    }
     sections.push_back(raw.size());
     // Positions in the dictionary, W bytes each, as byte planes of rank-major arrays.
     const int W = D <= 256 ? 1 : D <= 65536 ? 2 : 4;

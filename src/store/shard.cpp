@@ -152,7 +152,7 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
 std::string codec_problem(const ShardHeader& h, uint32_t codec, uint32_t payload_size,
                           uint32_t raw_size) {
   if (codec == uint32_t(Codec::kZstd)) return "";
-  if (h.version < 2) return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
+  if (h.version < uint32_t(kPackedSince)) return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
   if (codec != uint32_t(Codec::kPacked)) return fmt::format("unknown codec {}", codec);
   if (!packable(record_format(h))) return "a packed record in a store of full labels";
   if (payload_size != raw_size)

@@ -208,7 +208,7 @@ ShardWriter::ShardWriter(const std::string& store_dir, const Manifest& m, uint32
   FKD_CHECK(shard_index < m.num_shards, ConfigError, "{}: shard {} does not exist (num_shards {})",
             store_dir, shard_index, m.num_shards);
   impl_->format = store::record_format(m);
-  impl_->pack = m.version >= 2 && store::packable(impl_->format);
+  impl_->pack = m.version >= store::kPackedSince && store::packable(impl_->format);
   impl_->name = (std::filesystem::path(store_dir) / shard_file_name(shard_index, m.num_shards)).string();
   impl_->file = std::make_unique<store::ShardFile>(impl_->name, store::header_for(m, shard_index));
 }
