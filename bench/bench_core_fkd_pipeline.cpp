@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
     auto store = std::make_shared<StoreReader>(argv[2]);
     check_store_matches(store->manifest(), argv[2], *ds, argv[1], limit);
     TrainTransform t;
-    t.size = size ? size : ds->load(0).height;
+    t.crop.size = size ? size : ds->load(0).height;
     for (int c = 0; c < 3; ++c) {
       t.norm.mean[c] = 0.5f;
       t.norm.std[c] = 0.25f;
@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
     }
     {
       TrainTransform plain = t;
-      plain.crop = TrainTransform::Crop::kRandomResized;
+      plain.crop.kind = CropKind::kRandomResized;
       Loader loader(ds, plain, std::make_shared<RandomCropSource>(plain, 0, 1), o);
       size_t n = 0;
       const double s = run(loader, passes, &n);

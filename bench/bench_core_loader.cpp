@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
 
   for (int m : {1, 2, 4}) {
     TrainTransform t;
-    t.crop = TrainTransform::Crop::kRandomResized;
-    t.size = size;
+    t.crop.kind = CropKind::kRandomResized;
+    t.crop.size = size;
     LoaderOptions o;
     o.batch_size = size_t(32 * m);
     o.workers = 1;

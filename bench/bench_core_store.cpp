@@ -89,7 +89,7 @@ Manifest bench_manifest(const Args& a, Precision p) {
   m.precision = p;
   m.crops_per_image = uint32_t(a.crops);
   m.seed = 1;
-  m.input_size = 224;
+  m.crop.size = 224;
   return m;
 }
 
@@ -126,8 +126,8 @@ int write(const Args& a) {
                     l.indices.data() + size_t(c) * size_t(K), l.values.data() + size_t(c) * size_t(K));
       top1 += l.values[size_t(c) * size_t(K)];
       if (!a.dump.empty()) {
-        const CropPlan cp = derive_label_crop(m16.seed, m16.scale, m16.ratio, m16.flip_prob,
-                                              uint64_t(i), uint32_t(c), int(H), int(W));
+        const CropPlan cp =
+            derive_label_crop(m16.crop, m16.seed, uint64_t(i), uint32_t(c), int(H), int(W));
         coords.insert(coords.end(), {float(cp.box.top) / float(H), float(cp.box.left) / float(W),
                                      float(cp.box.height) / float(H), float(cp.box.width) / float(W)});
         flips.push_back(cp.flip ? 1 : 0);
@@ -192,8 +192,8 @@ int read(const Args& a) {
   for (int round = 0; round < a.rounds; ++round) {
     const double t0 = cpu_seconds();
     for (int c = 0; c < crops; ++c) {
-      const CropPlan p = derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, uint64_t(c % 997),
-                                           uint32_t(c), 375, 500);
+      const CropPlan p =
+          derive_label_crop(m.crop, m.seed, uint64_t(c % 997), uint32_t(c), 375, 500);
       checksum += uint64_t(p.box.left);
     }
     derive = std::min(derive, cpu_seconds() - t0);

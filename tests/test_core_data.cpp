@@ -271,8 +271,8 @@ namespace {
 std::vector<std::vector<float>> run_epoch(const std::shared_ptr<Dataset>& ds, int workers,
                                           int64_t epoch, std::vector<int64_t>* targets) {
   TrainTransform t;
-  t.crop = TrainTransform::Crop::kRandomResized;
-  t.size = 12;
+  t.crop.kind = CropKind::kRandomResized;
+  t.crop.size = 12;
   t.norm = Normalize{};
   LoaderOptions o;
   o.batch_size = 8;
@@ -335,7 +335,7 @@ TEST(Loader, MultiCropGroupsRowsByImage) {
   write_idx(d.path(), "train", 10, 16, 16, 10, false);
   auto ds = open_dataset(d.path(), Split::kTrain);
   TrainTransform t;
-  t.size = 8;
+  t.crop.size = 8;
   LoaderOptions o;
   o.batch_size = 8;
   o.workers = 2;
@@ -364,7 +364,7 @@ TEST(Loader, BadImagesAreSkippedOrFatal) {
   }
   auto ds = open_dataset(d.path(), Split::kTrain);
   TrainTransform t;
-  t.size = 8;
+  t.crop.size = 8;
   LoaderOptions o;
   o.batch_size = 4;
   o.workers = 2;
@@ -432,9 +432,10 @@ TEST(PortableMath, MatchesLibm) {
 }
 
 TEST(LabelCrops, DerivedCropsArePureAndVaried) {
-  const float scale[2] = {0.08f, 1.0f}, ratio[2] = {3.f / 4, 4.f / 3};
-  const CropPlan a = derive_label_crop(7, scale, ratio, 0.5f, 12, 3, 375, 500);
-  const CropPlan b = derive_label_crop(7, scale, ratio, 0.5f, 12, 3, 375, 500);
+  CropSampler rrc;
+  rrc.kind = CropKind::kRandomResized;
+  const CropPlan a = derive_label_crop(rrc, 7, 12, 3, 375, 500);
+  const CropPlan b = derive_label_crop(rrc, 7, 12, 3, 375, 500);
   EXPECT_EQ(a.box.left, b.box.left);
   EXPECT_EQ(a.box.top, b.box.top);
   EXPECT_EQ(a.box.width, b.box.width);
@@ -443,15 +444,15 @@ TEST(LabelCrops, DerivedCropsArePureAndVaried) {
   int flips = 0;
   std::set<std::tuple<int, int, int, int>> boxes;
   for (uint32_t c = 0; c < 1000; ++c) {
-    const CropPlan p = derive_label_crop(7, scale, ratio, 0.5f, 12, c, 375, 500);
+    const CropPlan p = derive_label_crop(rrc, 7, 12, c, 375, 500);
     flips += p.flip;
     boxes.insert({p.box.left, p.box.top, p.box.width, p.box.height});
   }
   EXPECT_GT(boxes.size(), 990u);
   EXPECT_NEAR(flips, 500, 80);
   // Another seed or image gives other crops.
-  const CropPlan c = derive_label_crop(8, scale, ratio, 0.5f, 12, 3, 375, 500);
-  const CropPlan d = derive_label_crop(7, scale, ratio, 0.5f, 13, 3, 375, 500);
+  const CropPlan c = derive_label_crop(rrc, 8, 12, 3, 375, 500);
+  const CropPlan d = derive_label_crop(rrc, 7, 13, 3, 375, 500);
   EXPECT_FALSE(c.box.left == a.box.left && c.box.top == a.box.top && c.box.width == a.box.width);
   EXPECT_FALSE(d.box.left == a.box.left && d.box.top == a.box.top && d.box.width == a.box.width);
 }
@@ -459,9 +460,10 @@ TEST(LabelCrops, DerivedCropsArePureAndVaried) {
 TEST(LabelCrops, GoldenValuesPinTheSampler) {
   // Stores written by any fkd build must replay identically: these boxes are part of the
   // label-store format (docs/label-store.md). Changing them is a format version bump.
-  const float scale[2] = {0.08f, 1.0f}, ratio[2] = {3.f / 4, 4.f / 3};
-  const CropPlan p = derive_label_crop(0, scale, ratio, 0.5f, 0, 0, 375, 500);
-  const CropPlan q = derive_label_crop(42, scale, ratio, 0.5f, 1000, 499, 28, 28);
+  CropSampler rrc;
+  rrc.kind = CropKind::kRandomResized;
+  const CropPlan p = derive_label_crop(rrc, 0, 0, 0, 375, 500);
+  const CropPlan q = derive_label_crop(rrc, 42, 1000, 499, 28, 28);
   EXPECT_EQ((std::vector<int>{p.box.left, p.box.top, p.box.width, p.box.height, int(p.flip)}),
             (std::vector<int>{14, 192, 147, 122, 1}));
   EXPECT_EQ((std::vector<int>{q.box.left, q.box.top, q.box.width, q.box.height, int(q.flip)}),

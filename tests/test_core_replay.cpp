@@ -182,12 +182,10 @@ Manifest make_manifest(const Dataset& ds, size_t limit) {
   m.precision = Precision::kFp32;
   m.crops_per_image = kCrops;
   m.seed = kStoreSeed;
-  m.scale[0] = 0.25f;
-  m.scale[1] = 1.0f;
-  m.ratio[0] = 3.f / 4.f;
-  m.ratio[1] = 4.f / 3.f;
-  m.flip_prob = 0.5f;
-  m.input_size = kSide;
+  m.crop.scale = {0.25f, 1.0f};
+  m.crop.ratio = {3.f / 4.f, 4.f / 3.f};
+  m.crop.flip = 0.5f;
+  m.crop.size = kSide;
   m.interpolation = "bilinear";
   m.mean = {0.5f};
   m.std = {0.5f};
@@ -221,7 +219,7 @@ void write_store(const std::string& dir, const Manifest& m, int64_t wrong_image 
 }
 
 CropPlan expected_plan(const Manifest& m, uint64_t image, uint32_t crop) {
-  return derive_label_crop(kStoreSeed, m.scale, m.ratio, m.flip_prob, image, crop, kSide, kSide);
+  return derive_label_crop(m.crop, kStoreSeed, image, crop, kSide, kSide);
 }
 
 void expect_same_plan(const CropPlan& a, const CropPlan& b, const std::string& what) {
@@ -338,8 +336,8 @@ struct Flat {
 
 TrainTransform transform28() {
   TrainTransform t;
-  t.crop = TrainTransform::Crop::kRandomResized;
-  t.size = kSide;
+  t.crop.kind = CropKind::kRandomResized;
+  t.crop.size = kSide;
   t.interp = Interp::kBilinear;
   t.norm.mean[0] = 0.25f;
   t.norm.std[0] = 0.5f;

@@ -48,7 +48,7 @@ Manifest make_manifest(LabelType t, int k, Precision p, int num_classes, uint32_
   m.precision = p;
   m.crops_per_image = crops;
   m.seed = 42;
-  m.input_size = 32;
+  m.crop.size = 32;
   m.mean = {0.5f, 0.25f, 0.125f};
   m.std = {0.2f, 0.3f, 0.4f};
   m.num_shards = shards;
@@ -596,8 +596,8 @@ TEST(StoreManifest, WriteReadCompare) {
   Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 10, 7, 100, 4);
   m.temperature = 2.5f;
   m.seed = 0xfedcba9876543210ULL;  // needs all 64 bits
-  m.scale[0] = 0.08f;
-  m.ratio[1] = 4.f / 3.f;
+  m.crop.scale[0] = 0.08f;
+  m.crop.ratio[1] = 4.f / 3.f;
   write_manifest(dir.path(), m);
   EXPECT_FALSE(fs::exists(dir.file("manifest.json.tmp")));
   const std::string text = read_file(dir.file("manifest.json"));
@@ -608,7 +608,7 @@ TEST(StoreManifest, WriteReadCompare) {
   EXPECT_EQ(back.num_shards, 4u);
   EXPECT_EQ(back.teacher, "teacher.pt");
   EXPECT_EQ(back.seed, m.seed);
-  EXPECT_EQ(back.ratio[1], 4.f / 3.f);
+  EXPECT_EQ(back.crop.ratio[1], 4.f / 3.f);
 
   Manifest o = m;
   o.temperature = 1;
@@ -629,7 +629,7 @@ TEST(StoreManifest, WriteReadCompare) {
   bad.k = 11;
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
   bad = m;
-  bad.flip_prob = 2;
+  bad.crop.flip = 2;
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
 }
 
@@ -641,32 +641,37 @@ TEST(StoreManifest, RandomCropSampler) {
   // byte-identical), and a manifest without them reads as random_resized_crop.
   std::string text = read_file(dir.file("manifest.json"));
   EXPECT_EQ(text.find("crop_sampler"), std::string::npos);
-  EXPECT_EQ(read_manifest(dir.path()).crop_sampler, "random_resized_crop");
+  EXPECT_EQ(read_manifest(dir.path()).crop.kind, CropKind::kRandomResized);
 
   Manifest rc = rrc;
-  rc.crop_sampler = "random_crop";
-  rc.padding = 4;
+  rc.crop.kind = CropKind::kPadded;
+  rc.crop.padding = 4;
   write_manifest(dir.path(), rc);
   text = read_file(dir.file("manifest.json"));
   EXPECT_NE(text.find("\"crop_sampler\": \"random_crop\""), std::string::npos);
   const Manifest back = read_manifest(dir.path());
-  EXPECT_EQ(back.crop_sampler, "random_crop");
-  EXPECT_EQ(back.padding, 4);
+  EXPECT_EQ(back.crop.kind, CropKind::kPadded);
+  EXPECT_EQ(back.crop.padding, 4);
   EXPECT_TRUE(manifest_differences(rc, back).empty());
   EXPECT_EQ(manifest_differences(rrc, rc),
-            (std::vector<std::string>{"crop_sampler (random_resized_crop vs random_crop)",
-                                      "padding (0 vs 4)"}));
+            (std::vector<std::string>{"crop sampler (rrc vs crop)"}));
+  // Between two RandomCrop stores the padding and the box size tell their crops apart.
+  Manifest rc3 = rc;
+  rc3.crop.padding = 2;
+  rc3.crop.size = 28;
+  EXPECT_EQ(manifest_differences(rc, rc3),
+            (std::vector<std::string>{"input size (32 vs 28)", "padding (4 vs 2)"}));
   // The store key tells the samplers (and paddings) apart, so shards never mix.
   EXPECT_NE(store::store_key(rrc), store::store_key(rc));
   Manifest rc2 = rc;
-  rc2.padding = 2;
+  rc2.crop.padding = 2;
   EXPECT_NE(store::store_key(rc), store::store_key(rc2));
 
   Manifest bad = rc;
-  bad.crop_sampler = "center_crop";
+  bad.crop.kind = CropKind::kNone;  // no sampler a store can hold
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
   bad = rc;
-  bad.input_size = 0;
+  bad.crop.size = 0;
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
   write_file(dir.file("manifest.json"),
              std::regex_replace(text, std::regex("\"random_crop\""), "\"zoom\""));
@@ -675,14 +680,14 @@ TEST(StoreManifest, RandomCropSampler) {
 
 TEST(StoreCrops, RandomCropSamplerIsTorchvisionRandomCrop) {
   Manifest m = make_manifest(LabelType::kHard, 1, Precision::kFp16, 10, 500, 4);
-  m.crop_sampler = "random_crop";
-  m.padding = 4;
-  m.input_size = 28;
+  m.crop.kind = CropKind::kPadded;
+  m.crop.padding = 4;
+  m.crop.size = 28;
   const int H = 28, W = 28;
   std::set<int> tops, lefts;
   int flips = 0;
   for (uint32_t c = 0; c < 500; ++c) {
-    const CropPlan p = derive_store_crop(m, 7, c, H, W);
+    const CropPlan p = derive_label_crop(m.crop, m.seed, 7, c, H, W);
     EXPECT_EQ(p.id, c);
     EXPECT_EQ(p.box.width, 28);
     EXPECT_EQ(p.box.height, 28);
@@ -694,7 +699,7 @@ TEST(StoreCrops, RandomCropSamplerIsTorchvisionRandomCrop) {
     lefts.insert(p.box.left);
     flips += p.flip;
     // Pure: the same arguments give the same crop.
-    const CropPlan q = derive_store_crop(m, 7, c, H, W);
+    const CropPlan q = derive_label_crop(m.crop, m.seed, 7, c, H, W);
     EXPECT_EQ(q.box.top, p.box.top);
     EXPECT_EQ(q.box.left, p.box.left);
     EXPECT_EQ(q.flip, p.flip);
@@ -706,24 +711,25 @@ TEST(StoreCrops, RandomCropSamplerIsTorchvisionRandomCrop) {
   // from Rng(seed, kLabelCrops, {image, crop}).
   Rng rng(m.seed, RngStream::kLabelCrops, {7, 3});
   const int top = int(rng.below(9)) - 4, left = int(rng.below(9)) - 4;
-  const bool flip = rng.uniform() < m.flip_prob;
-  const CropPlan p3 = derive_store_crop(m, 7, 3, H, W);
+  const bool flip = rng.uniform() < m.crop.flip;
+  const CropPlan p3 = derive_label_crop(m.crop, m.seed, 7, 3, H, W);
   EXPECT_EQ(p3.box.top, top);
   EXPECT_EQ(p3.box.left, left);
   EXPECT_EQ(p3.flip, flip);
   // The record's crop hash covers the sampler: another padding gives other crops.
   Manifest m2 = m;
-  m2.padding = 2;
+  m2.crop.padding = 2;
   EXPECT_NE(label_crop_hash(m, 7, H, W), label_crop_hash(m2, 7, H, W));
-  // The random_resized_crop sampler is derive_label_crop.
+  // The random_resized_crop sampler draws the RandomResizedCrop box, then the flip.
   const Manifest r = make_manifest(LabelType::kHard, 1, Precision::kFp16, 10, 5, 4);
-  const CropPlan a = derive_store_crop(r, 2, 1, 41, 77);
-  const CropPlan b = derive_label_crop(r.seed, r.scale, r.ratio, r.flip_prob, 2, 1, 41, 77);
-  EXPECT_EQ(a.box.left, b.box.left);
-  EXPECT_EQ(a.box.top, b.box.top);
-  EXPECT_EQ(a.box.width, b.box.width);
-  EXPECT_EQ(a.box.height, b.box.height);
-  EXPECT_EQ(a.flip, b.flip);
+  const CropPlan a = derive_label_crop(r.crop, r.seed, 2, 1, 41, 77);
+  Rng rr(r.seed, RngStream::kLabelCrops, {2, 1});
+  const PixelBox b = sample_random_resized_crop(rr, 41, 77, r.crop.scale.data(), r.crop.ratio.data());
+  EXPECT_EQ(a.box.left, b.left);
+  EXPECT_EQ(a.box.top, b.top);
+  EXPECT_EQ(a.box.width, b.width);
+  EXPECT_EQ(a.box.height, b.height);
+  EXPECT_EQ(a.flip, rr.uniform() < r.crop.flip);
 }
 
 TEST(StoreShardRange, TilesForAwkwardCounts) {
@@ -752,7 +758,7 @@ TEST(StoreCropHash, MatchesDerivedCropsAndIsChecked) {
   // The hash is XXH32 of the derived crops as little-endian int32s.
   std::vector<int32_t> v;
   for (uint32_t c = 0; c < 6; ++c) {
-    const CropPlan p = derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, 2, c, 41, 77);
+    const CropPlan p = derive_label_crop(m.crop, m.seed, 2, c, 41, 77);
     v.insert(v.end(), {p.box.left, p.box.top, p.box.width, p.box.height, p.flip ? 1 : 0});
   }
   const uint32_t h = label_crop_hash(m, 2, 41, 77);

@@ -15,7 +15,7 @@
 #include "fkd/train.h"
 #include "testutil.h"
 #include "train/checkpoint.h"
-#include "train/session.h"
+#include "train/schedule.h"
 #include "train/soft_loss.h"
 
 using namespace fkd;
@@ -169,7 +169,7 @@ struct DistillFixture {
     l.teacher = dir.file("cache/teacher/checkpoint.pt");
     l.limit = kImages;
     l.crops = kCrops;
-    l.aug = "crop";  // RandomCrop(28, 4) + flip, the recipe the teacher trained with
+    l.crop.kind = CropKind::kPadded;  // RandomCrop(28, 4) + flip, as the teacher trained
     l.threads = 2;
     l.out = dir.file("cache/labels");
     generate_labels(l);
@@ -306,7 +306,7 @@ TEST(Distill, LabelsThenTrains) {
   DistillConfig d;
   d.label.teacher = fx.teacher;
   d.label.crops = 0;  // as many as the epochs use
-  d.label.aug = "auto";  // 28 px: RandomCrop with padding
+  d.label.crop.kind = CropKind::kAuto;  // 28 px: RandomCrop with padding
   d.train = fx.student("unused");
   d.train.limit_train = 1000;
   d.train.limit_val = 200;
@@ -318,7 +318,7 @@ TEST(Distill, LabelsThenTrains) {
   const Manifest m = read_manifest(fx.dir.file("distill/labels"));
   EXPECT_EQ(m.crops_per_image, 4u);
   EXPECT_EQ(m.num_images, 1000u);
-  EXPECT_EQ(m.crop_sampler, "random_crop");
+  EXPECT_EQ(m.crop.kind, CropKind::kPadded);
   EXPECT_TRUE(std::filesystem::exists(fx.dir.file("distill/student/checkpoint.pt")));
   EXPECT_GT(r.history.back().top1, 30.0);
 }
@@ -334,7 +334,7 @@ TEST(Distill, WhatTrainingNeedsIsCheckedBeforeLabeling) {
   c.label.crops = 0;
   c.train.data = data;
   c.train.model = "tiny";
-  c.train.input_size = 28;
+  c.train.crop.size = 28;
   c.train.epochs = 2;
   c.train.threads = 1;
   c.out = d.file("out");

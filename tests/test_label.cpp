@@ -99,7 +99,7 @@ TEST(Label, FullLabelsMatchPyTorchSoftmax) {
   StoreReader store(c.out);
   const Manifest& m = store.manifest();
   auto ds = open_dataset(fx.data, Split::kTrain);
-  const int n_images = 5, S = m.input_size;
+  const int n_images = 5, S = m.crop.size;
   ASSERT_EQ(S, 28);
   torch::Tensor x = torch::empty({n_images * c.crops, 1, S, S});
   std::vector<uint8_t> hwc(size_t(S) * S), scratch;
@@ -109,8 +109,8 @@ TEST(Label, FullLabelsMatchPyTorchSoftmax) {
   for (int i = 0; i < n_images; ++i) {
     const Image im = ds->load(size_t(i));
     for (int k = 0; k < c.crops; ++k) {
-      const CropPlan p = derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, uint64_t(i),
-                                           uint32_t(k), im.height, im.width);
+      const CropPlan p =
+          derive_label_crop(m.crop, m.seed, uint64_t(i), uint32_t(k), im.height, im.width);
       resized_crop(im, p.box, p.flip, S, S, Interp::kBilinear, hwc.data(), scratch);
       to_float_chw(hwc.data(), S, S, 1, norm, x[i * c.crops + k].data_ptr<float>());
     }
@@ -338,7 +338,7 @@ TEST(Label, UnreadableImagesAreFoundBeforeAnyLabel) {
   const std::string good = fkd::test::read_file(broken);
   fkd::test::write_file(broken, good.substr(0, good.size() / 2));
   LabelConfig c = one_thread_config(teacher, data, dir.file("store"), 3);
-  c.input_size = 28;
+  c.crop.size = 28;
   try {
     generate_labels(c);
     FAIL() << "expected DataError";
@@ -370,7 +370,8 @@ TEST(Label, DefaultTopkIsCappedAtTheClassCount) {
     generate_labels(c);
     FAIL() << "expected ConfigError";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("--topk 5 must be in [1, 3]"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("--topk 5: " + data + " has only 3 classes"),
+              std::string::npos)
         << e.what();
   }
 }

@@ -10,7 +10,7 @@
 #include "fkd/train.h"
 #include "testutil.h"
 #include "train/checkpoint.h"
-#include "train/session.h"
+#include "train/schedule.h"
 
 using namespace fkd;
 using fkd::test::TempDir;
@@ -132,7 +132,7 @@ TEST(Train, BadOptionsAreConfigErrors) {
   c.model = "resnet7";
   EXPECT_THROW(train(c), ConfigError);
   c = small_run(d.file("run2"));
-  c.scale = {0.9f, 0.1f};
+  c.crop.scale = {0.9f, 0.1f};
   EXPECT_THROW(train(c), ConfigError);
   c = small_run(d.file("run3"));
   c.device = "tpu";
@@ -144,5 +144,5 @@ TEST(Checkpoint, CorruptFileIsFormatError) {
   fkd::test::write_file(d.file("bad.pt"), "PK\x03\x04 this is not a checkpoint");
   EXPECT_THROW(read_checkpoint_meta(d.file("bad.pt")), FormatError);
   EXPECT_THROW(read_checkpoint_meta(d.file("missing.pt")), IoError);
-  EXPECT_FALSE(is_checkpoint(d.file("bad.pt")));
+  EXPECT_FALSE(try_open_checkpoint(d.file("bad.pt")).has_value());
 }

@@ -3,11 +3,16 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "fkd/transforms.h"
+
 namespace fkd {
+
+class Dataset;
 
 /// k of the marginal label types when none is given (the reference's default), capped at the
 /// class count.
@@ -19,52 +24,50 @@ struct LabelConfig {
   std::string out;                     ///< store directory
   int crops = 500;                     ///< crops per image
   std::string label_type = "marginal_smoothing";
-  int topk = 0;                        ///< k of the marginal types; 0 = kDefaultTopk, or C if fewer
+  int topk = 0;  ///< k of the marginal types; 0 = kDefaultTopk, or C if fewer
   float temperature = 1.0f;
-  std::string precision = "fp16";      ///< fp16 | u8 | fp32
-  /// Crop sampler: rrc (RandomResizedCrop(scale, ratio)), crop (RandomCrop(input_size,
-  /// padding), the small-image recipe) or auto (crop for inputs <= 64 px, else rrc).
-  std::string aug = "rrc";
-  int padding = 4;                     ///< zero padding of aug=crop
-  std::array<float, 2> scale = {0.08f, 1.0f};
-  std::array<float, 2> ratio = {3.f / 4.f, 4.f / 3.f};
-  float flip = 0.5f;
-  int input_size = 0;                  ///< 0 = the teacher checkpoint's, else the dataset's
+  std::string precision = "fp16";  ///< fp16 | u8 | fp32
+  /// Crop sampler: rrc (RandomResizedCrop(scale, ratio)), crop (RandomCrop(input size,
+  /// padding), the small-image recipe) or auto (a checkpoint teacher's own kind, else crop
+  /// for images of 64 px or less, rrc otherwise), with the flip; crop.size is the teacher's
+  /// input side (0 = the teacher checkpoint's, else from the data).
+  CropSampler crop;
   std::string interp = "bilinear";
-  std::vector<float> mean, std;        ///< empty = the teacher checkpoint's / dataset's
+  std::vector<float> mean, std;  ///< empty = the teacher checkpoint's / dataset's
   int channels = 0;
-  size_t limit = 0;                    ///< label a deterministic subset of this many images
-  size_t batch = 256;                  ///< crops per teacher forward
-  uint64_t seed = 0;                   ///< crop sampler seed
+  size_t limit = 0;    ///< label a deterministic subset of this many images
+  size_t batch = 256;  ///< crops per teacher forward
+  uint64_t seed = 0;   ///< crop sampler seed
   int threads = 0;
   int workers = 1;
   std::string device = "cpu";
-  std::string shard;                   ///< "i/n"; empty = RANK/WORLD_SIZE or 0/1
-  std::string reference_crops;         ///< label exactly the crops of this existing store
-  bool optimize = true;                ///< freeze + optimize_for_inference a TorchScript teacher
+  std::string shard;            ///< "i/n"; empty = RANK/WORLD_SIZE or 0/1
+  std::string reference_crops;  ///< label exactly the crops of this existing store
+  bool optimize = true;         ///< freeze + optimize_for_inference a TorchScript teacher
 };
 
 struct LabelResult {
   std::string store;
-  uint64_t images = 0;          ///< images labeled by this call
-  uint64_t crops = 0;           ///< crops labeled by this call
-  double seconds = 0;           ///< wall time
-  double teacher_seconds = 0;   ///< wall time inside the teacher's forward pass
-  bool complete = false;        ///< every shard of the store is finished
+  uint64_t images = 0;         ///< images labeled by this call
+  uint64_t crops = 0;          ///< crops labeled by this call
+  double seconds = 0;          ///< wall time
+  double teacher_seconds = 0;  ///< wall time inside the teacher's forward pass
+  bool complete = false;       ///< every shard of the store is finished
 };
 
 /// Labels this process's shard of the dataset into cfg.out, resuming a partial run of the
 /// same command. Throws ConfigError when the store in cfg.out was made differently
 /// (naming each difference), or the teacher's output width is not the class count.
 LabelResult generate_labels(const LabelConfig& cfg);
+/// generate_labels on a training split already opened (with cfg.channels and cfg.limit
+/// applied), so that a caller which opened it (fkd distill) does not scan it again.
+LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Dataset> train_set);
+
+/// Checks every option that needs neither data nor teacher; ConfigError naming the flag.
+void validate_label_config(const LabelConfig& cfg);
 
 /// The shard this process labels: "i/n" if given, else RANK and WORLD_SIZE from the
 /// environment (torchrun, Slurm via SLURM_PROCID/SLURM_NTASKS), else 0/1.
 std::pair<uint32_t, uint32_t> resolve_shard(const std::string& spec);
-
-/// Averages the dense labels of several stores made on identical crops (same dataset,
-/// sampler and seed, e.g. with --reference-crops) and writes them, quantized as the first
-/// store, to out.
-void ensemble_stores(const std::vector<std::string>& stores, const std::string& out);
 
 }  // namespace fkd

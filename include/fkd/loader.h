@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fkd/dataset.h"
+#include "fkd/error.h"
 #include "fkd/transforms.h"
 
 namespace fkd {
@@ -107,7 +108,9 @@ class Loader {
   /// Starts producing the batches of `epoch` (stops any epoch in progress).
   void start_epoch(int64_t epoch);
   /// The next batch of the current epoch, in order; false when the epoch is done.
-  /// Rethrows a worker's error (strict mode, or an I/O failure of the system).
+  /// A sample whose data is bad (DataError, IoError) is skipped and counted, or in strict
+  /// mode stops the epoch; any other error of a worker (a damaged label store, say) is
+  /// rethrown here.
   bool next(Batch& out);
   /// Distinct samples skipped so far because they failed to load (all epochs).
   size_t skipped() const;
@@ -118,6 +121,8 @@ class Loader {
  private:
   void stop();
   void worker_loop();
+  /// A sample that failed with bad data: skipped and counted, or (strict) fatal.
+  void bad_sample(uint32_t idx, const Error& e);
   Batch make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<uint8_t>& hwc);
 
   std::shared_ptr<const Dataset> ds_;

@@ -17,7 +17,12 @@ class Progress {
   /// Ends the bar (clears a live bar's line).
   void finish();
   double elapsed_seconds() const;
-  /// Whether stderr is a terminal (live bar) or not (plain lines); FKD_PROGRESS=plain|bar|off overrides.
+  /// Seconds left at the rate since the first advance; -1 ("?") until that rate has run
+  /// for kMinEtaSeconds over at least two advances.
+  double eta_seconds(std::chrono::steady_clock::time_point now) const;
+  static constexpr double kMinEtaSeconds = 1.0;
+  /// Whether stderr is a terminal (live bar) or not (plain lines); FKD_PROGRESS=plain|bar|off
+  /// overrides.
   static bool interactive();
 
  private:
@@ -25,6 +30,9 @@ class Progress {
   std::string label_, unit_, extra_;
   uint64_t total_, done_ = 0;
   std::chrono::steady_clock::time_point start_, last_draw_;
+  std::chrono::steady_clock::time_point first_advance_;
+  uint64_t done_at_first_ = 0;  ///< done_ after the first advance
+  uint64_t advances_ = 0;
   int last_decile_ = -1;
   bool live_, off_, finished_ = false;
 };

@@ -29,13 +29,21 @@ void replay_crop_ids(uint64_t seed, uint64_t image, int64_t pass, uint32_t n, in
 void check_store_matches(const Manifest& m, const std::string& store_dir, const Dataset& ds,
                          const std::string& data_spec, size_t limit);
 
+/// What a damaged record (a failed checksum or a record that does not decode) does to
+/// training. Store damage is not bad data: by default it stops the run.
+enum class DamagedRecords {
+  kStop,  ///< FormatError naming the shard, the image and the offset: the loader stops
+  kSkip,  ///< DataError with the same message: the loader skips the image and counts it
+};
+
 /// A CropSource over a label store: m stored crops per image per pass (the loader's epoch
 /// is the pass), each with its dense soft label recovered by the store's label type.
 /// Thread-safe. Throws DataError when a decoded image's size differs from the size the
 /// store labeled (the crops would not be the teacher's).
 class StoreCropSource final : public CropSource {
  public:
-  StoreCropSource(std::shared_ptr<const StoreReader> store, int crops_per_pass, uint64_t seed);
+  StoreCropSource(std::shared_ptr<const StoreReader> store, int crops_per_pass, uint64_t seed,
+                  DamagedRecords damaged = DamagedRecords::kStop);
   int crops_per_image() const override { return m_; }
   int soft_label_classes() const override { return classes_; }
   void crops(size_t index, int64_t pass, int height, int width, CropPlan* out,
@@ -46,6 +54,7 @@ class StoreCropSource final : public CropSource {
   int m_;
   uint64_t seed_;
   int classes_;
+  DamagedRecords damaged_;
 };
 
 }  // namespace fkd

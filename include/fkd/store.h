@@ -4,8 +4,8 @@
 //   manifest.json                      what was labeled, how, by which teacher (see Manifest)
 //   shard-SSSSS-of-NNNNN.fkdl          image records of a contiguous range of image ids
 // Full specification: docs/label-store.md. Crop coordinates are not stored: crop c of image
-// i is derived from (sampler seed, i, c) and the image's size by derive_label_crop()
-// (transforms.h); each record stores the image size and a hash of its derived crops, which
+// i is derived from the manifest's sampler and seed, i, c and the image's size by
+// derive_label_crop() (transforms.h); each record stores the image size and a hash of its derived crops, which
 // the reader checks.
 #pragma once
 #include <cstdint>
@@ -16,6 +16,9 @@
 #include "fkd/transforms.h"
 
 namespace fkd {
+
+/// The most crops per image a store holds (docs/label-store.md, "Limits").
+inline constexpr uint32_t kMaxCropsPerImage = 1u << 20;
 
 /// How a teacher's softmax output is quantized (the reference's label types).
 enum class LabelType : uint8_t {
@@ -88,17 +91,12 @@ struct Manifest {
   int k = 5;                           ///< top-k (marginal types); 1 for hard/smoothing
   Precision precision = Precision::kFp16;
   uint32_t crops_per_image = 0;
-  // crop sampler; crops are derived from it, see derive_store_crop
-  /// "random_resized_crop" (RandomResizedCrop(scale, ratio) + flip, derive_label_crop) or
-  /// "random_crop" (RandomCrop(input_size, padding) + flip: the small-image recipe)
-  std::string crop_sampler = "random_resized_crop";
-  int padding = 0;                     ///< zero padding of random_crop
-  uint64_t seed = 0;
-  float scale[2] = {0.08f, 1.0f};
-  float ratio[2] = {3.f / 4.f, 4.f / 3.f};
-  float flip_prob = 0.5f;
-  // teacher input transform (for people and for checks on resume)
-  int input_size = 0;
+  // crops: crop c of image i is derive_label_crop(crop, seed, i, c, height, width)
+  /// The sampler: kind kRandomResized ("random_resized_crop" in manifest.json) or kPadded
+  /// ("random_crop"); crop.size is the teacher's input side (key input_size).
+  CropSampler crop = {CropKind::kRandomResized, 0, {0.08f, 1.0f}, {3.f / 4.f, 4.f / 3.f}, 0};
+  uint64_t seed = 0;  ///< crop sampler seed
+  // teacher input transform (for people and for checks on resume); the size is crop.size
   std::string interpolation = "bilinear";
   std::vector<float> mean, std;
   // sharding
@@ -118,16 +116,9 @@ std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, u
 /// "shard-00003-of-00008.fkdl"
 std::string shard_file_name(uint32_t index, uint32_t count);
 
-/// Crop `crop` of image `image` (height x width pixels) as the store's sampler derives it:
-/// derive_label_crop for random_resized_crop; for random_crop an input_size box at
-/// sample_padded_crop's offset (may reach into the zero padding) and then the flip, drawn
-/// from the same Rng(seed, kLabelCrops, {image, crop}). Pure.
-CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int height,
-                           int width);
-
 /// The crop hash a record of image `image` (height x width pixels) must carry: XXH32 (seed 0)
 /// of (left, top, width, height, flip) as little-endian int32 of every crop c in
-/// [0, crops_per_image), derived by derive_label_crop from the manifest's sampler.
+/// [0, crops_per_image), derived by derive_label_crop from the manifest's sampler and seed.
 uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width);
 
 /// Writes one shard: records must be appended in image-id order, each exactly once.
@@ -195,6 +186,12 @@ struct StoreProgress {
   }
 };
 StoreProgress store_progress(const std::string& store_dir);
+
+/// Averages the dense labels of several stores made on identical crops (same dataset,
+/// sampler, seed and crop count, e.g. with --reference-crops; every record's crop hash is
+/// compared) and writes them, quantized as the first store, to `out_dir`. A killed run
+/// resumes when run again; the manifest is written last.
+void ensemble_stores(const std::vector<std::string>& stores, const std::string& out_dir);
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical. A store of an older format version comes out in

@@ -3,10 +3,24 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "fkd/transforms.h"
+
 namespace fkd {
+
+/// Where a run's targets come from.
+enum class TrainMode : uint8_t {
+  kAuto,        ///< kFkd with labels, kKd with a teacher, else kSupervised (resolve_config)
+  kSupervised,  ///< the dataset's class labels
+  kFkd,         ///< soft labels of stored crops, replayed from a label store
+  kKd,          ///< online KD: a teacher labels every batch
+};
+/// "auto", "supervised", "fkd", "kd"
+const char* mode_name(TrainMode m);
+TrainMode parse_mode(const std::string& name);  ///< throws ConfigError
 
 /// Everything that defines a training run. Saved in every checkpoint (as JSON) so that
 /// --resume continues the same run and eval/export know what was trained.
@@ -16,16 +30,14 @@ struct TrainConfig {
   int channels = 0;                    ///< 0 = dataset default, 1 or 3
   size_t limit_train = 0;              ///< use a deterministic subset of this many (0 = all)
   size_t limit_val = 0;                ///< likewise for the val split
-  std::string aug = "auto";            ///< rrc | crop | none | auto (crop for <= 64 px inputs)
-  int input_size = 0;                  ///< model input side; 0 = auto (IDX: native, else 224)
-  std::array<float, 2> scale = {0.08f, 1.0f};          ///< RandomResizedCrop area range
-  std::array<float, 2> ratio = {3.f / 4.f, 4.f / 3.f};  ///< RandomResizedCrop aspect range
-  int padding = 4;                     ///< RandomCrop padding (aug=crop)
-  float flip = 0.5f;                   ///< horizontal flip probability
-  std::string interp = "bilinear";     ///< bilinear | bicubic
-  std::vector<float> mean;             ///< empty = auto (Fashion-MNIST or ImageNet statistics)
-  std::vector<float> std;              ///< empty = auto
-  int eval_resize = 0;                 ///< eval Resize size; 0 = auto (input_size / 0.875)
+  /// Training crops: kind (auto: RandomCrop for images of 64 px or less at the input size,
+  /// else RandomResizedCrop),
+  /// size (the model's input side; 0 = from the data), scale, ratio, padding, flip.
+  CropSampler crop;
+  std::string interp = "bilinear";  ///< bilinear | bicubic
+  std::vector<float> mean;          ///< empty = auto (Fashion-MNIST or ImageNet statistics)
+  std::vector<float> std;           ///< empty = auto
+  int eval_resize = 0;              ///< eval Resize size; 0 = auto (input size / 0.875)
   // --- model
   std::string model = "resnet20";
   // --- optimization
@@ -35,47 +47,59 @@ struct TrainConfig {
   bool nesterov = true;
   double weight_decay = 5e-4;
   int epochs = 15;
-  double warmup_epochs = 0;  ///< linear warm-up, then cosine decay to 0 (per step)
+  double warmup_epochs = 0;      ///< linear warm-up, then cosine decay to 0 (per step)
   double label_smoothing = 0.1;  ///< hard-label cross-entropy (supervised, --hard-weight)
   size_t batch_size = 128;
   uint64_t seed = 0;
   // --- distillation
-  std::string mode = "auto";  ///< supervised | fkd | kd | auto (fkd with labels, kd with teacher)
-  std::string labels;         ///< fkd: label store directory (fkd label)
-  int num_crops = 4;          ///< fkd: crops per image per pass; one pass counts as this many epochs
-  std::string teacher;        ///< kd: TorchScript file or checkpoint.pt of fkd train
-  double temperature = 1;     ///< soft cross-entropy temperature T: -sum q log softmax(z/T)
-  double hard_weight = 0;     ///< weight of hard-label cross-entropy mixed into the soft loss
-  double mixup = 0;           ///< Mixup Beta(alpha, alpha); 0 = off
-  double cutmix = 0;          ///< CutMix Beta(alpha, alpha); 0 = off
-  double mix_prob = 1;        ///< probability that a batch is mixed (when an alpha is set)
-  double switch_prob = 0.5;   ///< probability of CutMix rather than Mixup when both are set
+  TrainMode mode = TrainMode::kAuto;
+  std::string labels;        ///< fkd: label store directory (fkd label)
+  int num_crops = 4;         ///< fkd: crops per image per pass; one pass counts as this many epochs
+  std::string teacher;       ///< kd: TorchScript file or checkpoint.pt of fkd train
+  double temperature = 1;    ///< soft cross-entropy temperature T: -sum q log softmax(z/T)
+  double hard_weight = 0;    ///< weight of hard-label cross-entropy mixed into the soft loss
+  double mixup = 0;          ///< Mixup Beta(alpha, alpha); 0 = off
+  double cutmix = 0;         ///< CutMix Beta(alpha, alpha); 0 = off
+  double mix_prob = 1;       ///< probability that a batch is mixed (when an alpha is set)
+  double switch_prob = 0.5;  ///< probability of CutMix rather than Mixup when both are set
   // --- execution
   int threads = 0;             ///< torch intra-op threads; 0 = all cores
   int workers = 1;             ///< data loader threads
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
   bool channels_last = true;   ///< NHWC activations (faster convolutions with oneDNN/cuDNN)
   bool strict_data = false;    ///< a bad image aborts the run instead of being skipped
+  /// A damaged label-store record skips its image (counted and reported) instead of
+  /// stopping the run; `fkd label verify` lists them and `fkd label repair` remakes them.
+  bool skip_damaged_labels = false;
   // --- output
   std::string out = "runs/train";  ///< run directory: checkpoint.pt, metrics.jsonl
   bool resume = false;             ///< continue from out/checkpoint.pt
-  int stop_after = 0;              ///< stop (as if interrupted) after this many epochs (FKD: passes); 0 = no
+  int stop_after = 0;  ///< stop (as if interrupted) after this many passes (FKD: a pass is
+                       ///< num_crops epochs) of this invocation; 0 = run to the end
 };
 
 class Dataset;
 
-/// Fills the "auto" fields of a config from its training set (input size, mean/std,
-/// augmentation, channels) and checks every option. Throws ConfigError on an invalid one.
-void resolve_config(TrainConfig& cfg, const Dataset& train_set);
+/// Checks every option that needs no data (ranges, names, combinations) and throws
+/// ConfigError naming the flag. Fields left at auto (0, empty, kAuto) pass.
+void validate_config(const TrainConfig& cfg);
+
+/// Fills the auto fields of a config from its training set (channels; input size: a
+/// Fashion-MNIST/IDX image's side, else the images' median shorter side capped at 224;
+/// crop kind; eval resize; mean/std; mode) and validates it (validate_config plus the
+/// resolved values). `notes`, when given, receives lines for the user: the input size
+/// chosen and why, and a warning when the input size upscales the images more than 2x.
+void resolve_config(TrainConfig& cfg, const Dataset& train_set,
+                    std::vector<std::string>* notes = nullptr);
 
 std::string config_to_json(const TrainConfig& cfg);
 TrainConfig config_from_json(const std::string& json, const std::string& source);
 
 /// Metrics of one epoch (one line of metrics.jsonl).
 struct EpochMetrics {
-  int epoch = 0;             ///< 1-based
+  int epoch = 0;  ///< 1-based
   double train_loss = 0;
-  double train_top1 = 0;     ///< percent, on augmented training samples
+  double train_top1 = 0;  ///< percent, on augmented training samples
   double val_loss = 0;
   double top1 = 0;           ///< percent, val split
   double top5 = 0;           ///< percent, val split
@@ -95,9 +119,12 @@ struct TrainResult {
 };
 
 /// Runs (or resumes) training in the config's mode: supervised, FKD from a label store, or
-/// online KD with a teacher. Writes out/checkpoint.pt after every epoch
-/// (atomically) and appends one line per epoch to out/metrics.jsonl.
+/// online KD with a teacher. Writes out/checkpoint.pt and out/metrics.jsonl (one line per
+/// epoch, FKD: per pass) after every epoch, each atomically.
 TrainResult train(TrainConfig cfg);
+/// train() on a training split already opened (with cfg.channels and cfg.limit_train
+/// applied), so that a caller which opened it (fkd distill) does not scan it again.
+TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set);
 
 /// Top-1/top-5 of a model on a dataset split.
 struct EvalResult {
@@ -110,7 +137,7 @@ struct EvalResult {
 
 struct EvalOptions {
   std::string data = "fashion-mnist";
-  std::string split = "val";   ///< val | train
+  std::string split = "val";  ///< val | train
   size_t limit = 0;
   size_t batch_size = 256;
   int threads = 0;

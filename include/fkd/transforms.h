@@ -2,6 +2,8 @@
 // torchvision's semantics, and the transform recipes for training and evaluation.
 // The pixel work itself is in image.h; everything here is pure.
 #pragma once
+#include <array>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -27,19 +29,52 @@ double portable_log(double x);  ///< x > 0
 /// image zero-padded by `padding` on every side.
 PixelBox sample_padded_crop(Rng& rng, int height, int width, int out_h, int out_w, int padding);
 
+/// Which random crop a sampler draws.
+enum class CropKind : uint8_t {
+  kAuto,           ///< kPadded for images of 64 px or less, else kRandomResized (resolve_crop_kind)
+  kRandomResized,  ///< RandomResizedCrop(size, scale, ratio)
+  kPadded,         ///< RandomCrop(size, padding): the classic small-image recipe
+  kNone,           ///< the whole image resized to size x size (no random crop)
+};
+
+/// Everything that defines the crops drawn from an image: with a seed and the image's id it
+/// gives every box and flip. One value shared by the training and labeling configurations,
+/// the label store's manifest and the transforms, so that "the same crops" is one check.
+struct CropSampler {
+  CropKind kind = CropKind::kAuto;
+  int size = 0;                                ///< output side, 0 = auto; also kPadded's box side
+  std::array<float, 2> scale = {0.08f, 1.0f};  ///< area fraction (kRandomResized)
+  std::array<float, 2> ratio = {3.f / 4.f, 4.f / 3.f};  ///< aspect ratio (kRandomResized)
+  int padding = 4;                                      ///< zero padding on every side (kPadded)
+  float flip = 0.5f;                                    ///< horizontal flip probability
+};
+
+/// The command-line names of the kinds: "auto", "rrc", "crop", "none".
+const char* crop_kind_name(CropKind k);
+/// Parses a command-line name; throws ConfigError naming the choices.
+CropKind parse_crop_kind(const std::string& name);
+/// kAuto resolved: kPadded, the small-image recipe, when the input size (which must be set)
+/// is 64 px or less and the images are that size (`image_side`, their shorter side; 0 =
+/// unknown, taken as the input size), else kRandomResized. Other kinds are returned as is.
+CropKind resolve_crop_kind(const CropSampler& s, int image_side = 0);
+
+/// "" when the sampler's fields are valid (size >= 1, 0 < scale min <= max <= 1,
+/// 0 < ratio min <= max, padding >= 0, flip in [0, 1]), else the first problem, in the
+/// command line's terms ("--scale 0.5 0.2: expected 0 < min <= max <= 1").
+std::string crop_sampler_problem(const CropSampler& s);
+
+/// The fields in which two samplers draw different crops from the same random numbers, as
+/// "scale (0.08 1 vs 0.35 1)"; empty when they draw the same crops. Only the fields a kind
+/// uses count (kRandomResized: scale, ratio; kPadded: size, padding; both: flip).
+std::vector<std::string> crop_differences(const CropSampler& a, const CropSampler& b);
+
+/// For people: "RandomResizedCrop(224, scale [0.08, 1], ratio [0.75, 1.3333]) + flip 0.5",
+/// "RandomCrop(28, padding 4) + flip 0.5", "Resize(64) + flip 0".
+std::string describe_crops(const CropSampler& s);
+
 /// How a training image becomes a model input.
 struct TrainTransform {
-  enum class Crop {
-    kRandomResized,  ///< RandomResizedCrop(size, scale, ratio)
-    kPadded,         ///< RandomCrop(size, padding) — the classic small-image recipe
-    kNone,           ///< the whole image resized to size x size (no random crop)
-  };
-  Crop crop = Crop::kRandomResized;
-  int size = 224;                   ///< output height and width
-  float scale[2] = {0.08f, 1.0f};   ///< area fraction range (kRandomResized)
-  float ratio[2] = {3.f / 4.f, 4.f / 3.f};  ///< aspect ratio range (kRandomResized)
-  int padding = 4;                  ///< zero padding (kPadded)
-  float flip_prob = 0.5f;           ///< RandomHorizontalFlip probability
+  CropSampler crop = {CropKind::kRandomResized, 224};  ///< crop.size is the output side
   Interp interp = Interp::kBilinear;
   Normalize norm;
 };
@@ -59,18 +94,14 @@ struct CropPlan {
   uint32_t id = 0;  ///< which crop of the image: its number in a label store, else 0..m-1
 };
 
-/// Draws the crop and flip of a training transform for an image of the given size.
-CropPlan sample_train_crop(const TrainTransform& t, Rng& rng, int height, int width);
+/// Draws a crop and its flip for an image of the given size: the box by the sampler's kind
+/// (kAuto must be resolved), then flip = rng.bernoulli(flip). Pure in (s, rng state).
+CropPlan sample_crop(const CropSampler& s, Rng& rng, int height, int width);
 
-/// Crop `crop` of image `image` (height x width pixels) in a label store: a
-/// RandomResizedCrop box and a flip drawn from Rng(seed, kLabelCrops, {image, crop}), in
-/// that order (box first, then flip = uniform() < flip_prob). A pure function of its
-/// arguments, identical on every platform, so stores need not hold crop coordinates.
-CropPlan derive_label_crop(uint64_t seed, const float scale[2], const float ratio[2],
-                           float flip_prob, uint64_t image, uint32_t crop, int height,
-                           int width);
-
-/// Parses "rrc" / "crop" / "none".
-TrainTransform::Crop parse_crop_kind(const std::string& name);
+/// Crop `crop` of image `image` (height x width pixels) in a label store: sample_crop with
+/// Rng(seed, kLabelCrops, {image, crop}), and id = crop. A pure function of its arguments,
+/// identical on every platform, so stores need not hold crop coordinates.
+CropPlan derive_label_crop(const CropSampler& s, uint64_t seed, uint64_t image, uint32_t crop,
+                           int height, int width);
 
 }  // namespace fkd

@@ -1,161 +1,283 @@
+// The fkd command line: subcommands parse flags into the library's option structs and call
+// the library. Option groups that several subcommands share are declared once below, so
+// their names, checks and help texts cannot drift apart.
 #include "fkd/cli.h"
 
-#include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <fmt/ranges.h>
+#include <CLI/CLI.hpp>
 
 #include "fkd/demo.h"
 #include "fkd/distill.h"
 #include "fkd/error.h"
 #include "fkd/inspect.h"
 #include "fkd/label.h"
-#include "fkd/store.h"
 #include "fkd/models.h"
+#include "fkd/store.h"
 #include "fkd/train.h"
 
 namespace fkd {
 
 namespace {
 
-const std::string kTopkHelp = fmt::format(
-    "k of the marginal label types (default {}, or the class count if smaller)", kDefaultTopk);
+// --- option groups -----------------------------------------------------------------------
 
-void add_execution_flags(CLI::App* app, int& threads, int& workers, std::string& device) {
+void add_execution(CLI::App* app, int& threads, int& workers, std::string& device) {
   app->add_option("--threads", threads, "Torch compute threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app->add_option("--workers", workers, "Data loader threads (decode + augment)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
 }
 
-/// The loss options shared by FKD and online KD.
-void add_soft_loss_flags(CLI::App* app, TrainConfig& c) {
+/// The crop sampler of training and labeling: what defines every crop.
+void add_crop_sampler(CLI::App* app, CropSampler& s, const std::string& size_help) {
+  const std::map<std::string, CropKind> kinds = {{"auto", CropKind::kAuto},
+                                                 {"rrc", CropKind::kRandomResized},
+                                                 {"crop", CropKind::kPadded},
+                                                 {"none", CropKind::kNone}};
+  app->add_option("--aug", s.kind,
+                  "Crops: rrc (RandomResizedCrop), crop (RandomCrop with padding), none (the "
+                  "whole image), auto (crop for images of 64 px or less, else rrc; label: a "
+                  "checkpoint teacher's own)")
+      ->transform(CLI::CheckedTransformer(kinds, CLI::ignore_case).description(""))
+      ->type_name("{auto,rrc,crop,none}")
+      ->default_str("auto");
+  app->add_option("--input-size", s.size, size_help)->check(CLI::NonNegativeNumber);
+  app->add_option("--scale", s.scale, "RandomResizedCrop area range (min max)")
+      ->check(CLI::Range(0.0, 1.0));
+  app->add_option("--ratio", s.ratio, "RandomResizedCrop aspect range (min max)")
+      ->check(CLI::PositiveNumber);
+  app->add_option("--padding", s.padding, "RandomCrop zero padding (--aug crop)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
+  app->add_option("--flip", s.flip, "Horizontal flip probability")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+}
+
+/// How stored labels are quantized.
+void add_quantization(CLI::App* app, LabelConfig& c) {
+  app->add_option("--label-type", c.label_type,
+                  "hard, smoothing, marginal_smoothing, marginal_renorm or full")
+      ->check(CLI::IsMember({"hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"}))
+      ->capture_default_str();
+  app->add_option("--topk", c.topk,
+                  fmt::format("k of the marginal label types (default {}, or the class count if "
+                              "smaller)",
+                              kDefaultTopk))
+      ->check(CLI::PositiveNumber);
+  app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
+      ->check(CLI::IsMember({"fp16", "u8", "fp32"}))
+      ->capture_default_str();
+}
+
+/// The soft loss of FKD and online KD.
+void add_soft_loss(CLI::App* app, TrainConfig& c) {
   app->add_option("--temperature", c.temperature,
                   "Soft cross-entropy temperature T: -sum q log softmax(logits / T)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app->add_option("--hard-weight", c.hard_weight,
                   "Weight of the hard-label cross-entropy mixed into the soft loss (0..1)")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app->add_option("--mixup", c.mixup, "Mixup alpha (0 = off); mixes images and targets")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app->add_option("--cutmix", c.cutmix, "CutMix alpha (0 = off); mixes images and targets")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app->add_option("--mix-prob", c.mix_prob, "Probability that a batch is mixed")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app->add_option("--switch-prob", c.switch_prob,
                   "Probability of CutMix rather than Mixup when both are on")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
 }
 
-void add_distill_flags(CLI::App* app, TrainConfig& c) {
-  app->add_option("--mode", c.mode,
-                  "supervised, fkd or kd; auto = fkd with --labels, kd with --teacher, else "
-                  "supervised")
+/// The student's optimization, shared by train and distill.
+void add_optimization(CLI::App* app, TrainConfig& c) {
+  app->add_option("--epochs", c.epochs, "Training epochs (FKD: effective epochs)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--labels,-l", c.labels, "FKD: label store made by fkd label");
-  app->add_option("--num-crops,-m", c.num_crops,
-                  "FKD: stored crops per image per pass; a pass counts as this many epochs")
+  app->add_option("--batch-size,-b", c.batch_size, "Samples (crops) per step")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--teacher,-t", c.teacher,
-                  "KD: teacher run on every batch (TorchScript file or checkpoint.pt)");
-  add_soft_loss_flags(app, c);
-}
-
-void add_train(CLI::App& root, TrainConfig& c) {
-  CLI::App* app = root.add_subcommand(
-      "train", "Train a model: supervised, FKD from a label store (--labels), or online KD "
-               "(--teacher)");
-  app->add_option("--data", c.data,
-                  "Dataset: fashion-mnist, an IDX folder, or an ImageFolder root with train/ "
-                  "and val/")
+  app->add_option("--optimizer", c.optimizer, "sgd or adamw")
+      ->check(CLI::IsMember({"sgd", "adamw"}))
       ->capture_default_str();
-  app->add_option("--model", c.model, "Zoo model: " + fmt::format("{}", fmt::join(model_names(), ", ")))
+  app->add_option("--lr", c.lr, "Peak learning rate (cosine decay to 0)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--epochs", c.epochs, "Training epochs")->capture_default_str();
-  app->add_option("--batch-size,-b", c.batch_size, "Samples per step")->capture_default_str();
-  app->add_option("--optimizer", c.optimizer, "sgd or adamw")->capture_default_str();
-  app->add_option("--lr", c.lr, "Peak learning rate (cosine decay to 0)")->capture_default_str();
-  app->add_option("--momentum", c.momentum, "SGD momentum")->capture_default_str();
+  app->add_option("--momentum", c.momentum, "SGD momentum")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app->add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (SGD)")
       ->capture_default_str();
-  app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")->capture_default_str();
-  app->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up epochs")
+  app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app->add_option("--label-smoothing", c.label_smoothing, "Label smoothing of hard-label cross-entropy")
+  app->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up epochs")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--label-smoothing", c.label_smoothing,
+                  "Label smoothing of hard-label cross-entropy")
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app->add_option("--seed", c.seed, "Seed of weights init, data order and augmentation")
-      ->capture_default_str();
-  app->add_option("--aug", c.aug,
-                  "Training crop: rrc (RandomResizedCrop), crop (RandomCrop with padding), none, "
-                  "auto (crop for inputs <= 64 px, else rrc)")
-      ->capture_default_str();
-  app->add_option("--input-size", c.input_size, "Model input side (0 = auto)")
-      ->capture_default_str();
-  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)");
-  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)");
-  app->add_option("--padding", c.padding, "RandomCrop padding (--aug crop)")
-      ->capture_default_str();
-  app->add_option("--flip", c.flip, "Horizontal flip probability")->capture_default_str();
-  app->add_option("--interpolation", c.interp, "bilinear or bicubic")->capture_default_str();
-  app->add_option("--mean", c.mean, "Normalization mean per channel (default: dataset's)");
-  app->add_option("--std", c.std, "Normalization std per channel (default: dataset's)");
-  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = dataset's)")
       ->capture_default_str();
   app->add_option("--limit-train", c.limit_train,
                   "Use only this many training images (FKD: default, the store's subset)")
       ->capture_default_str();
+  app->add_option("--num-crops,-m", c.num_crops,
+                  "FKD: stored crops per image per pass; a pass counts as this many epochs")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+}
+
+std::string zoo_help(const char* what) {
+  return fmt::format("{}: {}", what, fmt::join(model_names(), ", "));
+}
+
+// --- subcommands ---------------------------------------------------------------------------
+
+void add_train(CLI::App& root, TrainConfig& c) {
+  CLI::App* app = root.add_subcommand(
+      "train",
+      "Train a model: supervised, FKD from a label store (--labels), or online KD "
+      "(--teacher)");
+  app->add_option("--data", c.data,
+                  "Dataset: fashion-mnist, an IDX folder, or an ImageFolder root with train/ "
+                  "and val/")
+      ->capture_default_str();
+  app->add_option("--model", c.model, zoo_help("Zoo model"))->capture_default_str();
+  add_optimization(app, c);
+  add_crop_sampler(app, c.crop,
+                   "Model input side (0 = auto: the images' size up to 224, Fashion-MNIST 28)");
+  app->add_option("--interpolation", c.interp, "bilinear or bicubic")
+      ->check(CLI::IsMember({"bilinear", "bicubic"}))
+      ->capture_default_str();
+  app->add_option("--mean", c.mean, "Normalization mean per channel (default: dataset's)");
+  app->add_option("--std", c.std, "Normalization std per channel (default: dataset's)")
+      ->check(CLI::PositiveNumber);
+  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = dataset's)")
+      ->check(CLI::IsMember({0, 1, 3}))
+      ->capture_default_str();
   app->add_option("--limit-val", c.limit_val, "Use only this many val images")
       ->capture_default_str();
-  add_distill_flags(app, c);
-  add_execution_flags(app, c.threads, c.workers, c.device);
+  const std::map<std::string, TrainMode> modes = {{"auto", TrainMode::kAuto},
+                                                  {"supervised", TrainMode::kSupervised},
+                                                  {"fkd", TrainMode::kFkd},
+                                                  {"kd", TrainMode::kKd}};
+  app->add_option("--mode", c.mode,
+                  "supervised, fkd or kd; auto = fkd with --labels, kd with --teacher, else "
+                  "supervised")
+      ->transform(CLI::CheckedTransformer(modes, CLI::ignore_case).description(""))
+      ->type_name("{auto,supervised,fkd,kd}")
+      ->default_str("auto");
+  app->add_option("--labels,-l", c.labels, "FKD: label store made by fkd label");
+  app->add_option("--teacher,-t", c.teacher,
+                  "KD: teacher run on every batch (TorchScript file or checkpoint.pt)");
+  add_soft_loss(app, c);
+  add_execution(app, c.threads, c.workers, c.device);
   app->add_flag("--channels-last,!--no-channels-last", c.channels_last,
                 "NHWC activations (usually faster convolutions)")
       ->capture_default_str();
   app->add_flag("--strict-data", c.strict_data, "Abort on an unreadable image instead of skipping");
+  app->add_flag("--skip-damaged-labels", c.skip_damaged_labels,
+                "FKD: skip images whose label record is damaged instead of stopping (fkd label "
+                "verify lists them, fkd label repair remakes them)");
   app->add_option("--out,-o", c.out, "Run directory (checkpoint.pt, metrics.jsonl)")
       ->capture_default_str();
   app->add_flag("--resume", c.resume, "Continue the run in --out from its last checkpoint");
   app->add_option("--stop-after", c.stop_after,
-                  "Stop after this many epochs of this invocation (continue with --resume)");
+                  "Stop after this many passes of this invocation (a pass is one epoch, FKD: "
+                  "--num-crops epochs); continue with --resume")
+      ->check(CLI::PositiveNumber);
 }
 
-void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& merge_in,
-               std::string& merge_out, CLI::App** ensemble, std::vector<std::string>& ens_in,
-               std::string& ens_out, CLI::App** label_app) {
+void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
+  CLI::App* app = root.add_subcommand("eval", "Top-1/top-5 of a checkpoint or TorchScript model");
+  app->add_option("model", model, "checkpoint.pt written by fkd train, or a TorchScript file")
+      ->required();
+  app->add_option("--data", o.data, "Dataset (as for train)")->capture_default_str();
+  app->add_option("--split", o.split, "val or train")
+      ->check(CLI::IsMember({"val", "train"}))
+      ->capture_default_str();
+  app->add_option("--limit", o.limit, "Evaluate only this many images");
+  app->add_option("--batch-size,-b", o.batch_size, "Images per forward")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--input-size", o.input_size, "Override the input side")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--resize", o.eval_resize, "Override the Resize before CenterCrop")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--mean", o.mean, "Override the normalization mean");
+  app->add_option("--std", o.std, "Override the normalization std")->check(CLI::PositiveNumber);
+  app->add_option("--channels", o.channels, "Override image channels (1 or 3)")
+      ->check(CLI::IsMember({0, 1, 3}));
+  add_execution(app, o.threads, o.workers, o.device);
+}
+
+struct ExportArgs {
+  std::string checkpoint, out, format = "torchscript";
+};
+
+void add_export(CLI::App& root, ExportArgs& a) {
   CLI::App* app = root.add_subcommand(
-      "label", "Generate soft labels: a teacher labels random-resized crops into a store");
-  *label_app = app;
+      "export", "Write a trained model for Python: TorchScript (torch.jit.load) or a state dict");
+  app->add_option("checkpoint", a.checkpoint, "checkpoint.pt written by fkd train")->required();
+  app->add_option("out,-o,--out", a.out, "Output file")->required();
+  app->add_option("--format", a.format,
+                  "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
+      ->check(CLI::IsMember({"torchscript", "state_dict"}))
+      ->capture_default_str();
+}
+
+/// `fkd label` and its store subcommands.
+struct LabelArgs {
+  LabelConfig label;
+  std::string store, out;            ///< merge: the store and the output
+  std::vector<std::string> members;  ///< ensemble
+  CLI::App *app = nullptr, *merge = nullptr, *ensemble = nullptr;
+};
+
+void add_label(CLI::App& root, LabelArgs& a) {
+  LabelConfig& c = a.label;
+  a.app = root.add_subcommand(
+      "label", "Generate soft labels: a teacher labels random crops of every image into a store");
+  CLI::App* app = a.app;
   app->require_subcommand(0, 1);
   app->add_option("--teacher,-t", c.teacher,
                   "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt");
   app->add_option("--data", c.data, "Dataset whose train split is labeled")->capture_default_str();
   app->add_option("--out,-o", c.out, "Store directory");
-  app->add_option("--crops", c.crops, "Crops per image")->capture_default_str();
-  app->add_option("--label-type", c.label_type,
-                  "hard, smoothing, marginal_smoothing, marginal_renorm or full")
+  app->add_option("--crops", c.crops, "Crops per image")
+      ->check(CLI::Range(uint32_t(1), kMaxCropsPerImage))
       ->capture_default_str();
-  app->add_option("--topk", c.topk, kTopkHelp);
-  app->add_option("--temperature", c.temperature, "Softmax temperature")->capture_default_str();
-  app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
+  add_quantization(app, c);
+  app->add_option("--temperature", c.temperature, "Softmax temperature")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app->add_option("--aug", c.aug,
-                  "Crop sampler: rrc (RandomResizedCrop), crop (RandomCrop with padding), auto "
-                  "(crop for inputs <= 64 px, else rrc)")
+  add_crop_sampler(app, c.crop,
+                   "Teacher input side (0 = a checkpoint teacher's, else from the images)");
+  app->add_option("--interpolation", c.interp, "bilinear or bicubic")
+      ->check(CLI::IsMember({"bilinear", "bicubic"}))
       ->capture_default_str();
-  app->add_option("--padding", c.padding, "RandomCrop padding (--aug crop)")
-      ->capture_default_str();
-  app->add_option("--scale", c.scale, "RandomResizedCrop area range (min max)");
-  app->add_option("--ratio", c.ratio, "RandomResizedCrop aspect range (min max)");
-  app->add_option("--flip", c.flip, "Horizontal flip probability")->capture_default_str();
-  app->add_option("--input-size", c.input_size, "Teacher input side (0 = auto)");
-  app->add_option("--interpolation", c.interp, "bilinear or bicubic")->capture_default_str();
   app->add_option("--mean", c.mean, "Normalization mean per channel");
-  app->add_option("--std", c.std, "Normalization std per channel");
-  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)");
-  app->add_option("--batch", c.batch, "Crops per teacher forward")->capture_default_str();
+  app->add_option("--std", c.std, "Normalization std per channel")->check(CLI::PositiveNumber);
+  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)")
+      ->check(CLI::IsMember({0, 1, 3}));
+  app->add_option("--batch", c.batch, "Crops per teacher forward")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app->add_option("--limit", c.limit,
-                  "Label only a deterministic subset of this many images (train with the same "
-                  "--limit-train)");
+                  "Label only a deterministic subset of this many images (training uses the "
+                  "same subset)");
   app->add_option("--seed", c.seed, "Crop sampler seed")->capture_default_str();
   app->add_option("--shard", c.shard,
                   "This process's part, i/n (default: RANK/WORLD_SIZE from the environment)");
@@ -164,15 +286,87 @@ void add_label(CLI::App& root, LabelConfig& c, CLI::App** merge, std::string& me
   app->add_flag("--optimize,!--no-optimize", c.optimize,
                 "Freeze and optimize a TorchScript teacher for inference")
       ->capture_default_str();
-  add_execution_flags(app, c.threads, c.workers, c.device);
+  add_execution(app, c.threads, c.workers, c.device);
 
-  *merge = app->add_subcommand(
+  a.merge = app->add_subcommand(
       "merge", "Pack all shards of a store into one (an older format version is upgraded)");
-  (*merge)->add_option("store", merge_in, "Complete store directory")->required();
-  (*merge)->add_option("--out,-o", merge_out, "Output store directory")->required();
-  *ensemble = app->add_subcommand("ensemble", "Average the labels of stores made on the same crops");
-  (*ensemble)->add_option("stores", ens_in, "Two or more store directories")->required();
-  (*ensemble)->add_option("--out,-o", ens_out, "Output store directory")->required();
+  a.merge->add_option("store", a.store, "Complete store directory")->required();
+  a.merge->add_option("--out,-o", a.out, "Output store directory")->required();
+  a.ensemble =
+      app->add_subcommand("ensemble", "Average the labels of stores made on the same crops");
+  a.ensemble->add_option("stores", a.members, "Two or more store directories")
+      ->required()
+      ->expected(2, -1);
+  a.ensemble->add_option("--out,-o", a.out, "Output store directory")->required();
+}
+
+void add_inspect(CLI::App& root, InspectOptions& o) {
+  CLI::App* app = root.add_subcommand("inspect", "Summarize a label store, or show one image");
+  app->add_option("store", o.store, "Store directory")->required();
+  app->add_option("--data", o.data, "Dataset the store labels (for agreement with the labels)");
+  app->add_option("--image", o.image, "Print this image's crops and labels")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--render", o.render, "ID OUT.png: draw an image with its crops")->expected(2);
+  app->add_option("--limit", o.limit, "Summarize only this many images (0 = all)")
+      ->capture_default_str();
+}
+
+void add_distill(CLI::App& root, DistillConfig& d) {
+  d.train.model = "tiny";
+  d.label.crops = 0;
+  CLI::App* app = root.add_subcommand(
+      "distill", "Label with a teacher, then train a student from the labels (FKD)");
+  app->add_option("--teacher,-t", d.label.teacher,
+                  "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt")
+      ->required();
+  app->add_option("--data", d.train.data, "Dataset (as for train)")->capture_default_str();
+  app->add_option("--student,-s", d.train.model, zoo_help("Student zoo model"))
+      ->capture_default_str();
+  add_optimization(app, d.train);
+  app->add_option("--crops", d.label.crops,
+                  "Crops labeled per image (0 = as many as the epochs use)")
+      ->check(CLI::Range(uint32_t(0), kMaxCropsPerImage))
+      ->capture_default_str();
+  add_quantization(app, d.label);
+  add_crop_sampler(app, d.label.crop, "Input side of teacher and student (0 = auto, as for label)");
+  app->add_option("--label-temperature", d.label.temperature,
+                  "Softmax temperature of the stored labels")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  add_soft_loss(app, d.train);
+  app->add_option("--out,-o", d.out, "Output directory (labels/, student/)")->capture_default_str();
+  add_execution(app, d.train.threads, d.train.workers, d.train.device);
+}
+
+void add_demo(CLI::App& root, DemoOptions& o) {
+  CLI::App* app = root.add_subcommand("demo", "Run the Fashion-MNIST demo end to end");
+  app->add_option("--out,-o", o.out, "Output directory")->capture_default_str();
+  app->add_flag("--quick", o.quick, "A short version (a few minutes)");
+  app->add_option("--seed", o.seed,
+                  "Seed of the three students (other seeds reuse the teacher and labels)")
+      ->capture_default_str();
+  add_execution(app, o.threads, o.workers, o.device);
+}
+
+// --- running ---------------------------------------------------------------------------------
+
+int run_label(LabelArgs& a) {
+  if (a.merge->parsed()) {
+    merge_store(a.store, a.out);
+    fmt::print("merged {} into {}\n", a.store, a.out);
+  } else if (a.ensemble->parsed()) {
+    ensemble_stores(a.members, a.out);
+    fmt::print("wrote the ensemble of {} stores to {}\n", a.members.size(), a.out);
+  } else {
+    const LabelResult r = generate_labels(a.label);
+    fmt::print(
+        "{}: labeled {} images ({} crops) in {:.1f} s, {:.0f} crops/s, teacher busy "
+        "{:.0f}% of the time{}\n",
+        r.store, r.images, r.crops, r.seconds, r.seconds > 0 ? double(r.crops) / r.seconds : 0.0,
+        r.seconds > 0 ? 100.0 * r.teacher_seconds / r.seconds : 0.0,
+        r.complete ? "; the store is complete" : "; other shards are still missing");
+  }
+  return 0;
 }
 
 }  // namespace
@@ -184,117 +378,32 @@ int run_cli(int argc, char** argv) {
 
   TrainConfig train_cfg;
   add_train(app, train_cfg);
-
   std::string eval_model;
   EvalOptions eval_opts;
-  CLI::App* eval = app.add_subcommand("eval", "Top-1/top-5 of a checkpoint or TorchScript model");
-  eval->add_option("model", eval_model, "checkpoint.pt written by fkd train, or a TorchScript file")
-      ->required();
-  eval->add_option("--data", eval_opts.data, "Dataset (as for train)")->capture_default_str();
-  eval->add_option("--split", eval_opts.split, "val or train")->capture_default_str();
-  eval->add_option("--limit", eval_opts.limit, "Evaluate only this many images");
-  eval->add_option("--batch-size,-b", eval_opts.batch_size, "Images per forward")
-      ->capture_default_str();
-  eval->add_option("--input-size", eval_opts.input_size, "Override the input side");
-  eval->add_option("--resize", eval_opts.eval_resize, "Override the Resize before CenterCrop");
-  eval->add_option("--mean", eval_opts.mean, "Override the normalization mean");
-  eval->add_option("--std", eval_opts.std, "Override the normalization std");
-  eval->add_option("--channels", eval_opts.channels, "Override image channels (1 or 3)");
-  add_execution_flags(eval, eval_opts.threads, eval_opts.workers, eval_opts.device);
-
-  std::string export_ckpt, export_out, export_format = "torchscript";
-  CLI::App* exp = app.add_subcommand(
-      "export", "Write a trained model for Python: TorchScript (torch.jit.load) or a state dict");
-  exp->add_option("checkpoint", export_ckpt, "checkpoint.pt written by fkd train")->required();
-  exp->add_option("out,-o,--out", export_out, "Output file")->required();
-  exp->add_option("--format", export_format,
-                  "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
-      ->capture_default_str();
-
-  LabelConfig label_cfg;
-  CLI::App *label_app = nullptr, *merge = nullptr, *ensemble = nullptr;
-  std::string merge_in, merge_out, ens_out;
-  std::vector<std::string> ens_in;
-  add_label(app, label_cfg, &merge, merge_in, merge_out, &ensemble, ens_in, ens_out, &label_app);
-
-  InspectOptions insp;
-  CLI::App* inspect = app.add_subcommand("inspect", "Summarize a label store, or show one image");
-  inspect->add_option("store", insp.store, "Store directory")->required();
-  inspect->add_option("--data", insp.data,
-                      "Dataset the store labels (for agreement with the ground truth)");
-  inspect->add_option("--image", insp.image, "Print this image's crops and labels");
-  inspect->add_option("--render", insp.render, "ID OUT.png: draw an image with its crops")
-      ->expected(2);
-  inspect->add_option("--limit", insp.limit, "Summarize only this many images (0 = all)")
-      ->capture_default_str();
-
-  DistillConfig dist;
-  dist.train.model = "tiny";
-  dist.label.crops = 0;
-  dist.label.aug = "auto";
-  CLI::App* distill = app.add_subcommand(
-      "distill", "Label with a teacher, then train a student from the labels (FKD)");
-  distill->add_option("--teacher,-t", dist.label.teacher,
-                      "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt")
-      ->required();
-  distill->add_option("--data", dist.train.data, "Dataset (as for train)")->capture_default_str();
-  distill->add_option("--student,-s", dist.train.model,
-                      "Student zoo model: " + fmt::format("{}", fmt::join(model_names(), ", ")))
-      ->capture_default_str();
-  distill->add_option("--epochs", dist.train.epochs, "Effective training epochs")
-      ->capture_default_str();
-  distill->add_option("--num-crops,-m", dist.train.num_crops,
-                      "Crops per image per pass (a pass counts as this many epochs)")
-      ->capture_default_str();
-  distill->add_option("--crops", dist.label.crops,
-                      "Crops labeled per image (0 = as many as the epochs use)")
-      ->capture_default_str();
-  distill->add_option("--label-type", dist.label.label_type,
-                      "hard, smoothing, marginal_smoothing, marginal_renorm or full")
-      ->capture_default_str();
-  distill->add_option("--topk", dist.label.topk, kTopkHelp);
-  distill->add_option("--precision", dist.label.precision, "Stored values: fp16, u8 or fp32")
-      ->capture_default_str();
-  distill->add_option("--aug", dist.label.aug,
-                      "Crop sampler: rrc, crop (RandomCrop with padding) or auto (crop for "
-                      "inputs <= 64 px)")
-      ->capture_default_str();
-  distill->add_option("--scale", dist.label.scale, "RandomResizedCrop area range (min max)");
-  distill->add_option("--ratio", dist.label.ratio, "RandomResizedCrop aspect range (min max)");
-  distill->add_option("--label-temperature", dist.label.temperature,
-                      "Softmax temperature of the stored labels")
-      ->capture_default_str();
-  distill->add_option("--input-size", dist.train.input_size,
-                      "Input side of teacher and student (0 = auto)");
-  distill->add_option("--batch-size,-b", dist.train.batch_size, "Crops per step")
-      ->capture_default_str();
-  distill->add_option("--optimizer", dist.train.optimizer, "sgd or adamw")->capture_default_str();
-  distill->add_option("--lr", dist.train.lr, "Peak learning rate")->capture_default_str();
-  distill->add_option("--weight-decay,--wd", dist.train.weight_decay, "Weight decay")
-      ->capture_default_str();
-  distill->add_option("--limit-train", dist.train.limit_train,
-                      "Use only this many training images")
-      ->capture_default_str();
-  distill->add_option("--seed", dist.train.seed, "Seed of the student's run")
-      ->capture_default_str();
-  add_soft_loss_flags(distill, dist.train);
-  distill->add_option("--out,-o", dist.out, "Output directory (labels/, student/)")
-      ->capture_default_str();
-  add_execution_flags(distill, dist.train.threads, dist.train.workers, dist.train.device);
-
+  add_eval(app, eval_model, eval_opts);
+  ExportArgs export_args;
+  add_export(app, export_args);
+  LabelArgs label_args;
+  add_label(app, label_args);
+  InspectOptions inspect_opts;
+  add_inspect(app, inspect_opts);
+  DistillConfig distill_cfg;
+  add_distill(app, distill_cfg);
   DemoOptions demo_opts;
-  CLI::App* demo = app.add_subcommand("demo", "Run the Fashion-MNIST demo end to end");
-  demo->add_option("--out,-o", demo_opts.out, "Output directory")->capture_default_str();
-  demo->add_flag("--quick", demo_opts.quick, "A short version (a few minutes)");
-  demo->add_option("--seed", demo_opts.seed,
-                   "Seed of the three students (other seeds reuse the teacher and labels)")
-      ->capture_default_str();
-  add_execution_flags(demo, demo_opts.threads, demo_opts.workers, demo_opts.device);
+  add_demo(app, demo_opts);
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, like every other error; usage errors exit 2, as argparse's do.
+    fmt::print(stderr, "fkd: error: {} (see --help)\n", one_line(e.what()));
+    return 2;
   }
 
   try {
@@ -302,34 +411,18 @@ int run_cli(int argc, char** argv) {
       train(train_cfg);
     } else if (app.got_subcommand("eval")) {
       const EvalResult r = evaluate_file(eval_model, eval_opts);
-      fmt::print("{}: {} images  top1 {:.2f}%  top5 {:.2f}%  loss {:.4f}\n", eval_model,
-                 r.samples, r.top1, r.top5, r.loss);
+      fmt::print("{}: {} images  top1 {:.2f}%  top5 {:.2f}%  loss {:.4f}\n", eval_model, r.samples,
+                 r.top1, r.top5, r.loss);
       if (r.bad_samples) fmt::print(stderr, "warning: {} image(s) skipped\n", r.bad_samples);
     } else if (app.got_subcommand("export")) {
-      export_model(export_ckpt, export_out, export_format);
-      fmt::print("wrote {} ({})\n", export_out, export_format);
-    } else if (label_app->parsed()) {
-      if (merge->parsed()) {
-        merge_store(merge_in, merge_out);
-        fmt::print("merged {} into {}\n", merge_in, merge_out);
-      } else if (ensemble->parsed()) {
-        ensemble_stores(ens_in, ens_out);
-        fmt::print("wrote the ensemble of {} stores to {}\n", ens_in.size(), ens_out);
-      } else {
-        FKD_CHECK(!label_cfg.teacher.empty(), ConfigError, "label: --teacher is required");
-        FKD_CHECK(!label_cfg.out.empty(), ConfigError, "label: --out is required");
-        const LabelResult r = generate_labels(label_cfg);
-        fmt::print("{}: labeled {} images ({} crops) in {:.1f} s, {:.0f} crops/s, teacher busy "
-                   "{:.0f}% of the time{}\n",
-                   r.store, r.images, r.crops, r.seconds,
-                   r.seconds > 0 ? double(r.crops) / r.seconds : 0.0,
-                   r.seconds > 0 ? 100.0 * r.teacher_seconds / r.seconds : 0.0,
-                   r.complete ? "; the store is complete" : "; other shards are still missing");
-      }
+      export_model(export_args.checkpoint, export_args.out, export_args.format);
+      fmt::print("wrote {} ({})\n", export_args.out, export_args.format);
+    } else if (label_args.app->parsed()) {
+      return run_label(label_args);
     } else if (app.got_subcommand("inspect")) {
-      run_inspect(insp);
+      run_inspect(inspect_opts);
     } else if (app.got_subcommand("distill")) {
-      run_distill(dist);
+      run_distill(distill_cfg);
     } else if (app.got_subcommand("demo")) {
       run_demo(demo_opts);
     }

@@ -33,9 +33,13 @@ std::string format_duration(double s) {
 }
 
 Progress::Progress(std::string label, uint64_t total, std::string unit)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total),
-      start_(std::chrono::steady_clock::now()), last_draw_(start_),
-      live_(interactive()), off_(std::strcmp(progress_mode(), "off") == 0) {}
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(total),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_),
+      live_(interactive()),
+      off_(std::strcmp(progress_mode(), "off") == 0) {}
 
 Progress::~Progress() { finish(); }
 
@@ -44,9 +48,22 @@ double Progress::elapsed_seconds() const {
 }
 
 void Progress::advance(uint64_t n, const std::string& extra) {
+  if (advances_++ == 0) {
+    first_advance_ = std::chrono::steady_clock::now();
+    done_at_first_ = done_ + n;
+  }
   done_ += n;
   extra_ = extra;
   draw(false);
+}
+
+double Progress::eta_seconds(std::chrono::steady_clock::time_point now) const {
+  // The rate since the first unit was done, once there is one to speak of: start-up time
+  // (loading, the first batch) would otherwise inflate the estimate many times over.
+  const double span = std::chrono::duration<double>(now - first_advance_).count();
+  if (advances_ < 2 || span < kMinEtaSeconds || done_ <= done_at_first_) return -1;
+  const double rate = double(done_ - done_at_first_) / span;
+  return double(total_ - std::min(done_, total_)) / rate;
 }
 
 void Progress::draw(bool force) {
@@ -63,7 +80,7 @@ void Progress::draw(bool force) {
   last_decile_ = decile;
   const double el = elapsed_seconds();
   const double rate = el > 0 ? double(done_) / el : 0;
-  const double eta = rate > 0 ? double(total_ - std::min(done_, total_)) / rate : -1;
+  const std::string eta = format_duration(eta_seconds(now));
   const double frac = total_ ? double(done_) / double(total_) : 1;
   std::string line;
   if (live_) {
@@ -71,12 +88,10 @@ void Progress::draw(bool force) {
     const int fill = int(frac * kWidth);
     line = fmt::format("\r{} [{}{}] {:3.0f}% {:.0f} {}/s ETA {}{}{}\033[K", label_,
                        std::string(size_t(fill), '#'), std::string(size_t(kWidth - fill), '.'),
-                       100 * frac, rate, unit_, format_duration(eta), extra_.empty() ? "" : "  ",
-                       extra_);
+                       100 * frac, rate, unit_, eta, extra_.empty() ? "" : "  ", extra_);
   } else {
     line = fmt::format("{} {:3.0f}% ({}/{}) {:.0f} {}/s ETA {}{}{}\n", label_, 100 * frac, done_,
-                       total_, rate, unit_, format_duration(eta), extra_.empty() ? "" : "  ",
-                       extra_);
+                       total_, rate, unit_, eta, extra_.empty() ? "" : "  ", extra_);
   }
   std::fputs(line.c_str(), stderr);
   std::fflush(stderr);

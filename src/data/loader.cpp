@@ -10,13 +10,19 @@ namespace fkd {
 
 namespace {
 constexpr size_t kMaxBadListed = 20;
+
+void check_options(const LoaderOptions& o) {
+  FKD_CHECK(o.batch_size >= 1, ConfigError, "batch size {}: expected at least 1", o.batch_size);
+  FKD_CHECK(o.workers >= 0, ConfigError, "--workers {}: expected >= 0", o.workers);
+  FKD_CHECK(o.prefetch >= 1, ConfigError, "loader prefetch {}: expected at least 1", o.prefetch);
+}
 }
 
 void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
                              CropPlan* out, float* /*soft*/) const {
   for (int k = 0; k < per_image_; ++k) {
     Rng rng(seed_, RngStream::kAugment, {uint64_t(epoch), uint64_t(index), uint64_t(k)});
-    out[k] = sample_train_crop(t_, rng, height, width);
+    out[k] = sample_crop(t_.crop, rng, height, width);
     out[k].id = uint32_t(k);
   }
 }
@@ -24,17 +30,19 @@ void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
 Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
                std::shared_ptr<const CropSource> source, const LoaderOptions& opts)
     : ds_(std::move(ds)), train_(true), train_t_(t), source_(std::move(source)), opts_(opts) {
+  check_options(opts_);
   m_ = source_->crops_per_image();
   FKD_CHECK(m_ >= 1, ConfigError, "crops per image must be at least 1, got {}", m_);
   FKD_CHECK(opts_.batch_size % size_t(m_) == 0, ConfigError,
             "batch size {} is not a multiple of the {} crops per image", opts_.batch_size, m_);
   out_c_ = ds_->channels();
-  out_h_ = out_w_ = t.size;
+  out_h_ = out_w_ = t.crop.size;
 }
 
 Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t,
                const LoaderOptions& opts)
     : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts) {
+  check_options(opts_);
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.size;
 }
@@ -173,12 +181,11 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       } else {
         band.image = ds_->load(idx);
       }
-    } catch (const Error& e) {
-      if (opts_.strict) throw;
-      std::lock_guard<std::mutex> lk(mu_);
-      if (bad_ids_.insert(idx).second && bad_.size() < kMaxBadListed) {
-        bad_.push_back({ds_->item_name(idx), e.what()});
-      }
+    } catch (const DataError& e) {  // bad data skips its sample; anything else stops
+      bad_sample(idx, e);
+      continue;
+    } catch (const IoError& e) {
+      bad_sample(idx, e);
       continue;
     }
     const int64_t target = ds_->label(idx);
@@ -217,6 +224,18 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   batch.n = int(row);
   batch.soft.resize(row * size_t(sc));
   return batch;
+}
+
+void Loader::bad_sample(uint32_t idx, const Error& e) {
+  // Every per-sample message names its file: decoders do, crop sources may not.
+  const std::string name = ds_->item_name(idx);
+  std::string message = e.what();
+  if (message.find(name) == std::string::npos) {
+    message = fmt::format("{}/{}: {}", ds_->root(), name, message);
+  }
+  if (opts_.strict) throw DataError(message);
+  std::lock_guard<std::mutex> lk(mu_);
+  if (bad_ids_.insert(idx).second && bad_.size() < kMaxBadListed) bad_.push_back({name, message});
 }
 
 size_t Loader::skipped() const {

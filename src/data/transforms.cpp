@@ -73,49 +73,128 @@ PixelBox sample_random_resized_crop(Rng& rng, int height, int width, const float
   return {(width - w) / 2, (height - h) / 2, w, h};
 }
 
-PixelBox sample_padded_crop(Rng& rng, int height, int width, int out_h, int out_w,
-                            int padding) {
+PixelBox sample_padded_crop(Rng& rng, int height, int width, int out_h, int out_w, int padding) {
   const int ph = height + 2 * padding, pw = width + 2 * padding;
-  FKD_CHECK(ph >= out_h && pw >= out_w, ConfigError,
-            "random crop {}x{} is larger than the padded image {}x{}", out_h, out_w, ph, pw);
+  FKD_CHECK(ph >= out_h && pw >= out_w, DataError,
+            "random crop {}x{} is larger than the padded image {}x{} (a {}x{} image with "
+            "padding {})",
+            out_h, out_w, ph, pw, height, width, padding);
   const int top = int(rng.below(uint64_t(ph - out_h + 1))) - padding;
   const int left = int(rng.below(uint64_t(pw - out_w + 1))) - padding;
   return {left, top, out_w, out_h};
 }
 
-CropPlan sample_train_crop(const TrainTransform& t, Rng& rng, int height, int width) {
-  CropPlan p;
-  switch (t.crop) {
-    case TrainTransform::Crop::kRandomResized:
-      p.box = sample_random_resized_crop(rng, height, width, t.scale, t.ratio);
+const char* crop_kind_name(CropKind k) {
+  switch (k) {
+    case CropKind::kAuto:
+      return "auto";
+    case CropKind::kRandomResized:
+      return "rrc";
+    case CropKind::kPadded:
+      return "crop";
+    case CropKind::kNone:
+      return "none";
+  }
+  return "?";
+}
+
+CropKind parse_crop_kind(const std::string& name) {
+  for (CropKind k : {CropKind::kAuto, CropKind::kRandomResized, CropKind::kPadded, CropKind::kNone})
+    if (name == crop_kind_name(k)) return k;
+  fail<ConfigError>("--aug '{}': expected rrc, crop, none or auto", name);
+}
+
+CropKind resolve_crop_kind(const CropSampler& s, int image_side) {
+  if (s.kind != CropKind::kAuto) return s.kind;
+  FKD_CHECK(s.size > 0, ConfigError, "--aug auto needs the input size, which is not set");
+  const bool native = image_side <= 0 || image_side == s.size;
+  return s.size <= 64 && native ? CropKind::kPadded : CropKind::kRandomResized;
+}
+
+std::string crop_sampler_problem(const CropSampler& s) {
+  if (s.size < 1) return fmt::format("--input-size {}: expected at least 1", s.size);
+  if (!(std::isfinite(s.scale[0]) && std::isfinite(s.scale[1]) && s.scale[0] > 0 &&
+        s.scale[0] <= s.scale[1] && s.scale[1] <= 1)) {
+    return fmt::format("--scale {} {}: expected 0 < min <= max <= 1", s.scale[0], s.scale[1]);
+  }
+  if (!(std::isfinite(s.ratio[0]) && std::isfinite(s.ratio[1]) && s.ratio[0] > 0 &&
+        s.ratio[0] <= s.ratio[1])) {
+    return fmt::format("--ratio {} {}: expected 0 < min <= max", s.ratio[0], s.ratio[1]);
+  }
+  if (s.padding < 0 || s.padding > 4096)
+    return fmt::format("--padding {}: expected 0 to 4096", s.padding);
+  if (!(s.flip >= 0 && s.flip <= 1)) return fmt::format("--flip {}: expected 0 to 1", s.flip);
+  return "";
+}
+
+std::vector<std::string> crop_differences(const CropSampler& a, const CropSampler& b) {
+  std::vector<std::string> d;
+  const CropKind ka = resolve_crop_kind(a), kb = resolve_crop_kind(b);
+  if (ka != kb) {
+    d.push_back(fmt::format("crop sampler ({} vs {})", crop_kind_name(ka), crop_kind_name(kb)));
+    return d;
+  }
+  auto pair = [](const std::array<float, 2>& v) { return fmt::format("{} {}", v[0], v[1]); };
+  if (ka == CropKind::kRandomResized) {
+    if (a.scale[0] != b.scale[0] || a.scale[1] != b.scale[1])
+      d.push_back(fmt::format("scale ({} vs {})", pair(a.scale), pair(b.scale)));
+    if (a.ratio[0] != b.ratio[0] || a.ratio[1] != b.ratio[1])
+      d.push_back(fmt::format("ratio ({} vs {})", pair(a.ratio), pair(b.ratio)));
+  }
+  if (ka == CropKind::kPadded) {
+    if (a.size != b.size) d.push_back(fmt::format("input size ({} vs {})", a.size, b.size));
+    if (a.padding != b.padding)
+      d.push_back(fmt::format("padding ({} vs {})", a.padding, b.padding));
+  }
+  if (a.flip != b.flip) d.push_back(fmt::format("flip ({} vs {})", a.flip, b.flip));
+  return d;
+}
+
+std::string describe_crops(const CropSampler& s) {
+  std::string box;
+  switch (s.kind) {
+    case CropKind::kRandomResized:
+      box = fmt::format("RandomResizedCrop({}, scale [{}, {}], ratio [{:.4f}, {:.4f}])", s.size,
+                        s.scale[0], s.scale[1], s.ratio[0], s.ratio[1]);
       break;
-    case TrainTransform::Crop::kPadded:
-      p.box = sample_padded_crop(rng, height, width, t.size, t.size, t.padding);
+    case CropKind::kPadded:
+      box = fmt::format("RandomCrop({}, padding {})", s.size, s.padding);
       break;
-    case TrainTransform::Crop::kNone:
-      p.box = {0, 0, width, height};
+    case CropKind::kNone:
+      box = fmt::format("Resize({})", s.size);
+      break;
+    case CropKind::kAuto:
+      box = fmt::format("auto({})", s.size);
       break;
   }
-  p.flip = t.flip_prob > 0 && rng.bernoulli(t.flip_prob);
+  return fmt::format("{} + flip {}", box, s.flip);
+}
+
+CropPlan sample_crop(const CropSampler& s, Rng& rng, int height, int width) {
+  CropPlan p;
+  switch (s.kind) {
+    case CropKind::kRandomResized:
+      p.box = sample_random_resized_crop(rng, height, width, s.scale.data(), s.ratio.data());
+      break;
+    case CropKind::kPadded:
+      p.box = sample_padded_crop(rng, height, width, s.size, s.size, s.padding);
+      break;
+    case CropKind::kNone:
+      p.box = {0, 0, width, height};
+      break;
+    case CropKind::kAuto:
+      fail<ConfigError>("sample_crop: the crop kind is not resolved (auto)");
+  }
+  p.flip = rng.bernoulli(s.flip);
   return p;
 }
 
-CropPlan derive_label_crop(uint64_t seed, const float scale[2], const float ratio[2],
-                           float flip_prob, uint64_t image, uint32_t crop, int height,
-                           int width) {
+CropPlan derive_label_crop(const CropSampler& s, uint64_t seed, uint64_t image, uint32_t crop,
+                           int height, int width) {
   Rng rng(seed, RngStream::kLabelCrops, {image, crop});
-  CropPlan p;
-  p.box = sample_random_resized_crop(rng, height, width, scale, ratio);
-  p.flip = rng.uniform() < flip_prob;
+  CropPlan p = sample_crop(s, rng, height, width);
   p.id = crop;
   return p;
-}
-
-TrainTransform::Crop parse_crop_kind(const std::string& name) {
-  if (name == "rrc") return TrainTransform::Crop::kRandomResized;
-  if (name == "crop") return TrainTransform::Crop::kPadded;
-  if (name == "none") return TrainTransform::Crop::kNone;
-  fail<ConfigError>("unknown augmentation '{}': expected rrc, crop or none", name);
 }
 
 }  // namespace fkd

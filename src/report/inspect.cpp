@@ -42,7 +42,7 @@ void dense_of(const Manifest& m, const ImageLabels& l, uint32_t c, std::vector<f
 }
 
 CropPlan crop_of(const Manifest& m, uint64_t image, uint32_t c, const ImageLabels& l) {
-  return derive_store_crop(m, image, c, int(l.height), int(l.width));
+  return derive_label_crop(m.crop, m.seed, image, c, int(l.height), int(l.width));
 }
 
 // --- a small raster canvas with a 5x7 bitmap font, for --render -----------------------
@@ -305,14 +305,7 @@ void run_inspect(const InspectOptions& o) {
              precision_name(m.precision), m.classes.size());
   fmt::print("teacher          {} (xxh128 {}), temperature {}\n", m.teacher, m.teacher_hash,
              m.temperature);
-  if (m.crop_sampler == "random_crop") {
-    fmt::print("crops sampled    RandomCrop({}, padding {}), flip {}, seed {}\n", m.input_size,
-               m.padding, m.flip_prob, m.seed);
-  } else {
-    fmt::print("crops sampled    RandomResizedCrop scale [{}, {}] ratio [{:.4f}, {:.4f}], flip {}, "
-               "seed {}, input {} px\n",
-               m.scale[0], m.scale[1], m.ratio[0], m.ratio[1], m.flip_prob, m.seed, m.input_size);
-  }
+  fmt::print("crops sampled    {}, seed {}\n", describe_crops(m.crop), m.seed);
   const std::string over = o.limit ? fmt::format(" (first {} images)", o.limit) : "";
   if (s.agreement >= 0) {
     fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n",

@@ -169,16 +169,17 @@ std::string manifest_problem(const Manifest& m) {
   if (!kp.empty()) return "k: " + kp;
   if (m.crops_per_image < 1 || m.crops_per_image > kMaxCropsPerImage)
     return fmt::format("crops_per_image: {} is not in [1, {}]", m.crops_per_image, kMaxCropsPerImage);
-  if (!(std::isfinite(m.scale[0]) && std::isfinite(m.scale[1]) && m.scale[0] > 0 && m.scale[0] <= m.scale[1]))
-    return fmt::format("scale: [{}, {}] does not satisfy 0 < min <= max", m.scale[0], m.scale[1]);
-  if (!(std::isfinite(m.ratio[0]) && std::isfinite(m.ratio[1]) && m.ratio[0] > 0 && m.ratio[0] <= m.ratio[1]))
-    return fmt::format("ratio: [{}, {}] does not satisfy 0 < min <= max", m.ratio[0], m.ratio[1]);
-  if (!(m.flip_prob >= 0 && m.flip_prob <= 1)) return fmt::format("flip_prob: {} is not in [0, 1]", m.flip_prob);
-  if (m.input_size < 0) return fmt::format("input_size: {} is negative", m.input_size);
-  if (m.crop_sampler != store::kRandomResizedCrop && m.crop_sampler != store::kRandomCrop)
-    return fmt::format("crop_sampler: '{}' is not {} or {}", m.crop_sampler, store::kRandomResizedCrop, store::kRandomCrop);
-  if (m.crop_sampler == store::kRandomCrop && !(m.input_size >= 1 && m.padding >= 0 && m.padding <= 4096))
-    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})", m.input_size, m.padding);
+  const CropSampler& s = m.crop;
+  if (!(std::isfinite(s.scale[0]) && std::isfinite(s.scale[1]) && s.scale[0] > 0 && s.scale[0] <= s.scale[1]))
+    return fmt::format("scale: [{}, {}] does not satisfy 0 < min <= max", s.scale[0], s.scale[1]);
+  if (!(std::isfinite(s.ratio[0]) && std::isfinite(s.ratio[1]) && s.ratio[0] > 0 && s.ratio[0] <= s.ratio[1]))
+    return fmt::format("ratio: [{}, {}] does not satisfy 0 < min <= max", s.ratio[0], s.ratio[1]);
+  if (!(s.flip >= 0 && s.flip <= 1)) return fmt::format("flip_prob: {} is not in [0, 1]", s.flip);
+  if (s.size < 0) return fmt::format("input_size: {} is negative", s.size);
+  if (s.kind != CropKind::kRandomResized && s.kind != CropKind::kPadded)
+    return fmt::format("crop_sampler: '{}' is not {} or {}", crop_kind_name(s.kind), store::kRandomResizedCrop, store::kRandomCrop);
+  if (s.kind == CropKind::kPadded && !(s.size >= 1 && s.padding >= 0 && s.padding <= 4096))
+    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})", s.size, s.padding);
   if (m.num_shards < 1 || m.num_shards > kMaxShards)
     return fmt::format("num_shards: {} is not in [1, {}]", m.num_shards, kMaxShards);
   const uint64_t raw = record_format(m).max_raw_size();
@@ -230,16 +231,16 @@ uint64_t store_key(const Manifest& m) {
   w.u8(uint8_t(m.precision));
   w.u32(m.crops_per_image);
   w.u64(m.seed);
-  w.f32(m.scale[0]);
-  w.f32(m.scale[1]);
-  w.f32(m.ratio[0]);
-  w.f32(m.ratio[1]);
-  w.f32(m.flip_prob);
-  w.u32(uint32_t(m.input_size));
+  w.f32(m.crop.scale[0]);
+  w.f32(m.crop.scale[1]);
+  w.f32(m.crop.ratio[0]);
+  w.f32(m.crop.ratio[1]);
+  w.f32(m.crop.flip);
+  w.u32(uint32_t(m.crop.size));
   w.str(m.interpolation);
-  if (m.crop_sampler != store::kRandomResizedCrop) {  // absent for the original sampler
-    w.str(m.crop_sampler);
-    w.u32(uint32_t(m.padding));
+  if (m.crop.kind != CropKind::kRandomResized) {  // absent for the original sampler
+    w.str(store::kRandomCrop);
+    w.u32(uint32_t(m.crop.padding));
   }
   w.floats(m.mean);
   w.floats(m.std);
@@ -297,14 +298,18 @@ Manifest read_manifest(const std::string& store_dir) {
             scale.size());
   FKD_CHECK(ratio.size() == 2, FormatError, "{}: key 'ratio': expected 2 numbers, found {}", file,
             ratio.size());
-  m.scale[0] = scale[0];
-  m.scale[1] = scale[1];
-  m.ratio[0] = ratio[0];
-  m.ratio[1] = ratio[1];
-  m.flip_prob = f.f32("flip_prob", true, 0.5f);
-  m.crop_sampler = f.str("crop_sampler", false, store::kRandomResizedCrop);
-  m.padding = int(f.i64("padding", false, 0));
-  m.input_size = int(f.i64("input_size", false, 0));
+  m.crop.scale[0] = scale[0];
+  m.crop.scale[1] = scale[1];
+  m.crop.ratio[0] = ratio[0];
+  m.crop.ratio[1] = ratio[1];
+  m.crop.flip = f.f32("flip_prob", true, 0.5f);
+  const std::string sampler = f.str("crop_sampler", false, store::kRandomResizedCrop);
+  FKD_CHECK(sampler == store::kRandomResizedCrop || sampler == store::kRandomCrop, FormatError,
+            "{}: key 'crop_sampler': expected \"{}\" or \"{}\", found \"{}\"", file,
+            store::kRandomResizedCrop, store::kRandomCrop, sampler);
+  m.crop.kind = sampler == store::kRandomCrop ? CropKind::kPadded : CropKind::kRandomResized;
+  m.crop.padding = int(f.i64("padding", false, 0));
+  m.crop.size = int(f.i64("input_size", false, 0));
   m.interpolation = f.str("interpolation", false, "bilinear");
   m.mean = f.floats("mean", false);
   m.std = f.floats("std", false);
@@ -332,14 +337,14 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["precision"] = precision_name(m.precision);
   j["crops_per_image"] = m.crops_per_image;
   j["seed"] = m.seed;
-  j["scale"] = floats_json(m.scale, 2);
-  j["ratio"] = floats_json(m.ratio, 2);
-  j["flip_prob"] = float_json(m.flip_prob);
-  if (m.crop_sampler != store::kRandomResizedCrop) {
-    j["crop_sampler"] = m.crop_sampler;
-    j["padding"] = m.padding;
+  j["scale"] = floats_json(m.crop.scale.data(), 2);
+  j["ratio"] = floats_json(m.crop.ratio.data(), 2);
+  j["flip_prob"] = float_json(m.crop.flip);
+  if (m.crop.kind != CropKind::kRandomResized) {
+    j["crop_sampler"] = store::kRandomCrop;
+    j["padding"] = m.crop.padding;
   }
-  j["input_size"] = m.input_size;
+  j["input_size"] = m.crop.size;
   j["interpolation"] = m.interpolation;
   j["mean"] = floats_json(m.mean.data(), m.mean.size());
   j["std"] = floats_json(m.std.data(), m.std.size());
@@ -396,15 +401,10 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   cmp("precision", std::string(precision_name(a.precision)), std::string(precision_name(b.precision)));
   cmp("crops_per_image", a.crops_per_image, b.crops_per_image);
   cmp("seed", a.seed, b.seed);
-  if (a.scale[0] != b.scale[0] || a.scale[1] != b.scale[1])
-    d.push_back(fmt::format("scale ([{}, {}] vs [{}, {}])", a.scale[0], a.scale[1], b.scale[0], b.scale[1]));
-  if (a.ratio[0] != b.ratio[0] || a.ratio[1] != b.ratio[1])
-    d.push_back(fmt::format("ratio ([{}, {}] vs [{}, {}])", a.ratio[0], a.ratio[1], b.ratio[0], b.ratio[1]));
-  cmp("flip_prob", a.flip_prob, b.flip_prob);
-  if (a.crop_sampler != b.crop_sampler)
-    d.push_back(fmt::format("crop_sampler ({} vs {})", a.crop_sampler, b.crop_sampler));
-  cmp("padding", a.padding, b.padding);
-  cmp("input_size", a.input_size, b.input_size);
+  for (std::string& c : crop_differences(a.crop, b.crop)) d.push_back(std::move(c));
+  // The teacher's input size; crop_differences names it already where it shapes the boxes.
+  if (a.crop.kind != CropKind::kPadded || b.crop.kind != CropKind::kPadded)
+    cmp("input_size", a.crop.size, b.crop.size);
   cmp("interpolation", a.interpolation, b.interpolation);
   if (a.mean != b.mean) d.push_back(fmt::format("mean ({} vs {})", show(a.mean), show(b.mean)));
   if (a.std != b.std) d.push_back(fmt::format("std ({} vs {})", show(a.std), show(b.std)));
@@ -423,27 +423,12 @@ std::string shard_file_name(uint32_t index, uint32_t count) {
   return fmt::format("shard-{:05d}-of-{:05d}.fkdl", index, count);
 }
 
-CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int height,
-                           int width) {
-  if (m.crop_sampler != store::kRandomResizedCrop) {
-    FKD_CHECK(m.crop_sampler == store::kRandomCrop, FormatError, "unknown crop_sampler '{}'",
-              m.crop_sampler);
-    Rng rng(m.seed, RngStream::kLabelCrops, {image, crop});
-    CropPlan p;
-    p.box = sample_padded_crop(rng, height, width, m.input_size, m.input_size, m.padding);
-    p.flip = rng.uniform() < m.flip_prob;
-    p.id = crop;
-    return p;
-  }
-  return derive_label_crop(m.seed, m.scale, m.ratio, m.flip_prob, image, crop, height, width);
-}
-
 uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width) {
   FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu,
             DataError, "label_crop_hash: image {} has size {}x{}", image, height, width);
   std::vector<uint8_t> bytes(size_t(m.crops_per_image) * 20);
   for (uint32_t c = 0; c < m.crops_per_image; ++c) {
-    const CropPlan p = derive_store_crop(m, image, c, int(height), int(width));
+    const CropPlan p = derive_label_crop(m.crop, m.seed, image, c, int(height), int(width));
     uint8_t* o = bytes.data() + size_t(c) * 20;
     store::store_u32(o, uint32_t(p.box.left));
     store::store_u32(o + 4, uint32_t(p.box.top));

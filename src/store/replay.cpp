@@ -63,8 +63,8 @@ void check_store_matches(const Manifest& m, const std::string& store_dir, const 
 }
 
 StoreCropSource::StoreCropSource(std::shared_ptr<const StoreReader> store, int crops_per_pass,
-                                 uint64_t seed)
-    : store_(std::move(store)), m_(crops_per_pass), seed_(seed) {
+                                 uint64_t seed, DamagedRecords damaged)
+    : store_(std::move(store)), m_(crops_per_pass), seed_(seed), damaged_(damaged) {
   const Manifest& mf = store_->manifest();
   classes_ = int(mf.classes.size());
   FKD_CHECK(m_ >= 1 && uint32_t(m_) <= mf.crops_per_image, ConfigError,
@@ -76,7 +76,14 @@ void StoreCropSource::crops(size_t index, int64_t pass, int height, int width, C
                             float* soft) const {
   thread_local ImageLabels rec;
   const Manifest& mf = store_->manifest();
-  store_->read(index, rec);
+  try {
+    store_->read(index, rec);
+  } catch (const FormatError& e) {
+    if (damaged_ == DamagedRecords::kSkip) fail<DataError>("{}", e.what());
+    fail<FormatError>("{}; fkd label verify lists the damaged records, fkd label repair "
+                      "remakes them, --skip-damaged-labels trains without them",
+                      e.what());
+  }
   FKD_CHECK(rec.height == uint32_t(height) && rec.width == uint32_t(width), DataError,
             "image {} is {}x{} but the label store labeled it at {}x{}; relabel the dataset",
             index, height, width, rec.height, rec.width);
@@ -86,7 +93,7 @@ void StoreCropSource::crops(size_t index, int64_t pass, int height, int width, C
   const int ni = stored_indices(mf.label_type, mf.k);
   const int nv = stored_values(mf.label_type, mf.k, classes_);
   for (int k = 0; k < m_; ++k) {
-    out[k] = derive_store_crop(mf, index, id[k], height, width);
+    out[k] = derive_label_crop(mf.crop, mf.seed, index, id[k], height, width);
     if (soft) {
       recover_dense(mf.label_type, mf.k, classes_, rec.indices.data() + size_t(id[k]) * ni,
                     rec.values.data() + size_t(id[k]) * nv, soft + size_t(k) * classes_);

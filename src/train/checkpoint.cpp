@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -15,11 +16,16 @@ namespace fkd {
 namespace {
 
 nlohmann::json metrics_json(const EpochMetrics& m) {
-  return {{"epoch", m.epoch},           {"train_loss", m.train_loss},
-          {"train_top1", m.train_top1}, {"val_loss", m.val_loss},
-          {"top1", m.top1},             {"top5", m.top5},
-          {"lr", m.lr},                 {"samples_per_s", m.samples_per_s},
-          {"seconds", m.seconds},       {"train_seconds", m.train_seconds},
+  return {{"epoch", m.epoch},
+          {"train_loss", m.train_loss},
+          {"train_top1", m.train_top1},
+          {"val_loss", m.val_loss},
+          {"top1", m.top1},
+          {"top5", m.top5},
+          {"lr", m.lr},
+          {"samples_per_s", m.samples_per_s},
+          {"seconds", m.seconds},
+          {"train_seconds", m.train_seconds},
           {"epochs_covered", m.epochs_covered}};
 }
 
@@ -47,17 +53,6 @@ void fsync_path(const std::string& path) {
   }
 }
 
-torch::serialize::InputArchive open_archive(const std::string& path) {
-  FKD_CHECK(std::filesystem::exists(path), IoError, "{}: no such file", path);
-  torch::serialize::InputArchive ar;
-  try {
-    ar.load_from(path);
-  } catch (const c10::Error& e) {
-    fail<FormatError>("{}: not an fkd checkpoint (cannot open as a torch archive)", path);
-  }
-  return ar;
-}
-
 CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
   try {
     const auto j = nlohmann::json::parse(text);
@@ -65,8 +60,8 @@ CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
               "{}: not an fkd checkpoint (format field is '{}')", path, j.value("format", ""));
     const int version = j.at("version").get<int>();
     FKD_CHECK(version >= 1 && version <= kCheckpointVersion, FormatError,
-              "{}: checkpoint version {} is newer than this fkd supports ({}); upgrade fkd",
-              path, version, kCheckpointVersion);
+              "{}: checkpoint version {} is newer than this fkd supports ({}); upgrade fkd", path,
+              version, kCheckpointVersion);
     CheckpointMeta m;
     j.at("epochs_done").get_to(m.epochs_done);
     j.at("step").get_to(m.step);
@@ -82,16 +77,19 @@ CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
   }
 }
 
-std::string read_meta_text(torch::serialize::InputArchive& ar, const std::string& path) {
-  c10::IValue v;
-  FKD_CHECK(ar.try_read("meta", v) && v.isString(), FormatError,
-            "{}: not an fkd checkpoint (no metadata record)", path);
-  return v.toStringRef();
-}
-
 }  // namespace
 
 std::string metrics_to_json(const EpochMetrics& m) { return metrics_json(m).dump(); }
+
+void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    for (const auto& m : history) f << metrics_to_json(m) << "\n";
+    FKD_CHECK(f.good(), IoError, "{}: cannot write", tmp);
+  }
+  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename", tmp);
+}
 
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
                      torch::optim::Optimizer* optimizer) {
@@ -127,62 +125,77 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& n
     fail<IoError>("{}: cannot write checkpoint", tmp);
   }
   fsync_path(tmp);
-  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename to {}",
-            tmp, path);
+  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename to {}", tmp,
+            path);
   fsync_path(std::filesystem::path(path).parent_path().empty()
                  ? "."
                  : std::filesystem::path(path).parent_path().string());
 }
 
-bool is_checkpoint(const std::string& path) {
-  torch::serialize::InputArchive ar;
+std::optional<CheckpointFile> try_open_checkpoint(const std::string& path) {
+  FKD_CHECK(std::filesystem::exists(path), IoError, "{}: no such file", path);
+  CheckpointFile f;
+  f.path = path;
   try {
-    ar.load_from(path);
+    f.archive.load_from(path);
   } catch (const c10::Error&) {
-    return false;
+    return std::nullopt;
   }
   c10::IValue v;
-  return ar.try_read("meta", v) && v.isString();
+  if (!f.archive.try_read("meta", v) || !v.isString()) return std::nullopt;
+  f.meta = parse_meta(v.toStringRef(), path);
+  return f;
 }
 
-CheckpointMeta read_checkpoint_meta(const std::string& path) {
-  auto ar = open_archive(path);
-  return parse_meta(read_meta_text(ar, path), path);
+CheckpointFile open_checkpoint(const std::string& path) {
+  std::optional<CheckpointFile> f = try_open_checkpoint(path);
+  FKD_CHECK(f.has_value(), FormatError,
+            "{}: not an fkd checkpoint (no torch archive with fkd metadata)", path);
+  return std::move(*f);
 }
 
-void load_checkpoint_into(const std::string& path, Net& net, torch::optim::Optimizer* optimizer,
-                          bool restore_rng) {
-  auto ar = open_archive(path);
+CheckpointMeta read_checkpoint_meta(const std::string& path) { return open_checkpoint(path).meta; }
+
+void restore_model(CheckpointFile& f, Net& net) {
   try {
     torch::serialize::InputArchive model_ar;
-    FKD_CHECK(ar.try_read("model", model_ar), FormatError, "{}: checkpoint has no model", path);
+    FKD_CHECK(f.archive.try_read("model", model_ar), FormatError, "{}: checkpoint has no model",
+              f.path);
     net.load(model_ar);
-    if (optimizer) {
-      torch::serialize::InputArchive opt_ar;
-      FKD_CHECK(ar.try_read("optimizer", opt_ar), FormatError,
-                "{}: checkpoint has no optimizer state (weights only); cannot resume from it",
-                path);
-      optimizer->load(opt_ar);
-    }
-    if (restore_rng) {
-      torch::Tensor state;
-      if (ar.try_read("rng", state)) {
-        at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the global one
-        gen.set_state(state);
-      }
-    }
   } catch (const c10::Error& e) {
-    fail<FormatError>("{}: checkpoint does not match the model: {}", path,
+    fail<FormatError>("{}: checkpoint does not match the model: {}", f.path,
                       e.what_without_backtrace());
   }
 }
 
-std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta_out,
-                                     torch::optim::Optimizer* optimizer, bool restore_rng) {
-  CheckpointMeta meta = read_checkpoint_meta(path);
-  auto net = make_model(meta.model, meta.in_channels, meta.num_classes);
-  load_checkpoint_into(path, *net, optimizer, restore_rng);
-  if (meta_out) *meta_out = std::move(meta);
+void restore_training_state(CheckpointFile& f, torch::optim::Optimizer& optimizer) {
+  try {
+    torch::serialize::InputArchive opt_ar;
+    FKD_CHECK(f.archive.try_read("optimizer", opt_ar), FormatError,
+              "{}: checkpoint has no optimizer state (weights only); cannot resume from it",
+              f.path);
+    optimizer.load(opt_ar);
+    torch::Tensor state;
+    if (f.archive.try_read("rng", state)) {
+      at::Generator gen = at::detail::getDefaultCPUGenerator();  // a handle to the global one
+      gen.set_state(state);
+    }
+  } catch (const c10::Error& e) {
+    fail<FormatError>("{}: checkpoint's optimizer state does not match the run: {}", f.path,
+                      e.what_without_backtrace());
+  }
+}
+
+std::shared_ptr<Net> checkpoint_model(CheckpointFile& f) {
+  auto net = make_model(f.meta.model, f.meta.in_channels, f.meta.num_classes);
+  restore_model(f, *net);
+  return net;
+}
+
+std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta_out) {
+  CheckpointFile f = open_checkpoint(path);
+  auto net = checkpoint_model(f);
+  if (meta_out) *meta_out = std::move(f.meta);
   return net;
 }
 

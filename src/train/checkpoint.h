@@ -11,6 +11,7 @@
 //   rng        tensor: torch's CPU generator state
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,20 +39,35 @@ struct CheckpointMeta {
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
                      torch::optim::Optimizer* optimizer);
 
-/// Whether `path` holds an fkd checkpoint (as opposed to e.g. a TorchScript model).
-bool is_checkpoint(const std::string& path);
+/// An fkd checkpoint read once: its metadata, and the archive its tensors are loaded from.
+struct CheckpointFile {
+  std::string path;
+  CheckpointMeta meta;
+  torch::serialize::InputArchive archive;
+};
+
+/// Opens `path` as an fkd checkpoint; nullopt when it is something else (a TorchScript
+/// file, say). Throws FormatError when it is a checkpoint with bad metadata.
+std::optional<CheckpointFile> try_open_checkpoint(const std::string& path);
+/// Opens an fkd checkpoint; IoError when the file is missing, FormatError when it is no
+/// checkpoint, naming the file.
+CheckpointFile open_checkpoint(const std::string& path);
 
 /// Reads only the metadata. Throws FormatError naming the file.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
 
-/// Restores the model (built from the metadata) and, when given, the optimizer and RNG.
-std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta,
-                                     torch::optim::Optimizer* optimizer = nullptr,
-                                     bool restore_rng = false);
+/// Restores the parameters and buffers of an existing net of the checkpoint's architecture.
+void restore_model(CheckpointFile& f, Net& net);
+/// Restores the optimizer's state and torch's CPU RNG (what --resume continues from).
+void restore_training_state(CheckpointFile& f, torch::optim::Optimizer& optimizer);
 
-/// Restores parameters into an existing net (same architecture) and optionally the optimizer/RNG.
-void load_checkpoint_into(const std::string& path, Net& net, torch::optim::Optimizer* optimizer,
-                          bool restore_rng);
+/// The checkpoint's model, built from its metadata, with its weights.
+std::shared_ptr<Net> checkpoint_model(CheckpointFile& f);
+/// open_checkpoint + checkpoint_model; the metadata goes to *meta when given.
+std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta = nullptr);
+
+/// Writes metrics.jsonl (one line per entry of `history`) atomically.
+void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history);
 
 /// One metrics.jsonl line.
 std::string metrics_to_json(const EpochMetrics& m);

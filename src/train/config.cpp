@@ -1,3 +1,6 @@
+// Training configuration: option checks, resolution of the auto fields from the data, and
+// the JSON form checkpoints keep.
+#include <algorithm>
 #include <thread>
 
 #include <fmt/ranges.h>
@@ -16,103 +19,232 @@ namespace {
 constexpr float kFashionMnistMean = 0.2860f, kFashionMnistStd = 0.3530f;
 const float kImageNetMean[3] = {0.485f, 0.456f, 0.406f};
 const float kImageNetStd[3] = {0.229f, 0.224f, 0.225f};
-}  // namespace
+constexpr int kDefaultInputSize = 224;  ///< torchvision/timm's ImageNet recipe
+constexpr int kSizeSamples = 16;        ///< images decoded to find a dataset's typical size
 
-void resolve_config(TrainConfig& cfg, const Dataset& train_set) {
-  if (cfg.channels == 0) cfg.channels = train_set.channels();
-  FKD_CHECK(cfg.channels == 1 || cfg.channels == 3, ConfigError, "--channels must be 1 or 3");
-  const bool idx = train_set.item_name(0).find("-idx3-ubyte") != std::string::npos;
-  if (cfg.input_size == 0) cfg.input_size = idx ? train_set.load(0).height : 224;
-  FKD_CHECK(cfg.input_size >= 8 && cfg.input_size <= 4096, ConfigError,
-            "--input-size {} out of range [8, 4096]", cfg.input_size);
-  if (cfg.aug == "auto") cfg.aug = cfg.input_size <= 64 ? "crop" : "rrc";
-  parse_crop_kind(cfg.aug);  // validates
-  parse_interp(cfg.interp);
-  if (cfg.eval_resize == 0) {
-    cfg.eval_resize = cfg.input_size <= 64 ? cfg.input_size : int(cfg.input_size / 0.875);
+bool is_idx(const Dataset& ds) { return ds.item_name(0).find("-idx3-ubyte") != std::string::npos; }
+
+/// The median shorter side of up to kSizeSamples images spread over the dataset (those that
+/// fail to decode are left out; 0 when none decodes).
+int typical_short_side(const Dataset& ds) {
+  if (is_idx(ds)) {
+    const Image im = ds.load(0);
+    return std::min(im.height, im.width);
   }
-  if (cfg.mean.empty() || cfg.std.empty()) {
-    const bool fmnist = cfg.data == "fashion-mnist";
-    std::vector<float> mean, std;
-    for (int c = 0; c < cfg.channels; ++c) {
-      if (fmnist) {
-        mean.push_back(kFashionMnistMean);
-        std.push_back(kFashionMnistStd);
-      } else if (cfg.channels == 3) {
-        mean.push_back(kImageNetMean[c]);
-        std.push_back(kImageNetStd[c]);
-      } else {
-        mean.push_back((kImageNetMean[0] + kImageNetMean[1] + kImageNetMean[2]) / 3);
-        std.push_back((kImageNetStd[0] + kImageNetStd[1] + kImageNetStd[2]) / 3);
+  std::vector<int> sides;
+  const size_t n = std::min<size_t>(ds.size(), kSizeSamples);
+  for (size_t k = 0; k < n; ++k) {
+    try {
+      const Image im = ds.load(k * ds.size() / n);
+      sides.push_back(std::min(im.height, im.width));
+    } catch (const Error&) {  // reported when training reads it
+    }
+  }
+  if (sides.empty()) return 0;
+  std::nth_element(sides.begin(), sides.begin() + std::ptrdiff_t(sides.size() / 2), sides.end());
+  return sides[sides.size() / 2];
+}
+
+/// The input size when none is given, and the upscaling warning when one is. Returns the
+/// images' typical shorter side (0 when unknown).
+int resolve_input_size(TrainConfig& cfg, const Dataset& ds, std::vector<std::string>* notes) {
+  const int side = typical_short_side(ds);
+  if (cfg.crop.size == 0) {
+    if (is_idx(ds)) {
+      cfg.crop.size = side;
+    } else {
+      cfg.crop.size = side > 0 ? std::min(side, kDefaultInputSize) : kDefaultInputSize;
+      if (notes) {
+        notes->push_back(
+            side >= kDefaultInputSize
+                ? fmt::format("input size {} px (auto: the ImageNet recipe's; --input-size to "
+                              "change)",
+                              cfg.crop.size)
+                : fmt::format("input size {} px (auto: the images' median shorter side; "
+                              "--input-size to change)",
+                              cfg.crop.size));
       }
     }
-    if (cfg.mean.empty()) cfg.mean = mean;
-    if (cfg.std.empty()) cfg.std = std;
+  } else if (side > 0 && cfg.crop.size > 2 * side && notes) {
+    notes->push_back(fmt::format(
+        "warning: --input-size {} upscales {}'s images (median shorter side {} px) {:.1f}x: "
+        "every crop costs {:.0f}x the pixels it holds; --input-size {} keeps them at their size",
+        cfg.crop.size, cfg.data, side, double(cfg.crop.size) / side,
+        double(cfg.crop.size) * cfg.crop.size / (double(side) * side), side));
   }
-  FKD_CHECK(int(cfg.mean.size()) == cfg.channels && int(cfg.std.size()) == cfg.channels,
-            ConfigError, "--mean and --std need {} values (one per channel)", cfg.channels);
-  for (float s : cfg.std) FKD_CHECK(s > 0, ConfigError, "--std values must be positive");
-  FKD_CHECK(cfg.scale[0] > 0 && cfg.scale[0] <= cfg.scale[1] && cfg.scale[1] <= 1, ConfigError,
-            "--scale must satisfy 0 < min <= max <= 1, got {} {}", cfg.scale[0], cfg.scale[1]);
-  FKD_CHECK(cfg.ratio[0] > 0 && cfg.ratio[0] <= cfg.ratio[1], ConfigError,
-            "--ratio must satisfy 0 < min <= max, got {} {}", cfg.ratio[0], cfg.ratio[1]);
-  FKD_CHECK(cfg.flip >= 0 && cfg.flip <= 1, ConfigError, "--flip must be in [0, 1]");
-  FKD_CHECK(cfg.optimizer == "sgd" || cfg.optimizer == "adamw", ConfigError,
-            "--optimizer must be sgd or adamw, got '{}'", cfg.optimizer);
-  FKD_CHECK(cfg.epochs >= 1, ConfigError, "--epochs must be at least 1");
-  FKD_CHECK(cfg.batch_size >= 1, ConfigError, "--batch-size must be at least 1");
-  FKD_CHECK(cfg.lr > 0, ConfigError, "--lr must be positive");
-  FKD_CHECK(cfg.warmup_epochs >= 0 && cfg.warmup_epochs < cfg.epochs, ConfigError,
-            "--warmup-epochs must be in [0, epochs)");
-  FKD_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, ConfigError,
-            "--label-smoothing must be in [0, 1)");
-  FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers must be >= 0");
-  if (cfg.mode == "auto") {
-    FKD_CHECK(cfg.labels.empty() || cfg.teacher.empty(), ConfigError,
-              "give --labels (FKD) or --teacher (online KD), not both");
-    cfg.mode = !cfg.labels.empty() ? "fkd" : !cfg.teacher.empty() ? "kd" : "supervised";
+  return side;
+}
+
+void resolve_normalization(TrainConfig& cfg) {
+  if (!cfg.mean.empty() && !cfg.std.empty()) return;
+  const bool fmnist = cfg.data == "fashion-mnist";
+  std::vector<float> mean, std;
+  for (int c = 0; c < cfg.channels; ++c) {
+    if (fmnist) {
+      mean.push_back(kFashionMnistMean);
+      std.push_back(kFashionMnistStd);
+    } else if (cfg.channels == 3) {
+      mean.push_back(kImageNetMean[c]);
+      std.push_back(kImageNetStd[c]);
+    } else {
+      mean.push_back((kImageNetMean[0] + kImageNetMean[1] + kImageNetMean[2]) / 3);
+      std.push_back((kImageNetStd[0] + kImageNetStd[1] + kImageNetStd[2]) / 3);
+    }
   }
-  FKD_CHECK(cfg.mode == "supervised" || cfg.mode == "fkd" || cfg.mode == "kd", ConfigError,
-            "--mode must be supervised, fkd or kd, got '{}'", cfg.mode);
-  FKD_CHECK(cfg.mode != "fkd" || !cfg.labels.empty(), ConfigError,
-            "--mode fkd needs --labels STORE (made by fkd label)");
-  FKD_CHECK(cfg.mode != "kd" || !cfg.teacher.empty(), ConfigError,
-            "--mode kd needs --teacher (a TorchScript file or a checkpoint.pt)");
-  if (cfg.mode != "fkd") cfg.num_crops = 1;
-  FKD_CHECK(cfg.num_crops >= 1, ConfigError, "--num-crops must be at least 1");
-  FKD_CHECK(cfg.batch_size % size_t(cfg.num_crops) == 0, ConfigError,
-            "--batch-size {} must be a multiple of --num-crops {}", cfg.batch_size,
-            cfg.num_crops);
-  FKD_CHECK(cfg.temperature > 0, ConfigError, "--temperature must be positive");
-  FKD_CHECK(cfg.hard_weight >= 0 && cfg.hard_weight <= 1, ConfigError,
-            "--hard-weight must be in [0, 1]");
-  FKD_CHECK(cfg.mixup >= 0 && cfg.cutmix >= 0, ConfigError,
-            "--mixup and --cutmix alphas must be >= 0");
-  FKD_CHECK(cfg.mix_prob >= 0 && cfg.mix_prob <= 1 && cfg.switch_prob >= 0 &&
-                cfg.switch_prob <= 1,
-            ConfigError, "--mix-prob and --switch-prob must be in [0, 1]");
+  if (cfg.mean.empty()) cfg.mean = mean;
+  if (cfg.std.empty()) cfg.std = std;
+}
+
+}  // namespace
+
+const char* mode_name(TrainMode m) {
+  switch (m) {
+    case TrainMode::kAuto:
+      return "auto";
+    case TrainMode::kSupervised:
+      return "supervised";
+    case TrainMode::kFkd:
+      return "fkd";
+    case TrainMode::kKd:
+      return "kd";
+  }
+  return "?";
+}
+
+TrainMode parse_mode(const std::string& name) {
+  for (TrainMode m : {TrainMode::kAuto, TrainMode::kSupervised, TrainMode::kFkd, TrainMode::kKd})
+    if (name == mode_name(m)) return m;
+  fail<ConfigError>("--mode '{}': expected supervised, fkd, kd or auto", name);
+}
+
+void validate_config(const TrainConfig& cfg) {
+  FKD_CHECK(cfg.channels == 0 || cfg.channels == 1 || cfg.channels == 3, ConfigError,
+            "--channels {}: expected 1 or 3 (0 = the dataset's)", cfg.channels);
+  FKD_CHECK(cfg.crop.size == 0 || (cfg.crop.size >= 8 && cfg.crop.size <= 4096), ConfigError,
+            "--input-size {}: expected 8 to 4096 (0 = auto)", cfg.crop.size);
+  CropSampler sized = cfg.crop;
+  if (sized.size == 0) sized.size = kDefaultInputSize;  // checked again once resolved
+  const std::string crop_problem = crop_sampler_problem(sized);
+  FKD_CHECK(crop_problem.empty(), ConfigError, "{}", crop_problem);
+  parse_interp(cfg.interp);
+  FKD_CHECK(cfg.eval_resize >= 0, ConfigError, "--resize {}: expected >= 0 (0 = auto)",
+            cfg.eval_resize);
+  FKD_CHECK(cfg.mean.size() == cfg.std.size() || cfg.mean.empty() || cfg.std.empty(), ConfigError,
+            "--mean has {} values but --std {}", cfg.mean.size(), cfg.std.size());
+  for (float s : cfg.std) FKD_CHECK(s > 0, ConfigError, "--std {}: values must be positive", s);
   const auto names = model_names();
   FKD_CHECK(std::find(names.begin(), names.end(), cfg.model) != names.end(), ConfigError,
-            "unknown model '{}'; known: {}", cfg.model, fmt::join(names, ", "));
+            "--model '{}': unknown; known: {}", cfg.model, fmt::join(names, ", "));
+  FKD_CHECK(cfg.optimizer == "sgd" || cfg.optimizer == "adamw", ConfigError,
+            "--optimizer '{}': expected sgd or adamw", cfg.optimizer);
+  FKD_CHECK(cfg.lr > 0, ConfigError, "--lr {}: expected a positive rate", cfg.lr);
+  FKD_CHECK(cfg.momentum >= 0 && cfg.momentum < 1, ConfigError, "--momentum {}: expected 0 to 1",
+            cfg.momentum);
+  FKD_CHECK(cfg.weight_decay >= 0, ConfigError, "--weight-decay {}: expected >= 0",
+            cfg.weight_decay);
+  FKD_CHECK(cfg.epochs >= 1, ConfigError, "--epochs {}: expected at least 1", cfg.epochs);
+  FKD_CHECK(cfg.warmup_epochs >= 0 && cfg.warmup_epochs < cfg.epochs, ConfigError,
+            "--warmup-epochs {}: expected 0 to --epochs {} (exclusive)", cfg.warmup_epochs,
+            cfg.epochs);
+  FKD_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, ConfigError,
+            "--label-smoothing {}: expected 0 to 1 (exclusive)", cfg.label_smoothing);
+  FKD_CHECK(cfg.batch_size >= 1, ConfigError, "--batch-size {}: expected at least 1",
+            cfg.batch_size);
+  FKD_CHECK(cfg.num_crops >= 1, ConfigError, "--num-crops {}: expected at least 1", cfg.num_crops);
+  FKD_CHECK(cfg.mode != TrainMode::kFkd || cfg.batch_size % size_t(cfg.num_crops) == 0, ConfigError,
+            "--batch-size {} must be a multiple of --num-crops {}", cfg.batch_size, cfg.num_crops);
+  FKD_CHECK(cfg.mode != TrainMode::kAuto || cfg.labels.empty() || cfg.teacher.empty(), ConfigError,
+            "give --labels (FKD) or --teacher (online KD), not both");
+  FKD_CHECK(cfg.mode != TrainMode::kFkd || !cfg.labels.empty(), ConfigError,
+            "--mode fkd needs --labels STORE (made by fkd label)");
+  FKD_CHECK(cfg.mode != TrainMode::kKd || !cfg.teacher.empty(), ConfigError,
+            "--mode kd needs --teacher (a TorchScript file or a checkpoint.pt)");
+  FKD_CHECK(cfg.temperature > 0, ConfigError, "--temperature {}: expected a positive value",
+            cfg.temperature);
+  FKD_CHECK(cfg.hard_weight >= 0 && cfg.hard_weight <= 1, ConfigError,
+            "--hard-weight {}: expected 0 to 1", cfg.hard_weight);
+  FKD_CHECK(cfg.mixup >= 0, ConfigError, "--mixup {}: expected an alpha >= 0", cfg.mixup);
+  FKD_CHECK(cfg.cutmix >= 0, ConfigError, "--cutmix {}: expected an alpha >= 0", cfg.cutmix);
+  FKD_CHECK(cfg.mix_prob >= 0 && cfg.mix_prob <= 1, ConfigError, "--mix-prob {}: expected 0 to 1",
+            cfg.mix_prob);
+  FKD_CHECK(cfg.switch_prob >= 0 && cfg.switch_prob <= 1, ConfigError,
+            "--switch-prob {}: expected 0 to 1", cfg.switch_prob);
+  FKD_CHECK(cfg.threads >= 0, ConfigError, "--threads {}: expected >= 0 (0 = all cores)",
+            cfg.threads);
+  FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers {}: expected >= 0", cfg.workers);
+  FKD_CHECK(cfg.stop_after >= 0, ConfigError, "--stop-after {}: expected at least 1",
+            cfg.stop_after);
+}
+
+void resolve_config(TrainConfig& cfg, const Dataset& train_set, std::vector<std::string>* notes) {
+  if (cfg.mode == TrainMode::kAuto) {
+    FKD_CHECK(cfg.labels.empty() || cfg.teacher.empty(), ConfigError,
+              "give --labels (FKD) or --teacher (online KD), not both");
+    cfg.mode = !cfg.labels.empty()    ? TrainMode::kFkd
+               : !cfg.teacher.empty() ? TrainMode::kKd
+                                      : TrainMode::kSupervised;
+  }
+  if (cfg.mode != TrainMode::kFkd) cfg.num_crops = 1;
+  validate_config(cfg);
+  if (cfg.channels == 0) cfg.channels = train_set.channels();
+  const int side = resolve_input_size(cfg, train_set, notes);
+  FKD_CHECK(cfg.crop.size >= 8 && cfg.crop.size <= 4096, ConfigError,
+            "{}: input size {} px out of range [8, 4096]: set --input-size", cfg.data,
+            cfg.crop.size);
+  cfg.crop.kind = resolve_crop_kind(cfg.crop, side);
+  if (cfg.eval_resize == 0) {
+    cfg.eval_resize = cfg.crop.size <= 64 ? cfg.crop.size : int(cfg.crop.size / 0.875);
+  }
+  resolve_normalization(cfg);
+  FKD_CHECK(int(cfg.mean.size()) == cfg.channels && int(cfg.std.size()) == cfg.channels,
+            ConfigError, "--mean and --std need {} values (one per channel)", cfg.channels);
+  validate_config(cfg);
 }
 
 namespace {
 nlohmann::json to_json(const TrainConfig& c) {
   return {
-      {"data", c.data}, {"channels", c.channels}, {"limit_train", c.limit_train},
-      {"limit_val", c.limit_val}, {"aug", c.aug}, {"input_size", c.input_size},
-      {"scale", {c.scale[0], c.scale[1]}}, {"ratio", {c.ratio[0], c.ratio[1]}},
-      {"padding", c.padding}, {"flip", c.flip}, {"interp", c.interp}, {"mean", c.mean},
-      {"std", c.std}, {"eval_resize", c.eval_resize}, {"model", c.model},
-      {"optimizer", c.optimizer}, {"lr", c.lr}, {"momentum", c.momentum},
-      {"nesterov", c.nesterov}, {"weight_decay", c.weight_decay}, {"epochs", c.epochs},
-      {"warmup_epochs", c.warmup_epochs}, {"label_smoothing", c.label_smoothing},
-      {"batch_size", c.batch_size}, {"seed", c.seed}, {"threads", c.threads},
-      {"workers", c.workers}, {"device", c.device}, {"channels_last", c.channels_last},
-      {"strict_data", c.strict_data}, {"out", c.out}, {"mode", c.mode}, {"labels", c.labels},
-      {"num_crops", c.num_crops}, {"teacher", c.teacher}, {"temperature", c.temperature},
-      {"hard_weight", c.hard_weight}, {"mixup", c.mixup}, {"cutmix", c.cutmix},
-      {"mix_prob", c.mix_prob}, {"switch_prob", c.switch_prob},
+      {"data", c.data},
+      {"channels", c.channels},
+      {"limit_train", c.limit_train},
+      {"limit_val", c.limit_val},
+      {"aug", crop_kind_name(c.crop.kind)},
+      {"input_size", c.crop.size},
+      {"scale", {c.crop.scale[0], c.crop.scale[1]}},
+      {"ratio", {c.crop.ratio[0], c.crop.ratio[1]}},
+      {"padding", c.crop.padding},
+      {"flip", c.crop.flip},
+      {"interp", c.interp},
+      {"mean", c.mean},
+      {"std", c.std},
+      {"eval_resize", c.eval_resize},
+      {"model", c.model},
+      {"optimizer", c.optimizer},
+      {"lr", c.lr},
+      {"momentum", c.momentum},
+      {"nesterov", c.nesterov},
+      {"weight_decay", c.weight_decay},
+      {"epochs", c.epochs},
+      {"warmup_epochs", c.warmup_epochs},
+      {"label_smoothing", c.label_smoothing},
+      {"batch_size", c.batch_size},
+      {"seed", c.seed},
+      {"threads", c.threads},
+      {"workers", c.workers},
+      {"device", c.device},
+      {"channels_last", c.channels_last},
+      {"strict_data", c.strict_data},
+      {"out", c.out},
+      {"mode", mode_name(c.mode)},
+      {"labels", c.labels},
+      {"num_crops", c.num_crops},
+      {"teacher", c.teacher},
+      {"temperature", c.temperature},
+      {"hard_weight", c.hard_weight},
+      {"mixup", c.mixup},
+      {"cutmix", c.cutmix},
+      {"mix_prob", c.mix_prob},
+      {"switch_prob", c.switch_prob},
   };
 }
 }  // namespace
@@ -127,14 +259,14 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     j.at("channels").get_to(c.channels);
     j.at("limit_train").get_to(c.limit_train);
     j.at("limit_val").get_to(c.limit_val);
-    j.at("aug").get_to(c.aug);
-    j.at("input_size").get_to(c.input_size);
+    c.crop.kind = parse_crop_kind(j.at("aug").get<std::string>());
+    j.at("input_size").get_to(c.crop.size);
     for (int k = 0; k < 2; ++k) {
-      c.scale[k] = j.at("scale").at(size_t(k)).get<float>();
-      c.ratio[k] = j.at("ratio").at(size_t(k)).get<float>();
+      c.crop.scale[k] = j.at("scale").at(size_t(k)).get<float>();
+      c.crop.ratio[k] = j.at("ratio").at(size_t(k)).get<float>();
     }
-    j.at("padding").get_to(c.padding);
-    j.at("flip").get_to(c.flip);
+    j.at("padding").get_to(c.crop.padding);
+    j.at("flip").get_to(c.crop.flip);
     j.at("interp").get_to(c.interp);
     j.at("mean").get_to(c.mean);
     j.at("std").get_to(c.std);
@@ -157,7 +289,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     j.at("channels_last").get_to(c.channels_last);
     j.at("out").get_to(c.out);
     // Distillation fields (absent in supervised checkpoints of format 1: defaults).
-    c.mode = j.value("mode", std::string("supervised"));
+    c.mode = parse_mode(j.value("mode", std::string("supervised")));
     c.labels = j.value("labels", std::string());
     c.num_crops = j.value("num_crops", 1);
     c.teacher = j.value("teacher", std::string());
@@ -169,6 +301,8 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.switch_prob = j.value("switch_prob", 0.5);
     return c;
   } catch (const nlohmann::json::exception& e) {
+    fail<FormatError>("{}: bad run configuration: {}", source, e.what());
+  } catch (const ConfigError& e) {
     fail<FormatError>("{}: bad run configuration: {}", source, e.what());
   }
 }

@@ -19,12 +19,12 @@ namespace {
 
 /// The demo's settings: a full one (about 14 minutes on 2 cores) and a quick one.
 struct Recipe {
-  size_t images;       ///< the students' training subset (labeled for FKD)
+  size_t images;          ///< the students' training subset (labeled for FKD)
   size_t teacher_images;  ///< the teacher's training subset (contains the students')
-  size_t val_images;   ///< test subset (0 = all 10,000)
+  size_t val_images;      ///< test subset (0 = all 10,000)
   int teacher_epochs;
-  int epochs;          ///< effective epochs of every student
-  int num_crops;       ///< FKD crops per image per pass
+  int epochs;     ///< effective epochs of every student
+  int num_crops;  ///< FKD crops per image per pass
 };
 
 Recipe recipe(bool quick) {
@@ -61,8 +61,10 @@ std::string results_table(const DemoResult& d) {
   const DemoStudent& plain = d.students[0];
   const DemoStudent& kd = d.students[1];
   std::string t =
-      "| student (tiny) | test top-1 | wall time | s / epoch | speed vs plain | speed vs online KD |\n"
-      "|----------------|-----------:|----------:|----------:|---------------:|-------------------:|\n";
+      "| student (tiny) | test top-1 | wall time | s / epoch | speed vs plain | speed vs online KD "
+      "|\n"
+      "|----------------|-----------:|----------:|----------:|---------------:|-------------------:"
+      "|\n";
   for (const DemoStudent& s : d.students) {
     t += fmt::format("| {:<14} | {:>9.2f}% | {:>9} | {:>9.1f} | {:>13.2f}x | {:>17.2f}x |\n",
                      s.name, s.top1, format_duration(s.seconds), s.epoch_seconds,
@@ -96,8 +98,8 @@ DemoResult run_demo(const DemoOptions& opts) {
   };
 
   // 1. The teacher.
-  fmt::print("== 1/5 teacher: resnet20 on {} Fashion-MNIST images, {} epochs\n",
-             rc.teacher_images, rc.teacher_epochs);
+  fmt::print("== 1/5 teacher: resnet20 on {} Fashion-MNIST images, {} epochs\n", rc.teacher_images,
+             rc.teacher_epochs);
   std::fflush(stdout);
   TrainConfig tc = base("resnet20", "teacher");
   tc.limit_train = rc.teacher_images;
@@ -120,7 +122,7 @@ DemoResult run_demo(const DemoOptions& opts) {
   lc.data = "fashion-mnist";
   lc.limit = rc.images;
   lc.crops = rc.epochs;
-  lc.aug = "crop";  // the small-image recipe the plain and KD students train with
+  lc.crop.kind = CropKind::kPadded;  // the small-image recipe the plain and KD students train with
   lc.threads = opts.threads;
   lc.workers = opts.workers;
   lc.device = opts.device;
@@ -157,10 +159,10 @@ DemoResult run_demo(const DemoOptions& opts) {
   const std::string table = results_table(d);
   const double total = seconds_since(t_all);
   fmt::print("\n{}\n", table);
-  fmt::print("teacher resnet20: {:.2f}% top-1 ({}); labeling: {} ({} crops per image, once for "
-             "every student trained from the store)\n",
-             d.teacher_top1, format_duration(d.teacher_seconds), label_time,
-             rc.epochs);
+  fmt::print(
+      "teacher resnet20: {:.2f}% top-1 ({}); labeling: {} ({} crops per image, once for "
+      "every student trained from the store)\n",
+      d.teacher_top1, format_duration(d.teacher_seconds), label_time, rc.epochs);
 
   std::vector<PlotSeries> plot;
   for (const DemoStudent& s : d.students) {
@@ -188,17 +190,18 @@ DemoResult run_demo(const DemoOptions& opts) {
       "(hard labels), online KD (the resnet20 teacher, frozen and optimized for inference, "
       "runs on every batch) and FKD (the teacher's soft labels of {} stored crops per image, "
       "{} per pass, no teacher). Threads: {}; loader workers: {}; device {}.\n\n"
-      "Teacher: resnet20, {} epochs on {} images, {:.2f}% test top-1, {}. Labeling: {} for {} crops per "
+      "Teacher: resnet20, {} epochs on {} images, {:.2f}% test top-1, {}. Labeling: {} for {} "
+      "crops per "
       "image, done once and reused by every student trained from the store.\n\n{}\n"
       "![test top-1 against wall-clock time]({})\n\n"
       "Whole demo: {}.\n",
       rc.images, rc.val_images ? rc.val_images : 10000, rc.epochs, opts.seed, rc.epochs,
       rc.num_crops == 1 ? std::string("one crop of each image")
                         : fmt::format("{} crops of each image", rc.num_crops),
-      opts.threads ? fmt::format("{}", opts.threads) : std::string("all cores"),
-      opts.workers, opts.device, rc.teacher_epochs, rc.teacher_images, d.teacher_top1,
-      format_duration(d.teacher_seconds), label_time, rc.epochs, table,
-      svg, format_duration(total));
+      opts.threads ? fmt::format("{}", opts.threads) : std::string("all cores"), opts.workers,
+      opts.device, rc.teacher_epochs, rc.teacher_images, d.teacher_top1,
+      format_duration(d.teacher_seconds), label_time, rc.epochs, table, svg,
+      format_duration(total));
   d.report = (out / ("report" + tag + ".md")).string();
   write_text_file_atomic(d.report, md);
   fmt::print("report: {} (plot: {})\n", d.report, (out / svg).string());

@@ -1,58 +1,97 @@
+// `fkd eval` and `fkd export`, and the evaluation pass training runs after every epoch.
 #include <fmt/core.h>
 
 #include "checkpoint.h"
+#include "device.h"
+#include "evaluation.h"
+#include "fkd/dataset.h"
 #include "fkd/error.h"
 #include "fkd/models.h"
+#include "fkd/progress.h"
 #include "fkd/train.h"
-#include "session.h"
+#include "input.h"
+#include "teachers.h"
 
 namespace fkd {
+
+EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+                          Loader& loader, const torch::Device& device, bool channels_last,
+                          const std::string& label) {
+  torch::NoGradGuard no_grad;
+  loader.start_epoch(0);
+  Progress bar(label, loader.dataset().size(), "img");
+  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
+  torch::Tensor top1 = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
+  torch::Tensor top5 = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
+  size_t n = 0;
+  Batch b;
+  while (loader.next(b)) {
+    if (b.n == 0) continue;
+    const auto x = batch_images(b, device, channels_last);
+    const auto y = batch_targets(b, device);
+    const auto logits = forward(x).to(torch::kFloat32);
+    loss_sum +=
+        torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+            .to(torch::kDouble);
+    const int64_t k = std::min<int64_t>(5, logits.size(1));
+    const auto pred = std::get<1>(logits.topk(k, /*dim=*/1));
+    const auto hit = pred.eq(y.unsqueeze(1));
+    top1 += hit.select(1, 0).sum();
+    top5 += hit.any(1).sum();
+    n += size_t(b.n);
+    bar.advance(uint64_t(b.n));
+  }
+  bar.finish();
+  EvalResult r;
+  r.samples = n;
+  r.bad_samples = loader.skipped();
+  if (n > 0) {
+    r.loss = loss_sum.item<double>() / double(n);
+    r.top1 = 100.0 * double(top1.item<int64_t>()) / double(n);
+    r.top5 = 100.0 * double(top5.item<int64_t>()) / double(n);
+  }
+  return r;
+}
 
 EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts) {
   configure_threads(opts.threads);
   const torch::Device device = parse_device(opts.device);
   FKD_CHECK(opts.split == "val" || opts.split == "train", ConfigError,
-            "--split must be val or train, got '{}'", opts.split);
+            "--split '{}': expected val or train", opts.split);
+  FKD_CHECK(opts.batch_size >= 1, ConfigError, "--batch-size {}: expected at least 1",
+            opts.batch_size);
   const Split split = opts.split == "train" ? Split::kTrain : Split::kVal;
 
-  // The transform: the checkpoint's own, or the dataset defaults for a TorchScript model,
-  // with explicit options taking precedence.
-  TrainConfig cfg;
+  // A checkpoint brings its model and the transform it trained with; a TorchScript model
+  // brings neither transform nor classes.
   std::shared_ptr<Net> net;
   std::unique_ptr<Teacher> scripted;
-  std::vector<std::string> classes;
-  if (is_checkpoint(model_path)) {
-    CheckpointMeta meta;
-    net = load_checkpoint(model_path, &meta);
-    cfg = meta.config;
-    classes = meta.classes;
+  std::optional<CheckpointFile> ckpt = try_open_checkpoint(model_path);
+  if (ckpt) {
+    net = checkpoint_model(*ckpt);
   } else {
     scripted = load_torchscript_teacher(model_path, device, /*optimize=*/true);
   }
-  // A TorchScript model brings no transform: start from the dataset's defaults.
-  if (scripted) cfg.model = model_names().front();  // only for resolve_config's checks
-  cfg.data = opts.data;
-  if (opts.channels) cfg.channels = opts.channels;
-  if (opts.input_size) cfg.input_size = opts.input_size;
-  if (opts.eval_resize) cfg.eval_resize = opts.eval_resize;
-  if (!opts.mean.empty()) cfg.mean = opts.mean;
-  if (!opts.std.empty()) cfg.std = opts.std;
-
+  InputOverrides over;
+  over.channels = opts.channels;
+  over.input_size = opts.input_size;
+  over.eval_resize = opts.eval_resize;
+  over.mean = opts.mean;
+  over.std = opts.std;
   DatasetOptions dopt;
-  dopt.channels = cfg.channels;
+  dopt.channels = opts.channels ? opts.channels : ckpt ? ckpt->meta.config.channels : 0;
   dopt.limit = opts.limit;
   auto ds = open_dataset(opts.data, split, dopt);
-  resolve_config(cfg, *ds);
+  const TrainConfig cfg = model_input(ckpt ? &ckpt->meta.config : nullptr, over, opts.data, *ds);
   if (net) {
-    FKD_CHECK(classes == ds->classes(), DataError,
-              "{}: its {} classes differ from the {} classes of {}", model_path, classes.size(),
-              ds->classes().size(), opts.data);
+    FKD_CHECK(ckpt->meta.classes == ds->classes(), DataError,
+              "{}: its {} classes differ from the {} classes of {}", model_path,
+              ckpt->meta.classes.size(), ds->classes().size(), opts.data);
     place_model(*net, device, opts.channels_last);
     net->eval();
-  }
-
-  if (scripted) {
-    check_teacher_classes(*scripted, model_path, device, cfg.channels, cfg.input_size,
+  } else {
+    check_teacher_classes(*scripted, model_path, device, cfg.channels, cfg.crop.size,
                           int(ds->classes().size()), opts.data, "model");
   }
 
@@ -74,15 +113,14 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
 
 void export_model(const std::string& checkpoint, const std::string& out,
                   const std::string& format) {
-  CheckpointMeta meta;
-  auto net = load_checkpoint(checkpoint, &meta);
+  FKD_CHECK(format == "torchscript" || format == "state_dict", ConfigError,
+            "--format '{}': expected torchscript or state_dict", format);
+  auto net = load_checkpoint(checkpoint);
   net->eval();
   if (format == "torchscript") {
     export_torchscript(*net, out);
-  } else if (format == "state_dict") {
-    save_state_dict_pickle(*net, out);
   } else {
-    fail<ConfigError>("--format must be torchscript or state_dict, got '{}'", format);
+    save_state_dict_pickle(*net, out);
   }
 }
 

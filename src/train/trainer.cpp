@@ -1,19 +1,25 @@
+// `fkd train`: the loop that teachers and students share. train() opens the data, builds the
+// crop source of the mode, starts or resumes the run, then runs passes; each pass trains,
+// evaluates, checkpoints and logs.
+#include <chrono>
+#include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.h"
-#include "soft_loss.h"
+#include "device.h"
+#include "evaluation.h"
 #include "fkd/error.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
 #include "fkd/replay.h"
-#include "fkd/rng.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
-#include "session.h"
+#include "input.h"
+#include "objective.h"
+#include "schedule.h"
 
 namespace fs = std::filesystem;
 
@@ -23,8 +29,9 @@ namespace {
 
 /// "1 epoch", "2 epochs"; `plural` where adding an s is wrong.
 std::string count_of(int64_t n, const char* one, const char* plural = nullptr) {
-  return n == 1 ? fmt::format("1 {}", one)
-                : plural ? fmt::format("{} {}", n, plural) : fmt::format("{} {}s", n, one);
+  return n == 1   ? fmt::format("1 {}", one)
+         : plural ? fmt::format("{} {}", n, plural)
+                  : fmt::format("{} {}s", n, one);
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& cfg, Net& net) {
@@ -32,15 +39,31 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& cfg, 
     return std::make_unique<torch::optim::AdamW>(
         net.parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   }
-  return std::make_unique<torch::optim::SGD>(net.parameters(),
-                                             torch::optim::SGDOptions(cfg.lr)
-                                                 .momentum(cfg.momentum)
-                                                 .nesterov(cfg.nesterov)
-                                                 .weight_decay(cfg.weight_decay));
+  return std::make_unique<torch::optim::SGD>(net.parameters(), torch::optim::SGDOptions(cfg.lr)
+                                                                   .momentum(cfg.momentum)
+                                                                   .nesterov(cfg.nesterov)
+                                                                   .weight_decay(cfg.weight_decay));
 }
 
 void set_lr(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) group.options().set_lr(lr);
+}
+
+/// A store labels one subset of the dataset: without --limit-train, train on that subset
+/// (check_store_matches refuses any other).
+void adopt_store_subset(TrainConfig& cfg) {
+  const bool fkd = cfg.mode == TrainMode::kFkd || cfg.mode == TrainMode::kAuto;
+  if (cfg.labels.empty() || cfg.limit_train != 0 || !fkd ||
+      !fs::exists(fs::path(cfg.labels) / "manifest.json")) {
+    return;
+  }
+  const uint64_t store_limit = read_manifest(cfg.labels).dataset_limit;
+  if (store_limit == 0) return;
+  cfg.limit_train = size_t(store_limit);
+  fmt::print(
+      "labels {}: made for a subset of {} training images (fkd label --limit); "
+      "training on that subset (--limit-train {})\n",
+      cfg.labels, store_limit, store_limit);
 }
 
 /// On resume, every field that defines the run must match the checkpoint's; only how it
@@ -61,266 +84,250 @@ void check_resume_compatible(const TrainConfig& now, const TrainConfig& saved,
   }
 }
 
-void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    for (const auto& m : history) f << metrics_to_json(m) << "\n";
-    FKD_CHECK(f.good(), IoError, "{}: cannot write", tmp);
+/// Where the crops come from: the stored crops of a label store (FKD), or random crops.
+std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const Dataset& train_set,
+                                                   const PassPlan& plan) {
+  if (cfg.mode != TrainMode::kFkd) {
+    return std::make_shared<RandomCropSource>(train_transform(cfg), cfg.seed);
   }
-  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename", tmp);
+  auto store = std::make_shared<StoreReader>(cfg.labels);
+  const Manifest& mf = store->manifest();
+  check_store_matches(mf, cfg.labels, train_set, cfg.data, cfg.limit_train);
+  const int m = cfg.num_crops;
+  fmt::print("labels {}: {} per image by {}, {} top-{} {}; {} per image per pass, {}{}\n",
+             cfg.labels, count_of(mf.crops_per_image, "crop"), mf.teacher,
+             label_type_name(mf.label_type), mf.k, precision_name(mf.precision),
+             count_of(m, "crop"), count_of(plan.passes(), "pass", "passes"),
+             uint64_t(plan.crops_used()) > mf.crops_per_image
+                 ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
+                 : "");
+  return std::make_shared<StoreCropSource>(
+      store, m, cfg.seed, cfg.skip_damaged_labels ? DamagedRecords::kSkip : DamagedRecords::kStop);
 }
 
-}  // namespace
-
-TrainResult train(TrainConfig cfg) {
-  const int threads = configure_threads(cfg.threads);
-  const torch::Device device = parse_device(cfg.device);
-
-  // A store labels one subset of the dataset: without --limit-train, train on that subset
-  // (check_store_matches below refuses any other).
-  if (!cfg.labels.empty() && cfg.limit_train == 0 && (cfg.mode == "fkd" || cfg.mode == "auto") &&
-      fs::exists(fs::path(cfg.labels) / "manifest.json")) {
-    const uint64_t store_limit = read_manifest(cfg.labels).dataset_limit;
-    if (store_limit > 0) {
-      cfg.limit_train = size_t(store_limit);
-      fmt::print("labels {}: made for a subset of {} training images (fkd label --limit); "
-                 "training on that subset (--limit-train {})\n",
-                 cfg.labels, store_limit, store_limit);
-    }
-  }
-
-  DatasetOptions dopt;
-  dopt.channels = cfg.channels;
-  dopt.limit = cfg.limit_train;
-  auto train_set = open_dataset(cfg.data, Split::kTrain, dopt);
-  resolve_config(cfg, *train_set);
-  dopt.channels = cfg.channels;
-  dopt.limit = cfg.limit_val;
-  auto val_set = open_dataset(cfg.data, Split::kVal, dopt);
-  FKD_CHECK(val_set->classes() == train_set->classes(), DataError,
-            "{}: the val split's classes differ from the train split's", cfg.data);
-
-  const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
-  const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
-  const int num_classes = int(train_set->classes().size());
-
-  // Where the targets come from: the labels (supervised), a label store (FKD), a teacher (KD).
-  const int m = cfg.num_crops;
-  const TrainTransform tt = train_transform(cfg);
-  std::shared_ptr<const CropSource> source;
-  if (cfg.mode == "fkd") {
-    auto store = std::make_shared<StoreReader>(cfg.labels);
-    const Manifest& mf = store->manifest();
-    check_store_matches(mf, cfg.labels, *train_set, cfg.data, cfg.limit_train);
-    source = std::make_shared<StoreCropSource>(store, m, cfg.seed);
-    const int passes = (cfg.epochs + m - 1) / m;
-    fmt::print("labels {}: {} per image by {}, {} top-{} {}; {} per image per pass, {}{}\n",
-               cfg.labels, count_of(mf.crops_per_image, "crop"), mf.teacher,
-               label_type_name(mf.label_type), mf.k, precision_name(mf.precision),
-               count_of(m, "crop"), count_of(passes, "pass", "passes"),
-               uint64_t(passes) * uint64_t(m) > mf.crops_per_image
-                   ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
-                   : "");
-  } else {
-    source = std::make_shared<RandomCropSource>(tt, cfg.seed);
-  }
-  std::unique_ptr<Teacher> teacher;
-  torch::Tensor renorm_scale, renorm_shift;  // student-normalized input -> teacher-normalized
-  if (cfg.mode == "kd") {
-    TrainConfig tcfg;
-    bool ckpt = false;
-    teacher = open_teacher(cfg.teacher, device, /*optimize=*/true, &tcfg, &ckpt);
-    check_teacher_classes(*teacher, cfg.teacher, device, cfg.channels, cfg.input_size,
-                          num_classes, cfg.data);
-    if (ckpt && (tcfg.mean != cfg.mean || tcfg.std != cfg.std)) {
-      FKD_CHECK(tcfg.mean.size() == cfg.mean.size(), ConfigError,
-                "teacher {} takes {} input channels, the student {}", cfg.teacher,
-                tcfg.mean.size(), cfg.mean.size());
-      std::vector<float> scale, shift;
-      for (size_t c = 0; c < cfg.mean.size(); ++c) {
-        scale.push_back(cfg.std[c] / tcfg.std[c]);
-        shift.push_back((cfg.mean[c] - tcfg.mean[c]) / tcfg.std[c]);
-      }
-      const int64_t nc = int64_t(scale.size());
-      renorm_scale = torch::tensor(scale).view({1, nc, 1, 1}).to(device);
-      renorm_shift = torch::tensor(shift).view({1, nc, 1, 1}).to(device);
-    }
-  }
-
-  fs::create_directories(cfg.out);
-
-  torch::manual_seed(cfg.seed);
-  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
-  place_model(*net, device, cfg.channels_last);
-  auto optimizer = make_optimizer(cfg, *net);
-
+/// Starts the run in cfg.out, or resumes it from its checkpoint: restores the model, the
+/// optimizer and the RNG, and rewrites metrics.jsonl to the checkpoint's history.
+CheckpointMeta start_or_resume(const TrainConfig& cfg, const Dataset& train_set, Net& net,
+                               torch::optim::Optimizer& optimizer, const std::string& ckpt_path,
+                               const std::string& metrics_path) {
   CheckpointMeta meta;
   meta.model = cfg.model;
   meta.in_channels = cfg.channels;
-  meta.num_classes = num_classes;
-  meta.classes = train_set->classes();
+  meta.num_classes = int(train_set.classes().size());
+  meta.classes = train_set.classes();
   meta.config = cfg;
   if (cfg.resume && fs::exists(ckpt_path)) {
-    CheckpointMeta saved = read_checkpoint_meta(ckpt_path);
-    check_resume_compatible(cfg, saved.config, ckpt_path);
-    FKD_CHECK(saved.classes == meta.classes, WorkMismatch,
+    CheckpointFile saved = open_checkpoint(ckpt_path);
+    check_resume_compatible(cfg, saved.meta.config, ckpt_path);
+    FKD_CHECK(saved.meta.classes == meta.classes, WorkMismatch,
               "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
-    load_checkpoint_into(ckpt_path, *net, optimizer.get(), /*restore_rng=*/true);
-    meta.epochs_done = saved.epochs_done;
-    meta.step = saved.step;
-    meta.history = saved.history;
-    write_metrics_file(metrics_path, meta.history);  // drop lines of unfinished epochs
+    restore_model(saved, net);
+    restore_training_state(saved, optimizer);
+    meta.epochs_done = saved.meta.epochs_done;
+    meta.step = saved.meta.step;
+    meta.history = saved.meta.history;
     fmt::print("resuming {} after epoch {}/{}\n", ckpt_path, meta.epochs_done, cfg.epochs);
   } else {
     FKD_CHECK(!fs::exists(ckpt_path) || cfg.resume, ConfigError,
               "{} already holds a run; pass --resume to continue it or choose a new --out",
               cfg.out);
-    write_metrics_file(metrics_path, {});
   }
+  write_metrics_file(metrics_path, meta.history);  // drops lines of unfinished epochs
+  return meta;
+}
+
+/// What one pass over the training images measured.
+struct PassStats {
+  double loss = 0, top1 = 0;  ///< means over the pass's samples (top-1 in percent)
+  size_t seen = 0;            ///< samples trained on
+  double lr = 0;              ///< learning rate of the last step
+  double seconds = 0;         ///< wall time
+};
+
+/// Everything a pass needs, built once per run.
+struct Trainer {
+  const TrainConfig& cfg;
+  const torch::Device& device;
+  Net& net;
+  torch::optim::Optimizer& optimizer;
+  const Objective& objective;
+  Loader& loader;
+  int64_t warmup_steps, total_steps;
+
+  /// Trains on pass `pass` (its crops, `title` on the progress bar), advancing *step.
+  PassStats run_pass(int pass, const std::string& title, int64_t* step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    net.train();
+    loader.start_epoch(pass);
+    const int m = cfg.num_crops;
+    Progress bar(title, loader.dataset().size() * size_t(m), m == 1 ? "img" : "crop");
+    auto loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
+    auto correct = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
+    PassStats s;
+    s.lr = cfg.lr;
+    Batch b;
+    while (loader.next(b)) {
+      if (b.n == 0) continue;
+      s.lr = lr_at(cfg.lr, *step, warmup_steps, total_steps);
+      set_lr(optimizer, s.lr);
+      const auto x = batch_images(b, device, cfg.channels_last);
+      const auto y = batch_targets(b, device);
+      const auto [loss, logits] = objective(b, x, y, *step, net);
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+      ++*step;
+      loss_sum += loss.detach().to(torch::kDouble) * double(b.n);
+      correct += logits.detach().argmax(1).eq(y).sum();
+      s.seen += size_t(b.n);
+      // A loss that is not finite has ruined the weights: stop before they are saved, as
+      // timm does. On a GPU the check waits for the device, so it runs every few steps.
+      if (device.is_cpu() || *step % kFiniteCheckSteps == 0) check_finite(loss_sum, title, *step);
+      bar.advance(uint64_t(b.n));
+    }
+    bar.finish();
+    check_finite(loss_sum, title, *step);
+    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s.seen) {
+      s.loss = loss_sum.item<double>() / double(s.seen);
+      s.top1 = 100.0 * double(correct.item<int64_t>()) / double(s.seen);
+    }
+    return s;
+  }
+
+  static constexpr int64_t kFiniteCheckSteps = 32;
+
+  void check_finite(const torch::Tensor& loss_sum, const std::string& title, int64_t step) const {
+    const double v = loss_sum.item<double>();
+    FKD_CHECK(std::isfinite(v), DataError,
+              "{}, step {}: the training loss is {}; stopping before the weights are saved "
+              "({} keeps the last finished epoch): lower --lr, add --warmup-epochs or check the "
+              "data",
+              title, step, v, (fs::path(cfg.out) / "checkpoint.pt").string());
+  }
+};
+
+void report_skipped(const Loader& l, const char* split) {
+  if (l.skipped() == 0) return;
+  fmt::print(stderr, "warning: {} {} sample(s) could not be loaded and were skipped:\n",
+             l.skipped(), split);
+  for (const auto& s : l.bad_samples()) fmt::print(stderr, "  {}\n", s.error);
+  if (l.skipped() > l.bad_samples().size()) {
+    fmt::print(stderr, "  ... and {} more\n", l.skipped() - l.bad_samples().size());
+  }
+}
+
+}  // namespace
+
+TrainResult train(TrainConfig cfg) {
+  validate_config(cfg);
+  adopt_store_subset(cfg);
+  DatasetOptions dopt;
+  dopt.channels = cfg.channels;
+  dopt.limit = cfg.limit_train;
+  return train(cfg, open_dataset(cfg.data, Split::kTrain, dopt));
+}
+
+TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
+  const int threads = configure_threads(cfg.threads);
+  const torch::Device device = parse_device(cfg.device);
+  std::vector<std::string> notes;
+  resolve_config(cfg, *train_set, &notes);
+  for (const std::string& n : notes) fmt::print("{}\n", n);
+  DatasetOptions dopt;
+  dopt.channels = cfg.channels;
+  dopt.limit = cfg.limit_val;
+  auto val_set = open_dataset(cfg.data, Split::kVal, dopt);
+  FKD_CHECK(val_set->classes() == train_set->classes(), DataError,
+            "{}: the val split's classes differ from the train split's", cfg.data);
+  const int num_classes = int(train_set->classes().size());
+
+  const PassPlan plan{cfg.epochs, cfg.num_crops};
+  auto source = make_crop_source(cfg, *train_set, plan);
+  const Objective objective(cfg, num_classes, device);
+
+  fs::create_directories(cfg.out);
+  const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
+  const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
+  torch::manual_seed(cfg.seed);
+  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
+  place_model(*net, device, cfg.channels_last);
+  auto optimizer = make_optimizer(cfg, *net);
+  CheckpointMeta meta = start_or_resume(cfg, *train_set, *net, *optimizer, ckpt_path, metrics_path);
 
   LoaderOptions lopt;
   lopt.batch_size = cfg.batch_size;
   lopt.seed = cfg.seed;
   lopt.workers = cfg.workers;
   lopt.strict = cfg.strict_data;
-  Loader train_loader(train_set, tt, source, lopt);
+  Loader train_loader(train_set, train_transform(cfg), source, lopt);
   LoaderOptions vopt = lopt;
   vopt.batch_size = 256;
   vopt.shuffle = false;
   Loader val_loader(val_set, eval_transform(cfg), vopt);
 
-  // One pass over the images yields m crops of each: it counts as m epochs (the last pass
-  // may count fewer), and the schedule runs in these effective epochs.
-  const int passes = (cfg.epochs + m - 1) / m;
   const int64_t steps_per_pass = int64_t(train_loader.num_batches());
-  const int64_t total_steps = steps_per_pass * passes;
-  const int64_t warmup_steps = int64_t(cfg.warmup_epochs * double(steps_per_pass) / m);
-  fmt::print("train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
-             "device {}\n",
-             cfg.model, cfg.mode, cfg.data, train_set->size(), val_set->size(), num_classes,
-             cfg.channels, cfg.input_size, cfg.input_size, count_of(cfg.epochs, "epoch"),
-             count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str());
+  Trainer trainer{cfg,
+                  device,
+                  *net,
+                  *optimizer,
+                  objective,
+                  train_loader,
+                  plan.steps_in(cfg.warmup_epochs, steps_per_pass),
+                  steps_per_pass * plan.passes()};
+  fmt::print(
+      "train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
+      "device {}\n",
+      cfg.model, mode_name(cfg.mode), cfg.data, train_set->size(), val_set->size(), num_classes,
+      cfg.channels, cfg.crop.size, cfg.crop.size, count_of(cfg.epochs, "epoch"),
+      count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str());
   std::fflush(stdout);
 
-  const bool soft = cfg.mode != "supervised";
-  const bool mixing = cfg.mixup > 0 || cfg.cutmix > 0;
-  TrainResult result;
-  std::ofstream metrics(metrics_path, std::ios::app);
+  const int m = cfg.num_crops;
   int passes_this_call = 0;
-  for (int pass = (meta.epochs_done + m - 1) / m; pass < passes; ++pass) {
-    const int first_epoch = pass * m;  // 0-based effective epoch at the start of the pass
-    const int covered = std::min(m, cfg.epochs - first_epoch);
+  for (int pass = plan.pass_after(meta.epochs_done); pass < plan.passes(); ++pass) {
     const auto t0 = std::chrono::steady_clock::now();
-    net->train();
-    train_loader.start_epoch(pass);
+    const int first = plan.first_epoch(pass), covered = plan.epochs_in(pass);
     const std::string title =
-        m == 1 ? fmt::format("epoch {}/{}", first_epoch + 1, cfg.epochs)
-               : fmt::format("epochs {}-{}/{}", first_epoch + 1, first_epoch + covered,
-                             cfg.epochs);
-    Progress bar(title, train_set->size() * size_t(m), m == 1 ? "img" : "crop");
-    auto loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
-    auto correct = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
-    size_t seen = 0;
-    double lr = cfg.lr;
-    Batch b;
-    while (train_loader.next(b)) {
-      if (b.n == 0) continue;
-      lr = lr_at(cfg.lr, meta.step, warmup_steps, total_steps);
-      set_lr(*optimizer, lr);
-      auto x = batch_images(b, device, cfg.channels_last);
-      const auto y = batch_targets(b, device);
-      torch::Tensor logits, loss;
-      if (!soft && !mixing) {
-        logits = net->forward(x);
-        loss = torch::nn::functional::cross_entropy(
-            logits, y,
-            torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(
-                cfg.label_smoothing));
-      } else {
-        torch::Tensor q, hard;
-        if (cfg.mode == "fkd") {
-          q = torch::from_blob(b.soft.data(), {b.n, b.soft_classes}, torch::kFloat32).to(device);
-        }
-        if (!soft || cfg.hard_weight > 0) hard = one_hot_targets(y, num_classes, cfg.label_smoothing);
-        if (mixing) {
-          Rng rng(cfg.seed, RngStream::kMix, {uint64_t(meta.step)});
-          const MixPlan plan = sample_mix(rng, cfg.mixup, cfg.cutmix, cfg.mix_prob,
-                                          cfg.switch_prob, b.h, b.w);
-          x = apply_mix(plan, x, {&q, &hard});
-        }
-        if (cfg.mode == "kd") {
-          torch::NoGradGuard no_grad;
-          const auto xt = renorm_scale.defined() ? x * renorm_scale + renorm_shift : x;
-          q = torch::softmax(teacher->logits(xt).to(torch::kFloat32) / cfg.temperature, 1);
-        }
-        logits = net->forward(x);
-        if (!soft) {
-          loss = soft_cross_entropy(logits, hard, 1.0);
-        } else {
-          loss = soft_cross_entropy(logits, q, cfg.temperature);
-          if (cfg.hard_weight > 0) {
-            loss = loss * (1.0 - cfg.hard_weight) +
-                   soft_cross_entropy(logits, hard, 1.0) * cfg.hard_weight;
-          }
-        }
-      }
-      optimizer->zero_grad();
-      loss.backward();
-      optimizer->step();
-      ++meta.step;
-      loss_sum += loss.detach().to(torch::kDouble) * double(b.n);
-      correct += logits.detach().argmax(1).eq(y).sum();
-      seen += size_t(b.n);
-      bar.advance(uint64_t(b.n));
-    }
-    bar.finish();
-    const double train_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        m == 1 ? fmt::format("epoch {}/{}", first + 1, cfg.epochs)
+               : fmt::format("epochs {}-{}/{}", first + 1, first + covered, cfg.epochs);
+    const PassStats s = trainer.run_pass(pass, title, &meta.step);
 
     net->eval();
     const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net->forward(x); },
                                          val_loader, device, cfg.channels_last, "  eval");
     EpochMetrics em;
-    em.epoch = first_epoch + covered;
+    em.epoch = first + covered;
     em.epochs_covered = covered;
-    em.train_loss = seen ? loss_sum.item<double>() / double(seen) : 0;
-    em.train_top1 = seen ? 100.0 * double(correct.item<int64_t>()) / double(seen) : 0;
+    em.train_loss = s.loss;
+    em.train_top1 = s.top1;
     em.val_loss = ev.loss;
     em.top1 = ev.top1;
     em.top5 = ev.top5;
-    em.lr = lr;
-    em.samples_per_s = train_seconds > 0 ? double(seen) / train_seconds : 0;
-    em.train_seconds = train_seconds;
+    em.lr = s.lr;
+    em.samples_per_s = s.seconds > 0 ? double(s.seen) / s.seconds : 0;
+    em.train_seconds = s.seconds;
     em.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
     meta.epochs_done = em.epoch;
     meta.history.push_back(em);
     save_checkpoint(ckpt_path, meta, *net, optimizer.get());
-    metrics << metrics_to_json(em) << "\n";
-    metrics.flush();
-    fmt::print("epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
-               "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
-               em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5,
-               em.lr, em.samples_per_s, m == 1 ? "img" : "crop", format_duration(em.seconds));
+    write_metrics_file(metrics_path, meta.history);
+    fmt::print(
+        "epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
+        "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
+        em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5, em.lr,
+        em.samples_per_s, m == 1 ? "img" : "crop", format_duration(em.seconds));
     std::fflush(stdout);
     if (cfg.stop_after > 0 && ++passes_this_call >= cfg.stop_after) break;
   }
 
+  TrainResult result;
   result.history = meta.history;
   result.checkpoint = ckpt_path;
   result.bad_samples = train_loader.skipped() + val_loader.skipped();
-  auto report_bad = [](const Loader& l, const char* split) {
-    if (l.skipped() == 0) return;
-    fmt::print(stderr, "warning: {} {} image(s) could not be read and were skipped:\n",
-               l.skipped(), split);
-    for (const auto& s : l.bad_samples()) fmt::print(stderr, "  {}\n", s.error);
-    if (l.skipped() > l.bad_samples().size()) {
-      fmt::print(stderr, "  ... and {} more\n", l.skipped() - l.bad_samples().size());
-    }
-  };
-  report_bad(train_loader, "train");
-  report_bad(val_loader, "val");
+  report_skipped(train_loader, "train");
+  report_skipped(val_loader, "val");
   return result;
 }
 

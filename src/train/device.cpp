@@ -1,0 +1,67 @@
+#include "device.h"
+
+#include <thread>
+
+#include "fkd/error.h"
+#include "fkd/train.h"
+
+namespace fkd {
+
+int configure_threads(int threads) {
+  FKD_CHECK(threads >= 0, ConfigError, "--threads {}: expected >= 0 (0 = all cores)", threads);
+  const int n = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(n);
+  return n;
+}
+
+torch::Device parse_device(const std::string& spec) {
+  std::unique_ptr<torch::Device> d;
+  try {
+    d = std::make_unique<torch::Device>(spec);
+  } catch (const c10::Error&) {
+    fail<ConfigError>("--device '{}': expected cpu, cuda or cuda:N", spec);
+  }
+  if (d->is_cuda()) {
+    FKD_CHECK(torch::cuda::is_available(), ConfigError,
+              "--device {}: this fkd was built against a LibTorch without CUDA, or no GPU is "
+              "visible (build with CMAKE_PREFIX_PATH pointing to a CUDA LibTorch)",
+              spec);
+    const int idx = d->has_index() ? d->index() : 0;
+    FKD_CHECK(idx < int(torch::cuda::device_count()), ConfigError,
+              "--device {}: only {} CUDA device(s) visible", spec, torch::cuda::device_count());
+  } else {
+    FKD_CHECK(d->is_cpu(), ConfigError, "--device '{}': expected cpu, cuda or cuda:N", spec);
+  }
+  return *d;
+}
+
+torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last) {
+  auto keep = b.images;
+  auto t = torch::from_blob(
+      b.images.get(), {b.n, b.c, b.h, b.w}, [keep](void*) {}, torch::kFloat32);
+  if (!device.is_cpu()) t = t.to(device, /*non_blocking=*/true);
+  return channels_last ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+}
+
+torch::Tensor batch_targets(const Batch& b, const torch::Device& device) {
+  auto t = torch::tensor(b.targets, torch::kLong);
+  return device.is_cpu() ? t : t.to(device);
+}
+
+torch::Tensor batch_soft_labels(const Batch& b, const torch::Device& device) {
+  FKD_CHECK(b.soft_classes > 0 && b.soft.size() == size_t(b.n) * size_t(b.soft_classes), Error,
+            "internal: batch {} carries no soft labels", b.index);
+  return torch::from_blob(const_cast<float*>(b.soft.data()), {b.n, b.soft_classes}, torch::kFloat32)
+      .to(device);
+}
+
+void place_model(torch::nn::Module& net, const torch::Device& device, bool channels_last) {
+  net.to(device);
+  if (!channels_last) return;
+  torch::NoGradGuard no_grad;
+  for (auto& p : net.parameters()) {
+    if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+  }
+}
+
+}  // namespace fkd

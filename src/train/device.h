@@ -1,0 +1,26 @@
+// Placing batches and models on the compute device.
+#pragma once
+#include <string>
+
+#include <torch/torch.h>
+
+#include "fkd/loader.h"
+
+namespace fkd {
+
+/// Parses "cpu", "cuda", "cuda:N"; a clear ConfigError when CUDA is asked for but absent.
+torch::Device parse_device(const std::string& spec);
+
+/// A batch's images as a tensor on `device` ([n, c, h, w] float32); on the CPU it shares
+/// the batch's memory unless channels_last asks for NHWC strides.
+torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last);
+/// A batch's class indices, int64 [n] on `device`.
+torch::Tensor batch_targets(const Batch& b, const torch::Device& device);
+/// A batch's stored soft labels, float32 [n, soft_classes] on `device` (the batch must
+/// carry them); on the CPU it shares the batch's memory, so it lives as long as the batch.
+torch::Tensor batch_soft_labels(const Batch& b, const torch::Device& device);
+
+/// Moves a model to `device`, with its 4-D weights in channels-last layout if asked.
+void place_model(torch::nn::Module& net, const torch::Device& device, bool channels_last);
+
+}  // namespace fkd

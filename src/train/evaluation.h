@@ -1,0 +1,19 @@
+// Evaluation of a model over a loader's batches.
+#pragma once
+#include <functional>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "fkd/loader.h"
+#include "fkd/train.h"
+
+namespace fkd {
+
+/// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass),
+/// with a progress bar titled `label`.
+EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+                          Loader& loader, const torch::Device& device, bool channels_last,
+                          const std::string& label);
+
+}  // namespace fkd
