@@ -19,8 +19,10 @@ std::string fkd_bin() { return std::string(FKD_BINARY_DIR) + "/fkd"; }
 
 /// Runs fkd with arguments; stderr is merged into the output.
 fkd::test::CommandResult run_fkd(const std::string& args) {
-  return run_command("FKD_PROGRESS=plain OMP_WAIT_POLICY=passive " + fkd_bin() + " " + args +
-                     " 2>&1");
+  // "timeout N BIN ARGS" runs the binary under a time limit (a hang fails the test).
+  const bool wrapped = args.rfind("timeout ", 0) == 0;
+  return run_command("FKD_PROGRESS=plain OMP_WAIT_POLICY=passive " +
+                     (wrapped ? args : fkd_bin() + " " + args) + " 2>&1");
 }
 
 int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
@@ -30,17 +32,21 @@ int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end()
 TEST(Cli, HelpListsSubcommands) {
   const auto r = run_fkd("--help");
   EXPECT_EQ(r.status, 0);
+  // Each subcommand as the command list shows it: its name at the start of a line.
   for (const char* sub : {"train", "eval", "export", "label", "inspect", "distill", "demo"}) {
-    EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+    EXPECT_TRUE(std::regex_search(r.out, std::regex(std::string("\n +") + sub + " ")))
+        << sub << "\n"
+        << r.out;
   }
   const auto t = run_fkd("train --help");
   EXPECT_EQ(t.status, 0);
-  for (const char* flag : {"--data", "--model", "--resume", "--optimizer", "--label-smoothing",
-                           "--warmup-epochs", "--device", "--threads", "--workers", "--labels",
-                           "--num-crops", "--teacher", "--temperature", "--hard-weight",
-                           "--mixup", "--cutmix"}) {
+  for (const char* flag :
+       {"--data", "--model", "--resume", "--optimizer", "--label-smoothing", "--warmup-epochs",
+        "--device", "--threads", "--workers", "--labels", "--num-crops", "--teacher",
+        "--temperature", "--hard-weight", "--mixup", "--cutmix", "--skip-damaged-labels"}) {
     EXPECT_NE(t.out.find(flag), std::string::npos) << flag;
   }
+  EXPECT_NE(t.out.find("this many passes"), std::string::npos) << t.out;  // --stop-after's unit
   const auto dh = run_fkd("distill --help");
   EXPECT_EQ(dh.status, 0);
   for (const char* flag : {"--teacher", "--student", "--epochs", "--num-crops", "--crops"}) {
@@ -48,11 +54,59 @@ TEST(Cli, HelpListsSubcommands) {
   }
 }
 
+TEST(Cli, CountsAndRangesAreCheckedBeforeAnyWork) {
+  // Every subcommand refuses a nonsense count or range at once, in one line naming the flag,
+  // before it reads any data (a negative worker count once hung the loader for good).
+  TempDir d;
+  const std::string t = d.file("t.pt"), s = d.file("store");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train --workers -3", "--workers"},
+      {"eval " + t + " --workers -3", "--workers"},
+      {"label --teacher " + t + " --out " + s + " --workers -3", "--workers"},
+      {"distill --teacher " + t + " --workers -3", "--workers"},
+      {"demo --workers -3", "--workers"},
+      {"train --threads -1", "--threads"},
+      {"train --batch-size 0", "--batch-size"},
+      {"eval " + t + " --batch-size 0", "--batch-size"},
+      {"train --epochs 0", "--epochs"},
+      {"train --momentum -1", "--momentum"},
+      {"train --weight-decay -1", "--weight-decay"},
+      {"train --stop-after 0", "--stop-after"},
+      {"train --stop-after -1", "--stop-after"},
+      {"train --num-crops 0", "--num-crops"},
+      {"train --flip 2", "--flip"},
+      {"train --scale 0.5 2", "--scale"},
+      {"train --aug zoom", "--aug"},
+      {"train --mode teach", "--mode"},
+      {"label --teacher " + t + " --out " + s + " --topk 0", "--topk"},
+      {"label --teacher " + t + " --out " + s + " --topk -1", "--topk"},
+      {"label --teacher " + t + " --out " + s + " --crops 0", "--crops"},
+      {"label --teacher " + t + " --out " + s + " --flip 1.5", "--flip"},
+      {"label --teacher " + t + " --out " + s + " --batch 0", "--batch"},
+      {"distill --teacher " + t + " --topk 0", "--topk"},
+      {"inspect " + s + " --image -1", "--image"},
+  };
+  for (const auto& [args, flag] : cases) {
+    const auto r = run_fkd("timeout 60 " + fkd_bin() + " " + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find(flag), std::string::npos) << args << "\n" << r.out;
+  }
+  EXPECT_FALSE(std::filesystem::exists(s));
+  // The store format's limit (2^20 crops per image), not a smaller one of the command line's:
+  // 70000 crops pass, and the run goes on to find the missing teacher.
+  const auto big = run_fkd("label --teacher " + t + " --out " + s + " --crops 70000");
+  EXPECT_EQ(big.status, 1) << big.out;
+  EXPECT_NE(big.out.find(t + ": no such file"), std::string::npos) << big.out;
+  const auto over = run_fkd("label --teacher " + t + " --out " + s + " --crops 1048577");
+  EXPECT_EQ(over.status, 2) << over.out;
+}
+
 TEST(Cli, DistillationErrorsAreOneLine) {
   TempDir d;
   // A label store that does not exist.
-  const auto r = run_fkd("train --model tiny --labels " + d.file("nolabels") + " --out " +
-                         d.file("run"));
+  const auto r =
+      run_fkd("train --model tiny --labels " + d.file("nolabels") + " --out " + d.file("run"));
   EXPECT_EQ(r.status, 1);
   EXPECT_EQ(count_lines(r.out), 1) << r.out;
   EXPECT_NE(r.out.find(d.file("nolabels")), std::string::npos) << r.out;
@@ -91,8 +145,10 @@ TEST(Cli, ErrorsAreOneLine) {
 TEST(Cli, TrainEvalExportRoundTrip) {
   TempDir d;
   const std::string run = d.file("run");
-  const auto t = run_fkd("train --model tiny --epochs 1 --limit-train 2048 --limit-val 512 "
-                     "--batch-size 64 --lr 0.05 --threads 2 --out " + run);
+  const auto t = run_fkd(
+      "train --model tiny --epochs 1 --limit-train 2048 --limit-val 512 "
+      "--batch-size 64 --lr 0.05 --threads 2 --out " +
+      run);
   ASSERT_EQ(t.status, 0) << t.out;
   EXPECT_NE(t.out.find("epoch   1/1"), std::string::npos) << t.out;
 
@@ -106,12 +162,14 @@ TEST(Cli, TrainEvalExportRoundTrip) {
   // Python loads both export formats and gets the same accuracy on the same images.
   const auto x = run_fkd("export " + run + "/checkpoint.pt " + d.file("tiny.pt"));
   ASSERT_EQ(x.status, 0) << x.out;
-  const auto py = fkd::test::run_python("cli_check_export.py", {"torchscript", d.file("tiny.pt"), top1});
+  const auto py =
+      fkd::test::run_python("cli_check_export.py", {"torchscript", d.file("tiny.pt"), top1});
   EXPECT_EQ(py.status, 0) << "python top-1 " << py.out << " vs fkd " << top1;
-  const auto s = run_fkd("export " + run + "/checkpoint.pt --format state_dict -o " + d.file("tiny.pth"));
+  const auto s =
+      run_fkd("export " + run + "/checkpoint.pt --format state_dict -o " + d.file("tiny.pth"));
   ASSERT_EQ(s.status, 0) << s.out;
-  const auto py2 =
-      fkd::test::run_python("cli_check_export.py", {"state_dict", d.file("tiny.pth"), top1, "tiny"});
+  const auto py2 = fkd::test::run_python("cli_check_export.py",
+                                         {"state_dict", d.file("tiny.pth"), top1, "tiny"});
   EXPECT_EQ(py2.status, 0) << "python top-1 " << py2.out << " vs fkd " << top1;
 
   // A TorchScript model is evaluated directly too.
@@ -182,8 +240,10 @@ TEST(Cli, TeacherThatCannotRunOnTheDataIsNamedInOneLine) {
     const auto r = run_fkd(cmd);
     EXPECT_EQ(r.status, 1) << cmd;
     EXPECT_EQ(count_lines(r.out), 1) << r.out;
-    EXPECT_NE(r.out.find(teacher + ": TorchScript forward failed on an input of shape [1, 1, 28, 28]"),
-              std::string::npos) << r.out;
+    EXPECT_NE(
+        r.out.find(teacher + ": TorchScript forward failed on an input of shape [1, 1, 28, 28]"),
+        std::string::npos)
+        << r.out;
     EXPECT_NE(r.out.find("to have 3 channels"), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("--channels"), std::string::npos) << r.out;
   }

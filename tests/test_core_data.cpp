@@ -20,9 +20,7 @@ using fkd::test::TempDir;
 
 namespace {
 
-std::string be32(uint32_t v) {
-  return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
-}
+std::string be32(uint32_t v) { return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)}; }
 
 /// Writes an IDX pair for `split` ("train"/"t10k"): image k has every pixel = (k*7+c) & 255
 /// varying by column so crops are distinguishable; label = k % classes.
@@ -232,8 +230,8 @@ TEST(RandomResizedCrop, DistributionMatchesTorchvision) {
   // including the bias its rejection loop and fallback introduce on elongated images.
   const float scale[2] = {0.08f, 1.0f}, ratio[2] = {3.f / 4, 4.f / 3};
   for (auto [H, W] : {std::pair<int, int>{375, 500}, {100, 400}}) {
-    const auto r = fkd::test::run_python("data_rrc_stats.py",
-                                         {std::to_string(H), std::to_string(W), "30000"});
+    const auto r =
+        fkd::test::run_python("data_rrc_stats.py", {std::to_string(H), std::to_string(W), "30000"});
     ASSERT_EQ(r.status, 0);
     std::istringstream in(r.out);
     double tv_area, tv_ratio, tv_full;
@@ -348,7 +346,8 @@ TEST(Loader, MultiCropGroupsRowsByImage) {
   EXPECT_NE(b.sample[3], b.sample[4]);
   EXPECT_EQ(b.crop[2], 2);
   // Different crops of one image differ.
-  EXPECT_FALSE(b.plans[0].box.left == b.plans[1].box.left && b.plans[0].box.top == b.plans[1].box.top &&
+  EXPECT_FALSE(b.plans[0].box.left == b.plans[1].box.left &&
+               b.plans[0].box.top == b.plans[1].box.top &&
                b.plans[0].box.width == b.plans[1].box.width);
 }
 
@@ -482,8 +481,8 @@ TEST(ImageFolder, FindUnreadableImagesListsEveryBadOneInOrder) {
   ds = open_dataset(d.path(), Split::kTrain);  // the sizes changed
   for (int threads : {1, 3}) {
     size_t last = 0;
-    const auto bad = find_unreadable_images(*ds, 0, ds->size(), threads,
-                                            [&](size_t done) { last = done; });
+    const auto bad =
+        find_unreadable_images(*ds, 0, ds->size(), threads, [&](size_t done) { last = done; });
     ASSERT_EQ(bad.size(), 2u) << threads;
     EXPECT_EQ(bad[0].index, 3u);
     EXPECT_EQ(bad[1].index, 11u);
@@ -493,4 +492,53 @@ TEST(ImageFolder, FindUnreadableImagesListsEveryBadOneInOrder) {
   }
   // A range that leaves them out finds nothing.
   EXPECT_TRUE(find_unreadable_images(*ds, 4, 11, 2).empty());
+}
+
+TEST(ImageFolder, DanglingLinkIsReportedLikeAnUnreadableFile) {
+  // torchvision lists a dangling link with an image extension and fails to load it; it
+  // once vanished from fkd's dataset without a word.
+  TempDir d;
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {d.path()}).status, 0);
+  const size_t before = open_dataset(d.path(), Split::kTrain)->size();
+  fs::create_symlink(d.file("gone.png"), d.file("train/cat/zz_link.png"));
+  auto ds = open_dataset(d.path(), Split::kTrain);
+  ASSERT_EQ(ds->size(), before + 1);
+  const auto bad = find_unreadable_images(*ds, 0, ds->size(), 1);
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(ds->item_name(bad[0].index), "train/cat/zz_link.png");
+  EXPECT_NE(bad[0].message.find("zz_link.png"), std::string::npos) << bad[0].message;
+}
+
+TEST(Loader, EveryPerImageMessageNamesTheFile) {
+  // A crop that cannot be cut from one image (RandomCrop(32) of a small image) is that
+  // image's fault: skipped, or fatal when strict, and named either way.
+  TempDir d;
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {d.path()}).status, 0);
+  auto ds = open_dataset(d.path(), Split::kTrain);  // images of 12 to 39 px
+  TrainTransform t;
+  t.crop.kind = CropKind::kPadded;
+  t.crop.size = 40;
+  t.crop.padding = 0;
+  LoaderOptions o;
+  o.batch_size = 4;
+  o.workers = 1;
+  Loader loader(ds, t, std::make_shared<RandomCropSource>(t, 1), o);
+  loader.start_epoch(0);
+  Batch b;
+  while (loader.next(b)) {
+  }
+  ASSERT_EQ(loader.skipped(), ds->size());
+  for (const BadSample& s : loader.bad_samples()) {
+    EXPECT_NE(s.error.find(d.path() + "/" + s.name + ": random crop 40x40 is larger than"),
+              std::string::npos)
+        << s.error;
+  }
+  o.strict = true;
+  Loader strict(ds, t, std::make_shared<RandomCropSource>(t, 1), o);
+  strict.start_epoch(0);
+  const auto msg = expect_throw<DataError>([&] {
+    while (strict.next(b)) {
+    }
+  });
+  EXPECT_NE(msg.find(d.path() + "/train/"), std::string::npos) << msg;
 }

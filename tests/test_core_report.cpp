@@ -17,6 +17,7 @@
 
 #include "fkd/error.h"
 #include "fkd/plot.h"
+#include "fkd/progress.h"
 #include "testutil.h"
 
 namespace fkd {
@@ -456,6 +457,27 @@ TEST(WriteTextFileAtomic, FailureNamesTheFile) {
   fs::create_directories(blocked + "/child");
   EXPECT_THROW(write_text_file_atomic(blocked, "x"), IoError);
   EXPECT_FALSE(fs::exists(blocked + ".tmp"));
+}
+
+// --- progress ------------------------------------------------------------------------
+
+TEST(Progress, NoEstimateBeforeThereIsARateToBaseItOn) {
+  // Right after the start, the time since construction holds only start-up: an estimate
+  // from it once read "23h16m". Nothing is estimated until the rate since the first unit
+  // has run for a second over two advances.
+  setenv("FKD_PROGRESS", "off", 1);
+  Progress p("work", 1000, "img");
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(p.eta_seconds(t0), -1);
+  p.advance(10);
+  EXPECT_EQ(p.eta_seconds(t0 + std::chrono::seconds(5)), -1);  // one advance: no rate
+  p.advance(10);
+  EXPECT_EQ(p.eta_seconds(std::chrono::steady_clock::now()), -1);  // not a second yet
+  // 10 units over the 2 s since the first advance: 980 left take 196 s.
+  const double eta = p.eta_seconds(t0 + std::chrono::seconds(2));
+  EXPECT_NEAR(eta, 196.0, 1.0);
+  EXPECT_EQ(format_duration(-1), "?");
+  unsetenv("FKD_PROGRESS");
 }
 
 }  // namespace

@@ -5,10 +5,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 
 #include "fkd/demo.h"
 #include "fkd/distill.h"
 #include "fkd/error.h"
+#include "fkd/hash.h"
 #include "fkd/label.h"
 #include "fkd/replay.h"
 #include "fkd/store.h"
@@ -59,20 +61,19 @@ TEST(SoftLoss, EqualsHandComputedAndPyTorch) {
   for (double T : {1.0, 2.0, 4.0}) {
     const double ours = soft_cross_entropy(logits, q, T).item<double>();
     EXPECT_NEAR(ours, soft_ce_by_hand(logits, q, T), 1e-5) << "T=" << T;
-    const auto py = fkd::test::run_python(
-        "soft_ce.py", {d.file("z.pt"), d.file("q.pt"), std::to_string(T)});
+    const auto py =
+        fkd::test::run_python("soft_ce.py", {d.file("z.pt"), d.file("q.pt"), std::to_string(T)});
     ASSERT_EQ(py.status, 0);
     EXPECT_NEAR(ours, std::stod(py.out), 1e-5) << "T=" << T;
   }
   // A one-hot target reduces it to the ordinary cross-entropy, label smoothing included.
   const auto y = torch::tensor({0, 4, 2, 2, 1, 3}, torch::kLong);
   for (double s : {0.0, 0.1}) {
-    const double ce = torch::nn::functional::cross_entropy(
-                          logits, y,
-                          torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(s))
-                          .item<double>();
-    EXPECT_NEAR(soft_cross_entropy(logits, one_hot_targets(y, 5, s), 1.0).item<double>(), ce,
-                1e-5);
+    const double ce =
+        torch::nn::functional::cross_entropy(
+            logits, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(s))
+            .item<double>();
+    EXPECT_NEAR(soft_cross_entropy(logits, one_hot_targets(y, 5, s), 1.0).item<double>(), ce, 1e-5);
   }
 }
 
@@ -148,7 +149,10 @@ struct DistillFixture {
 
   DistillFixture() {
     namespace fs = std::filesystem;
-    const fs::path cache = fs::path(FKD_BINARY_DIR) / "tests" / "cache-distill-v2";
+    // Keyed on this test program's bytes: any change to the code that makes the teacher or
+    // the labels makes a new cache (older ones are left for `make clean`).
+    const fs::path cache =
+        fs::path(FKD_BINARY_DIR) / "tests" / ("cache-distill-" + hash_file_hex("/proc/self/exe"));
     teacher = (cache / "teacher" / "checkpoint.pt").string();
     store = (cache / "labels").string();
     if (fs::exists(cache / "complete")) return;
@@ -231,9 +235,8 @@ TEST(Fkd, EpochAccountingOnePassIsNumCropsEpochs) {
   // The cosine schedule spans both passes (counted in steps): it ends near zero and the
   // first pass ends where 4 of 8 effective epochs' worth of steps put it (cos at half).
   const double steps_per_pass = std::ceil(double(fx.kImages) / (64.0 / 4));
-  EXPECT_NEAR(r.history[0].lr, lr_at(0.05, int64_t(steps_per_pass) - 1, 0,
-                                     int64_t(2 * steps_per_pass)),
-              1e-9);
+  EXPECT_NEAR(r.history[0].lr,
+              lr_at(0.05, int64_t(steps_per_pass) - 1, 0, int64_t(2 * steps_per_pass)), 1e-9);
   EXPECT_LT(r.history[1].lr, 1e-3);
 }
 
@@ -258,6 +261,78 @@ TEST(Fkd, StoreOfAnotherDatasetIsRefused) {
   c.epochs = 1;
   c.limit_val = 100;
   c.out = fx.dir.file("store-subset");
+  const TrainResult r = train(c);
+  ASSERT_EQ(r.history.size(), 1u);
+  EXPECT_EQ(read_checkpoint_meta(r.checkpoint).config.limit_train, fx.kImages);
+}
+
+namespace {
+
+/// A copy of the fixture's store in `dir`, with one byte flipped in the payload of the
+/// records of `images` (blocks follow each other in image order, each starting "FKDB").
+std::string damaged_copy(const std::string& store, const std::string& dir,
+                         const std::vector<uint64_t>& images) {
+  namespace fs = std::filesystem;
+  fs::copy(store, dir, fs::copy_options::recursive);
+  const std::string shard = dir + "/" + shard_file_name(0, 1);
+  std::string bytes = fkd::test::read_file(shard);
+  std::vector<size_t> blocks;
+  for (size_t at = bytes.find("FKDB"); at != std::string::npos; at = bytes.find("FKDB", at + 1))
+    blocks.push_back(at);
+  for (uint64_t i : images) bytes[blocks.at(i) + 40] ^= 0x5a;  // 8 bytes into the payload
+  fkd::test::write_file(shard, bytes);
+  return shard;
+}
+
+}  // namespace
+
+TEST(Fkd, DamagedRecordsStopTrainingUnlessSkipped) {
+  const auto& fx = fixture();
+  const std::string store = fx.dir.file("damaged");
+  const std::string shard = damaged_copy(fx.store, store, {3, 7});
+  TrainConfig c = fx.student("on-damaged");
+  c.labels = store;
+  c.num_crops = 2;
+  c.epochs = 2;
+  c.limit_val = 100;
+  // Store damage is not bad data: the run stops, naming the shard, the image and the offset.
+  try {
+    train(c);
+    FAIL() << "expected FormatError";
+  } catch (const FormatError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(shard), std::string::npos) << msg;
+    EXPECT_TRUE(std::regex_search(msg, std::regex("image [37]:"))) << msg;
+    EXPECT_NE(msg.find("offset"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("fkd label repair"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(std::filesystem::exists(c.out + "/checkpoint.pt"));
+  // Asked to, it trains without those two images and says which they were.
+  c.skip_damaged_labels = true;
+  c.out = fx.dir.file("skipping-damaged");
+  const TrainResult r = train(c);
+  ASSERT_EQ(r.history.size(), 1u);
+  EXPECT_EQ(r.bad_samples, 2u);
+}
+
+TEST(Fkd, EditedDatasetLimitKeyDoesNotMisleadTraining) {
+  // dataset_limit in manifest.json is informational; the store's num_images says which
+  // subset it labels. An edited dataset_limit once gave "made for (limit 700) but training
+  // reads (limit 700)".
+  const auto& fx = fixture();
+  const std::string store = fx.dir.file("edited-limit");
+  std::filesystem::copy(fx.store, store, std::filesystem::copy_options::recursive);
+  std::string text = fkd::test::read_file(store + "/manifest.json");
+  const std::string key = "\"dataset_limit\": " + std::to_string(fx.kImages);
+  ASSERT_NE(text.find(key), std::string::npos) << text;
+  text.replace(text.find(key), key.size(), "\"dataset_limit\": 700");
+  fkd::test::write_file(store + "/manifest.json", text);
+  TrainConfig c = fx.student("edited-limit-run");
+  c.labels = store;
+  c.limit_train = 0;
+  c.num_crops = 2;
+  c.epochs = 2;
+  c.limit_val = 100;
   const TrainResult r = train(c);
   ASSERT_EQ(r.history.size(), 1u);
   EXPECT_EQ(read_checkpoint_meta(r.checkpoint).config.limit_train, fx.kImages);
@@ -305,7 +380,7 @@ TEST(Distill, LabelsThenTrains) {
   const auto& fx = fixture();
   DistillConfig d;
   d.label.teacher = fx.teacher;
-  d.label.crops = 0;  // as many as the epochs use
+  d.label.crops = 0;                    // as many as the epochs use
   d.label.crop.kind = CropKind::kAuto;  // 28 px: RandomCrop with padding
   d.train = fx.student("unused");
   d.train.limit_train = 1000;
@@ -349,8 +424,7 @@ TEST(Distill, WhatTrainingNeedsIsCheckedBeforeLabeling) {
   EXPECT_FALSE(std::filesystem::exists(d.file("out/labels/manifest.json")));
   // A batch that does not split into whole images, likewise.
   std::filesystem::create_directories(data + "/val");
-  std::filesystem::copy(data + "/train", data + "/val",
-                        std::filesystem::copy_options::recursive);
+  std::filesystem::copy(data + "/train", data + "/val", std::filesystem::copy_options::recursive);
   c.train.batch_size = 10;
   c.train.num_crops = 4;
   EXPECT_THROW(run_distill(c), ConfigError);

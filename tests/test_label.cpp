@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "fkd/dataset.h"
@@ -16,6 +17,7 @@
 #include "fkd/image.h"
 #include "fkd/label.h"
 #include "fkd/store.h"
+#include "fkd/train.h"
 #include "fkd/transforms.h"
 #include "testutil.h"
 
@@ -208,7 +210,34 @@ TEST(Label, ShardsAreBitIdenticalAtFp32) {
   expect_same_records(one.out, part.out);
 }
 
+/// Sets (or, with nullptr, unsets) environment variables for a scope; restores them after.
+class ScopedEnv {
+ public:
+  ScopedEnv(std::initializer_list<std::pair<const char*, const char*>> vars) {
+    for (const auto& [name, value] : vars) {
+      const char* old = std::getenv(name);
+      saved_.push_back({name, old ? std::optional<std::string>(old) : std::nullopt});
+      value ? setenv(name, value, 1) : unsetenv(name);
+    }
+  }
+  ~ScopedEnv() {
+    for (const auto& [name, old] : saved_) old ? setenv(name, old->c_str(), 1) : unsetenv(name);
+  }
+
+ private:
+  std::vector<std::pair<const char*, std::optional<std::string>>> saved_;
+};
+
 TEST(Label, ShardFromEnvironment) {
+  // Whatever launched the test (Slurm sets SLURM_*, torchrun RANK/WORLD_SIZE) is set aside.
+  const ScopedEnv clean({{"RANK", nullptr},
+                         {"WORLD_SIZE", nullptr},
+                         {"SLURM_PROCID", nullptr},
+                         {"SLURM_NTASKS", nullptr}});
+  {
+    const ScopedEnv slurm({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "3"}});
+    EXPECT_EQ(resolve_shard(""), (std::pair<uint32_t, uint32_t>{1, 3}));
+  }
   setenv("RANK", "2", 1);
   setenv("WORLD_SIZE", "4", 1);
   EXPECT_EQ(resolve_shard(""), (std::pair<uint32_t, uint32_t>{2, 4}));
@@ -230,9 +259,10 @@ TEST(Label, KilledAndResumedEqualsUninterrupted) {
 
   const std::string out = fx.dir.file("killed");
   const std::string cmd = std::string(FKD_BINARY_DIR) + "/fkd";
-  const std::vector<std::string> args = {cmd, "label", "--teacher", fx.teacher, "--data", fx.data,
-                                         "--out", out, "--crops", "16", "--batch", "32",
-                                         "--threads", "1", "--workers", "2", "--seed", "5"};
+  const std::vector<std::string> args = {cmd,       "label",  "--teacher", fx.teacher, "--data",
+                                         fx.data,   "--out",  out,         "--crops",  "16",
+                                         "--batch", "32",     "--threads", "1",        "--workers",
+                                         "2",       "--seed", "5"};
   const std::string partial = out + "/" + shard_file_name(0, 1) + ".partial";
   // Kill at several points: early, in the middle, late.
   for (uintmax_t kill_at : {uintmax_t(2000), uintmax_t(20000), uintmax_t(60000)}) {
@@ -403,5 +433,83 @@ TEST(Label, ReferenceCropsAndEnsemble) {
     for (size_t v = 0; v < ra[i].values.size(); ++v) {
       EXPECT_NEAR(re[i].values[v], 0.5f * (ra[i].values[v] + rb[i].values[v]), 1e-6);
     }
+  }
+}
+
+TEST(Label, DefaultCropsAreTheStudentsDefaults) {
+  // fkd label, fkd train and fkd distill share one default sampler (auto): on 28-px images
+  // that is RandomCrop(28, padding 4), the crops the default student recipe sees. fkd label
+  // once defaulted to RandomResizedCrop.
+  Fixture fx;
+  LabelConfig c = fx.config(fx.dir.file("store"));
+  c.crops = 2;
+  generate_labels(c);
+  TrainConfig student;
+  student.data = fx.data;
+  resolve_config(student, *open_dataset(fx.data, Split::kTrain));
+  const Manifest m = read_manifest(c.out);
+  EXPECT_EQ(m.crop.kind, student.crop.kind);
+  EXPECT_EQ(m.crop.kind, CropKind::kPadded);
+  EXPECT_EQ(m.crop.size, 28);
+  EXPECT_EQ(m.crop.padding, student.crop.padding);
+}
+
+TEST(Label, ReferenceCropsKeepTheirBoxSize) {
+  // RandomCrop boxes are input-size squares: a teacher of another input size labeling "the
+  // same crops" once labeled other ones without a word.
+  Fixture fx;
+  LabelConfig a = fx.config(fx.dir.file("a"));
+  a.crops = 2;
+  generate_labels(a);
+  ASSERT_EQ(read_manifest(a.out).crop.kind, CropKind::kPadded);
+  LabelConfig b = fx.config(fx.dir.file("b"));
+  b.reference_crops = a.out;
+  b.crop.size = 32;
+  try {
+    generate_labels(b);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("pass --input-size 28"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(b.out));
+}
+
+TEST(Label, EnsembleRefusesStoresOfOtherCrops) {
+  Fixture fx;
+  LabelConfig a = fx.config(fx.dir.file("a"));
+  a.crops = 2;
+  generate_labels(a);
+  // The same seed and count but another padding: other crops. The check once compared only
+  // scale, ratio and flip, and the ensemble averaged labels of different crops.
+  LabelConfig b = fx.config(fx.dir.file("b"));
+  b.crops = 2;
+  b.crop.padding = 2;
+  generate_labels(b);
+  try {
+    ensemble_stores({a.out, b.out}, fx.dir.file("ab"));
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("padding (4 vs 2)"), std::string::npos) << e.what();
+  }
+  // What defines the crops is each record's crop hash: a store whose manifest agrees but
+  // whose image 5 was labeled on other crops is refused, naming the image.
+  const std::string c = fx.dir.file("c");
+  fs::create_directories(c);
+  const Manifest m = read_manifest(a.out);
+  {
+    ShardWriter w(c, m, 0);
+    auto records = all_records(a.out);
+    records[5].crop_hash ^= 1;
+    for (uint64_t i = 0; i < records.size(); ++i) w.append(i, records[i]);
+    w.finish();
+  }
+  write_manifest(c, m);
+  try {
+    ensemble_stores({a.out, c}, fx.dir.file("ac"));
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(c + ": image 5 was labeled on other crops"),
+              std::string::npos)
+        << e.what();
   }
 }

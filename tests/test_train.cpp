@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fmt/format.h>
+
+#include "fkd/dataset.h"
 #include "fkd/error.h"
 #include "fkd/models.h"
 #include "fkd/train.h"
@@ -145,4 +148,59 @@ TEST(Checkpoint, CorruptFileIsFormatError) {
   EXPECT_THROW(read_checkpoint_meta(d.file("bad.pt")), FormatError);
   EXPECT_THROW(read_checkpoint_meta(d.file("missing.pt")), IoError);
   EXPECT_FALSE(try_open_checkpoint(d.file("bad.pt")).has_value());
+}
+
+TEST(Train, LossThatIsNotFiniteStopsTheRun) {
+  // As timm does: a loss that is NaN or infinite stops training with one clear line, and
+  // nothing is saved from the ruined weights.
+  TempDir d;
+  TrainConfig c = small_run(d.file("run"));
+  c.lr = 1e30;
+  c.epochs = 1;
+  try {
+    train(c);
+    FAIL() << "expected DataError";
+  } catch (const DataError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the training loss is"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--lr"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(std::filesystem::exists(d.file("run/checkpoint.pt")));
+}
+
+TEST(Config, InputSizeComesFromTheImages) {
+  // An ImageFolder of small images trains at their size, not at ImageNet's 224 (which
+  // upscaled each crop 8x and made labeling 64x slower); a size given that upscales them
+  // more than 2x is warned about.
+  TempDir d;
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {d.path()}).status, 0);
+  auto ds = open_dataset(d.path(), Split::kTrain);
+  std::vector<int> sides;
+  for (size_t i = 0; i < ds->size(); ++i) {
+    const Image im = ds->load(i);
+    sides.push_back(std::min(im.height, im.width));
+  }
+  std::sort(sides.begin(), sides.end());
+  TrainConfig c;
+  c.data = d.path();
+  std::vector<std::string> notes;
+  resolve_config(c, *ds, &notes);
+  EXPECT_EQ(c.crop.size, sides[sides.size() / 2]);  // every image sampled: the median
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find(fmt::format("input size {} px", c.crop.size)), std::string::npos)
+      << notes[0];
+  TrainConfig big;
+  big.data = d.path();
+  big.crop.size = 224;
+  notes.clear();
+  resolve_config(big, *ds, &notes);
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("warning: --input-size 224 upscales"), std::string::npos) << notes[0];
+  // Fashion-MNIST keeps its native 28 px, with no note.
+  TrainConfig f;
+  notes.clear();
+  resolve_config(f, *open_dataset("fashion-mnist", Split::kTrain), &notes);
+  EXPECT_EQ(f.crop.size, 28);
+  EXPECT_EQ(f.crop.kind, CropKind::kPadded);
+  EXPECT_TRUE(notes.empty());
 }

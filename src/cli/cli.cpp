@@ -20,41 +20,64 @@ namespace fkd {
 
 namespace {
 
+// --- checks -------------------------------------------------------------------------------
+// Our own validators: CLI11's print their bounds as long decimals.
+
+CLI::Validator number_check(double lo, double hi, const std::string& expected) {
+  return CLI::Validator(
+      [lo, hi, expected](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "expected a number, got '" + text + "'";
+        return v >= lo && v <= hi ? "" : fmt::format("{}: expected {}", text, expected);
+      },
+      expected);
+}
+const CLI::Validator kNonNegative = number_check(0, 1e300, ">= 0");
+const CLI::Validator kPositive = number_check(1e-300, 1e300, "a positive number");
+const CLI::Validator kAtLeastOne = number_check(1, 1e300, "at least 1");
+const CLI::Validator kUnit = number_check(0, 1, "0 to 1");
+
+/// A word from a list; the option's callback may then parse it without failing.
+CLI::Validator one_of(const std::vector<std::string>& words) {
+  const std::string list = fmt::format("{}", fmt::join(words, ", "));
+  return CLI::Validator(
+      [words, list](std::string& text) -> std::string {
+        for (const auto& w : words)
+          if (w == text) return "";
+        return fmt::format("'{}': expected one of {}", text, list);
+      },
+      "{" + fmt::format("{}", fmt::join(words, ",")) + "}");
+}
+
 // --- option groups -----------------------------------------------------------------------
 
 void add_execution(CLI::App* app, int& threads, int& workers, std::string& device) {
   app->add_option("--threads", threads, "Torch compute threads (0 = all cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--workers", workers, "Data loader threads (decode + augment)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
 }
 
 /// The crop sampler of training and labeling: what defines every crop.
 void add_crop_sampler(CLI::App* app, CropSampler& s, const std::string& size_help) {
-  const std::map<std::string, CropKind> kinds = {{"auto", CropKind::kAuto},
-                                                 {"rrc", CropKind::kRandomResized},
-                                                 {"crop", CropKind::kPadded},
-                                                 {"none", CropKind::kNone}};
-  app->add_option("--aug", s.kind,
-                  "Crops: rrc (RandomResizedCrop), crop (RandomCrop with padding), none (the "
-                  "whole image), auto (crop for images of 64 px or less, else rrc; label: a "
-                  "checkpoint teacher's own)")
-      ->transform(CLI::CheckedTransformer(kinds, CLI::ignore_case).description(""))
-      ->type_name("{auto,rrc,crop,none}")
+  app->add_option_function<std::string>(
+         "--aug", [&s](const std::string& name) { s.kind = parse_crop_kind(name); },
+         "Crops: rrc (RandomResizedCrop), crop (RandomCrop with padding), none (the "
+         "whole image), auto (crop for images of 64 px or less, else rrc; label: a "
+         "checkpoint teacher's own)")
+      ->check(one_of({"auto", "rrc", "crop", "none"}))
       ->default_str("auto");
-  app->add_option("--input-size", s.size, size_help)->check(CLI::NonNegativeNumber);
-  app->add_option("--scale", s.scale, "RandomResizedCrop area range (min max)")
-      ->check(CLI::Range(0.0, 1.0));
-  app->add_option("--ratio", s.ratio, "RandomResizedCrop aspect range (min max)")
-      ->check(CLI::PositiveNumber);
+  app->add_option("--input-size", s.size, size_help)->check(kNonNegative);
+  app->add_option("--scale", s.scale, "RandomResizedCrop area range (min max)")->check(kUnit);
+  app->add_option("--ratio", s.ratio, "RandomResizedCrop aspect range (min max)")->check(kPositive);
   app->add_option("--padding", s.padding, "RandomCrop zero padding (--aug crop)")
-      ->check(CLI::Range(0, 4096))
+      ->check(number_check(0, 4096, "0 to 4096"))
       ->capture_default_str();
   app->add_option("--flip", s.flip, "Horizontal flip probability")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(kUnit)
       ->capture_default_str();
 }
 
@@ -62,15 +85,15 @@ void add_crop_sampler(CLI::App* app, CropSampler& s, const std::string& size_hel
 void add_quantization(CLI::App* app, LabelConfig& c) {
   app->add_option("--label-type", c.label_type,
                   "hard, smoothing, marginal_smoothing, marginal_renorm or full")
-      ->check(CLI::IsMember({"hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"}))
+      ->check(one_of({"hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"}))
       ->capture_default_str();
   app->add_option("--topk", c.topk,
                   fmt::format("k of the marginal label types (default {}, or the class count if "
                               "smaller)",
                               kDefaultTopk))
-      ->check(CLI::PositiveNumber);
+      ->check(kAtLeastOne);
   app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
-      ->check(CLI::IsMember({"fp16", "u8", "fp32"}))
+      ->check(one_of({"fp16", "u8", "fp32"}))
       ->capture_default_str();
 }
 
@@ -78,55 +101,53 @@ void add_quantization(CLI::App* app, LabelConfig& c) {
 void add_soft_loss(CLI::App* app, TrainConfig& c) {
   app->add_option("--temperature", c.temperature,
                   "Soft cross-entropy temperature T: -sum q log softmax(logits / T)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   app->add_option("--hard-weight", c.hard_weight,
                   "Weight of the hard-label cross-entropy mixed into the soft loss (0..1)")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(kUnit)
       ->capture_default_str();
   app->add_option("--mixup", c.mixup, "Mixup alpha (0 = off); mixes images and targets")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--cutmix", c.cutmix, "CutMix alpha (0 = off); mixes images and targets")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--mix-prob", c.mix_prob, "Probability that a batch is mixed")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(kUnit)
       ->capture_default_str();
   app->add_option("--switch-prob", c.switch_prob,
                   "Probability of CutMix rather than Mixup when both are on")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(kUnit)
       ->capture_default_str();
 }
 
 /// The student's optimization, shared by train and distill.
 void add_optimization(CLI::App* app, TrainConfig& c) {
   app->add_option("--epochs", c.epochs, "Training epochs (FKD: effective epochs)")
-      ->check(CLI::PositiveNumber)
+      ->check(kAtLeastOne)
       ->capture_default_str();
   app->add_option("--batch-size,-b", c.batch_size, "Samples (crops) per step")
-      ->check(CLI::PositiveNumber)
+      ->check(kAtLeastOne)
       ->capture_default_str();
   app->add_option("--optimizer", c.optimizer, "sgd or adamw")
-      ->check(CLI::IsMember({"sgd", "adamw"}))
+      ->check(one_of({"sgd", "adamw"}))
       ->capture_default_str();
   app->add_option("--lr", c.lr, "Peak learning rate (cosine decay to 0)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
-  app->add_option("--momentum", c.momentum, "SGD momentum")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
+  app->add_option("--momentum", c.momentum, "SGD momentum")->check(kUnit)->capture_default_str();
   app->add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (SGD)")
       ->capture_default_str();
   app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up epochs")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--label-smoothing", c.label_smoothing,
                   "Label smoothing of hard-label cross-entropy")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(kUnit)
       ->capture_default_str();
   app->add_option("--seed", c.seed, "Seed of weights init, data order and augmentation")
       ->capture_default_str();
@@ -135,7 +156,7 @@ void add_optimization(CLI::App* app, TrainConfig& c) {
       ->capture_default_str();
   app->add_option("--num-crops,-m", c.num_crops,
                   "FKD: stored crops per image per pass; a pass counts as this many epochs")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
 }
 
@@ -159,25 +180,21 @@ void add_train(CLI::App& root, TrainConfig& c) {
   add_crop_sampler(app, c.crop,
                    "Model input side (0 = auto: the images' size up to 224, Fashion-MNIST 28)");
   app->add_option("--interpolation", c.interp, "bilinear or bicubic")
-      ->check(CLI::IsMember({"bilinear", "bicubic"}))
+      ->check(one_of({"bilinear", "bicubic"}))
       ->capture_default_str();
   app->add_option("--mean", c.mean, "Normalization mean per channel (default: dataset's)");
   app->add_option("--std", c.std, "Normalization std per channel (default: dataset's)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = dataset's)")
-      ->check(CLI::IsMember({0, 1, 3}))
+      ->check(one_of({"0", "1", "3"}))
       ->capture_default_str();
   app->add_option("--limit-val", c.limit_val, "Use only this many val images")
       ->capture_default_str();
-  const std::map<std::string, TrainMode> modes = {{"auto", TrainMode::kAuto},
-                                                  {"supervised", TrainMode::kSupervised},
-                                                  {"fkd", TrainMode::kFkd},
-                                                  {"kd", TrainMode::kKd}};
-  app->add_option("--mode", c.mode,
-                  "supervised, fkd or kd; auto = fkd with --labels, kd with --teacher, else "
-                  "supervised")
-      ->transform(CLI::CheckedTransformer(modes, CLI::ignore_case).description(""))
-      ->type_name("{auto,supervised,fkd,kd}")
+  app->add_option_function<std::string>(
+         "--mode", [&c](const std::string& name) { c.mode = parse_mode(name); },
+         "supervised, fkd or kd; auto = fkd with --labels, kd with --teacher, else "
+         "supervised")
+      ->check(one_of({"auto", "supervised", "fkd", "kd"}))
       ->default_str("auto");
   app->add_option("--labels,-l", c.labels, "FKD: label store made by fkd label");
   app->add_option("--teacher,-t", c.teacher,
@@ -197,7 +214,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--stop-after", c.stop_after,
                   "Stop after this many passes of this invocation (a pass is one epoch, FKD: "
                   "--num-crops epochs); continue with --resume")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
 }
 
 void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
@@ -206,20 +223,19 @@ void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
       ->required();
   app->add_option("--data", o.data, "Dataset (as for train)")->capture_default_str();
   app->add_option("--split", o.split, "val or train")
-      ->check(CLI::IsMember({"val", "train"}))
+      ->check(one_of({"val", "train"}))
       ->capture_default_str();
   app->add_option("--limit", o.limit, "Evaluate only this many images");
   app->add_option("--batch-size,-b", o.batch_size, "Images per forward")
-      ->check(CLI::PositiveNumber)
+      ->check(kAtLeastOne)
       ->capture_default_str();
-  app->add_option("--input-size", o.input_size, "Override the input side")
-      ->check(CLI::NonNegativeNumber);
+  app->add_option("--input-size", o.input_size, "Override the input side")->check(kNonNegative);
   app->add_option("--resize", o.eval_resize, "Override the Resize before CenterCrop")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   app->add_option("--mean", o.mean, "Override the normalization mean");
-  app->add_option("--std", o.std, "Override the normalization std")->check(CLI::PositiveNumber);
+  app->add_option("--std", o.std, "Override the normalization std")->check(kPositive);
   app->add_option("--channels", o.channels, "Override image channels (1 or 3)")
-      ->check(CLI::IsMember({0, 1, 3}));
+      ->check(one_of({"0", "1", "3"}));
   add_execution(app, o.threads, o.workers, o.device);
 }
 
@@ -234,7 +250,7 @@ void add_export(CLI::App& root, ExportArgs& a) {
   app->add_option("out,-o,--out", a.out, "Output file")->required();
   app->add_option("--format", a.format,
                   "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
-      ->check(CLI::IsMember({"torchscript", "state_dict"}))
+      ->check(one_of({"torchscript", "state_dict"}))
       ->capture_default_str();
 }
 
@@ -257,23 +273,23 @@ void add_label(CLI::App& root, LabelArgs& a) {
   app->add_option("--data", c.data, "Dataset whose train split is labeled")->capture_default_str();
   app->add_option("--out,-o", c.out, "Store directory");
   app->add_option("--crops", c.crops, "Crops per image")
-      ->check(CLI::Range(uint32_t(1), kMaxCropsPerImage))
+      ->check(number_check(1, kMaxCropsPerImage, fmt::format("1 to {}", kMaxCropsPerImage)))
       ->capture_default_str();
   add_quantization(app, c);
   app->add_option("--temperature", c.temperature, "Softmax temperature")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   add_crop_sampler(app, c.crop,
                    "Teacher input side (0 = a checkpoint teacher's, else from the images)");
   app->add_option("--interpolation", c.interp, "bilinear or bicubic")
-      ->check(CLI::IsMember({"bilinear", "bicubic"}))
+      ->check(one_of({"bilinear", "bicubic"}))
       ->capture_default_str();
   app->add_option("--mean", c.mean, "Normalization mean per channel");
-  app->add_option("--std", c.std, "Normalization std per channel")->check(CLI::PositiveNumber);
+  app->add_option("--std", c.std, "Normalization std per channel")->check(kPositive);
   app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)")
-      ->check(CLI::IsMember({0, 1, 3}));
+      ->check(one_of({"0", "1", "3"}));
   app->add_option("--batch", c.batch, "Crops per teacher forward")
-      ->check(CLI::PositiveNumber)
+      ->check(kAtLeastOne)
       ->capture_default_str();
   app->add_option("--limit", c.limit,
                   "Label only a deterministic subset of this many images (training uses the "
@@ -304,8 +320,7 @@ void add_inspect(CLI::App& root, InspectOptions& o) {
   CLI::App* app = root.add_subcommand("inspect", "Summarize a label store, or show one image");
   app->add_option("store", o.store, "Store directory")->required();
   app->add_option("--data", o.data, "Dataset the store labels (for agreement with the labels)");
-  app->add_option("--image", o.image, "Print this image's crops and labels")
-      ->check(CLI::NonNegativeNumber);
+  app->add_option("--image", o.image, "Print this image's crops and labels")->check(kNonNegative);
   app->add_option("--render", o.render, "ID OUT.png: draw an image with its crops")->expected(2);
   app->add_option("--limit", o.limit, "Summarize only this many images (0 = all)")
       ->capture_default_str();
@@ -325,13 +340,13 @@ void add_distill(CLI::App& root, DistillConfig& d) {
   add_optimization(app, d.train);
   app->add_option("--crops", d.label.crops,
                   "Crops labeled per image (0 = as many as the epochs use)")
-      ->check(CLI::Range(uint32_t(0), kMaxCropsPerImage))
+      ->check(number_check(0, kMaxCropsPerImage, fmt::format("0 to {}", kMaxCropsPerImage)))
       ->capture_default_str();
   add_quantization(app, d.label);
   add_crop_sampler(app, d.label.crop, "Input side of teacher and student (0 = auto, as for label)");
   app->add_option("--label-temperature", d.label.temperature,
                   "Softmax temperature of the stored labels")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   add_soft_loss(app, d.train);
   app->add_option("--out,-o", d.out, "Output directory (labels/, student/)")->capture_default_str();

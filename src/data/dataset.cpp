@@ -27,8 +27,8 @@ ImageBand Dataset::load_rows(size_t i, const RowPicker& pick) const {
 const char* split_name(Split s) { return s == Split::kTrain ? "train" : "val"; }
 
 const std::vector<std::string>& fashion_mnist_classes() {
-  static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress",
-                                                 "Coat",        "Sandal",  "Shirt",    "Sneaker",
+  static const std::vector<std::string> names = {"T-shirt/top", "Trouser",   "Pullover", "Dress",
+                                                 "Coat",        "Sandal",    "Shirt",    "Sneaker",
                                                  "Bag",         "Ankle boot"};
   return names;
 }
@@ -105,9 +105,7 @@ class IdxDataset final : public Dataset {
 
   size_t size() const override { return labels_.size(); }
   int64_t label(size_t i) const override { return labels_[i]; }
-  std::string item_name(size_t i) const override {
-    return images_name_ + "#" + std::to_string(i);
-  }
+  std::string item_name(size_t i) const override { return images_name_ + "#" + std::to_string(i); }
   uint64_t item_bytes(size_t) const override { return uint64_t(rows_) * cols_; }
 
   Image load(size_t i) const override {
@@ -143,7 +141,8 @@ class IdxDataset final : public Dataset {
 
 bool has_image_extension(const fs::path& p) {
   std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
   // torchvision's IMG_EXTENSIONS: the files its ImageFolder lists.
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".ppm" || ext == ".bmp" ||
          ext == ".pgm" || ext == ".tif" || ext == ".tiff" || ext == ".webp";
@@ -175,9 +174,10 @@ class ImageFolderDataset final : public Dataset {
                 "pass its parent, which must hold train/ and val/ (each with one folder per "
                 "class)",
                 root);
-      fail<DataError>("{}: missing split folder '{}' (an ImageFolder root holds train/ and val/, "
-                      "each with one folder per class)",
-                      root, split_name(split));
+      fail<DataError>(
+          "{}: missing split folder '{}' (an ImageFolder root holds train/ and val/, "
+          "each with one folder per class)",
+          root, split_name(split));
     }
     std::vector<std::string> class_dirs;
     for (const auto& e : fs::directory_iterator(dir)) {
@@ -190,9 +190,12 @@ class ImageFolderDataset final : public Dataset {
       // names: order by (folder, file name).
       std::vector<std::pair<std::string, std::string>> files;
       const fs::path cdir = dir / class_dirs[c];
-      for (const auto& e :
-           fs::recursive_directory_iterator(cdir, fs::directory_options::follow_directory_symlink)) {
-        if (!e.is_regular_file()) continue;
+      for (const auto& e : fs::recursive_directory_iterator(
+               cdir, fs::directory_options::follow_directory_symlink)) {
+        // torchvision lists every file with an image extension, a dangling link included
+        // (it fails when loaded): so does fkd, so that it is reported, not silently lost.
+        const bool dangling = e.is_symlink() && !fs::exists(e.path());
+        if (!e.is_regular_file() && !dangling) continue;
         if (!has_image_extension(e.path())) {
           continue;  // torchvision's ImageFolder also skips non-image files
         }
@@ -203,7 +206,9 @@ class ImageFolderDataset final : public Dataset {
       std::sort(files.begin(), files.end());
       for (const auto& [folder, name] : files) {
         const fs::path full = fs::path(folder) / name;
-        items_.push_back({fs::relative(full, root).string(), int64_t(c), fs::file_size(full)});
+        std::error_code ec;
+        const uintmax_t bytes = fs::file_size(full, ec);  // a dangling link: 0
+        items_.push_back({fs::relative(full, root).string(), int64_t(c), ec ? 0 : bytes});
       }
     }
     classes_ = class_dirs;

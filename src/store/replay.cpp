@@ -35,10 +35,7 @@ void replay_crop_ids(uint64_t seed, uint64_t image, int64_t pass, uint32_t n, in
 void check_store_matches(const Manifest& m, const std::string& store_dir, const Dataset& ds,
                          const std::string& data_spec, size_t limit) {
   std::vector<std::string> diffs;
-  if (m.num_images != ds.size()) {
-    diffs.push_back(fmt::format("{} images in the store, {} in the dataset", m.num_images,
-                                ds.size()));
-  }
+  if (m.num_images != ds.size()) diffs.push_back("another number of images");
   if (m.classes.size() != ds.classes().size()) {
     diffs.push_back(fmt::format("{} classes in the store, {} in the dataset", m.classes.size(),
                                 ds.classes().size()));
@@ -56,10 +53,10 @@ void check_store_matches(const Manifest& m, const std::string& store_dir, const 
                                 dataset_fingerprint(ds)));
   }
   FKD_CHECK(diffs.empty(), ConfigError,
-            "{}: the labels were made for --data {}{} but training reads --data {}{} ({}); "
-            "use the dataset and subset the store was made from",
-            store_dir, m.dataset, m.dataset_limit ? fmt::format(" (limit {})", m.dataset_limit) : "",
-            data_spec, limit ? fmt::format(" (limit {})", limit) : "", fmt::join(diffs, ", "));
+            "{}: the labels were made for {} images of --data {} but training reads {} images of "
+            "--data {}{} ({}); use the dataset and subset the store was made from",
+            store_dir, m.num_images, m.dataset, ds.size(), data_spec,
+            limit ? fmt::format(" (--limit-train {})", limit) : "", fmt::join(diffs, ", "));
 }
 
 StoreCropSource::StoreCropSource(std::shared_ptr<const StoreReader> store, int crops_per_pass,
@@ -80,13 +77,14 @@ void StoreCropSource::crops(size_t index, int64_t pass, int height, int width, C
     store_->read(index, rec);
   } catch (const FormatError& e) {
     if (damaged_ == DamagedRecords::kSkip) fail<DataError>("{}", e.what());
-    fail<FormatError>("{}; fkd label verify lists the damaged records, fkd label repair "
-                      "remakes them, --skip-damaged-labels trains without them",
-                      e.what());
+    fail<FormatError>(
+        "{}; fkd label verify lists the damaged records, fkd label repair "
+        "remakes them, --skip-damaged-labels trains without them",
+        e.what());
   }
   FKD_CHECK(rec.height == uint32_t(height) && rec.width == uint32_t(width), DataError,
-            "image {} is {}x{} but the label store labeled it at {}x{}; relabel the dataset",
-            index, height, width, rec.height, rec.width);
+            "image {} is {}x{} but the label store labeled it at {}x{}; relabel the dataset", index,
+            height, width, rec.height, rec.width);
   thread_local std::vector<uint32_t> id;
   id.resize(size_t(m_));
   replay_crop_ids(seed_, index, pass, rec.num_crops, m_, id.data());

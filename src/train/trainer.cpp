@@ -57,13 +57,14 @@ void adopt_store_subset(TrainConfig& cfg) {
       !fs::exists(fs::path(cfg.labels) / "manifest.json")) {
     return;
   }
-  const uint64_t store_limit = read_manifest(cfg.labels).dataset_limit;
-  if (store_limit == 0) return;
-  cfg.limit_train = size_t(store_limit);
+  // dataset_limit only says that a subset was labeled; num_images says how large it is.
+  const Manifest m = read_manifest(cfg.labels);
+  if (m.dataset_limit == 0) return;
+  cfg.limit_train = size_t(m.num_images);
   fmt::print(
       "labels {}: made for a subset of {} training images (fkd label --limit); "
       "training on that subset (--limit-train {})\n",
-      cfg.labels, store_limit, store_limit);
+      cfg.labels, m.num_images, m.num_images);
 }
 
 /// On resume, every field that defines the run must match the checkpoint's; only how it
