@@ -19,6 +19,7 @@
 #include "fkd/store.h"
 #include "fkd/train.h"
 #include "fkd/transforms.h"
+#include "label/teacher_batcher.h"
 #include "testutil.h"
 
 namespace fs = std::filesystem;
@@ -512,4 +513,93 @@ TEST(Label, EnsembleRefusesStoresOfOtherCrops) {
               std::string::npos)
         << e.what();
   }
+}
+
+// --- the teacher batcher ------------------------------------------------------------------
+
+namespace {
+
+/// What a batcher run did: each emitted image's rows (value, batch position), and every
+/// batch the fake teacher saw.
+struct BatcherRun {
+  std::vector<uint64_t> images;
+  std::vector<std::vector<std::pair<float, int>>> rows;  ///< per image: (row value, position)
+  std::vector<torch::Tensor> batches;
+};
+
+/// Feeds images [first, end) of `crops` crops through a batcher of `batch` rows, in loader
+/// batches of `per_load` images. Crop c of image i is an image whose pixels all equal
+/// i * crops + c + 1 (0 marks padding); the fake teacher returns (pixel, position) per row.
+BatcherRun run_batcher(int64_t batch, int crops, uint64_t first, uint64_t end, int per_load) {
+  BatcherRun r;
+  auto forward = [&](const torch::Tensor& x) {
+    r.batches.push_back(x.clone());
+    const int64_t n = x.size(0);
+    auto p = torch::zeros({n, 2});
+    p.select(1, 0).copy_(x.reshape({n, -1}).select(1, 0));
+    p.select(1, 1).copy_(torch::arange(n, torch::kFloat32));
+    return p;
+  };
+  auto emit = [&](uint64_t image, uint32_t, uint32_t, const float* probs) {
+    r.images.push_back(image);
+    r.rows.emplace_back();
+    for (int c = 0; c < crops; ++c) r.rows.back().push_back({probs[2 * c], int(probs[2 * c + 1])});
+  };
+  TeacherBatcher b(batch, 1, 2, crops, 2, first, forward, emit);
+  for (uint64_t i = first; i < end;) {
+    std::vector<uint64_t> ids;
+    for (; i < end && ids.size() < size_t(per_load); ++i) ids.push_back(i);
+    auto x = torch::empty({int64_t(ids.size()) * crops, 1, 2, 2});
+    for (size_t k = 0; k < ids.size(); ++k)
+      for (int c = 0; c < crops; ++c)
+        x[int64_t(k) * crops + c].fill_(float(ids[k] * crops + c + 1));
+    b.add(x, ids, std::vector<uint32_t>(ids.size(), 8), std::vector<uint32_t>(ids.size(), 9));
+  }
+  b.finish();
+  return r;
+}
+
+}  // namespace
+
+TEST(TeacherBatcher, EveryCropSitsAtItsPositionInOneUnbrokenRun) {
+  for (int per_load : {1, 2, 5}) {
+    const BatcherRun r = run_batcher(/*batch=*/5, /*crops=*/3, 0, 7, per_load);
+    ASSERT_EQ(r.images, (std::vector<uint64_t>{0, 1, 2, 3, 4, 5, 6})) << per_load;
+    for (uint64_t i = 0; i < 7; ++i) {
+      for (int c = 0; c < 3; ++c) {
+        const uint64_t row = i * 3 + uint64_t(c);
+        EXPECT_EQ(r.rows[i][size_t(c)].first, float(row + 1)) << i << " " << c;
+        EXPECT_EQ(r.rows[i][size_t(c)].second, int(row % 5)) << i << " " << c;
+      }
+    }
+    // 21 rows in batches of 5: the last batch holds one row and four zero rows.
+    ASSERT_EQ(r.batches.size(), 5u);
+    EXPECT_EQ(r.batches.back()[0].max().item<float>(), 21.f);
+    EXPECT_EQ(r.batches.back().narrow(0, 1, 4).abs().sum().item<float>(), 0.f);
+  }
+}
+
+TEST(TeacherBatcher, ResumedAndShardedRunsKeepThePositions) {
+  // A run that starts at image 4 (a resumed run, or a shard) puts each crop where the
+  // unbroken run did: its first batch starts with (4 * 3) mod 5 = 2 zero rows.
+  const BatcherRun whole = run_batcher(5, 3, 0, 9, 2);
+  const BatcherRun part = run_batcher(5, 3, 4, 9, 2);
+  ASSERT_EQ(part.images, (std::vector<uint64_t>{4, 5, 6, 7, 8}));
+  for (size_t k = 0; k < part.images.size(); ++k) EXPECT_EQ(part.rows[k], whole.rows[k + 4]);
+  EXPECT_EQ(part.batches.front().narrow(0, 0, 2).abs().sum().item<float>(), 0.f);
+  EXPECT_EQ(part.batches.front()[2].max().item<float>(), 13.f);  // image 4, crop 0
+  // One image alone (a repaired record) too.
+  const BatcherRun one = run_batcher(5, 3, 6, 7, 1);
+  ASSERT_EQ(one.images, (std::vector<uint64_t>{6}));
+  EXPECT_EQ(one.rows[0], whole.rows[6]);
+}
+
+TEST(TeacherBatcher, RefusesRowsThatAreNotWholeImages) {
+  TeacherBatcher b(
+      4, 1, 2, 3, 2, 0,
+      [](const torch::Tensor& x) {
+        return torch::zeros({x.size(0), 2});
+      },
+      [](uint64_t, uint32_t, uint32_t, const float*) {});
+  EXPECT_THROW(b.add(torch::zeros({4, 1, 2, 2}), {0}, {8}, {9}), Error);
 }

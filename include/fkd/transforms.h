@@ -54,9 +54,9 @@ const char* crop_kind_name(CropKind k);
 /// Parses a command-line name; throws ConfigError naming the choices.
 CropKind parse_crop_kind(const std::string& name);
 /// kAuto resolved: kPadded, the small-image recipe, when the input size (which must be set)
-/// is 64 px or less and the images are that size (`image_side`, their shorter side; 0 =
-/// unknown, taken as the input size), else kRandomResized. Other kinds are returned as is.
-CropKind resolve_crop_kind(const CropSampler& s, int image_side = 0);
+/// is 64 px or less and the images are all of that size (`images_at_size`; taken as true
+/// when unknown), else kRandomResized. Other kinds are returned as is.
+CropKind resolve_crop_kind(const CropSampler& s, bool images_at_size = true);
 
 /// "" when the sampler's fields are valid (size >= 1, 0 < scale min <= max <= 1,
 /// 0 < ratio min <= max, padding >= 0, flip in [0, 1]), else the first problem, in the

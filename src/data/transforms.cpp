@@ -104,11 +104,10 @@ CropKind parse_crop_kind(const std::string& name) {
   fail<ConfigError>("--aug '{}': expected rrc, crop, none or auto", name);
 }
 
-CropKind resolve_crop_kind(const CropSampler& s, int image_side) {
+CropKind resolve_crop_kind(const CropSampler& s, bool images_at_size) {
   if (s.kind != CropKind::kAuto) return s.kind;
   FKD_CHECK(s.size > 0, ConfigError, "--aug auto needs the input size, which is not set");
-  const bool native = image_side <= 0 || image_side == s.size;
-  return s.size <= 64 && native ? CropKind::kPadded : CropKind::kRandomResized;
+  return s.size <= 64 && images_at_size ? CropKind::kPadded : CropKind::kRandomResized;
 }
 
 std::string crop_sampler_problem(const CropSampler& s) {

@@ -24,12 +24,17 @@ constexpr int kSizeSamples = 16;        ///< images decoded to find a dataset's 
 
 bool is_idx(const Dataset& ds) { return ds.item_name(0).find("-idx3-ubyte") != std::string::npos; }
 
-/// The median shorter side of up to kSizeSamples images spread over the dataset (those that
-/// fail to decode are left out; 0 when none decodes).
-int typical_short_side(const Dataset& ds) {
+/// Shorter sides of up to kSizeSamples images spread over the dataset (those that fail to
+/// decode are left out; all 0 when none decodes).
+struct ImageSides {
+  int median = 0, min = 0, max = 0;
+};
+
+ImageSides image_sides(const Dataset& ds) {
   if (is_idx(ds)) {
     const Image im = ds.load(0);
-    return std::min(im.height, im.width);
+    const int side = std::min(im.height, im.width);
+    return {side, side, side};
   }
   std::vector<int> sides;
   const size_t n = std::min<size_t>(ds.size(), kSizeSamples);
@@ -40,15 +45,17 @@ int typical_short_side(const Dataset& ds) {
     } catch (const Error&) {  // reported when training reads it
     }
   }
-  if (sides.empty()) return 0;
-  std::nth_element(sides.begin(), sides.begin() + std::ptrdiff_t(sides.size() / 2), sides.end());
-  return sides[sides.size() / 2];
+  if (sides.empty()) return {};
+  std::sort(sides.begin(), sides.end());
+  return {sides[sides.size() / 2], sides.front(), sides.back()};
 }
 
 /// The input size when none is given, and the upscaling warning when one is. Returns the
-/// images' typical shorter side (0 when unknown).
-int resolve_input_size(TrainConfig& cfg, const Dataset& ds, std::vector<std::string>* notes) {
-  const int side = typical_short_side(ds);
+/// sides of the images it looked at.
+ImageSides resolve_input_size(TrainConfig& cfg, const Dataset& ds,
+                              std::vector<std::string>* notes) {
+  const ImageSides sides = image_sides(ds);
+  const int side = sides.median;
   if (cfg.crop.size == 0) {
     if (is_idx(ds)) {
       cfg.crop.size = side;
@@ -72,7 +79,7 @@ int resolve_input_size(TrainConfig& cfg, const Dataset& ds, std::vector<std::str
         cfg.crop.size, cfg.data, side, double(cfg.crop.size) / side,
         double(cfg.crop.size) * cfg.crop.size / (double(side) * side), side));
   }
-  return side;
+  return sides;
 }
 
 void resolve_normalization(TrainConfig& cfg) {
@@ -187,11 +194,15 @@ void resolve_config(TrainConfig& cfg, const Dataset& train_set, std::vector<std:
   if (cfg.mode != TrainMode::kFkd) cfg.num_crops = 1;
   validate_config(cfg);
   if (cfg.channels == 0) cfg.channels = train_set.channels();
-  const int side = resolve_input_size(cfg, train_set, notes);
+  const ImageSides sides = resolve_input_size(cfg, train_set, notes);
   FKD_CHECK(cfg.crop.size >= 8 && cfg.crop.size <= 4096, ConfigError,
             "{}: input size {} px out of range [8, 4096]: set --input-size", cfg.data,
             cfg.crop.size);
-  cfg.crop.kind = resolve_crop_kind(cfg.crop, side);
+  // Small images all of the input size (28-px Fashion-MNIST, 32-px CIFAR) get RandomCrop;
+  // images of varied sizes get RandomResizedCrop.
+  const bool at_size =
+      sides.median == 0 || (sides.min == cfg.crop.size && sides.max == cfg.crop.size);
+  cfg.crop.kind = resolve_crop_kind(cfg.crop, at_size);
   if (cfg.eval_resize == 0) {
     cfg.eval_resize = cfg.crop.size <= 64 ? cfg.crop.size : int(cfg.crop.size / 0.875);
   }
