@@ -21,6 +21,7 @@
 #include "fkd/store.h"
 #include "fkd/train.h"
 #include "fkd/transforms.h"
+#include "label/labeler.h"
 #include "label/teacher_batcher.h"
 #include "train/device.h"
 #include "train/input.h"
@@ -209,6 +210,75 @@ std::pair<uint32_t, uint32_t> resolve_shard(const std::string& spec) {
   return {a, b};
 }
 
+LabelStats label_images(const LabelJob& job, uint64_t begin, uint64_t end, const std::string& title,
+                        const std::function<void(uint64_t image, const ImageLabels&)>& out) {
+  const Manifest& m = job.m;
+  const int n_crops = int(m.crops_per_image);
+  const int num_classes = int(m.classes.size());
+  LoaderOptions lopt;
+  lopt.shuffle = false;
+  lopt.workers = job.cfg.workers;
+  lopt.prefetch = 2;
+  lopt.strict = true;  // a store covers every image: a bad one stops the run, named
+  lopt.range_begin = begin;
+  lopt.range_end = end;
+  // Images per loader batch: about one teacher batch of crops.
+  lopt.batch_size = size_t(n_crops) * std::max<size_t>(1, job.cfg.batch / size_t(n_crops));
+  Loader loader(job.ds, train_transform(job.input), std::make_shared<LabelCropSource>(m), lopt);
+  loader.start_epoch(0);
+
+  LabelStats st;
+  const int n_idx = stored_indices(m.label_type, m.k);
+  const int n_val = stored_values(m.label_type, m.k, num_classes);
+  ImageLabels labels;
+  Progress bar(title, end - begin, "img");
+  auto forward = [&](const torch::Tensor& x) {
+    const auto t0 = std::chrono::steady_clock::now();
+    torch::Tensor p = torch::softmax(
+        job.teacher.logits(x.to(job.device)).to(torch::kFloat32) / job.cfg.temperature, 1);
+    p = p.to(torch::kCPU);
+    st.teacher_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return p;
+  };
+  auto emit = [&](uint64_t image, uint32_t height, uint32_t width, const float* probs) {
+    labels.height = height;
+    labels.width = width;
+    labels.num_crops = uint32_t(n_crops);
+    labels.crop_hash = label_crop_hash(m, image, height, width);
+    labels.indices.assign(size_t(n_crops) * size_t(n_idx), 0);
+    labels.values.assign(size_t(n_crops) * size_t(n_val), 0.f);
+    for (int c = 0; c < n_crops; ++c) {
+      quantize_crop(probs + size_t(c) * size_t(num_classes), num_classes, m.label_type, m.k,
+                    labels.indices.data() + size_t(c) * size_t(n_idx),
+                    labels.values.data() + size_t(c) * size_t(n_val));
+    }
+    out(image, labels);
+    ++st.images;
+    st.crops += uint64_t(n_crops);
+    bar.advance(1, fmt::format("{:.0f} crops/s", double(st.crops) / bar.elapsed_seconds()));
+  };
+  TeacherBatcher batcher(int64_t(job.cfg.batch), job.input.channels, job.input.crop.size, n_crops,
+                         num_classes, begin, forward, emit);
+  Batch b;
+  std::vector<uint64_t> images;
+  std::vector<uint32_t> heights, widths;
+  while (loader.next(b)) {
+    images.clear();
+    heights.clear();
+    widths.clear();
+    for (int r = 0; r < b.n; r += n_crops) {
+      images.push_back(b.sample[size_t(r)]);
+      heights.push_back(uint32_t(b.heights[size_t(r)]));
+      widths.push_back(uint32_t(b.widths[size_t(r)]));
+    }
+    batcher.add(batch_images(b, torch::kCPU, /*channels_last=*/false), images, heights, widths);
+  }
+  batcher.finish();
+  bar.finish();
+  return st;
+}
+
 LabelResult generate_labels(const LabelConfig& cfg) {
   validate_label_config(cfg);
   DatasetOptions dopt;
@@ -257,69 +327,14 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
       fmt::print("resuming shard {}/{} of {} at image {} of [{}, {})\n", shard_index, shard_count,
                  cfg.out, first, range_begin, range_end);
     }
-    const int n_crops = int(m.crops_per_image);
-    LoaderOptions lopt;
-    lopt.shuffle = false;
-    lopt.workers = cfg.workers;
-    lopt.prefetch = 2;
-    lopt.strict = true;  // a store covers every image: a bad one stops the run, named
-    lopt.range_begin = first;
-    lopt.range_end = range_end;
-    // Images per loader batch: about one teacher batch of crops.
-    lopt.batch_size = size_t(n_crops) * std::max<size_t>(1, cfg.batch / size_t(n_crops));
-    const TrainTransform tt = train_transform(input);  // output size, interpolation, norm
-    Loader loader(ds, tt, std::make_shared<LabelCropSource>(m), lopt);
-    loader.start_epoch(0);
-
-    const int n_idx = stored_indices(m.label_type, m.k);
-    const int n_val = stored_values(m.label_type, m.k, num_classes);
-    ImageLabels labels;
-    Progress bar(fmt::format("label {}/{}", shard_index, shard_count), range_end - first, "img");
-    auto forward = [&](const torch::Tensor& x) {
-      const auto t0 = std::chrono::steady_clock::now();
-      torch::Tensor p =
-          torch::softmax(teacher.net->logits(x.to(device)).to(torch::kFloat32) / cfg.temperature, 1)
-              .to(torch::kCPU);
-      result.teacher_seconds +=
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      return p;
-    };
-    auto emit = [&](uint64_t image, uint32_t height, uint32_t width, const float* probs) {
-      labels.height = height;
-      labels.width = width;
-      labels.num_crops = uint32_t(n_crops);
-      labels.crop_hash = label_crop_hash(m, image, height, width);
-      labels.indices.assign(size_t(n_crops) * size_t(n_idx), 0);
-      labels.values.assign(size_t(n_crops) * size_t(n_val), 0.f);
-      for (int c = 0; c < n_crops; ++c) {
-        quantize_crop(probs + size_t(c) * size_t(num_classes), num_classes, m.label_type, m.k,
-                      labels.indices.data() + size_t(c) * size_t(n_idx),
-                      labels.values.data() + size_t(c) * size_t(n_val));
-      }
-      writer.append(image, labels);
-      ++result.images;
-      result.crops += uint64_t(n_crops);
-      bar.advance(1, fmt::format("{:.0f} crops/s", double(result.crops) / bar.elapsed_seconds()));
-    };
-    TeacherBatcher batcher(int64_t(cfg.batch), input.channels, input.crop.size, n_crops,
-                           num_classes, first, forward, emit);
-    Batch b;
-    std::vector<uint64_t> images;
-    std::vector<uint32_t> heights, widths;
-    while (loader.next(b)) {
-      images.clear();
-      heights.clear();
-      widths.clear();
-      for (int r = 0; r < b.n; r += n_crops) {
-        images.push_back(b.sample[size_t(r)]);
-        heights.push_back(uint32_t(b.heights[size_t(r)]));
-        widths.push_back(uint32_t(b.widths[size_t(r)]));
-      }
-      batcher.add(batch_images(b, torch::kCPU, /*channels_last=*/false), images, heights, widths);
-    }
-    batcher.finish();
-    bar.finish();
+    const LabelJob job{cfg, ds, m, input, *teacher.net, device};
+    const LabelStats st = label_images(
+        job, first, range_end, fmt::format("label {}/{}", shard_index, shard_count),
+        [&](uint64_t image, const ImageLabels& labels) { writer.append(image, labels); });
     writer.finish();
+    result.images = st.images;
+    result.crops = st.crops;
+    result.teacher_seconds = st.teacher_seconds;
   }
   result.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

@@ -74,16 +74,15 @@ std::string results_table(const DemoResult& d) {
   return t;
 }
 
-}  // namespace
+/// One run of the demo: its options, recipe and output folder.
+struct DemoRun {
+  const DemoOptions& opts;
+  Recipe rc;
+  fs::path out;
+  std::string tag;  ///< "-seedN" for seeds other than 0: their students train beside seed 0's
 
-DemoResult run_demo(const DemoOptions& opts) {
-  const auto t_all = std::chrono::steady_clock::now();
-  const Recipe rc = recipe(opts.quick);
-  const fs::path out = fs::path(opts.out) / (opts.quick ? "quick" : "full");
-  fs::create_directories(out);
-  DemoResult d;
-
-  auto base = [&](const std::string& model, const std::string& dir) {
+  /// The common part of every training run of the demo.
+  TrainConfig base(const std::string& model, const std::string& dir) const {
     TrainConfig c;
     c.data = "fashion-mnist";
     c.model = model;
@@ -95,75 +94,75 @@ DemoResult run_demo(const DemoOptions& opts) {
     c.out = (out / dir).string();
     c.resume = true;  // re-running the demo continues (or reuses) finished runs
     return c;
-  };
+  }
+};
 
-  // 1. The teacher.
-  fmt::print("== 1/5 teacher: resnet20 on {} Fashion-MNIST images, {} epochs\n", rc.teacher_images,
-             rc.teacher_epochs);
+/// 1. The teacher.
+TrainResult train_teacher(const DemoRun& run, bool& redo, DemoResult& d) {
+  fmt::print("== 1/5 teacher: resnet20 on {} Fashion-MNIST images, {} epochs\n",
+             run.rc.teacher_images, run.rc.teacher_epochs);
   std::fflush(stdout);
-  TrainConfig tc = base("resnet20", "teacher");
-  tc.limit_train = rc.teacher_images;
-  tc.epochs = rc.teacher_epochs;
+  TrainConfig tc = run.base("resnet20", "teacher");
+  tc.limit_train = run.rc.teacher_images;
+  tc.epochs = run.rc.teacher_epochs;
   // The teacher trains on hard labels, as in the setting measured in bench/RESULTS.md
   // (whether label smoothing helps or hurts a teacher's soft labels is debated).
   tc.label_smoothing = 0;
-  bool redo = false;  // a stage was started over: every later one is too
-  auto t0 = std::chrono::steady_clock::now();
   const TrainResult teacher = run_demo_stage(tc.out, redo, [&] { return train(tc); });
   d.teacher_top1 = teacher.history.back().top1;
   d.teacher_seconds = 0;
   for (const auto& m : teacher.history) d.teacher_seconds += m.seconds;
+  return teacher;
+}
 
-  // 2. Soft labels: as many crops per image as the students' epochs use.
-  fmt::print("\n== 2/5 label: {} crops of each image with the teacher\n", rc.epochs);
+/// 2. Soft labels: as many crops per image as the students' epochs use. Returns the store
+/// and sets `label_time` for the report.
+std::string label_store(const DemoRun& run, const std::string& teacher, bool& redo, DemoResult& d,
+                        std::string& label_time) {
+  fmt::print("\n== 2/5 label: {} crops of each image with the teacher\n", run.rc.epochs);
   std::fflush(stdout);
   LabelConfig lc;
-  lc.teacher = teacher.checkpoint;
+  lc.teacher = teacher;
   lc.data = "fashion-mnist";
-  lc.limit = rc.images;
-  lc.crops = rc.epochs;
-  lc.crop.kind = CropKind::kPadded;  // the small-image recipe the plain and KD students train with
-  lc.threads = opts.threads;
-  lc.workers = opts.workers;
-  lc.device = opts.device;
-  lc.out = (out / "labels").string();
-  t0 = std::chrono::steady_clock::now();
+  lc.limit = run.rc.images;
+  lc.crops = run.rc.epochs;
+  lc.crop.kind = CropKind::kPadded;  // the small-image recipe the plain and KD students use
+  lc.threads = run.opts.threads;
+  lc.workers = run.opts.workers;
+  lc.device = run.opts.device;
+  lc.out = (run.out / "labels").string();
+  const auto t0 = std::chrono::steady_clock::now();
   const LabelResult lr = run_demo_stage(lc.out, redo, [&] { return generate_labels(lc); });
   d.label_seconds = lr.crops ? lr.seconds : seconds_since(t0);
   // A store an earlier demo finished is reused: this run did not time its labeling.
-  const std::string label_time =
-      lr.crops ? format_duration(d.label_seconds) : std::string("done by an earlier run");
+  label_time = lr.crops ? format_duration(d.label_seconds) : "done by an earlier run";
+  return lc.out;
+}
 
-  // 3-5. The tiny student three ways, same effective epochs and seed. Seed 0 keeps the
-  // original names; other seeds train beside them and reuse the teacher and the labels.
-  const std::string tag = opts.seed ? fmt::format("-seed{}", opts.seed) : std::string();
+/// 3-5. The tiny student three ways, same effective epochs and seed.
+void train_students(const DemoRun& run, const std::string& teacher, const std::string& store,
+                    bool redo, DemoResult& d) {
   const char* names[] = {"plain", "online KD", "FKD"};
   for (int k = 0; k < 3; ++k) {
-    fmt::print("\n== {}/5 student: tiny, {}, {} epochs\n", 3 + k, names[k], rc.epochs);
+    fmt::print("\n== {}/5 student: tiny, {}, {} epochs\n", 3 + k, names[k], run.rc.epochs);
     std::fflush(stdout);
     const char* dir = k == 0 ? "student-plain" : k == 1 ? "student-kd" : "student-fkd";
-    TrainConfig sc = base("tiny", dir + tag);
-    sc.epochs = rc.epochs;
-    sc.seed = opts.seed;
-    if (k == 1) sc.teacher = teacher.checkpoint;
+    TrainConfig sc = run.base("tiny", dir + run.tag);
+    sc.epochs = run.rc.epochs;
+    sc.seed = run.opts.seed;
+    if (k == 1) sc.teacher = teacher;
     if (k == 2) {
-      sc.labels = lc.out;
-      sc.num_crops = rc.num_crops;
+      sc.labels = store;
+      sc.num_crops = run.rc.num_crops;
     }
     bool redo_student = redo;  // the students build on the teacher and labels, not on each other
     d.students.push_back(
         summarize(names[k], run_demo_stage(sc.out, redo_student, [&] { return train(sc); })));
   }
+}
 
-  // The table and the report.
-  const std::string table = results_table(d);
-  const double total = seconds_since(t_all);
-  fmt::print("\n{}\n", table);
-  fmt::print(
-      "teacher resnet20: {:.2f}% top-1 ({}); labeling: {} ({} crops per image, once for "
-      "every student trained from the store)\n",
-      d.teacher_top1, format_duration(d.teacher_seconds), label_time, rc.epochs);
-
+/// The plot of test top-1 against wall-clock time; returns its file name.
+std::string write_plot(const DemoRun& run, const DemoResult& d) {
   std::vector<PlotSeries> plot;
   for (const DemoStudent& s : d.students) {
     PlotSeries p;
@@ -180,9 +179,16 @@ DemoResult run_demo(const DemoOptions& opts) {
   po.title = "Tiny student on Fashion-MNIST: test top-1 against wall-clock time";
   po.x_label = "wall-clock seconds (training + evaluation)";
   po.y_label = "test top-1 (%)";
-  const std::string svg = "accuracy" + tag + ".svg";
-  write_text_file_atomic((out / svg).string(), render_line_plot_svg(plot, po));
+  const std::string svg = "accuracy" + run.tag + ".svg";
+  write_text_file_atomic((run.out / svg).string(), render_line_plot_svg(plot, po));
+  return svg;
+}
 
+/// report.md: the setting, the table and the plot.
+std::string write_report(const DemoRun& run, const DemoResult& d, const std::string& table,
+                         const std::string& label_time, const std::string& svg, double total) {
+  const Recipe& rc = run.rc;
+  const DemoOptions& opts = run.opts;
   std::string md = fmt::format(
       "# fkd demo: distilling resnet20 into a tiny CNN on Fashion-MNIST\n\n"
       "Setting: {} training images, {} test images, the tiny student (93.5k parameters) "
@@ -202,9 +208,36 @@ DemoResult run_demo(const DemoOptions& opts) {
       opts.device, rc.teacher_epochs, rc.teacher_images, d.teacher_top1,
       format_duration(d.teacher_seconds), label_time, rc.epochs, table, svg,
       format_duration(total));
-  d.report = (out / ("report" + tag + ".md")).string();
-  write_text_file_atomic(d.report, md);
-  fmt::print("report: {} (plot: {})\n", d.report, (out / svg).string());
+  const std::string path = (run.out / ("report" + run.tag + ".md")).string();
+  write_text_file_atomic(path, md);
+  return path;
+}
+
+}  // namespace
+
+DemoResult run_demo(const DemoOptions& opts) {
+  const auto t_all = std::chrono::steady_clock::now();
+  const DemoRun run{opts, recipe(opts.quick), fs::path(opts.out) / (opts.quick ? "quick" : "full"),
+                    opts.seed ? fmt::format("-seed{}", opts.seed) : std::string()};
+  fs::create_directories(run.out);
+  DemoResult d;
+  bool redo = false;  // a stage was started over: every later one is too
+  const TrainResult teacher = train_teacher(run, redo, d);
+  std::string label_time;
+  const std::string store = label_store(run, teacher.checkpoint, redo, d, label_time);
+  // Seed 0 keeps the original names; other seeds train beside them and reuse the teacher
+  // and the labels.
+  train_students(run, teacher.checkpoint, store, redo, d);
+
+  const std::string table = results_table(d);
+  fmt::print("\n{}\n", table);
+  fmt::print(
+      "teacher resnet20: {:.2f}% top-1 ({}); labeling: {} ({} crops per image, once for "
+      "every student trained from the store)\n",
+      d.teacher_top1, format_duration(d.teacher_seconds), label_time, run.rc.epochs);
+  const std::string svg = write_plot(run, d);
+  d.report = write_report(run, d, table, label_time, svg, seconds_since(t_all));
+  fmt::print("report: {} (plot: {})\n", d.report, (run.out / svg).string());
   return d;
 }
 

@@ -153,7 +153,34 @@ struct Trainer {
   torch::optim::Optimizer& optimizer;
   const Objective& objective;
   Loader& loader;
+  Loader& val_loader;
   int64_t warmup_steps, total_steps;
+
+  /// Pass `pass` of `plan`: trains on it, then evaluates; its line of metrics.jsonl.
+  EpochMetrics epoch(const PassPlan& plan, int pass, int64_t* step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int first = plan.first_epoch(pass), covered = plan.epochs_in(pass);
+    const std::string title =
+        plan.crops == 1 ? fmt::format("epoch {}/{}", first + 1, cfg.epochs)
+                        : fmt::format("epochs {}-{}/{}", first + 1, first + covered, cfg.epochs);
+    const PassStats s = run_pass(pass, title, step);
+    net.eval();
+    const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net.forward(x); },
+                                         val_loader, device, cfg.channels_last, "  eval");
+    EpochMetrics em;
+    em.epoch = first + covered;
+    em.epochs_covered = covered;
+    em.train_loss = s.loss;
+    em.train_top1 = s.top1;
+    em.val_loss = ev.loss;
+    em.top1 = ev.top1;
+    em.top5 = ev.top5;
+    em.lr = s.lr;
+    em.samples_per_s = s.seconds > 0 ? double(s.seen) / s.seconds : 0;
+    em.train_seconds = s.seconds;
+    em.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return em;
+  }
 
   /// Trains on pass `pass` (its crops, `title` on the progress bar), advancing *step.
   PassStats run_pass(int pass, const std::string& title, int64_t* step) {
@@ -208,6 +235,17 @@ struct Trainer {
   }
 };
 
+/// The val split of a resolved run, with the training split's classes.
+std::shared_ptr<const Dataset> open_val_set(const TrainConfig& cfg, const Dataset& train_set) {
+  DatasetOptions dopt;
+  dopt.channels = cfg.channels;
+  dopt.limit = cfg.limit_val;
+  auto val_set = open_dataset(cfg.data, Split::kVal, dopt);
+  FKD_CHECK(val_set->classes() == train_set.classes(), DataError,
+            "{}: the val split's classes differ from the train split's", cfg.data);
+  return val_set;
+}
+
 void report_skipped(const Loader& l, const char* split) {
   if (l.skipped() == 0) return;
   fmt::print(stderr, "warning: {} {} sample(s) could not be loaded and were skipped:\n",
@@ -235,12 +273,7 @@ TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
   std::vector<std::string> notes;
   resolve_config(cfg, *train_set, &notes);
   for (const std::string& n : notes) fmt::print("{}\n", n);
-  DatasetOptions dopt;
-  dopt.channels = cfg.channels;
-  dopt.limit = cfg.limit_val;
-  auto val_set = open_dataset(cfg.data, Split::kVal, dopt);
-  FKD_CHECK(val_set->classes() == train_set->classes(), DataError,
-            "{}: the val split's classes differ from the train split's", cfg.data);
+  auto val_set = open_val_set(cfg, *train_set);
   const int num_classes = int(train_set->classes().size());
 
   const PassPlan plan{cfg.epochs, cfg.num_crops};
@@ -274,6 +307,7 @@ TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
                   *optimizer,
                   objective,
                   train_loader,
+                  val_loader,
                   plan.steps_in(cfg.warmup_epochs, steps_per_pass),
                   steps_per_pass * plan.passes()};
   fmt::print(
@@ -284,32 +318,9 @@ TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
       count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str());
   std::fflush(stdout);
 
-  const int m = cfg.num_crops;
   int passes_this_call = 0;
   for (int pass = plan.pass_after(meta.epochs_done); pass < plan.passes(); ++pass) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const int first = plan.first_epoch(pass), covered = plan.epochs_in(pass);
-    const std::string title =
-        m == 1 ? fmt::format("epoch {}/{}", first + 1, cfg.epochs)
-               : fmt::format("epochs {}-{}/{}", first + 1, first + covered, cfg.epochs);
-    const PassStats s = trainer.run_pass(pass, title, &meta.step);
-
-    net->eval();
-    const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net->forward(x); },
-                                         val_loader, device, cfg.channels_last, "  eval");
-    EpochMetrics em;
-    em.epoch = first + covered;
-    em.epochs_covered = covered;
-    em.train_loss = s.loss;
-    em.train_top1 = s.top1;
-    em.val_loss = ev.loss;
-    em.top1 = ev.top1;
-    em.top5 = ev.top5;
-    em.lr = s.lr;
-    em.samples_per_s = s.seconds > 0 ? double(s.seen) / s.seconds : 0;
-    em.train_seconds = s.seconds;
-    em.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-
+    const EpochMetrics em = trainer.epoch(plan, pass, &meta.step);
     meta.epochs_done = em.epoch;
     meta.history.push_back(em);
     save_checkpoint(ckpt_path, meta, *net, optimizer.get());
@@ -318,7 +329,7 @@ TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
         "epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
         "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
         em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5, em.lr,
-        em.samples_per_s, m == 1 ? "img" : "crop", format_duration(em.seconds));
+        em.samples_per_s, plan.crops == 1 ? "img" : "crop", format_duration(em.seconds));
     std::fflush(stdout);
     if (cfg.stop_after > 0 && ++passes_this_call >= cfg.stop_after) break;
   }
