@@ -370,6 +370,16 @@ TEST(Label, UnreadableImagesAreFoundBeforeAnyLabel) {
   fkd::test::write_file(broken, good.substr(0, good.size() / 2));
   LabelConfig c = one_thread_config(teacher, data, dir.file("store"), 3);
   c.crop.size = 28;
+  // Every option is checked before the images are: a bad --flip is named, not the image
+  // (it was once found only after the whole-dataset check).
+  LabelConfig bad_flip = c;
+  bad_flip.crop.flip = 2;
+  try {
+    generate_labels(bad_flip);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--flip 2"), std::string::npos) << e.what();
+  }
   try {
     generate_labels(c);
     FAIL() << "expected DataError";
