@@ -128,6 +128,7 @@ class Loader {
   LoaderOptions opts_;
   int m_ = 1;  ///< crops per image
   int out_c_ = 0, out_h_ = 0, out_w_ = 0;
+  ChwConverter to_chw_;  ///< the transform's normalization, prepared once
 
   // Epoch state.
   int64_t epoch_ = 0;

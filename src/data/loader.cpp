@@ -12,8 +12,8 @@ namespace {
 constexpr size_t kMaxBadListed = 20;
 }
 
-void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
-                             CropPlan* out, float* /*soft*/) const {
+void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width, CropPlan* out,
+                             float* /*soft*/) const {
   for (int k = 0; k < per_image_; ++k) {
     Rng rng(seed_, RngStream::kAugment, {uint64_t(epoch), uint64_t(index), uint64_t(k)});
     out[k] = sample_train_crop(t_, rng, height, width);
@@ -23,7 +23,12 @@ void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
 
 Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
                std::shared_ptr<const CropSource> source, const LoaderOptions& opts)
-    : ds_(std::move(ds)), train_(true), train_t_(t), source_(std::move(source)), opts_(opts) {
+    : ds_(std::move(ds)),
+      train_(true),
+      train_t_(t),
+      source_(std::move(source)),
+      opts_(opts),
+      to_chw_(t.norm, ds_->channels()) {
   m_ = source_->crops_per_image();
   FKD_CHECK(m_ >= 1, ConfigError, "crops per image must be at least 1, got {}", m_);
   FKD_CHECK(opts_.batch_size % size_t(m_) == 0, ConfigError,
@@ -32,9 +37,8 @@ Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
   out_h_ = out_w_ = t.size;
 }
 
-Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t,
-               const LoaderOptions& opts)
-    : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts) {
+Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t, const LoaderOptions& opts)
+    : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts), to_chw_(t.norm, ds_->channels()) {
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.size;
 }
@@ -187,10 +191,9 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       for (int c = 0; c < m_; ++c) {
         PixelBox box = plans[size_t(c)].box;
         box.top -= band.first_row;  // band-relative
-        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp,
-                     hwc.data(), scratch);
-        to_float_chw(hwc.data(), out_h_, out_w_, out_c_, train_t_.norm,
-                     batch.images.get() + row * plane);
+        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp, hwc.data(),
+                     scratch);
+        to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + row * plane);
         batch.plans.push_back(plans[size_t(c)]);
         batch.heights.push_back(band.full_height);
         batch.widths.push_back(img.width);
@@ -204,8 +207,7 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
           eval_t_.resize > 0 ? resize_shorter(img, eval_t_.resize, eval_t_.interp) : img;
       const PixelBox box = center_box(resized.height, resized.width, out_h_, out_w_);
       resized_crop(resized, box, false, out_h_, out_w_, eval_t_.interp, hwc.data(), scratch);
-      to_float_chw(hwc.data(), out_h_, out_w_, out_c_, eval_t_.norm,
-                   batch.images.get() + row * plane);
+      to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + row * plane);
       batch.targets.push_back(target);
       batch.sample.push_back(idx);
       batch.crop.push_back(0);
