@@ -12,6 +12,64 @@ namespace {
 constexpr size_t kMaxBadListed = 20;
 }
 
+namespace detail {
+
+/// Float buffers of one size, recycled. acquire() hands out a buffer whose shared_ptr
+/// deleter gives it back; up to `keep` returned buffers wait for reuse, beyond that they are
+/// freed. The deleters hold the pool, so buffers may outlive the loader that made them.
+class BatchBufferPool : public std::enable_shared_from_this<BatchBufferPool> {
+ public:
+  BatchBufferPool(size_t floats, size_t keep) : floats_(floats), keep_(keep) {}
+
+  std::shared_ptr<float[]> acquire() {
+    std::unique_ptr<float[]> buf;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!free_.empty()) {
+        buf = std::move(free_.back());
+        free_.pop_back();
+      } else {
+        ++allocated_;
+      }
+    }
+    // Left uninitialized: make_batch writes every row a batch holds.
+    if (!buf) buf.reset(new float[floats_]);
+    auto self = shared_from_this();
+    return std::shared_ptr<float[]>(buf.release(), [self](float* p) { self->give_back(p); });
+  }
+
+  size_t allocated() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return allocated_;
+  }
+
+ private:
+  void give_back(float* p) {
+    std::unique_ptr<float[]> buf(p);
+    std::lock_guard<std::mutex> lk(mu_);
+    if (free_.size() < keep_) free_.push_back(std::move(buf));
+  }
+
+  const size_t floats_, keep_;
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<float[]>> free_;
+  size_t allocated_ = 0;
+};
+
+}  // namespace detail
+
+namespace {
+
+/// A pool sized for the loader: batch_size rows of c x h x w floats; it keeps the batches
+/// that can be in flight at once (the prefetch window, the one the consumer holds, and one
+/// more it may still hold while taking the next).
+std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int c, int h, int w) {
+  return std::make_shared<detail::BatchBufferPool>(o.batch_size * size_t(c) * h * w,
+                                                   size_t(std::max(o.prefetch, 1)) + 2);
+}
+
+}  // namespace
+
 void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width, CropPlan* out,
                              float* /*soft*/) const {
   for (int k = 0; k < per_image_; ++k) {
@@ -35,12 +93,14 @@ Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
             "batch size {} is not a multiple of the {} crops per image", opts_.batch_size, m_);
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.size;
+  buffers_ = make_pool(opts_, out_c_, out_h_, out_w_);
 }
 
 Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t, const LoaderOptions& opts)
     : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts), to_chw_(t.norm, ds_->channels()) {
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.size;
+  buffers_ = make_pool(opts_, out_c_, out_h_, out_w_);
 }
 
 Loader::~Loader() { stop(); }
@@ -147,10 +207,13 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   batch.c = out_c_;
   batch.h = out_h_;
   batch.w = out_w_;
-  batch.images = std::shared_ptr<float[]>(new float[max_rows * plane]);
+  batch.images = buffers_->acquire();
   batch.targets.reserve(max_rows);
   batch.sample.reserve(max_rows);
   batch.crop.reserve(max_rows);
+  batch.heights.reserve(max_rows);
+  batch.widths.reserve(max_rows);
+  if (train_) batch.plans.reserve(max_rows);
   std::vector<CropPlan> plans(static_cast<size_t>(m_));
   const int sc = train_ ? source_->soft_label_classes() : 0;
   batch.soft_classes = sc;
@@ -230,5 +293,7 @@ std::vector<BadSample> Loader::bad_samples() const {
   std::lock_guard<std::mutex> lk(mu_);
   return bad_;
 }
+
+size_t Loader::buffers_allocated() const { return buffers_->allocated(); }
 
 }  // namespace fkd
