@@ -4,6 +4,7 @@
 // every crop, or when every batch goes to fresh memory again.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <vector>
@@ -138,9 +139,10 @@ TEST(LoaderBuffers, BatchBuffersAreRecycledNotAllocatedPerBatch) {
       o.prefetch = 2;
       Loader loader(ds, t, std::make_shared<RandomCropSource>(t, 3, m), o);
       for (int e = 0; e < 3; ++e) drain(loader, e);
-      // 48 batches; at most the prefetch window plus the consumer's batch live at once.
+      // 48 batches; at most the window (prefetch, raised to the workers) plus the consumer's
+      // batch live at once.
       EXPECT_GE(loader.buffers_allocated(), 1u);
-      EXPECT_LE(loader.buffers_allocated(), size_t(o.prefetch) + 1)
+      EXPECT_LE(loader.buffers_allocated(), size_t(std::max(o.prefetch, workers)) + 1)
           << "workers " << workers << " m " << m;
     }
   }

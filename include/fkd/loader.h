@@ -71,7 +71,7 @@ struct LoaderOptions {
   bool drop_last = false;   ///< drop the last, incomplete batch
   uint64_t seed = 0;        ///< seeds the sample order
   int workers = 1;          ///< worker threads; 0 = produce batches in the calling thread
-  int prefetch = 4;         ///< batches decoded ahead (bounded memory)
+  int prefetch = 4;         ///< batches decoded ahead (bounded memory); at least `workers`
   bool strict = false;      ///< a bad sample is fatal instead of skipped
   /// Only samples [range_begin, range_end) in id order (labeling a shard, resuming);
   /// range_end 0 = all samples. Requires shuffle = false.

@@ -60,12 +60,16 @@ class BatchBufferPool : public std::enable_shared_from_this<BatchBufferPool> {
 
 namespace {
 
+/// Batches claimed by workers and not yet handed to the consumer, at most: the prefetch
+/// depth, but never fewer than the workers, or workers beyond it would sit idle.
+int64_t window(const LoaderOptions& o) { return std::max({o.prefetch, o.workers, 1}); }
+
 /// A pool sized for the loader: batch_size rows of c x h x w floats; it keeps the batches
-/// that can be in flight at once (the prefetch window, the one the consumer holds, and one
-/// more it may still hold while taking the next).
+/// that can be in flight at once (the window, the one the consumer holds, and one more it
+/// may still hold while taking the next).
 std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int c, int h, int w) {
   return std::make_shared<detail::BatchBufferPool>(o.batch_size * size_t(c) * h * w,
-                                                   size_t(std::max(o.prefetch, 1)) + 2);
+                                                   size_t(window(o)) + 2);
 }
 
 }  // namespace
@@ -158,7 +162,7 @@ void Loader::worker_loop() {
       std::unique_lock<std::mutex> lk(mu_);
       cv_space_.wait(lk, [&] {
         return stopping_ || next_claim_ >= int64_t(batches_) ||
-               next_claim_ < next_yield_ + opts_.prefetch;
+               next_claim_ < next_yield_ + window(opts_);
       });
       if (stopping_ || next_claim_ >= int64_t(batches_)) return;
       b = next_claim_++;
