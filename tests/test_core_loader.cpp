@@ -1,14 +1,19 @@
 // The loader's work and memory, counted: each image is decoded and planned once per epoch
 // whatever the crops per image, and batch buffers are recycled instead of allocated per
-// batch. Counts, not times: these fail when the multi-crop path repeats per-image work for
-// every crop, or when every batch goes to fresh memory again.
+// batch; and the malloc settings every program built on the library runs with. Counts, not times:
+// these fail when the multi-crop path repeats per-image work for every crop, or when every batch
+// goes to fresh memory again.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "fkd/allocator.h"
 #include "fkd/dataset.h"
 #include "fkd/loader.h"
 #include "fkd/transforms.h"
@@ -180,4 +185,21 @@ TEST(LoaderBuffers, HeldBatchesKeepTheirPixels) {
     const std::vector<float> got(held[k].images.get(), held[k].images.get() + held[k].n * plane);
     EXPECT_EQ(got, want[k]) << "batch " << k;
   }
+}
+
+TEST(Malloc, ConfiguredOnceWithFkdsThresholdsUnlessTunablesSayOtherwise) {
+  const MallocConfig& c = configure_malloc();
+  EXPECT_EQ(&c, &configure_malloc());
+  EXPECT_FALSE(c.description.empty());
+#if defined(__GLIBC__)
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (tunables && std::strstr(tunables, "glibc.malloc.")) {
+    EXPECT_FALSE(c.tuned);
+    EXPECT_NE(c.description.find(tunables), std::string::npos) << c.description;
+  } else {
+    EXPECT_TRUE(c.tuned) << c.description;
+    EXPECT_EQ(c.mmap_threshold, size_t(32) << 20);
+    EXPECT_EQ(c.trim_threshold, size_t(1) << 30);
+  }
+#endif
 }

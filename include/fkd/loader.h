@@ -10,7 +10,7 @@
 // to it when the last copy of the Batch's `images` is released, so batches after the first
 // few reuse memory that is already mapped. A 128-crop batch at 224 px is 77 MB, above
 // glibc's largest mmap threshold: allocated fresh, every batch would fault in 18,816 new
-// pages.
+// pages. Each loader also applies fkd's malloc settings (allocator.h) once per process.
 #pragma once
 #include <condition_variable>
 #include <cstdint>

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "fkd/allocator.h"
 #include "fkd/error.h"
 #include "fkd/rng.h"
 
@@ -68,6 +69,7 @@ int64_t window(const LoaderOptions& o) { return std::max({o.prefetch, o.workers,
 /// that can be in flight at once (the window, the one the consumer holds, and one more it
 /// may still hold while taking the next).
 std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int c, int h, int w) {
+  configure_malloc();  // any program that loads data runs with the fkd binary's settings
   return std::make_shared<detail::BatchBufferPool>(o.batch_size * size_t(c) * h * w,
                                                    size_t(window(o)) + 2);
 }
