@@ -9,13 +9,15 @@
 //           fp16, --stored-crops RandomResizedCrop crops per image.
 //
 // usage: bench_core_loader IMAGEFOLDER_ROOT [--rounds R] [--size 224] [--decode-only]
-//          [--crops 1,2,4] [--sources loader,store] [--workers 1] [--batch-images 32]
-//          [--stored-crops 16]
+//          [--crops 1,2,4] [--sources loader,store] [--workers 1] [--prefetch 4]
+//          [--batch-images 32] [--stored-crops 16]
 // A batch holds --batch-images images (times m crops). Each mode runs one untimed warm-up
 // epoch, then R timed epochs; the fastest counts. Prints lines
-//   MODE CROPS IMAGES_PER_S CROPS_PER_S MINOR_FAULTS_PER_IMAGE
+//   MODE CROPS IMAGES_PER_S CROPS_PER_S MINOR_FAULTS_PER_IMAGE [BATCH_BUFFERS]
 // (MODE: decode | loader | store; faults: getrusage ru_minflt over the timed epochs, per
-// image) and a line "malloc ..." with the allocator configuration the run used.
+// image; batch buffers: what the loader allocated over all its epochs) and a line
+// "malloc ..." with the allocator configuration the run used: the library's own
+// (configure_malloc, as in the fkd binary).
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -31,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "fkd/allocator.h"
 #include "fkd/dataset.h"
 #include "fkd/image.h"
 #include "fkd/loader.h"
@@ -46,7 +49,8 @@ namespace {
 
 struct Options {
   std::string root;
-  int rounds = 5, size = 224, workers = 1, batch_images = 32, stored_crops = 16;
+  int rounds = 5, size = 224, workers = 1, prefetch = LoaderOptions{}.prefetch;
+  int batch_images = 32, stored_crops = 16;
   bool decode_only = false;
   std::vector<int> crops = {1, 2, 4};
   std::vector<std::string> sources = {"loader", "store"};
@@ -86,7 +90,8 @@ void time_loader(Loader& loader, const char* mode, int m, const Options& o, size
     best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
   }
   const double faults = double(minor_faults() - f0) / double(o.rounds * n);
-  std::printf("%s %d %.1f %.1f %.1f\n", mode, m, n / best, n * m / best, faults);
+  std::printf("%s %d %.1f %.1f %.1f %zu\n", mode, m, n / best, n * m / best, faults,
+              loader.buffers_allocated());
   std::fflush(stdout);
 }
 
@@ -174,12 +179,14 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
                  "usage: %s IMAGEFOLDER_ROOT [--rounds R] [--size S] [--decode-only] "
-                 "[--crops 1,2,4] [--sources loader,store] [--workers W] [--batch-images B] "
+                 "[--crops 1,2,4] [--sources loader,store] [--workers W] [--prefetch P] "
+                 "[--batch-images B] "
                  "[--stored-crops N]\n",
                  argv[0]);
     return 2;
   }
   const Options o = parse(argc, argv);
+  const MallocConfig& malloc_config = configure_malloc();  // as the fkd binary does
   try {
     auto ds = open_dataset(o.root, Split::kTrain);
     const size_t n = ds->size();
@@ -215,7 +222,7 @@ int main(int argc, char** argv) {
           LoaderOptions lo;
           lo.batch_size = size_t(o.batch_images) * size_t(m);
           lo.workers = o.workers;
-          lo.prefetch = 4;
+          lo.prefetch = o.prefetch;
           std::shared_ptr<const CropSource> crops;
           if (source == "loader") {
             crops = std::make_shared<RandomCropSource>(t, 0, m);
@@ -232,8 +239,7 @@ int main(int argc, char** argv) {
       store.reset();
       if (!store_dir.empty()) fs::remove_all(store_dir);
     }
-    const char* tunables = std::getenv("GLIBC_TUNABLES");
-    std::printf("malloc GLIBC_TUNABLES=%s\n", tunables ? tunables : "(unset)");
+    std::printf("malloc %s\n", malloc_config.description.c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_core_loader: %s\n", e.what());
     return 1;

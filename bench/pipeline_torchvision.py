@@ -13,27 +13,21 @@ and rate = files / sum of those times. One line per mode:
   MODE K IMAGES_PER_S CROPS_PER_S MINOR_FAULTS_PER_IMAGE
 (faults: getrusage ru_minflt around each timed call, over all rounds, per file and round).
 Options it does not know (bench_core_loader's) are ignored. It runs with the allocator
-settings fkd runs with (GLIBC_TUNABLES, below) and prints them on a line "malloc ...".
+settings fkd runs with (malloc_tunables.py) and prints them on a line "malloc ...".
 """
 import argparse
 import io
 import os
 import resource
-import sys
 import time
 
-# The allocator settings fkd runs with (glibc's mallopt in fkd's library), given to this
-# process too: otherwise glibc hands every large tensor fresh mmap'd pages and the ratio to
-# fkd measures glibc, not the pipelines. Set before start-up, so the script re-executes
-# itself; a GLIBC_TUNABLES already set is left as it is.
-FKD_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
-if "GLIBC_TUNABLES" not in os.environ:
-    os.environ["GLIBC_TUNABLES"] = FKD_MALLOC_TUNABLES
-    os.execv(sys.executable, [sys.executable] + sys.argv)
+import malloc_tunables  # (re-executes the script with fkd's malloc settings)
 
-import torch
-import torchvision.transforms as T
-from PIL import Image
+malloc_tunables.apply()
+
+import torch  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def main():
@@ -94,7 +88,7 @@ def main():
     print(f"decode 0 {rate(0):.1f} 0.0 {per_file(0):.1f}")
     for k in crops:
         print(f"pipeline {k} {rate(k):.1f} {rate(k) * k:.1f} {per_file(k):.1f}")
-    print(f"malloc GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
+    print(f"malloc {malloc_tunables.describe()}")
 
 
 if __name__ == "__main__":
