@@ -25,7 +25,8 @@ struct MallocConfig {
 /// mmap threshold 32 MiB and trim threshold 1 GiB. Leaves malloc as it is when the process
 /// was started with glibc.malloc tunables in GLIBC_TUNABLES (the user's choice wins) or the
 /// C library is not glibc. The fkd binary calls it at start-up and every Loader on
-/// construction, so any program built on the library runs with the fkd binary's settings.
+/// construction, so any program that loads data with the library runs with the fkd binary's
+/// settings.
 const MallocConfig& configure_malloc();
 
 }  // namespace fkd
