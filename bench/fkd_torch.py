@@ -38,7 +38,8 @@ cosine-annealed per step from --lr over the run, loss = batch mean of
 -sum_c q_c log_softmax(z)_c, optionally channels_last model and input.
 Epochs count the reference's way: one pass over the images is m epochs, so --epochs E runs
 ceil(E / m) passes. torch.set_num_threads(T) sets the main process's threads (the
-DataLoader runs its workers with one each).
+DataLoader runs its workers with one each). The process runs with the glibc malloc settings
+fkd uses (malloc_tunables.py), so speed ratios to fkd do not measure glibc.
 
 Timing: wall clock (perf_counter) from the end of the 5th step (warm-up: worker start,
 first file reads, allocator) to the end of the last one; the run stops after --max-batches
@@ -57,12 +58,17 @@ import random
 import sys
 import time
 
-import numpy as np
-import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
-from torchvision.datasets import ImageFolder
-from torchvision.transforms import InterpolationMode, RandomResizedCrop
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import malloc_tunables  # noqa: E402  (re-executes the script with fkd's malloc settings)
+
+malloc_tunables.apply()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision.transforms.functional as TF  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision.datasets import ImageFolder  # noqa: E402
+from torchvision.transforms import InterpolationMode, RandomResizedCrop  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import fkd_models  # noqa: E402

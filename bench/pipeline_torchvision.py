@@ -9,16 +9,25 @@ Modes (files are read into memory first; each decode opens them from bytes):
                + Normalize(ImageNet mean/std)
 Timed like bench_core_pipeline: each file goes through every mode in turn, in this thread's
 CPU time, with the same random crops in every round; the fastest of --rounds rounds counts,
-and rate = files / sum of those times. One line per mode:  MODE K IMAGES_PER_S CROPS_PER_S
+and rate = files / sum of those times. One line per mode:
+  MODE K IMAGES_PER_S CROPS_PER_S MINOR_FAULTS_PER_IMAGE
+(faults: getrusage ru_minflt around each timed call, over all rounds, per file and round).
+Options it does not know (bench_core_loader's) are ignored. It runs with the allocator
+settings fkd runs with (malloc_tunables.py) and prints them on a line "malloc ...".
 """
 import argparse
 import io
 import os
+import resource
 import time
 
-import torch
-import torchvision.transforms as T
-from PIL import Image
+import malloc_tunables  # (re-executes the script with fkd's malloc settings)
+
+malloc_tunables.apply()
+
+import torch  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def main():
@@ -27,7 +36,7 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--crops", default="1,2,4")
     ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+    args, _ = ap.parse_known_args()
     torch.set_num_threads(1)
     names = sorted(f for f in os.listdir(args.dir) if f.lower().endswith((".jpg", ".jpeg")))
     files = []
@@ -53,11 +62,14 @@ def main():
             train(img)
 
     best = {}
+    faults = {}
 
     def timed(mode, i, work):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.thread_time()
         work()
         t = time.thread_time() - t0
+        faults[mode] = faults.get(mode, 0) + resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
         best[mode, i] = min(best.get((mode, i), t), t)
 
     for _ in range(args.rounds):
@@ -70,9 +82,13 @@ def main():
     def rate(mode):
         return len(files) / sum(best[mode, i] for i in range(len(files)))
 
-    print(f"decode 0 {rate(0):.1f} 0.0")
+    def per_file(mode):
+        return faults[mode] / (len(files) * args.rounds)
+
+    print(f"decode 0 {rate(0):.1f} 0.0 {per_file(0):.1f}")
     for k in crops:
-        print(f"pipeline {k} {rate(k):.1f} {rate(k) * k:.1f}")
+        print(f"pipeline {k} {rate(k):.1f} {rate(k) * k:.1f} {per_file(k):.1f}")
+    print(f"malloc {malloc_tunables.describe()}")
 
 
 if __name__ == "__main__":

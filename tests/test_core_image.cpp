@@ -239,9 +239,9 @@ TEST_F(DecodeVsPil, RandomDamageNeverCrashes) {
   // Truncations and byte changes anywhere: each decode either succeeds or throws DataError.
   std::mt19937 rng(11);
   int failures = 0, total = 0;
-  for (const char* name : {"rgb_q90.jpg", "rgb_progressive.jpg", "palette.png", "rgb16.png",
-                           "rgb_lossy.webp", "rgb_lzw.tif", "palette.tif", "palette.bmp",
-                           "rgb.ppm"}) {
+  for (const char* name :
+       {"rgb_q90.jpg", "rgb_progressive.jpg", "palette.png", "rgb16.png", "rgb_lossy.webp",
+        "rgb_lzw.tif", "palette.tif", "palette.bmp", "rgb.ppm"}) {
     const auto good = bytes_of(dir_->file(name));
     for (int k = 0; k < 150; ++k) {
       auto bytes = good;
@@ -559,6 +559,42 @@ TEST(ToFloatChw, KnownValues) {
   EXPECT_FLOAT_EQ(g[0], -1.0f);
   EXPECT_FLOAT_EQ(g[1], -0.6f);
   EXPECT_FLOAT_EQ(g[2], 1.0f);
+}
+
+TEST(ToFloatChw, OneConverterServesManyImagesExactly) {
+  // One prepared converter per normalization, reused across images of several sizes (vector
+  // body and scalar tail): every level gives torchvision's float, as to_float_chw does.
+  Normalize odd;
+  for (int c = 0; c < 3; ++c) {
+    odd.mean[c] = 0.3f + 0.1f * c;
+    odd.std[c] = 0.07f + 0.2f * c;
+  }
+  std::mt19937 rng(5);
+  for (const Normalize& norm : {Normalize{}, odd}) {
+    for (int c : {1, 3}) {
+      const ChwConverter convert(norm, c);
+      EXPECT_EQ(convert.channels(), c);
+      for (const auto& [h, w] : {std::pair{16, 16}, std::pair{7, 9}, std::pair{1, 256}}) {
+        Image img = random_image(rng, h, w, c);
+        if (h == 1) {
+          for (int x = 0; x < w * c; ++x) img.pixels[size_t(x)] = uint8_t(x / c);  // all levels
+        }
+        std::vector<float> got(img.pixels.size()), once(img.pixels.size());
+        convert.convert(img.pixels.data(), h, w, got.data());
+        to_float_chw(img.pixels.data(), h, w, c, norm, once.data());
+        EXPECT_EQ(got, once);
+        const size_t npx = size_t(h) * w;
+        for (size_t p = 0; p < npx; ++p) {
+          for (int ch = 0; ch < c; ++ch) {
+            const float want =
+                (float(img.pixels[p * c + ch]) / 255.0f - norm.mean[ch]) / norm.std[ch];
+            ASSERT_EQ(got[ch * npx + p], want) << "channels " << c << " pixel " << p;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_THROW(ChwConverter(Normalize{}, 2), ConfigError);
 }
 
 TEST(ParseInterp, Names) {

@@ -107,6 +107,25 @@ void resized_crop(const Image& src, const PixelBox& box, bool flip, int out_h, i
 void to_float_chw(const uint8_t* hwc, int h, int w, int channels, const Normalize& norm,
                   float* out);
 
+/// to_float_chw for one normalization and channel count, prepared once: the exact value of
+/// every level and the check that the vector kernel reproduces them bit for bit are done at
+/// construction, not for every image (a loader converts many crops with one normalization).
+/// Same output as to_float_chw. Immutable: one instance may serve many threads.
+class ChwConverter {
+ public:
+  /// channels: 1 or 3 (ConfigError otherwise).
+  ChwConverter(const Normalize& norm, int channels);
+  /// uint8 HWC [h, w, channels] at `hwc` -> float32 CHW [channels, h, w] at `out`.
+  void convert(const uint8_t* hwc, int h, int w, float* out) const;
+  int channels() const { return channels_; }
+
+ private:
+  Normalize norm_;
+  int channels_;
+  bool vector_ = false;  ///< the AVX2 kernel runs (the CPU has it and it matches table_)
+  float table_[3][256];  ///< the exact value of each level, per channel
+};
+
 /// Resizes the whole image so that its shorter side becomes `size` (torchvision Resize(int):
 /// the longer side becomes int(size * long / short)), PIL resampling.
 Image resize_shorter(const Image& src, int size, Interp interp);

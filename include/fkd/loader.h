@@ -5,6 +5,12 @@
 // (seed, epoch, sample index, crop index) — see rng.h — so the sequence of batches is
 // identical for any number of workers, and a resumed run sees the same data as an
 // unbroken one.
+//
+// Memory: each batch's image buffer comes from a small pool the loader keeps and goes back
+// to it when the last copy of the Batch's `images` is released, so batches after the first
+// few reuse memory that is already mapped. A 128-crop batch at 224 px is 77 MB, above
+// glibc's largest mmap threshold: allocated fresh, every batch would fault in 18,816 new
+// pages. Each loader also applies fkd's malloc settings (allocator.h) once per process.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -22,6 +28,10 @@
 #include "fkd/transforms.h"
 
 namespace fkd {
+
+namespace detail {
+class BatchBufferPool;
+}
 
 /// Decides the crops cut from one decoded image (random crops, or crops replayed from a
 /// label store). Called concurrently from worker threads: implementations are pure.
@@ -62,7 +72,7 @@ struct LoaderOptions {
   bool drop_last = false;   ///< drop the last, incomplete batch
   uint64_t seed = 0;        ///< seeds the sample order
   int workers = 1;          ///< worker threads; 0 = produce batches in the calling thread
-  int prefetch = 4;         ///< batches decoded ahead (bounded memory)
+  int prefetch = 4;         ///< batches decoded ahead (bounded memory); at least `workers`
   bool strict = false;      ///< a bad sample is fatal instead of skipped
   /// Only samples [range_begin, range_end) in id order (labeling a shard, resuming);
   /// range_end 0 = all samples. Requires shuffle = false.
@@ -75,15 +85,17 @@ struct LoaderOptions {
 struct Batch {
   int64_t index = 0;  ///< batch number within the epoch
   int n = 0, c = 0, h = 0, w = 0;
-  std::shared_ptr<float[]> images;  ///< [n, c, h, w] float32, normalized
-  std::vector<int64_t> targets;     ///< [n] class indices
-  std::vector<uint32_t> sample;     ///< [n] dataset index of each row
-  std::vector<uint32_t> crop;       ///< [n] crop id of each row within its image (CropPlan::id)
-  std::vector<CropPlan> plans;      ///< [n] crop box and flip of each row (empty in eval)
-  int soft_classes = 0;             ///< width of each soft label; 0 = none
-  std::vector<float> soft;          ///< [n, soft_classes] soft labels (FKD), else empty
-  std::vector<int32_t> heights;     ///< [n] full height of each row's source image
-  std::vector<int32_t> widths;      ///< [n] full width of each row's source image
+  /// [n, c, h, w] float32, normalized. Holds room for a full batch; a pooled buffer that
+  /// returns to its loader when the last copy of this pointer is released.
+  std::shared_ptr<float[]> images;
+  std::vector<int64_t> targets;  ///< [n] class indices
+  std::vector<uint32_t> sample;  ///< [n] dataset index of each row
+  std::vector<uint32_t> crop;    ///< [n] crop id of each row within its image (CropPlan::id)
+  std::vector<CropPlan> plans;   ///< [n] crop box and flip of each row (empty in eval)
+  int soft_classes = 0;          ///< width of each soft label; 0 = none
+  std::vector<float> soft;       ///< [n, soft_classes] soft labels (FKD), else empty
+  std::vector<int32_t> heights;  ///< [n] full height of each row's source image
+  std::vector<int32_t> widths;   ///< [n] full width of each row's source image
 };
 
 /// A sample that failed to load.
@@ -116,6 +128,9 @@ class Loader {
   size_t skipped() const;
   /// The first few bad samples, for the end-of-run summary.
   std::vector<BadSample> bad_samples() const;
+  /// Batch image buffers allocated so far (all epochs): bounded by the batches alive at once
+  /// (those in flight and those the consumer holds), not by the batches made.
+  size_t buffers_allocated() const;
   const Dataset& dataset() const { return *ds_; }
 
  private:
@@ -133,6 +148,8 @@ class Loader {
   LoaderOptions opts_;
   int m_ = 1;  ///< crops per image
   int out_c_ = 0, out_h_ = 0, out_w_ = 0;
+  ChwConverter to_chw_;  ///< the transform's normalization, prepared once
+  std::shared_ptr<detail::BatchBufferPool> buffers_;
 
   // Epoch state.
   int64_t epoch_ = 0;

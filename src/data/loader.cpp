@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "fkd/allocator.h"
 #include "fkd/error.h"
 #include "fkd/rng.h"
 
@@ -18,8 +19,71 @@ void check_options(const LoaderOptions& o) {
 }
 }
 
-void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
-                             CropPlan* out, float* /*soft*/) const {
+namespace detail {
+
+/// Float buffers of one size, recycled. acquire() hands out a buffer whose shared_ptr
+/// deleter gives it back; up to `keep` returned buffers wait for reuse, beyond that they are
+/// freed. The deleters hold the pool, so buffers may outlive the loader that made them.
+class BatchBufferPool : public std::enable_shared_from_this<BatchBufferPool> {
+ public:
+  BatchBufferPool(size_t floats, size_t keep) : floats_(floats), keep_(keep) {}
+
+  std::shared_ptr<float[]> acquire() {
+    std::unique_ptr<float[]> buf;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!free_.empty()) {
+        buf = std::move(free_.back());
+        free_.pop_back();
+      } else {
+        ++allocated_;
+      }
+    }
+    // Left uninitialized: make_batch writes every row a batch holds.
+    if (!buf) buf.reset(new float[floats_]);
+    auto self = shared_from_this();
+    return std::shared_ptr<float[]>(buf.release(), [self](float* p) { self->give_back(p); });
+  }
+
+  size_t allocated() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return allocated_;
+  }
+
+ private:
+  void give_back(float* p) {
+    std::unique_ptr<float[]> buf(p);
+    std::lock_guard<std::mutex> lk(mu_);
+    if (free_.size() < keep_) free_.push_back(std::move(buf));
+  }
+
+  const size_t floats_, keep_;
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<float[]>> free_;
+  size_t allocated_ = 0;
+};
+
+}  // namespace detail
+
+namespace {
+
+/// Batches claimed by workers and not yet handed to the consumer, at most: the prefetch
+/// depth, but never fewer than the workers, or workers beyond it would sit idle.
+int64_t window(const LoaderOptions& o) { return std::max({o.prefetch, o.workers, 1}); }
+
+/// A pool sized for the loader: batch_size rows of c x h x w floats; it keeps the batches
+/// that can be in flight at once (the window, the one the consumer holds, and one more it
+/// may still hold while taking the next).
+std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int c, int h, int w) {
+  configure_malloc();  // any program that loads data runs with the fkd binary's settings
+  return std::make_shared<detail::BatchBufferPool>(o.batch_size * size_t(c) * h * w,
+                                                   size_t(window(o)) + 2);
+}
+
+}  // namespace
+
+void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width, CropPlan* out,
+                             float* /*soft*/) const {
   for (int k = 0; k < per_image_; ++k) {
     Rng rng(seed_, RngStream::kAugment, {uint64_t(epoch), uint64_t(index), uint64_t(k)});
     out[k] = sample_crop(t_.crop, rng, height, width);
@@ -29,7 +93,12 @@ void RandomCropSource::crops(size_t index, int64_t epoch, int height, int width,
 
 Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
                std::shared_ptr<const CropSource> source, const LoaderOptions& opts)
-    : ds_(std::move(ds)), train_(true), train_t_(t), source_(std::move(source)), opts_(opts) {
+    : ds_(std::move(ds)),
+      train_(true),
+      train_t_(t),
+      source_(std::move(source)),
+      opts_(opts),
+      to_chw_(t.norm, ds_->channels()) {
   check_options(opts_);
   m_ = source_->crops_per_image();
   FKD_CHECK(m_ >= 1, ConfigError, "crops per image must be at least 1, got {}", m_);
@@ -37,14 +106,15 @@ Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
             "batch size {} is not a multiple of the {} crops per image", opts_.batch_size, m_);
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.crop.size;
+  buffers_ = make_pool(opts_, out_c_, out_h_, out_w_);
 }
 
-Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t,
-               const LoaderOptions& opts)
-    : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts) {
+Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t, const LoaderOptions& opts)
+    : ds_(std::move(ds)), train_(false), eval_t_(t), opts_(opts), to_chw_(t.norm, ds_->channels()) {
   check_options(opts_);
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.size;
+  buffers_ = make_pool(opts_, out_c_, out_h_, out_w_);
 }
 
 Loader::~Loader() { stop(); }
@@ -102,7 +172,7 @@ void Loader::worker_loop() {
       std::unique_lock<std::mutex> lk(mu_);
       cv_space_.wait(lk, [&] {
         return stopping_ || next_claim_ >= int64_t(batches_) ||
-               next_claim_ < next_yield_ + opts_.prefetch;
+               next_claim_ < next_yield_ + window(opts_);
       });
       if (stopping_ || next_claim_ >= int64_t(batches_)) return;
       b = next_claim_++;
@@ -151,10 +221,13 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   batch.c = out_c_;
   batch.h = out_h_;
   batch.w = out_w_;
-  batch.images = std::shared_ptr<float[]>(new float[max_rows * plane]);
+  batch.images = buffers_->acquire();
   batch.targets.reserve(max_rows);
   batch.sample.reserve(max_rows);
   batch.crop.reserve(max_rows);
+  batch.heights.reserve(max_rows);
+  batch.widths.reserve(max_rows);
+  if (train_) batch.plans.reserve(max_rows);
   std::vector<CropPlan> plans(static_cast<size_t>(m_));
   const int sc = train_ ? source_->soft_label_classes() : 0;
   batch.soft_classes = sc;
@@ -194,10 +267,9 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       for (int c = 0; c < m_; ++c) {
         PixelBox box = plans[size_t(c)].box;
         box.top -= band.first_row;  // band-relative
-        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp,
-                     hwc.data(), scratch);
-        to_float_chw(hwc.data(), out_h_, out_w_, out_c_, train_t_.norm,
-                     batch.images.get() + row * plane);
+        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp, hwc.data(),
+                     scratch);
+        to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + row * plane);
         batch.plans.push_back(plans[size_t(c)]);
         batch.heights.push_back(band.full_height);
         batch.widths.push_back(img.width);
@@ -211,8 +283,7 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
           eval_t_.resize > 0 ? resize_shorter(img, eval_t_.resize, eval_t_.interp) : img;
       const PixelBox box = center_box(resized.height, resized.width, out_h_, out_w_);
       resized_crop(resized, box, false, out_h_, out_w_, eval_t_.interp, hwc.data(), scratch);
-      to_float_chw(hwc.data(), out_h_, out_w_, out_c_, eval_t_.norm,
-                   batch.images.get() + row * plane);
+      to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + row * plane);
       batch.targets.push_back(target);
       batch.sample.push_back(idx);
       batch.crop.push_back(0);
@@ -247,5 +318,7 @@ std::vector<BadSample> Loader::bad_samples() const {
   std::lock_guard<std::mutex> lk(mu_);
   return bad_;
 }
+
+size_t Loader::buffers_allocated() const { return buffers_->allocated(); }
 
 }  // namespace fkd

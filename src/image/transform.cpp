@@ -119,22 +119,32 @@ FKD_AVX2_FMA inline __m256 levels8(__m128i bytes) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
 }
 
-/// The vector path: true when it matched the exact table for every level and channel and
-/// so has converted the image; false (nothing written) otherwise.
-FKD_AVX2_FMA bool to_float_chw_avx2(const uint8_t* hwc, size_t npx, int channels,
-                                    const Normalize& norm, const float table[3][256], float* out) {
-  NormVec n[3];
+/// True when the vector conversion gives exactly the table's value for every level and
+/// channel of this normalization.
+FKD_AVX2_FMA bool avx2_matches_table(const Normalize& norm, int channels,
+                                     const float table[3][256]) {
   for (int c = 0; c < channels; ++c) {
-    n[c] = {_mm256_set1_ps(norm.mean[c]), _mm256_set1_ps(norm.std[c]),
-            _mm256_set1_ps(1.0f / norm.std[c])};
+    const NormVec n{_mm256_set1_ps(norm.mean[c]), _mm256_set1_ps(norm.std[c]),
+                    _mm256_set1_ps(1.0f / norm.std[c])};
     for (int v = 0; v < 256; v += 8) {
       alignas(32) float got[8];
       _mm256_store_ps(
           got, normalize8(_mm256_cvtepi32_ps(_mm256_add_epi32(
                               _mm256_set1_epi32(v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))),
-                          n[c]));
+                          n));
       if (std::memcmp(got, table[c] + v, sizeof got) != 0) return false;
     }
+  }
+  return true;
+}
+
+/// The vector conversion; valid where avx2_matches_table holds for norm and table.
+FKD_AVX2_FMA void to_float_chw_avx2(const uint8_t* hwc, size_t npx, int channels,
+                                    const Normalize& norm, const float table[3][256], float* out) {
+  NormVec n[3];
+  for (int c = 0; c < channels; ++c) {
+    n[c] = {_mm256_set1_ps(norm.mean[c]), _mm256_set1_ps(norm.std[c]),
+            _mm256_set1_ps(1.0f / norm.std[c])};
   }
   size_t i = 0;
   if (channels == 1) {
@@ -176,31 +186,40 @@ FKD_AVX2_FMA bool to_float_chw_avx2(const uint8_t* hwc, size_t npx, int channels
   for (; i < npx; ++i) {
     for (int c = 0; c < channels; ++c) out[c * npx + i] = table[c][hwc[i * channels + c]];
   }
-  return true;
 }
 #endif
 
 }  // namespace
 
-void to_float_chw(const uint8_t* hwc, int h, int w, int channels, const Normalize& norm,
-                  float* out) {
+ChwConverter::ChwConverter(const Normalize& norm, int channels) : norm_(norm), channels_(channels) {
   FKD_CHECK(channels == 1 || channels == 3, ConfigError,
             "to_float_chw: {} channels (expected 1 or 3)", channels);
-  float table[3][256];
-  exact_table(norm, channels, table);
+  exact_table(norm, channels, table_);
+#if defined(__x86_64__) || defined(__i386__)
+  vector_ = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            avx2_matches_table(norm, channels, table_);
+#endif
+}
+
+void ChwConverter::convert(const uint8_t* hwc, int h, int w, float* out) const {
   const size_t npx = size_t(h) * w;
 #if defined(__x86_64__) || defined(__i386__)
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      to_float_chw_avx2(hwc, npx, channels, norm, table, out)) {
+  if (vector_) {
+    to_float_chw_avx2(hwc, npx, channels_, norm_, table_, out);
     return;
   }
 #endif
-  for (int c = 0; c < channels; ++c) {
-    const float* t = table[c];
+  for (int c = 0; c < channels_; ++c) {
+    const float* t = table_[c];
     float* o = out + size_t(c) * npx;
     const uint8_t* p = hwc + c;
-    for (size_t i = 0; i < npx; ++i) o[i] = t[p[i * channels]];
+    for (size_t i = 0; i < npx; ++i) o[i] = t[p[i * channels_]];
   }
+}
+
+void to_float_chw(const uint8_t* hwc, int h, int w, int channels, const Normalize& norm,
+                  float* out) {
+  ChwConverter(norm, channels).convert(hwc, h, w, out);
 }
 
 }  // namespace fkd
