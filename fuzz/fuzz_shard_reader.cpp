@@ -15,7 +15,7 @@
 
 #include "fkd/error.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/shard.h"
 
 namespace {
 

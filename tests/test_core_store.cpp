@@ -22,7 +22,8 @@
 #include "fkd/rng.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard_file.h"
 #include "testutil.h"
 
 namespace fkd {
@@ -1274,10 +1275,10 @@ TEST(StoreMerge, VersionOneStoreComesOutInTheCurrentVersion) {
   write_store(a.path(), old);
   merge_store(a.path(), merged.path() + "/out");
   const Manifest m = read_manifest(merged.path() + "/out");
-  EXPECT_EQ(m.version, int(store::kFormatVersion));
+  EXPECT_EQ(m.version, kStoreFormatVersion);
   EXPECT_EQ(m.num_shards, 1u);
   const std::string b = read_file(shard_path(merged.path() + "/out", 0, 1));
-  EXPECT_EQ(b[8], char(store::kFormatVersion));
+  EXPECT_EQ(b[8], char(kStoreFormatVersion));
   EXPECT_EQ(b[128 + 28], char(store::Codec::kPacked));
   StoreReader ra(a.path()), rm(merged.path() + "/out");
   ImageLabels x, y;
@@ -1361,7 +1362,7 @@ TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
     Manifest m = make_manifest(s.type, s.k, s.precision, s.classes, s.crops, s.images);
     m.version = s.version;
     const std::string golden = test::source_path("fuzz/corpus/" + file);
-    if (regenerate && s.version == int(store::kFormatVersion)) {
+    if (regenerate && s.version == kStoreFormatVersion) {
       TempDir dir;
       write_store(dir.path(), m, portable_labels);
       fs::create_directories(fs::path(golden).parent_path());

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/shard_file.h"
 #include "testutil.h"
 
 using namespace fkd;

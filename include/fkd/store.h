@@ -70,9 +70,13 @@ float round_to_precision(float v, Precision p);
 void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
                    const float* values, float* out);
 
+/// The store format version fkd writes (docs/label-store.md): bumped only for structural
+/// changes. Readers accept versions 1 to this one.
+inline constexpr int kStoreFormatVersion = 2;
+
 /// Everything about a store except the records (manifest.json).
 struct Manifest {
-  int version = 2;                     ///< format version (docs/label-store.md)
+  int version = kStoreFormatVersion;   ///< format version (docs/label-store.md)
   // dataset
   uint64_t num_images = 0;             ///< images in the dataset's train split
   std::string dataset_fingerprint;     ///< hex xxh64 of the ordered "relpath\tbytes\n" list

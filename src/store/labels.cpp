@@ -6,7 +6,7 @@
 
 #include "fkd/error.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/record.h"
 
 namespace fkd {
 

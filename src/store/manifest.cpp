@@ -20,7 +20,10 @@
 #include "fkd/store.h"
 #include "fkd/transforms.h"
 #include "fkd/rng.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/bytes.h"
+#include "store/record.h"
+#include "store/shard_file.h"
 
 namespace fkd {
 
@@ -156,8 +159,8 @@ std::string k_problem(LabelType t, int64_t k, uint64_t C) {
 }
 
 std::string manifest_problem(const Manifest& m) {
-  if (m.version < 1 || m.version > int(kFormatVersion))
-    return fmt::format("version: {} is not in [1, {}]", m.version, kFormatVersion);
+  if (m.version < 1 || m.version > kStoreFormatVersion)
+    return fmt::format("version: {} is not in [1, {}]", m.version, kStoreFormatVersion);
   if (m.classes.empty()) return "classes: the list is empty";
   if (m.classes.size() > kMaxClasses) return fmt::format("classes: {} names is more than {}", m.classes.size(), kMaxClasses);
   const uint64_t C = m.classes.size();
@@ -269,11 +272,11 @@ Manifest read_manifest(const std::string& store_dir) {
   Manifest m;
   // The version comes first: a newer manifest may lack keys this version requires.
   const int64_t version = f.i64("version", true, 0);
-  FKD_CHECK(version <= int64_t(store::kFormatVersion), FormatError,
+  FKD_CHECK(version <= int64_t(kStoreFormatVersion), FormatError,
             "{}: store format version {} is newer than this fkd supports ({}): upgrade fkd",
-            file, version, store::kFormatVersion);
+            file, version, kStoreFormatVersion);
   FKD_CHECK(version >= 1, FormatError, "{}: key 'version': expected {}, found {}", file,
-            store::kFormatVersion, version);
+            kStoreFormatVersion, version);
   m.version = int(version);
   m.num_images = f.u64("num_images", true, 0, std::numeric_limits<uint64_t>::max());
   m.dataset_fingerprint = f.str("dataset_fingerprint", true, "");

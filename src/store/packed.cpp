@@ -17,7 +17,8 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
-#include "store/format.h"
+#include "store/bytes.h"
+#include "store/record.h"
 
 namespace fkd::store {
 

@@ -1,18 +1,53 @@
 // Reading a complete store (manifest + every shard, memory-mapped) and merging its shards.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include <fmt/format.h>
 
 #include "fkd/error.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard_file.h"
 
 namespace fkd {
 
 namespace fs = std::filesystem;
 
 namespace store {
+
+MappedFile::MappedFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  FKD_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path, std::strerror(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    fail<IoError>("{}: cannot stat: {}", path, std::strerror(e));
+  }
+  size_ = size_t(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      const int e = errno;
+      ::close(fd);
+      fail<IoError>("{}: cannot mmap {} bytes: {}", path, size_, std::strerror(e));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
 namespace {
 
 /// A store's manifest and its shards, opened and cross-checked.
@@ -173,9 +208,9 @@ void merge_store(const std::string& store_dir, const std::string& out_dir) {
   FKD_CHECK(!fs::exists(fs::path(out_dir) / "manifest.json"), ConfigError,
             "{}: already holds a label store; merge into a new directory", out_dir);
   // A crashed merge resumes from the .partial like any shard.
-  if (m.version < int(store::kFormatVersion)) {
+  if (m.version < kStoreFormatVersion) {
     // An older format version comes out in the current one: the same labels, re-encoded.
-    m.version = int(store::kFormatVersion);
+    m.version = kStoreFormatVersion;
     ShardWriter out(out_dir, m, 0);
     ImageLabels l;
     for (uint64_t id = out.next_image(); id < m.num_images; ++id) {

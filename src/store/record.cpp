@@ -15,7 +15,8 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
-#include "store/format.h"
+#include "store/bytes.h"
+#include "store/record.h"
 
 namespace fkd::store {
 
@@ -36,16 +37,6 @@ uint64_t RecordFormat::max_raw_size() const {
     size += 5 + 5 * d_max + 4 * N * ni;
   }
   return size + N * nv * uint64_t(value_bytes());
-}
-
-RecordFormat record_format(const ShardHeader& h) {
-  RecordFormat f;
-  f.label_type = h.label_type;
-  f.k = int(h.k);
-  f.num_classes = int(h.num_classes);
-  f.precision = h.precision;
-  f.crops_per_image = h.crops_per_image;
-  return f;
 }
 
 RecordFormat record_format(const Manifest& m) {

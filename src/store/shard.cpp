@@ -1,10 +1,7 @@
 // Shard file structure: header, blocks, index, footer; the suspicious parser (ShardView)
 // and the block scanner used to resume a .partial file.
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 #include <zstd.h>
 
 #include <cerrno>
@@ -13,23 +10,13 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard_file.h"
 
 namespace fkd::store {
 
-uint64_t checksum64(const uint8_t* data, size_t size) { return XXH3_64bits(data, size); }
-
 uint64_t block_checksum(const uint8_t* block, size_t payload_size) {
-  return XXH3_64bits_withSeed(block + 16, kBlockHeaderSize - 16 + payload_size, load_u64(block));
-}
-
-std::string show_bytes(const uint8_t* p, size_t n) {
-  bool printable = true;
-  for (size_t i = 0; i < n; ++i) printable = printable && p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\'';
-  if (printable) return "'" + std::string(reinterpret_cast<const char*>(p), n) + "'";
-  std::string s = "0x";
-  for (size_t i = 0; i < n; ++i) s += fmt::format("{:02x}", p[i]);
-  return s;
+  return checksum64(block + 16, kBlockHeaderSize - 16 + payload_size, load_u64(block));
 }
 
 ShardHeader header_for(const Manifest& m, uint32_t shard_index) {
@@ -46,6 +33,16 @@ ShardHeader header_for(const Manifest& m, uint32_t shard_index) {
   h.k = uint32_t(m.k);
   h.store_key = store_key(m);
   return h;
+}
+
+RecordFormat record_format(const ShardHeader& h) {
+  RecordFormat f;
+  f.label_type = h.label_type;
+  f.k = int(h.k);
+  f.num_classes = int(h.num_classes);
+  f.precision = h.precision;
+  f.crops_per_image = h.crops_per_image;
+  return f;
 }
 
 // Header field offsets (docs/label-store.md, "Shard header").
@@ -86,11 +83,11 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
             show_bytes(d, 8));
   ShardHeader h;
   h.version = load_u32(d + off::kVersion);
-  FKD_CHECK(h.version <= kFormatVersion, FormatError,
+  FKD_CHECK(h.version <= uint32_t(kStoreFormatVersion), FormatError,
             "{}: offset 8: format version {} is newer than this fkd supports ({}): upgrade fkd",
-            name, h.version, kFormatVersion);
+            name, h.version, kStoreFormatVersion);
   FKD_CHECK(h.version >= 1, FormatError, "{}: offset 8: expected format version {}, found {}",
-            name, kFormatVersion, h.version);
+            name, kStoreFormatVersion, h.version);
   FKD_CHECK(size >= kHeaderSize, FormatError,
             "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name, kHeaderSize,
             size);
@@ -366,32 +363,6 @@ void ShardView::read(uint64_t image_id, ImageLabels& out) const {
   } else {
     decode_record(format_, b + kBlockHeaderSize, e.payload_size, e.raw_size, out, where);
   }
-}
-
-MappedFile::MappedFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path, std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    fail<IoError>("{}: cannot stat: {}", path, std::strerror(e));
-  }
-  size_ = size_t(st.st_size);
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      const int e = errno;
-      ::close(fd);
-      fail<IoError>("{}: cannot mmap {} bytes: {}", path, size_, std::strerror(e));
-    }
-    data_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-}
-
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 void sync_directory(const std::string& dir) {

@@ -15,7 +15,8 @@
 
 #include "fkd/error.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard_file.h"
 
 namespace fkd {
 namespace store {
