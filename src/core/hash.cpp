@@ -10,7 +10,6 @@
 
 #include <fmt/format.h>
 
-#include "fkd/dataset.h"
 #include "fkd/error.h"
 
 namespace fkd {
@@ -36,18 +35,6 @@ std::string hash_file_hex(const std::string& path) {
   ::close(fd);
   const XXH128_hash_t h = XXH3_128bits_digest(st.get());
   return fmt::format("{:016x}{:016x}", h.high64, h.low64);
-}
-
-std::string dataset_fingerprint(const Dataset& ds) {
-  std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> st(XXH64_createState(),
-                                                                &XXH64_freeState);
-  XXH64_reset(st.get(), 0);
-  std::string line;
-  for (size_t i = 0; i < ds.size(); ++i) {
-    line = fmt::format("{}\t{}\n", ds.item_name(i), ds.item_bytes(i));
-    XXH64_update(st.get(), line.data(), line.size());
-  }
-  return fmt::format("{:016x}", XXH64_digest(st.get()));
 }
 
 }  // namespace fkd
