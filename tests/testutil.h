@@ -19,6 +19,24 @@ class TempDir {
   std::string path_;
 };
 
+/// Limits the size of files this process writes (RLIMIT_FSIZE) while it lives, as a full
+/// disk would: a write past `bytes` fails with EFBIG ("File too large"); SIGXFSZ is ignored
+/// meanwhile so the process survives it. Restores both when destroyed.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(unsigned long long bytes);
+  ~FileSizeLimit();
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  unsigned long long old_soft_;
+  void (*old_handler_)(int);
+};
+
+/// Names of the entries of a directory, sorted.
+std::vector<std::string> list_dir(const std::string& dir);
+
 /// Result of running a command: its exit status and what it printed on stdout.
 struct CommandResult {
   int status = -1;
