@@ -634,6 +634,60 @@ TEST(StoreManifest, WriteReadCompare) {
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
 }
 
+/// The message of the IoError `f` throws ("" and a test failure if it throws none).
+template <typename F>
+std::string io_error_of(F&& f) {
+  try {
+    f();
+  } catch (const IoError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no IoError";
+  return "";
+}
+
+TEST(StoreManifest, FullDiskKeepsThePreviousManifest) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 10, 7, 100, 4);
+  write_manifest(dir.path(), m);
+  const std::string before = read_file(dir.file("manifest.json"));
+  Manifest bigger = m;
+  for (int c = 0; c < 200; ++c) bigger.classes.push_back("another class " + std::to_string(c));
+  std::string msg;
+  {
+    test::FileSizeLimit limit(before.size());
+    msg = io_error_of([&] { write_manifest(dir.path(), bigger); });
+  }
+  // One line naming manifest.json itself, the old manifest intact, nothing left behind.
+  EXPECT_EQ(msg, dir.file("manifest.json") + ": cannot write: File too large");
+  EXPECT_EQ(read_file(dir.file("manifest.json")), before);
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"manifest.json"});
+}
+
+TEST(StoreManifest, ConcurrentWritersNeverTearIt) {
+  // Shards labeled by several processes at once each write the same manifest.
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 300, 7, 100, 4);
+  write_manifest(dir.path(), m);
+  std::atomic<int> errors{0};
+  auto writer = [&] {
+    for (int i = 0; i < 100; ++i) {
+      try {
+        write_manifest(dir.path(), m);
+        read_manifest(dir.path());
+      } catch (const Error&) {
+        ++errors;
+      }
+    }
+  };
+  std::thread a(writer), b(writer);
+  a.join();
+  b.join();
+  EXPECT_EQ(errors, 0);
+  EXPECT_TRUE(manifest_differences(read_manifest(dir.path()), m).empty());
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"manifest.json"});
+}
+
 TEST(StoreManifest, RandomCropSampler) {
   TempDir dir;
   Manifest rrc = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 7, 20);
@@ -1239,6 +1293,40 @@ TEST(StoreWriter, CrashAndResumeGivesTheSameShardBytes) {
     write_file(shard_path(dir.path(), 0, 1) + ".partial", partial);
     EXPECT_THROW(ShardWriter(dir.path(), other, 0), FormatError);
   }
+}
+
+TEST(StoreWriter, FullDiskIsOneLineAndTheShardResumes) {
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 40, 10, 7);
+  TempDir ref;
+  write_store(ref.path(), m);
+  const std::string want = read_file(shard_path(ref.path(), 0, 1));
+
+  TempDir dir;
+  write_manifest(dir.path(), m);
+  const std::string partial = shard_path(dir.path(), 0, 1) + ".partial";
+  std::string msg;
+  {
+    test::FileSizeLimit limit(want.size() / 2);  // the disk fills half way through
+    try {
+      ShardWriter w(dir.path(), m, 0);
+      for (uint64_t i = w.next_image(); i < m.num_images; ++i) w.append(i, make_labels(m, i));
+      w.finish();
+      ADD_FAILURE() << "no error on a full disk";
+    } catch (const IoError& e) {
+      msg = e.what();
+    }
+  }
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  EXPECT_EQ(msg.rfind(partial + ": cannot write ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("File too large"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(shard_path(dir.path(), 0, 1)));
+  // Space freed: the same labeling resumes from the .partial's complete blocks.
+  ShardWriter w(dir.path(), m, 0);
+  EXPECT_GT(w.next_image(), 0u);
+  EXPECT_LT(w.next_image(), m.num_images);
+  for (uint64_t i = w.next_image(); i < m.num_images; ++i) w.append(i, make_labels(m, i));
+  w.finish();
+  EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), want);
 }
 
 // --- sharding and merging -------------------------------------------------------------------

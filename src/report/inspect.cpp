@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <string_view>
 
 #include <fmt/core.h>
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/image.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
@@ -213,8 +215,14 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   img.width = png_uint_32(cv.w);
   img.height = png_uint_32(cv.h);
   img.format = PNG_FORMAT_RGB;
-  FKD_CHECK(png_image_write_to_file(&img, png_path.c_str(), 0, cv.rgb.data(), 0, nullptr) != 0,
-            IoError, "{}: cannot write PNG: {}", png_path, img.message);
+  // Encoded in memory first, so the file is replaced durably like every output.
+  png_alloc_size_t png_size = 0;
+  FKD_CHECK(png_image_write_to_memory(&img, nullptr, &png_size, 0, cv.rgb.data(), 0, nullptr) != 0,
+            IoError, "{}: cannot encode PNG: {}", png_path, img.message);
+  std::string png(png_size, '\0');
+  FKD_CHECK(png_image_write_to_memory(&img, png.data(), &png_size, 0, cv.rgb.data(), 0, nullptr) != 0,
+            IoError, "{}: cannot encode PNG: {}", png_path, img.message);
+  write_file_durably(png_path, std::string_view(png.data(), png_size));
 }
 
 void run_inspect(const InspectOptions& o) {

@@ -1,29 +1,24 @@
 // manifest.json (read, validate, write atomically, compare), the store key that ties shards
 // to their manifest, shard ranges and names, and the crop hash.
-#include <fcntl.h>
-#include <unistd.h>
 #include <xxhash.h>
 
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
 #include "fkd/rng.h"
 #include "store/manifest.h"
 #include "store/bytes.h"
 #include "store/record.h"
-#include "store/shard_file.h"
 
 namespace fkd {
 
@@ -253,14 +248,12 @@ uint64_t store_key(const Manifest& m) {
 
 Manifest read_manifest(const std::string& store_dir) {
   const std::string file = (fs::path(store_dir) / kManifestName).string();
-  std::ifstream in(file, std::ios::binary);
-  FKD_CHECK(in.good(), FormatError, "{}: cannot open the store's manifest ({})", file,
+  FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
             fs::exists(store_dir) ? "no such file" : "no such store directory");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::vector<uint8_t> text = read_whole_file(file);
   json j;
   try {
-    j = json::parse(ss.str());
+    j = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     fail<FormatError>("{}: not valid JSON: {}", file, e.what());
   }
@@ -350,28 +343,7 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["classes"] = m.classes;
   const std::string text = j.dump(2) + "\n";
 
-  const fs::path dir(store_dir);
-  const std::string final_path = (dir / kManifestName).string();
-  const std::string tmp = final_path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot create: {}", tmp, std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int e = errno;
-      ::close(fd);
-      fail<IoError>("{}: cannot write: {}", tmp, std::strerror(e));
-    }
-    done += size_t(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  FKD_CHECK(synced, IoError, "{}: fsync failed: {}", tmp, std::strerror(errno));
-  FKD_CHECK(::rename(tmp.c_str(), final_path.c_str()) == 0, IoError, "{}: cannot rename to {}: {}",
-            tmp, final_path, std::strerror(errno));
-  store::sync_directory(dir.string());
+  write_file_durably((fs::path(store_dir) / kManifestName).string(), text);
 }
 
 std::vector<std::string> manifest_differences(const Manifest& a, const Manifest& b) {

@@ -1,17 +1,14 @@
 // Shard file structure: header, blocks, index, footer; the suspicious parser (ShardView)
 // and the block scanner used to resume a .partial file.
-#include <fcntl.h>
-#include <unistd.h>
 #include <zstd.h>
 
-#include <cerrno>
 #include <cstring>
 
 #include <fmt/format.h>
 
 #include "fkd/error.h"
 #include "store/manifest.h"
-#include "store/shard_file.h"
+#include "store/shard.h"
 
 namespace fkd::store {
 
@@ -363,15 +360,6 @@ void ShardView::read(uint64_t image_id, ImageLabels& out) const {
   } else {
     decode_record(format_, b + kBlockHeaderSize, e.payload_size, e.raw_size, out, where);
   }
-}
-
-void sync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot open directory: {}", dir, std::strerror(errno));
-  const bool ok = ::fsync(fd) == 0;
-  const int e = errno;
-  ::close(fd);
-  FKD_CHECK(ok, IoError, "{}: fsync of the directory failed: {}", dir, std::strerror(e));
 }
 
 }  // namespace fkd::store

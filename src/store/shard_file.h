@@ -58,7 +58,4 @@ class ShardFile {
 inline constexpr uint32_t kSyncEveryBlocks = 256;
 inline constexpr double kSyncSeconds = 10.0;
 
-/// fsync of a directory (after a rename into it). IoError on failure.
-void sync_directory(const std::string& dir);
-
 }  // namespace fkd::store

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/store.h"
 #include "store/manifest.h"
 #include "store/shard_file.h"
@@ -115,7 +116,7 @@ void ShardFile::resume(const std::vector<uint8_t>& want) {
                 std::strerror(errno));
       write_all(fd_, want.data(), want.size(), 0, partial_);
       FKD_CHECK(::fsync(fd_) == 0, IoError, "{}: fsync failed: {}", partial_, std::strerror(errno));
-      sync_directory(parent_dir(partial_));
+      fsync_directory(parent_dir(partial_));
       end_ = kHeaderSize;
     }
   } else {
@@ -187,7 +188,7 @@ void ShardFile::finish() {
             partial_, path_, std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
-  sync_directory(parent_dir(path_));
+  fsync_directory(parent_dir(path_));
   finished_ = true;
 }
 

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/label.h"
 #include "fkd/plot.h"
 #include "fkd/progress.h"
@@ -179,7 +180,7 @@ DemoResult run_demo(const DemoOptions& opts) {
   po.x_label = "wall-clock seconds (training + evaluation)";
   po.y_label = "test top-1 (%)";
   const std::string svg = "accuracy" + tag + ".svg";
-  write_text_file_atomic((out / svg).string(), render_line_plot_svg(plot, po));
+  write_file_durably((out / svg).string(), render_line_plot_svg(plot, po));
 
   std::string md = fmt::format(
       "# fkd demo: distilling resnet20 into a tiny CNN on Fashion-MNIST\n\n"
@@ -200,7 +201,7 @@ DemoResult run_demo(const DemoOptions& opts) {
       format_duration(d.teacher_seconds), label_time, rc.epochs, table,
       svg, format_duration(total));
   d.report = (out / ("report" + tag + ".md")).string();
-  write_text_file_atomic(d.report, md);
+  write_file_durably(d.report, md);
   fmt::print("report: {} (plot: {})\n", d.report, (out / svg).string());
   return d;
 }
