@@ -1,14 +1,11 @@
 #include "checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cstdio>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 
 namespace fkd {
 
@@ -37,14 +34,6 @@ EpochMetrics metrics_from(const nlohmann::json& j) {
   m.train_seconds = j.value("train_seconds", 0.0);
   m.epochs_covered = j.value("epochs_covered", 1);
   return m;
-}
-
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
 }
 
 torch::serialize::InputArchive open_archive(const std::string& path) {
@@ -119,19 +108,22 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& n
   }
   ar.write("rng", at::detail::getDefaultCPUGenerator().get_state());
 
-  const std::string tmp = path + ".tmp";
+  // torch writes through a callback that never fails, so that a full disk cannot make its
+  // archive writer throw from a destructor (an abort); the error surfaces at commit().
+  DurableFile file(path);
   try {
-    ar.save_to(tmp);
+    ar.save_to([&file](const void* data, size_t size) { return file.write_deferred(data, size); });
   } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
-    fail<IoError>("{}: cannot write checkpoint", tmp);
+    fail<IoError>("{}: cannot serialize the checkpoint: {}", path,
+                  one_line(e.what_without_backtrace()));
   }
-  fsync_path(tmp);
-  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename to {}",
-            tmp, path);
-  fsync_path(std::filesystem::path(path).parent_path().empty()
-                 ? "."
-                 : std::filesystem::path(path).parent_path().string());
+  file.commit();
+}
+
+void write_metrics_file(std::string_view path, const std::vector<EpochMetrics>& history) {
+  std::string text;
+  for (const auto& m : history) text += metrics_to_json(m) + "\n";
+  write_file_durably(std::string(path), text);
 }
 
 bool is_checkpoint(const std::string& path) {
