@@ -137,6 +137,24 @@ TEST(Train, FullDiskWhileSavingACheckpointIsOneLineAndResumes) {
   EXPECT_EQ(count_lines(out + "/metrics.jsonl"), 2u);
 }
 
+TEST(Train, FullDiskWhileExportingIsOneLineAndLeavesNoFile) {
+  TempDir d;
+  TrainConfig c = small_run(d.file("run"));
+  c.epochs = 1;
+  c.limit_train = 128;
+  const TrainResult r = train(c);
+  for (const char* format : {"torchscript", "state_dict"}) {
+    SCOPED_TRACE(format);
+    const std::string out = d.file(std::string("model-") + format + ".pt");
+    const auto full = fkd::test::run_command(
+        "trap '' XFSZ; ulimit -f 128; " + std::string(FKD_BINARY_DIR) + "/fkd export " +
+        r.checkpoint + " " + out + " --format " + format + " 2>&1 >/dev/null");
+    EXPECT_EQ(full.status, 1);
+    EXPECT_EQ(full.out, "fkd: error: " + out + ": cannot write: File too large\n");
+    EXPECT_EQ(fkd::test::list_dir(d.path()), std::vector<std::string>{"run"});
+  }
+}
+
 TEST(Train, ResumeRefusesChangedRecipe) {
   TempDir d;
   TrainConfig c = small_run(d.file("run"));
