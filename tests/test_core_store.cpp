@@ -2,6 +2,8 @@
 // type and precision, a table of corrupt stores, crash/resume of the writer, sharding and
 // merging, the crop hash, and the committed v1 seed shards (golden files).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -1327,6 +1329,56 @@ TEST(StoreWriter, FullDiskIsOneLineAndTheShardResumes) {
   for (uint64_t i = w.next_image(); i < m.num_images; ++i) w.append(i, make_labels(m, i));
   w.finish();
   EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), want);
+}
+
+/// The one-line message of the fkd::Error `f` throws ("" and a test failure if none).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+TEST(StoreReader, NonRegularShardFilesAreRefusedNotWaitedOn) {
+  // Opening a FIFO for reading waits for a writer: were it opened so, the alarm ends the test.
+  ::alarm(60);
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 3);
+  TempDir dir;
+  write_manifest(dir.path(), m);
+  const std::string shard = shard_path(dir.path(), 0, 1), partial = shard + ".partial";
+
+  fs::create_directory(shard);
+  EXPECT_EQ(error_of([&] { StoreReader r(dir.path()); }),
+            shard + ": is a directory, not a shard file");
+  EXPECT_EQ(error_of([&] { ShardWriter w(dir.path(), m, 0); }),
+            shard + ": is a directory, not a shard file");
+  fs::remove(shard);
+
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0644), 0);
+  EXPECT_EQ(error_of([&] { StoreReader r(dir.path()); }), shard + ": is a FIFO, not a shard file");
+  EXPECT_EQ(error_of([&] { ShardWriter w(dir.path(), m, 0); }),
+            shard + ": is a FIFO, not a shard file");
+  fs::remove(shard);
+
+  // An unfinished shard's place: progress counts nothing there, the writer refuses it.
+  ASSERT_EQ(::mkfifo(partial.c_str(), 0644), 0);
+  const StoreProgress p = store_progress(dir.path());
+  EXPECT_TRUE(p.shards.at(0).started);
+  EXPECT_EQ(p.done, 0u);
+  EXPECT_EQ(error_of([&] { ShardWriter w(dir.path(), m, 0); }),
+            partial + ": is a FIFO, not a shard file");
+  fs::remove(partial);
+
+  // manifest.json in a FIFO's place.
+  fs::rename(dir.file("manifest.json"), dir.file("manifest.saved"));
+  ASSERT_EQ(::mkfifo(dir.file("manifest.json").c_str(), 0644), 0);
+  EXPECT_EQ(error_of([&] { read_manifest(dir.path()); }),
+            dir.file("manifest.json") + ": is a FIFO, not a regular file");
+  ::alarm(0);
 }
 
 // --- sharding and merging -------------------------------------------------------------------

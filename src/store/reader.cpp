@@ -1,8 +1,5 @@
 // Reading a complete store (manifest + every shard, memory-mapped) and merging its shards.
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -12,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/store.h"
 #include "store/manifest.h"
 #include "store/shard_file.h"
@@ -23,25 +21,14 @@ namespace fs = std::filesystem;
 namespace store {
 
 MappedFile::MappedFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path, std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    fail<IoError>("{}: cannot stat: {}", path, std::strerror(e));
-  }
-  size_ = size_t(st.st_size);
+  const ReadableFile file(path, "shard file");  // a FIFO or directory is refused here
+  size_ = size_t(file.size());
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      const int e = errno;
-      ::close(fd);
-      fail<IoError>("{}: cannot mmap {} bytes: {}", path, size_, std::strerror(e));
-    }
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, file.fd(), 0);
+    FKD_CHECK(p != MAP_FAILED, IoError, "{}: cannot mmap {} bytes: {}", path, size_,
+              std::strerror(errno));
     data_ = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);
 }
 
 MappedFile::~MappedFile() {
@@ -148,17 +135,17 @@ StoreProgress store_progress(const std::string& store_dir) {
       sh.done = sh.total;
     } else if (fs::exists(path + ".partial")) {
       sh.started = true;
-      const store::MappedFile map(path + ".partial");
       const store::ShardHeader expected = store::header_for(m, i);
       // A torn or foreign header holds nothing this store can use (the writer starts over
       // or refuses it); otherwise count the blocks a resumed writer would keep.
       try {
+        const store::MappedFile map(path + ".partial");
         const store::ShardHeader h =
             store::decode_header(map.data(), map.size(), path + ".partial");
         if (store::encode_header(h) == store::encode_header(expected)) {
           sh.done = store::scan_blocks(map.data(), map.size(), h, path + ".partial").entries.size();
         }
-      } catch (const Error&) {  // unreadable, torn or foreign: nothing usable
+      } catch (const Error&) {  // unreadable, not a file, torn or foreign: nothing usable
       }
     }
     p.done += sh.done;

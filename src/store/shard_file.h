@@ -10,10 +10,11 @@
 
 namespace fkd::store {
 
-/// A read-only memory map of a whole file (empty files map to nothing).
+/// A read-only memory map of a whole shard file (an empty file maps to nothing).
 class MappedFile {
  public:
-  explicit MappedFile(const std::string& path);  ///< IoError if it cannot be opened
+  /// IoError naming `path` if it cannot be opened or is not a regular file.
+  explicit MappedFile(const std::string& path);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

@@ -65,13 +65,10 @@ ShardFile::ShardFile(const std::string& path, const ShardHeader& h)
   const std::vector<uint8_t> want = encode_header(h);
   if (fs::exists(path_)) {
     // A finished shard is never touched again; it must belong to this store.
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    FKD_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path_, std::strerror(errno));
+    const ReadableFile file(path_, "shard file");
     std::vector<uint8_t> have(kHeaderSize);
-    struct stat st;
-    const bool big_enough = ::fstat(fd, &st) == 0 && uint64_t(st.st_size) >= kHeaderSize;
-    if (big_enough) read_all(fd, have.data(), kHeaderSize, path_);
-    ::close(fd);
+    const bool big_enough = file.size() >= kHeaderSize;
+    if (big_enough) read_all(file.fd(), have.data(), kHeaderSize, path_);
     FKD_CHECK(big_enough && have == want, FormatError,
               "{}: offset 0: the finished shard's header differs from the one this store's "
               "manifest gives (written for another manifest, or corrupt)",
@@ -79,6 +76,7 @@ ShardFile::ShardFile(const std::string& path, const ShardHeader& h)
     finished_ = true;
     return;
   }
+  if (fs::exists(partial_)) ReadableFile(partial_, "shard file");  // refuses a FIFO, a directory
   fd_ = ::open(partial_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   FKD_CHECK(fd_ >= 0, IoError, "{}: cannot open: {}", partial_, std::strerror(errno));
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
