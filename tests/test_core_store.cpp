@@ -1121,6 +1121,135 @@ TEST(StoreCorrupt, TableOfHandcraftedPackedRecords) {
   }
 }
 
+// --- verification ----------------------------------------------------------------------
+
+/// Offset of image `image`'s block in a shard file (from its index).
+uint64_t block_offset(const std::string& shard, uint64_t image) {
+  const std::string b = read_file(shard);
+  const auto v =
+      store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), shard);
+  return v.entry(image).offset;
+}
+
+/// Flips one bit of byte `at` of image `image`'s block (32: the first payload byte).
+void flip_in_block(const std::string& shard, uint64_t image, uint64_t at) {
+  const uint64_t off = block_offset(shard, image);
+  edit_file(shard, [&](std::string& b) { b[off + at] ^= 0x10; });
+}
+
+TEST(StoreVerify, IntactStoreIsOk) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 9, 3);
+  write_store(dir.path(), m);
+  const StoreVerification v = verify_store(dir.path());
+  EXPECT_TRUE(v.ok());
+  EXPECT_EQ(v.images, 9u);
+  EXPECT_EQ(v.records_checked, 9u);
+  EXPECT_TRUE(v.damaged_images().empty());
+}
+
+TEST(StoreVerify, ListsEveryDamagedRecordWithItsShardAndOffset) {
+  TempDir dir;
+  // 12 images over 3 shards of 4: [0, 4), [4, 8), [8, 12). Packed and zstd records both.
+  for (Precision p : {Precision::kFp16, Precision::kFp32}) {
+    SCOPED_TRACE(precision_name(p));
+    const std::string store = dir.file(precision_name(p));
+    const LabelType type = p == Precision::kFp32 ? LabelType::kFull : LabelType::kMarginalSmoothing;
+    const Manifest m = make_manifest(type, k_for(type, 10), p, 10, 6, 12, 3);
+    write_store(store, m);
+    const std::string s0 = shard_path(store, 0, 3), s1 = shard_path(store, 1, 3);
+    flip_in_block(s0, 1, 40);  // payload bytes
+    flip_in_block(s1, 5, 33);
+    flip_in_block(s1, 7, 50);
+    flip_in_block(s1, 6, 17);  // the block header's image id
+    const StoreVerification v = verify_store(store);
+    EXPECT_FALSE(v.ok());
+    EXPECT_TRUE(v.shards.empty());
+    EXPECT_EQ(v.records_checked, 12u);
+    ASSERT_EQ(v.records.size(), 4u);
+    const std::vector<std::pair<std::string, uint64_t>> want = {{s0, 1}, {s1, 5}, {s1, 6}, {s1, 7}};
+    for (size_t i = 0; i < want.size(); ++i) {
+      const auto& r = v.records[i];
+      EXPECT_EQ(r.shard, want[i].first) << i;
+      EXPECT_EQ(r.image, want[i].second) << i;
+      EXPECT_EQ(r.offset, block_offset(want[i].first, want[i].second)) << i;
+      EXPECT_EQ(r.problem.find('\n'), std::string::npos) << r.problem;
+      EXPECT_NE(r.problem.find(fmt::format("block of image {}", r.image)), std::string::npos)
+          << r.problem;
+    }
+    EXPECT_NE(v.records[0].problem.find("checksum mismatch"), std::string::npos);
+    EXPECT_NE(v.records[2].problem.find("disagrees with the index"), std::string::npos);
+    EXPECT_EQ(v.damaged_images(), (std::vector<uint64_t>{1, 5, 6, 7}));
+
+    // The reader stops at a damaged record with a line naming the shard, image and offset.
+    const StoreReader reader(store);
+    ImageLabels l;
+    reader.read(4, l);
+    try {
+      reader.read(5, l);
+      ADD_FAILURE() << "damaged record read";
+    } catch (const FormatError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind(fmt::format("{}: offset {}: block of image 5: checksum mismatch", s1,
+                                      block_offset(s1, 5)),
+                          0),
+                0u)
+          << msg;
+    }
+  }
+}
+
+TEST(StoreVerify, RecordWithAGoodChecksumButWrongCropsIsListed) {
+  // Resealed after the edit, so only the record's own checks can tell.
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 6, 1);
+  write_store(dir.path(), m);
+  const std::string shard = shard_path(dir.path(), 0, 1);
+  const uint64_t off = block_offset(shard, 2);
+  edit_file(shard, [&](std::string& b) {
+    ASSERT_EQ(store::load_u32(reinterpret_cast<const uint8_t*>(b.data()) + off + 28),
+              uint32_t(store::Codec::kPacked));
+    b[off + 32 + 8] ^= 1;  // the record header's crop hash
+    reseal_block(b, 2);
+  });
+  const StoreVerification v = verify_store(dir.path());
+  ASSERT_EQ(v.records.size(), 1u);
+  EXPECT_EQ(v.records[0].image, 2u);
+  EXPECT_EQ(v.records[0].offset, off);
+  EXPECT_NE(v.records[0].problem.find("crop hash"), std::string::npos) << v.records[0].problem;
+}
+
+TEST(StoreVerify, WholeShardProblemsAreListedWithTheirImages) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 12, 4);
+  write_store(dir.path(), m);
+  const std::string s0 = shard_path(dir.path(), 0, 4), s2 = shard_path(dir.path(), 2, 4),
+                    s3 = shard_path(dir.path(), 3, 4);
+  fs::remove(s0);                                                   // images [0, 3)
+  edit_file(s2, [](std::string& b) { b[b.size() - 3] ^= 1; });     // footer magic, [6, 9)
+  fs::rename(s3, s3 + ".partial");                                 // unfinished, [9, 12)
+  flip_in_block(shard_path(dir.path(), 1, 4), 4, 40);              // one record of shard 1
+  const StoreVerification v = verify_store(dir.path());
+  EXPECT_EQ(v.records_checked, 3u);
+  ASSERT_EQ(v.shards.size(), 3u);
+  EXPECT_EQ(v.shards[0].shard, s0);
+  EXPECT_EQ(v.shards[0].index, 0u);
+  EXPECT_EQ(v.shards[0].image_begin, 0u);
+  EXPECT_EQ(v.shards[0].image_end, 3u);
+  EXPECT_NE(v.shards[0].problem.find("missing shard 0 of 4"), std::string::npos);
+  EXPECT_EQ(v.shards[1].shard, s2);
+  EXPECT_NE(v.shards[1].problem.find("footer missing"), std::string::npos)
+      << v.shards[1].problem;
+  EXPECT_EQ(v.shards[2].shard, s3);
+  EXPECT_NE(v.shards[2].problem.find("unfinished"), std::string::npos) << v.shards[2].problem;
+  ASSERT_EQ(v.records.size(), 1u);
+  EXPECT_EQ(v.records[0].image, 4u);
+  EXPECT_EQ(v.damaged_images(), (std::vector<uint64_t>{0, 1, 2, 4, 6, 7, 8, 9, 10, 11}));
+  // A store without a readable manifest cannot be verified at all.
+  fs::remove(dir.file("manifest.json"));
+  EXPECT_THROW(verify_store(dir.path()), FormatError);
+}
+
 TEST(StoreCorrupt, RandomDamageNeverCrashes) {
   // A small in-unit-test fuzzer: flip bytes, truncate, with checksums off so the damage
   // reaches the decoders. Every outcome is a clean decode or an fkd::Error.

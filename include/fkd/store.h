@@ -9,6 +9,7 @@
 // the reader checks.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -199,6 +200,41 @@ struct StoreProgress {
   }
 };
 StoreProgress store_progress(const std::string& store_dir);
+
+/// What verify_store found: every damaged record and every shard that cannot be read.
+struct StoreVerification {
+  /// A record whose block or content is damaged (its labels are lost).
+  struct Record {
+    std::string shard;    ///< path of the shard file holding it
+    uint64_t image = 0;   ///< image id
+    uint64_t offset = 0;  ///< byte offset of the record's block in the shard file
+    std::string problem;  ///< what is wrong: the reader's one line (names file, offset, image)
+  };
+  /// A shard that cannot be read at all: missing, unfinished, not a file, or a bad header,
+  /// index or footer, or a header of another store.
+  struct Shard {
+    std::string shard;         ///< path of the shard file
+    uint32_t index = 0;        ///< shard index in [0, num_shards)
+    uint64_t image_begin = 0;  ///< first image id the shard should hold
+    uint64_t image_end = 0;    ///< one past the last
+    std::string problem;       ///< what is wrong, one line
+  };
+  uint64_t images = 0;           ///< images of the store (manifest num_images)
+  uint64_t records_checked = 0;  ///< records read: the images of the readable shards
+  std::vector<Record> records;   ///< damaged records, in image order
+  std::vector<Shard> shards;     ///< unreadable shards, in shard order
+  bool ok() const { return records.empty() && shards.empty(); }
+  /// Ids of every image whose labels are lost (damaged records and the ranges of
+  /// unreadable shards), ascending: what must be labeled again.
+  std::vector<uint64_t> damaged_images() const;
+};
+
+/// Checks a whole store: every shard's header, index and footer against the manifest, and
+/// every record's block checksum, layout, values and crop hash, listing all damage where
+/// StoreReader stops at the first. Throws (FormatError / IoError naming the file) only when
+/// manifest.json cannot be read. progress(done, total) reports images checked, now and then.
+StoreVerification verify_store(const std::string& store_dir,
+                               const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical. A store of an older format version comes out in

@@ -331,9 +331,9 @@ const uint8_t* ShardView::checked_block(uint64_t image_id) const {
   const uint32_t payload = load_u32(b + 4), raw = load_u32(b + 24);
   const uint64_t image = load_u64(b + 16), stored = load_u64(b + 8);
   FKD_CHECK(payload == e.payload_size && raw == e.raw_size && image == image_id, FormatError,
-            "{}: offset {}: block header disagrees with the index: expected image {}, payload {}, "
-            "record {}; found image {}, payload {}, record {}",
-            name_, e.offset, image_id, e.payload_size, e.raw_size, image, payload, raw);
+            "{}: offset {}: block of image {}: header disagrees with the index: expected image "
+            "{}, payload {}, record {}; found image {}, payload {}, record {}",
+            name_, e.offset, image_id, image_id, e.payload_size, e.raw_size, image, payload, raw);
   const std::string bad_codec = codec_problem(header_, load_u32(b + 28), payload, raw);
   FKD_CHECK(bad_codec.empty(), FormatError, "{}: offset {}: block of image {}: {}", name_,
             e.offset + 28, image_id, bad_codec);
