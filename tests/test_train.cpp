@@ -119,9 +119,9 @@ TEST(Train, FullDiskWhileSavingACheckpointIsOneLineAndResumes) {
   const std::string saved = fkd::test::read_file(ckpt);
   const std::vector<std::string> files = fkd::test::list_dir(out);
 
-  // The disk fills while epoch 2's checkpoint is written: a file size limit of 64 KiB, far
-  // below a checkpoint's size (write() then fails with EFBIG, as with ENOSPC on a full disk).
-  // Only stderr is captured.
+  // The disk fills while epoch 2's checkpoint is written: a file size limit of 128 blocks
+  // (64 or 128 KiB by the shell), far below a checkpoint's size; write() then fails with
+  // EFBIG, as with ENOSPC on a full disk. Only stderr is captured.
   const auto full =
       fkd::test::run_command("trap '' XFSZ; ulimit -f 128; " + fkd + " --resume 2>&1 >/dev/null");
   EXPECT_EQ(full.status, 1);
