@@ -17,7 +17,8 @@ class Progress {
   /// Ends the bar (clears a live bar's line).
   void finish();
   double elapsed_seconds() const;
-  /// Whether stderr is a terminal (live bar) or not (plain lines); FKD_PROGRESS=plain|bar|off overrides.
+  /// Whether stderr is a terminal (live bar) or not (plain lines); FKD_PROGRESS=plain|bar|off
+  /// overrides.
   static bool interactive();
 
  private:

@@ -36,7 +36,7 @@ enum class Precision : uint8_t {
   kFp16 = 1,  ///< IEEE binary16 (round to nearest even)
   kU8 = 2,    ///< round(p * 255)
 };
-const char* precision_name(Precision p);  ///< "fp32", "fp16", "u8"
+const char* precision_name(Precision p);             ///< "fp32", "fp16", "u8"
 Precision parse_precision(const std::string& name);  ///< throws ConfigError
 
 /// Values stored per crop for a label type: hard 1 index, smoothing 1+1, marginal k+k,
@@ -46,9 +46,9 @@ int stored_values(LabelType t, int k, int num_classes);
 
 /// The labels of one image: everything its record holds, decoded.
 struct ImageLabels {
-  uint32_t height = 0;      ///< image height when labeled (crops are derived from it)
-  uint32_t width = 0;       ///< image width when labeled
-  uint32_t crop_hash = 0;   ///< hash of the derived crops (see docs/label-store.md)
+  uint32_t height = 0;     ///< image height when labeled (crops are derived from it)
+  uint32_t width = 0;      ///< image width when labeled
+  uint32_t crop_hash = 0;  ///< hash of the derived crops (see docs/label-store.md)
   uint32_t num_crops = 0;
   /// [num_crops, stored_indices] class ids (int32: any class count), descending probability.
   std::vector<int32_t> indices;
@@ -68,8 +68,8 @@ float round_to_precision(float v, Precision p);
 
 /// Recovers one crop's dense soft label `out` [num_classes] from its stored indices and
 /// values, with the reference's formulas for each label type. Pure.
-void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
-                   const float* values, float* out);
+void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices, const float* values,
+                   float* out);
 
 /// The store format version fkd writes (docs/label-store.md): bumped only for structural
 /// changes. Readers accept versions 1 to this one.
@@ -77,27 +77,27 @@ inline constexpr int kStoreFormatVersion = 2;
 
 /// Everything about a store except the records (manifest.json).
 struct Manifest {
-  int version = kStoreFormatVersion;   ///< format version (docs/label-store.md)
+  int version = kStoreFormatVersion;  ///< format version (docs/label-store.md)
   // dataset
-  uint64_t num_images = 0;             ///< images in the dataset's train split
-  std::string dataset_fingerprint;     ///< hex xxh64 of the ordered "relpath\tbytes\n" list
-  std::vector<std::string> classes;    ///< class names, index = class id
-  std::string dataset;                 ///< the --data it was made from (informational)
-  uint64_t dataset_limit = 0;          ///< the subset size it was made from (0 = all)
+  uint64_t num_images = 0;           ///< images in the dataset's train split
+  std::string dataset_fingerprint;   ///< hex xxh64 of the ordered "relpath\tbytes\n" list
+  std::vector<std::string> classes;  ///< class names, index = class id
+  std::string dataset;               ///< the --data it was made from (informational)
+  uint64_t dataset_limit = 0;        ///< the subset size it was made from (0 = all)
   // teacher
-  std::string teacher;                 ///< file name or zoo name, for people
-  std::string teacher_hash;            ///< hex xxh128 (XXH3) of the teacher file's bytes
+  std::string teacher;       ///< file name or zoo name, for people
+  std::string teacher_hash;  ///< hex xxh128 (XXH3) of the teacher file's bytes
   float temperature = 1.0f;
   // labels
   LabelType label_type = LabelType::kMarginalSmoothing;
-  int k = 5;                           ///< top-k (marginal types); 1 for hard/smoothing
+  int k = 5;  ///< top-k (marginal types); 1 for hard/smoothing
   Precision precision = Precision::kFp16;
   uint32_t crops_per_image = 0;
   // crop sampler; crops are derived from it, see derive_store_crop
   /// "random_resized_crop" (RandomResizedCrop(scale, ratio) + flip, derive_label_crop) or
   /// "random_crop" (RandomCrop(input_size, padding) + flip: the small-image recipe)
   std::string crop_sampler = "random_resized_crop";
-  int padding = 0;                     ///< zero padding of random_crop
+  int padding = 0;  ///< zero padding of random_crop
   uint64_t seed = 0;
   float scale[2] = {0.08f, 1.0f};
   float ratio[2] = {3.f / 4.f, 4.f / 3.f};
@@ -107,7 +107,7 @@ struct Manifest {
   std::string interpolation = "bilinear";
   std::vector<float> mean, std;
   // sharding
-  uint32_t num_shards = 1;             ///< shard files that make up the store
+  uint32_t num_shards = 1;  ///< shard files that make up the store
 };
 
 /// Reads and validates manifest.json (FormatError naming the file and field).
@@ -127,8 +127,7 @@ std::string shard_file_name(uint32_t index, uint32_t count);
 /// derive_label_crop for random_resized_crop; for random_crop an input_size box at
 /// sample_padded_crop's offset (may reach into the zero padding) and then the flip, drawn
 /// from the same Rng(seed, kLabelCrops, {image, crop}). Pure.
-CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int height,
-                           int width);
+CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int height, int width);
 
 /// The crop hash a record of image `image` (height x width pixels) must carry: XXH32 (seed 0)
 /// of (left, top, width, height, flip) as little-endian int32 of every crop c in
@@ -233,8 +232,9 @@ struct StoreVerification {
 /// every record's block checksum, layout, values and crop hash, listing all damage where
 /// StoreReader stops at the first. Throws (FormatError / IoError naming the file) only when
 /// manifest.json cannot be read. progress(done, total) reports images checked, now and then.
-StoreVerification verify_store(const std::string& store_dir,
-                               const std::function<void(uint64_t done, uint64_t total)>& progress = {});
+StoreVerification verify_store(
+    const std::string& store_dir,
+    const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical. A store of an older format version comes out in

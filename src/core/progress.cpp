@@ -33,9 +33,13 @@ std::string format_duration(double s) {
 }
 
 Progress::Progress(std::string label, uint64_t total, std::string unit)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total),
-      start_(std::chrono::steady_clock::now()), last_draw_(start_),
-      live_(interactive()), off_(std::strcmp(progress_mode(), "off") == 0) {}
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(total),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_),
+      live_(interactive()),
+      off_(std::strcmp(progress_mode(), "off") == 0) {}
 
 Progress::~Progress() { finish(); }
 
@@ -74,9 +78,9 @@ void Progress::draw(bool force) {
                        100 * frac, rate, unit_, format_duration(eta), extra_.empty() ? "" : "  ",
                        extra_);
   } else {
-    line = fmt::format("{} {:3.0f}% ({}/{}) {:.0f} {}/s ETA {}{}{}\n", label_, 100 * frac, done_,
-                       total_, rate, unit_, format_duration(eta), extra_.empty() ? "" : "  ",
-                       extra_);
+    line =
+        fmt::format("{} {:3.0f}% ({}/{}) {:.0f} {}/s ETA {}{}{}\n", label_, 100 * frac, done_,
+                    total_, rate, unit_, format_duration(eta), extra_.empty() ? "" : "  ", extra_);
   }
   std::fputs(line.c_str(), stderr);
   std::fflush(stderr);

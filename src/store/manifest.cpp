@@ -13,11 +13,11 @@
 
 #include "fkd/error.h"
 #include "fkd/file_io.h"
+#include "fkd/rng.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
-#include "fkd/rng.h"
-#include "store/manifest.h"
 #include "store/bytes.h"
+#include "store/manifest.h"
 #include "store/record.h"
 
 namespace fkd {
@@ -140,14 +140,17 @@ std::string k_problem(LabelType t, int64_t k, uint64_t C) {
   switch (t) {
     case LabelType::kHard:
     case LabelType::kSmoothing:
-      if (k != 1) return fmt::format("must be 1 for label type {}, found {}", label_type_name(t), k);
+      if (k != 1)
+        return fmt::format("must be 1 for label type {}, found {}", label_type_name(t), k);
       break;
     case LabelType::kMarginalSmoothing:
     case LabelType::kMarginalRenorm:
-      if (k < 1 || uint64_t(k) > C) return fmt::format("{} is not in [1, {}] (the class count)", k, C);
+      if (k < 1 || uint64_t(k) > C)
+        return fmt::format("{} is not in [1, {}] (the class count)", k, C);
       break;
     case LabelType::kFull:
-      if (k < 0 || uint64_t(k) > C) return fmt::format("{} is not in [0, {}] (ignored for full)", k, C);
+      if (k < 0 || uint64_t(k) > C)
+        return fmt::format("{} is not in [0, {}] (ignored for full)", k, C);
       break;
   }
   return "";
@@ -157,32 +160,43 @@ std::string manifest_problem(const Manifest& m) {
   if (m.version < 1 || m.version > kStoreFormatVersion)
     return fmt::format("version: {} is not in [1, {}]", m.version, kStoreFormatVersion);
   if (m.classes.empty()) return "classes: the list is empty";
-  if (m.classes.size() > kMaxClasses) return fmt::format("classes: {} names is more than {}", m.classes.size(), kMaxClasses);
+  if (m.classes.size() > kMaxClasses)
+    return fmt::format("classes: {} names is more than {}", m.classes.size(), kMaxClasses);
   const uint64_t C = m.classes.size();
   if (!(std::isfinite(m.temperature) && m.temperature > 0))
     return fmt::format("temperature: {} is not > 0", m.temperature);
-  if (int(m.label_type) > int(LabelType::kFull)) return fmt::format("label_type: unknown value {}", int(m.label_type));
-  if (int(m.precision) > int(Precision::kU8)) return fmt::format("precision: unknown value {}", int(m.precision));
+  if (int(m.label_type) > int(LabelType::kFull))
+    return fmt::format("label_type: unknown value {}", int(m.label_type));
+  if (int(m.precision) > int(Precision::kU8))
+    return fmt::format("precision: unknown value {}", int(m.precision));
   const std::string kp = k_problem(m.label_type, m.k, C);
   if (!kp.empty()) return "k: " + kp;
   if (m.crops_per_image < 1 || m.crops_per_image > kMaxCropsPerImage)
-    return fmt::format("crops_per_image: {} is not in [1, {}]", m.crops_per_image, kMaxCropsPerImage);
-  if (!(std::isfinite(m.scale[0]) && std::isfinite(m.scale[1]) && m.scale[0] > 0 && m.scale[0] <= m.scale[1]))
+    return fmt::format("crops_per_image: {} is not in [1, {}]", m.crops_per_image,
+                       kMaxCropsPerImage);
+  if (!(std::isfinite(m.scale[0]) && std::isfinite(m.scale[1]) && m.scale[0] > 0 &&
+        m.scale[0] <= m.scale[1]))
     return fmt::format("scale: [{}, {}] does not satisfy 0 < min <= max", m.scale[0], m.scale[1]);
-  if (!(std::isfinite(m.ratio[0]) && std::isfinite(m.ratio[1]) && m.ratio[0] > 0 && m.ratio[0] <= m.ratio[1]))
+  if (!(std::isfinite(m.ratio[0]) && std::isfinite(m.ratio[1]) && m.ratio[0] > 0 &&
+        m.ratio[0] <= m.ratio[1]))
     return fmt::format("ratio: [{}, {}] does not satisfy 0 < min <= max", m.ratio[0], m.ratio[1]);
-  if (!(m.flip_prob >= 0 && m.flip_prob <= 1)) return fmt::format("flip_prob: {} is not in [0, 1]", m.flip_prob);
+  if (!(m.flip_prob >= 0 && m.flip_prob <= 1))
+    return fmt::format("flip_prob: {} is not in [0, 1]", m.flip_prob);
   if (m.input_size < 0) return fmt::format("input_size: {} is negative", m.input_size);
   if (m.crop_sampler != store::kRandomResizedCrop && m.crop_sampler != store::kRandomCrop)
-    return fmt::format("crop_sampler: '{}' is not {} or {}", m.crop_sampler, store::kRandomResizedCrop, store::kRandomCrop);
-  if (m.crop_sampler == store::kRandomCrop && !(m.input_size >= 1 && m.padding >= 0 && m.padding <= 4096))
-    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})", m.input_size, m.padding);
+    return fmt::format("crop_sampler: '{}' is not {} or {}", m.crop_sampler,
+                       store::kRandomResizedCrop, store::kRandomCrop);
+  if (m.crop_sampler == store::kRandomCrop &&
+      !(m.input_size >= 1 && m.padding >= 0 && m.padding <= 4096))
+    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})",
+                       m.input_size, m.padding);
   if (m.num_shards < 1 || m.num_shards > kMaxShards)
     return fmt::format("num_shards: {} is not in [1, {}]", m.num_shards, kMaxShards);
   const uint64_t raw = record_format(m).max_raw_size();
   if (raw > kMaxRecordBytes)
-    return fmt::format("crops_per_image: records of {} crops could need {} bytes, more than the limit {}",
-                       m.crops_per_image, raw, kMaxRecordBytes);
+    return fmt::format(
+        "crops_per_image: records of {} crops could need {} bytes, more than the limit {}",
+        m.crops_per_image, raw, kMaxRecordBytes);
   return "";
 }
 
@@ -257,7 +271,8 @@ Manifest read_manifest(const std::string& store_dir) {
   } catch (const json::exception& e) {
     fail<FormatError>("{}: not valid JSON: {}", file, e.what());
   }
-  FKD_CHECK(j.is_object(), FormatError, "{}: expected a JSON object, found {}", file, j.type_name());
+  FKD_CHECK(j.is_object(), FormatError, "{}: expected a JSON object, found {}", file,
+            j.type_name());
   const Fields f(j, file);
   const std::string format = f.str("format", true, "");
   FKD_CHECK(format == kFormatName, FormatError, "{}: key 'format': expected \"{}\", found \"{}\"",
@@ -266,8 +281,8 @@ Manifest read_manifest(const std::string& store_dir) {
   // The version comes first: a newer manifest may lack keys this version requires.
   const int64_t version = f.i64("version", true, 0);
   FKD_CHECK(version <= int64_t(kStoreFormatVersion), FormatError,
-            "{}: store format version {} is newer than this fkd supports ({}): upgrade fkd",
-            file, version, kStoreFormatVersion);
+            "{}: store format version {} is newer than this fkd supports ({}): upgrade fkd", file,
+            version, kStoreFormatVersion);
   FKD_CHECK(version >= 1, FormatError, "{}: key 'version': expected {}, found {}", file,
             kStoreFormatVersion, version);
   m.version = int(version);
@@ -366,15 +381,19 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   }
   cmp("teacher_hash", a.teacher_hash, b.teacher_hash);
   cmp("temperature", a.temperature, b.temperature);
-  cmp("label_type", std::string(label_type_name(a.label_type)), std::string(label_type_name(b.label_type)));
+  cmp("label_type", std::string(label_type_name(a.label_type)),
+      std::string(label_type_name(b.label_type)));
   cmp("k", a.k, b.k);
-  cmp("precision", std::string(precision_name(a.precision)), std::string(precision_name(b.precision)));
+  cmp("precision", std::string(precision_name(a.precision)),
+      std::string(precision_name(b.precision)));
   cmp("crops_per_image", a.crops_per_image, b.crops_per_image);
   cmp("seed", a.seed, b.seed);
   if (a.scale[0] != b.scale[0] || a.scale[1] != b.scale[1])
-    d.push_back(fmt::format("scale ([{}, {}] vs [{}, {}])", a.scale[0], a.scale[1], b.scale[0], b.scale[1]));
+    d.push_back(fmt::format("scale ([{}, {}] vs [{}, {}])", a.scale[0], a.scale[1], b.scale[0],
+                            b.scale[1]));
   if (a.ratio[0] != b.ratio[0] || a.ratio[1] != b.ratio[1])
-    d.push_back(fmt::format("ratio ([{}, {}] vs [{}, {}])", a.ratio[0], a.ratio[1], b.ratio[0], b.ratio[1]));
+    d.push_back(fmt::format("ratio ([{}, {}] vs [{}, {}])", a.ratio[0], a.ratio[1], b.ratio[0],
+                            b.ratio[1]));
   cmp("flip_prob", a.flip_prob, b.flip_prob);
   if (a.crop_sampler != b.crop_sampler)
     d.push_back(fmt::format("crop_sampler ({} vs {})", a.crop_sampler, b.crop_sampler));
@@ -387,10 +406,9 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
 }
 
 std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count) {
-  FKD_CHECK(count >= 1 && index < count, ConfigError, "shard {} of {} does not exist", index, count);
-  auto edge = [&](uint64_t i) {
-    return uint64_t((unsigned __int128)num_images * i / count);
-  };
+  FKD_CHECK(count >= 1 && index < count, ConfigError, "shard {} of {} does not exist", index,
+            count);
+  auto edge = [&](uint64_t i) { return uint64_t((unsigned __int128)num_images * i / count); };
   return {edge(index), edge(uint64_t(index) + 1)};
 }
 
@@ -414,8 +432,8 @@ CropPlan derive_store_crop(const Manifest& m, uint64_t image, uint32_t crop, int
 }
 
 uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width) {
-  FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu,
-            DataError, "label_crop_hash: image {} has size {}x{}", image, height, width);
+  FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu, DataError,
+            "label_crop_hash: image {} has size {}x{}", image, height, width);
   std::vector<uint8_t> bytes(size_t(m.crops_per_image) * 20);
   for (uint32_t c = 0; c < m.crops_per_image; ++c) {
     const CropPlan p = derive_store_crop(m, image, c, int(height), int(width));

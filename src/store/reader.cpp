@@ -99,8 +99,8 @@ OpenStore open_store(const std::string& dir) {
     const ShardView& v = s.shards.back().view;
     const ShardHeader& h = v.header();
     FKD_CHECK(h.image_begin == next_begin, FormatError,
-              "{}: shard starts at image {}, expected {} (the shards must tile [0, {}))",
-              v.name(), h.image_begin, next_begin, m.num_images);
+              "{}: shard starts at image {}, expected {} (the shards must tile [0, {}))", v.name(),
+              h.image_begin, next_begin, m.num_images);
     next_begin = h.image_end;
     s.begins.push_back(h.image_begin);
     s.bytes += v.size();

@@ -35,8 +35,8 @@ void check_store_matches(const Manifest& m, const std::string& store_dir, const 
                          const std::string& data_spec, size_t limit) {
   std::vector<std::string> diffs;
   if (m.num_images != ds.size()) {
-    diffs.push_back(fmt::format("{} images in the store, {} in the dataset", m.num_images,
-                                ds.size()));
+    diffs.push_back(
+        fmt::format("{} images in the store, {} in the dataset", m.num_images, ds.size()));
   }
   if (m.classes.size() != ds.classes().size()) {
     diffs.push_back(fmt::format("{} classes in the store, {} in the dataset", m.classes.size(),
@@ -57,8 +57,9 @@ void check_store_matches(const Manifest& m, const std::string& store_dir, const 
   FKD_CHECK(diffs.empty(), ConfigError,
             "{}: the labels were made for --data {}{} but training reads --data {}{} ({}); "
             "use the dataset and subset the store was made from",
-            store_dir, m.dataset, m.dataset_limit ? fmt::format(" (limit {})", m.dataset_limit) : "",
-            data_spec, limit ? fmt::format(" (limit {})", limit) : "", fmt::join(diffs, ", "));
+            store_dir, m.dataset,
+            m.dataset_limit ? fmt::format(" (limit {})", m.dataset_limit) : "", data_spec,
+            limit ? fmt::format(" (limit {})", limit) : "", fmt::join(diffs, ", "));
 }
 
 StoreCropSource::StoreCropSource(std::shared_ptr<const StoreReader> store, int crops_per_pass,
@@ -77,8 +78,8 @@ void StoreCropSource::crops(size_t index, int64_t pass, int height, int width, C
   const Manifest& mf = store_->manifest();
   store_->read(index, rec);
   FKD_CHECK(rec.height == uint32_t(height) && rec.width == uint32_t(width), DataError,
-            "image {} is {}x{} but the label store labeled it at {}x{}; relabel the dataset",
-            index, height, width, rec.height, rec.width);
+            "image {} is {}x{} but the label store labeled it at {}x{}; relabel the dataset", index,
+            height, width, rec.height, rec.width);
   thread_local std::vector<uint32_t> id;
   id.resize(size_t(m_));
   replay_crop_ids(seed_, index, pass, rec.num_crops, m_, id.data());

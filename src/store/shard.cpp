@@ -73,8 +73,8 @@ std::vector<uint8_t> encode_header(const ShardHeader& h) {
 ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name,
                           bool verify_checksum) {
   FKD_CHECK(size >= 12, FormatError,
-            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name, kHeaderSize,
-            size);
+            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name,
+            kHeaderSize, size);
   FKD_CHECK(std::memcmp(d, kShardMagic, 8) == 0, FormatError,
             "{}: offset 0: expected magic 'FKDLABEL', found {} (not an fkd label shard)", name,
             show_bytes(d, 8));
@@ -83,11 +83,11 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
   FKD_CHECK(h.version <= uint32_t(kStoreFormatVersion), FormatError,
             "{}: offset 8: format version {} is newer than this fkd supports ({}): upgrade fkd",
             name, h.version, kStoreFormatVersion);
-  FKD_CHECK(h.version >= 1, FormatError, "{}: offset 8: expected format version {}, found {}",
-            name, kStoreFormatVersion, h.version);
+  FKD_CHECK(h.version >= 1, FormatError, "{}: offset 8: expected format version {}, found {}", name,
+            kStoreFormatVersion, h.version);
   FKD_CHECK(size >= kHeaderSize, FormatError,
-            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name, kHeaderSize,
-            size);
+            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name,
+            kHeaderSize, size);
   const uint32_t header_size = load_u32(d + off::kHeaderSize);
   FKD_CHECK(header_size == kHeaderSize, FormatError,
             "{}: offset 12: expected header size {}, found {}", name, kHeaderSize, header_size);
@@ -146,7 +146,8 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
 std::string codec_problem(const ShardHeader& h, uint32_t codec, uint32_t payload_size,
                           uint32_t raw_size) {
   if (codec == uint32_t(Codec::kZstd)) return "";
-  if (h.version < uint32_t(kPackedSince)) return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
+  if (h.version < uint32_t(kPackedSince))
+    return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
   if (codec != uint32_t(Codec::kPacked)) return fmt::format("unknown codec {}", codec);
   if (!packable(record_format(h))) return "a packed record in a store of full labels";
   if (payload_size != raw_size)
@@ -174,38 +175,45 @@ BlockScan scan_blocks(const uint8_t* data, size_t size, const ShardHeader& h,
   uint64_t pos = kHeaderSize;
   for (uint64_t id = h.image_begin; id < h.image_end; ++id) {
     if (size - pos < kBlockHeaderSize) {
-      if (size != pos) s.stop_reason = fmt::format("{}: offset {}: torn block header of image {}", name, pos, id);
+      if (size != pos)
+        s.stop_reason = fmt::format("{}: offset {}: torn block header of image {}", name, pos, id);
       break;
     }
     const uint8_t* b = data + pos;
     const uint32_t payload = load_u32(b + 4), raw = load_u32(b + 24);
     const uint64_t image = load_u64(b + 16);
     if (std::memcmp(b, kBlockMagic, 4) != 0) {
-      s.stop_reason = fmt::format("{}: offset {}: expected block magic 'FKDB', found {}", name, pos, show_bytes(b, 4));
+      s.stop_reason = fmt::format("{}: offset {}: expected block magic 'FKDB', found {}", name, pos,
+                                  show_bytes(b, 4));
       break;
     }
-    if (image != id || raw < kRecordHeaderSize || raw > max_raw || payload > ZSTD_COMPRESSBOUND(raw) ||
+    if (image != id || raw < kRecordHeaderSize || raw > max_raw ||
+        payload > ZSTD_COMPRESSBOUND(raw) ||
         !codec_problem(h, load_u32(b + 28), payload, raw).empty()) {
       s.stop_reason = fmt::format(
-          "{}: offset {}: block header of image {} is inconsistent (image {}, payload {} bytes, record {} bytes)",
+          "{}: offset {}: block header of image {} is inconsistent (image {}, payload {} bytes, "
+          "record {} bytes)",
           name, pos, id, image, payload, raw);
       break;
     }
     if (size - pos - kBlockHeaderSize < payload) {
-      s.stop_reason = fmt::format("{}: offset {}: torn block of image {}: {} of {} payload bytes present",
-                                  name, pos, id, size - pos - kBlockHeaderSize, payload);
+      s.stop_reason =
+          fmt::format("{}: offset {}: torn block of image {}: {} of {} payload bytes present", name,
+                      pos, id, size - pos - kBlockHeaderSize, payload);
       break;
     }
     const uint64_t stored = load_u64(b + 8);
     if (verify_checksums && block_checksum(b, payload) != stored) {
-      s.stop_reason = fmt::format("{}: offset {}: block of image {} fails its checksum", name, pos, id);
+      s.stop_reason =
+          fmt::format("{}: offset {}: block of image {} fails its checksum", name, pos, id);
       break;
     }
     s.entries.push_back({pos, payload, raw, stored});
     pos += kBlockHeaderSize + payload;
   }
   if (s.stop_reason.empty() && pos != size) {
-    s.stop_reason = fmt::format("{}: offset {}: {} bytes after the last block", name, pos, size - pos);
+    s.stop_reason =
+        fmt::format("{}: offset {}: {} bytes after the last block", name, pos, size - pos);
   }
   s.end = pos;
   return s;
@@ -264,7 +272,8 @@ ShardView ShardView::parse(const uint8_t* data, size_t size, const std::string& 
   const uint64_t expected_count = h.image_end - h.image_begin;
   FKD_CHECK(count == expected_count, FormatError,
             "{}: offset {}: expected {} index entries (images [{}, {})), found {}", name,
-            size - kFooterSize + foot::kNumEntries, expected_count, h.image_begin, h.image_end, count);
+            size - kFooterSize + foot::kNumEntries, expected_count, h.image_begin, h.image_end,
+            count);
   const uint64_t expected_offset = size - kFooterSize - count * kIndexEntrySize;
   FKD_CHECK(index_offset == expected_offset, FormatError,
             "{}: offset {}: expected index offset {}, found {}", name, size - kFooterSize,
@@ -291,8 +300,8 @@ ShardView ShardView::parse(const uint8_t* data, size_t size, const std::string& 
     x.checksum = load_u64(e + 16);
     const uint64_t at = index_offset + i * kIndexEntrySize;
     FKD_CHECK(x.offset == expect, FormatError,
-              "{}: offset {}: index entry of image {}: expected block offset {}, found {}", name, at,
-              h.image_begin + i, expect, x.offset);
+              "{}: offset {}: index entry of image {}: expected block offset {}, found {}", name,
+              at, h.image_begin + i, expect, x.offset);
     FKD_CHECK(x.raw_size >= kRecordHeaderSize && x.raw_size <= max_raw, FormatError,
               "{}: offset {}: index entry of image {}: record size {} is not in [{}, {}]", name,
               at + 12, h.image_begin + i, x.raw_size, kRecordHeaderSize, max_raw);

@@ -209,7 +209,8 @@ ShardWriter::ShardWriter(const std::string& store_dir, const Manifest& m, uint32
             store_dir, shard_index, m.num_shards);
   impl_->format = store::record_format(m);
   impl_->pack = m.version >= store::kPackedSince && store::packable(impl_->format);
-  impl_->name = (std::filesystem::path(store_dir) / shard_file_name(shard_index, m.num_shards)).string();
+  impl_->name =
+      (std::filesystem::path(store_dir) / shard_file_name(shard_index, m.num_shards)).string();
   impl_->file = std::make_unique<store::ShardFile>(impl_->name, store::header_for(m, shard_index));
 }
 
@@ -230,7 +231,8 @@ void ShardWriter::append(uint64_t image_id, const ImageLabels& labels) {
   // Packed when it can be (it decodes about 2.3 times as fast as zstd at about the same
   // size); otherwise, and always in a version 1 store, a zstd frame.
   if (w.pack && store::encode_packed_record(w.format, labels, w.payload)) {
-    store::make_block(image_id, w.payload, uint32_t(w.payload.size()), store::Codec::kPacked, w.block);
+    store::make_block(image_id, w.payload, uint32_t(w.payload.size()), store::Codec::kPacked,
+                      w.block);
   } else {
     store::encode_record(w.format, labels, w.raw, w.sections);
     store::compress_record(w.raw, w.sections, w.payload);

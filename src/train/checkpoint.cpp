@@ -12,11 +12,16 @@ namespace fkd {
 namespace {
 
 nlohmann::json metrics_json(const EpochMetrics& m) {
-  return {{"epoch", m.epoch},           {"train_loss", m.train_loss},
-          {"train_top1", m.train_top1}, {"val_loss", m.val_loss},
-          {"top1", m.top1},             {"top5", m.top5},
-          {"lr", m.lr},                 {"samples_per_s", m.samples_per_s},
-          {"seconds", m.seconds},       {"train_seconds", m.train_seconds},
+  return {{"epoch", m.epoch},
+          {"train_loss", m.train_loss},
+          {"train_top1", m.train_top1},
+          {"val_loss", m.val_loss},
+          {"top1", m.top1},
+          {"top5", m.top5},
+          {"lr", m.lr},
+          {"samples_per_s", m.samples_per_s},
+          {"seconds", m.seconds},
+          {"train_seconds", m.train_seconds},
           {"epochs_covered", m.epochs_covered}};
 }
 
@@ -54,8 +59,8 @@ CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
               "{}: not an fkd checkpoint (format field is '{}')", path, j.value("format", ""));
     const int version = j.at("version").get<int>();
     FKD_CHECK(version >= 1 && version <= kCheckpointVersion, FormatError,
-              "{}: checkpoint version {} is newer than this fkd supports ({}); upgrade fkd",
-              path, version, kCheckpointVersion);
+              "{}: checkpoint version {} is newer than this fkd supports ({}); upgrade fkd", path,
+              version, kCheckpointVersion);
     CheckpointMeta m;
     j.at("epochs_done").get_to(m.epochs_done);
     j.at("step").get_to(m.step);
