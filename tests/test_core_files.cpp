@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "fkd/error.h"
@@ -28,16 +29,9 @@ std::string pattern(size_t n, int seed) {
   return s;
 }
 
-/// The message of the IoError `f` throws ("" and a test failure if it throws none).
 template <typename F>
 std::string io_error_of(F&& f) {
-  try {
-    f();
-  } catch (const IoError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no IoError";
-  return "";
+  return test::error_message<IoError>(std::forward<F>(f));
 }
 
 // --- reading ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include <xxhash.h>
 #include <nlohmann/json.hpp>
@@ -647,16 +648,9 @@ TEST(StoreManifest, WriteReadCompare) {
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
 }
 
-/// The message of the IoError `f` throws ("" and a test failure if it throws none).
 template <typename F>
 std::string io_error_of(F&& f) {
-  try {
-    f();
-  } catch (const IoError& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no IoError";
-  return "";
+  return test::error_message<IoError>(std::forward<F>(f));
 }
 
 TEST(StoreManifest, FullDiskKeepsThePreviousManifest) {
@@ -1605,16 +1599,9 @@ TEST(StoreWriter, FullDiskIsOneLineAndTheShardResumes) {
   EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), want);
 }
 
-/// The one-line message of the fkd::Error `f` throws ("" and a test failure if none).
 template <typename F>
 std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no error";
-  return "";
+  return test::error_message<Error>(std::forward<F>(f));
 }
 
 TEST(StoreReader, NonRegularShardFilesAreRefusedNotWaitedOn) {

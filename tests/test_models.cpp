@@ -12,6 +12,7 @@
 
 namespace {
 
+using fkd::test::error_message;
 using fkd::test::run_python;
 using fkd::test::TempDir;
 
@@ -63,20 +64,6 @@ torch::Tensor eval_logits(fkd::Net& net, const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
   net.eval();
   return net.forward(x);
-}
-
-template <typename E, typename F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "no exception thrown";
-  return {};
 }
 
 std::string shape_str(at::IntArrayRef sizes) {

@@ -1,5 +1,8 @@
 // Helpers shared by the test executables.
 #pragma once
+#include <gtest/gtest.h>
+
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -33,6 +36,22 @@ class FileSizeLimit {
   unsigned long long old_soft_;
   void (*old_handler_)(int);
 };
+
+/// The message of the exception of type E that f() throws; a test failure (and "") if it
+/// throws none or one of another type.
+template <typename E, typename F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+    return {};
+  }
+  ADD_FAILURE() << "no exception thrown";
+  return {};
+}
 
 /// Names of the entries of a directory, sorted.
 std::vector<std::string> list_dir(const std::string& dir);
