@@ -52,9 +52,11 @@ format-check: deps-ci
 	fi; echo "format-check: every file is formatted"
 
 # The torch-free library and tests (test_core_*) under AddressSanitizer and UBSan, in their
-# own build directory; any sanitizer report fails the test.
+# own build directory; any sanitizer report fails the test. -O1 with line tables builds faster
+# than -O2 -g and a report still names the line.
 test-sanitize: deps
-	cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFKD_SANITIZE=ON
+	cmake -S . -B $(SANITIZE_BUILD) -G Ninja -DFKD_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1"
 	cmake --build $(SANITIZE_BUILD) -j $(JOBS)
 	cd $(SANITIZE_BUILD) && UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
 
