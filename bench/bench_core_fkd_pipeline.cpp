@@ -55,12 +55,18 @@ int main(int argc, char** argv) {
   for (int i = 3; i + 1 < argc; i += 2) {
     const char* k = argv[i];
     const char* v = argv[i + 1];
-    if (!std::strcmp(k, "--num-crops")) m = std::atoi(v);
-    else if (!std::strcmp(k, "--batch")) batch = size_t(std::atol(v));
-    else if (!std::strcmp(k, "--workers")) workers = std::atoi(v);
-    else if (!std::strcmp(k, "--limit")) limit = size_t(std::atol(v));
-    else if (!std::strcmp(k, "--passes")) passes = std::atoi(v);
-    else if (!std::strcmp(k, "--size")) size = std::atoi(v);
+    if (!std::strcmp(k, "--num-crops"))
+      m = std::atoi(v);
+    else if (!std::strcmp(k, "--batch"))
+      batch = size_t(std::atol(v));
+    else if (!std::strcmp(k, "--workers"))
+      workers = std::atoi(v);
+    else if (!std::strcmp(k, "--limit"))
+      limit = size_t(std::atol(v));
+    else if (!std::strcmp(k, "--passes"))
+      passes = std::atoi(v);
+    else if (!std::strcmp(k, "--size"))
+      size = std::atoi(v);
   }
   try {
     DatasetOptions dopt;
@@ -81,9 +87,10 @@ int main(int argc, char** argv) {
       Loader loader(ds, t, std::make_shared<StoreCropSource>(store, m, 0), o);
       size_t n = 0;
       const double s = run(loader, passes, &n);
-      std::printf("{\"pipeline\": \"fkd\", \"num_crops\": %d, \"workers\": %d, "
-                  "\"samples_per_s\": %.1f, \"samples\": %zu, \"seconds\": %.3f}\n",
-                  m, workers, double(n) / s, n, s);
+      std::printf(
+          "{\"pipeline\": \"fkd\", \"num_crops\": %d, \"workers\": %d, "
+          "\"samples_per_s\": %.1f, \"samples\": %zu, \"seconds\": %.3f}\n",
+          m, workers, double(n) / s, n, s);
     }
     {
       TrainTransform plain = t;
@@ -91,9 +98,10 @@ int main(int argc, char** argv) {
       Loader loader(ds, plain, std::make_shared<RandomCropSource>(plain, 0, 1), o);
       size_t n = 0;
       const double s = run(loader, passes, &n);
-      std::printf("{\"pipeline\": \"plain\", \"num_crops\": 1, \"workers\": %d, "
-                  "\"samples_per_s\": %.1f, \"samples\": %zu, \"seconds\": %.3f}\n",
-                  workers, double(n) / s, n, s);
+      std::printf(
+          "{\"pipeline\": \"plain\", \"num_crops\": 1, \"workers\": %d, "
+          "\"samples_per_s\": %.1f, \"samples\": %zu, \"seconds\": %.3f}\n",
+          workers, double(n) / s, n, s);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_core_fkd_pipeline: %s\n", e.what());

@@ -2,11 +2,11 @@
 //
 //   write DIR --classes C [--images 200] [--crops 500] [--k 5] [--dump FILE]
 //       Generates labels (below), quantizes them marginal_smoothing top-k and writes three
-//       stores: DIR/fp16 and DIR/u8, and DIR/fp16-v1 in format version 1 (zstd records). --dump also writes the same labels for
-//       bench/store_reference.py (little-endian: int32 indices [I,N,k], float32 values
-//       [I,N,k], float32 normalized crops (top, left, height, width) [I,N,4], uint8 flips
-//       [I,N]) so the reference layout holds exactly the same labels.
-//       Prints: "write PREC BYTES_PER_CROP RECORDS_PER_S" (writer: encode + pack + write).
+//       stores: DIR/fp16 and DIR/u8, and DIR/fp16-v1 in format version 1 (zstd records). --dump
+//       also writes the same labels for bench/store_reference.py (little-endian: int32 indices
+//       [I,N,k], float32 values [I,N,k], float32 normalized crops (top, left, height, width)
+//       [I,N,4], uint8 flips [I,N]) so the reference layout holds exactly the same labels. Prints:
+//       "write PREC BYTES_PER_CROP RECORDS_PER_S" (writer: encode + pack + write).
 //   read DIR [--rounds 40] [--reads 1000]
 //       Decodes random records (every crop's indices and values) of the page-cached store.
 //       Prints: "read RECORDS_PER_S CROPS_PER_S" and "derive US_PER_CROP" (deriving one
@@ -65,14 +65,22 @@ Args parse(int argc, char** argv) {
     const std::string o = argv[i];
     FKD_CHECK(i + 1 < argc, ConfigError, "{} needs a value", o);
     const std::string v = argv[++i];
-    if (o == "--classes") a.classes = std::stoi(v);
-    else if (o == "--images") a.images = std::stoi(v);
-    else if (o == "--crops") a.crops = std::stoi(v);
-    else if (o == "--k") a.k = std::stoi(v);
-    else if (o == "--rounds") a.rounds = std::stoi(v);
-    else if (o == "--reads") a.reads = std::stoi(v);
-    else if (o == "--dump") a.dump = v;
-    else fail<ConfigError>("unknown option {}", o);
+    if (o == "--classes")
+      a.classes = std::stoi(v);
+    else if (o == "--images")
+      a.images = std::stoi(v);
+    else if (o == "--crops")
+      a.crops = std::stoi(v);
+    else if (o == "--k")
+      a.k = std::stoi(v);
+    else if (o == "--rounds")
+      a.rounds = std::stoi(v);
+    else if (o == "--reads")
+      a.reads = std::stoi(v);
+    else if (o == "--dump")
+      a.dump = v;
+    else
+      fail<ConfigError>("unknown option {}", o);
   }
   return a;
 }
@@ -123,22 +131,28 @@ int write(const Args& a) {
       for (double& x : logit) sum += (x = std::exp(x - mx));
       for (int j = 0; j < C; ++j) p[size_t(j)] = float(logit[size_t(j)] / sum);
       quantize_crop(p.data(), C, LabelType::kMarginalSmoothing, K,
-                    l.indices.data() + size_t(c) * size_t(K), l.values.data() + size_t(c) * size_t(K));
+                    l.indices.data() + size_t(c) * size_t(K),
+                    l.values.data() + size_t(c) * size_t(K));
       top1 += l.values[size_t(c) * size_t(K)];
       if (!a.dump.empty()) {
         const CropPlan cp =
             derive_label_crop(m16.crop, m16.seed, uint64_t(i), uint32_t(c), int(H), int(W));
-        coords.insert(coords.end(), {float(cp.box.top) / float(H), float(cp.box.left) / float(W),
-                                     float(cp.box.height) / float(H), float(cp.box.width) / float(W)});
+        coords.insert(coords.end(),
+                      {float(cp.box.top) / float(H), float(cp.box.left) / float(W),
+                       float(cp.box.height) / float(H), float(cp.box.width) / float(W)});
         flips.push_back(cp.flip ? 1 : 0);
       }
     }
   }
-  std::fprintf(stderr, "classes %d: mean top-1 probability %.3f\n", C, top1 / (double(a.images) * N));
+  std::fprintf(stderr, "classes %d: mean top-1 probability %.3f\n", C,
+               top1 / (double(a.images) * N));
   if (!a.dump.empty()) {
     std::ofstream f(a.dump, std::ios::binary);
-    for (const auto& l : labels) f.write(reinterpret_cast<const char*>(l.indices.data()), std::streamsize(l.indices.size() * 4));
-    for (const auto& l : labels) f.write(reinterpret_cast<const char*>(l.values.data()), std::streamsize(l.values.size() * 4));
+    for (const auto& l : labels)
+      f.write(reinterpret_cast<const char*>(l.indices.data()),
+              std::streamsize(l.indices.size() * 4));
+    for (const auto& l : labels)
+      f.write(reinterpret_cast<const char*>(l.values.data()), std::streamsize(l.values.size() * 4));
     f.write(reinterpret_cast<const char*>(coords.data()), std::streamsize(coords.size() * 4));
     f.write(reinterpret_cast<const char*>(flips.data()), std::streamsize(flips.size()));
     FKD_CHECK(f.good(), IoError, "{}: cannot write", a.dump);

@@ -7,15 +7,15 @@
 //
 // Build (clang): CXX=clang++ cmake -S . -B build-fuzz -DFKD_FUZZ=ON -DFKD_BUILD_TESTS=OFF
 //                  -DFKD_BUILD_BENCH=OFF && cmake --build build-fuzz --target fuzz_shard_reader
-// Run:           mkdir -p /tmp/fkd-fuzz && build-fuzz/fuzz/fuzz_shard_reader /tmp/fkd-fuzz fuzz/corpus
-// (the seeds in fuzz/corpus are v1 shards written by tests/test_core_store.cpp).
+// Run:           mkdir -p /tmp/fkd-fuzz && build-fuzz/fuzz/fuzz_shard_reader /tmp/fkd-fuzz
+// fuzz/corpus (the seeds in fuzz/corpus are v1 shards written by tests/test_core_store.cpp).
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "fkd/error.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/shard.h"
 
 namespace {
 

@@ -209,6 +209,19 @@ TEST(Cli, InspectSummarizesPrintsAndDrawsAnImage) {
   const auto r = run_fkd("inspect " + store + " --data " + data + " --render 4 " + png);
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_EQ(fkd::test::read_file(png).substr(0, 4), "\x89PNG");
+  {
+    // A full disk (ulimit -f: 2 blocks) while replacing the picture: one line naming it,
+    // the previous picture kept whole, no temporary file left.
+    const std::string before = fkd::test::read_file(png);
+    const auto full =
+        run_command("trap '' XFSZ; ulimit -f 2; FKD_PROGRESS=plain " + fkd_bin() + " inspect " +
+                    store + " --data " + data + " --render 5 " + png + " 2>&1");
+    EXPECT_EQ(full.status, 1) << full.out;
+    EXPECT_EQ(full.out, "fkd: error: " + png + ": cannot write: File too large\n");
+    EXPECT_EQ(fkd::test::read_file(png), before);
+    EXPECT_EQ(fkd::test::list_dir(d.path()),
+              (std::vector<std::string>{"data", "four.png", "store", "t.pt"}));
+  }
   // A store whose labeling stopped: how far it came, and no reading of records.
   const std::string shard = store + "/shard-00000-of-00001.fkdl";
   std::filesystem::rename(shard, shard + ".partial");  // all blocks there, not finished

@@ -597,6 +597,19 @@ TEST(ToFloatChw, OneConverterServesManyImagesExactly) {
   EXPECT_THROW(ChwConverter(Normalize{}, 2), ConfigError);
 }
 
+TEST(Decode, HugeClaimedSizeIsRefusedWithoutOverflow) {
+  // A TIFF whose header claims 4043309056 x 4143972361 pixels: the size check once
+  // multiplied the two and overflowed (found by fuzz_image_decode; kept in its corpus).
+  const std::string bytes =
+      test::read_file(test::source_path("fuzz/corpus-image/tiff-size-overflow.tif"));
+  try {
+    decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), 0, "big.tif");
+    FAIL() << "expected DataError";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("big.tif"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ParseInterp, Names) {
   EXPECT_EQ(parse_interp("bilinear"), Interp::kBilinear);
   EXPECT_EQ(parse_interp("bicubic"), Interp::kBicubic);

@@ -18,7 +18,6 @@
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
-#include "fkd/hash.h"
 #include "fkd/image.h"
 #include "fkd/loader.h"
 #include "fkd/replay.h"

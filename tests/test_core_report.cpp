@@ -1,13 +1,11 @@
 // Report charts (plot.h): nice axis ticks on many ranges, the SVG line chart's structure,
-// geometry and escaping (and that a real XML parser accepts it), its errors, and the atomic
-// text writer.
+// geometry and escaping (and that a real XML parser accepts it), and its errors.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <filesystem>
 #include <limits>
 #include <random>
 #include <regex>
@@ -22,8 +20,6 @@
 
 namespace fkd {
 namespace {
-
-namespace fs = std::filesystem;
 
 // --- helpers ---------------------------------------------------------------------------
 
@@ -402,7 +398,7 @@ TEST(LinePlotSvg, PythonXmlParserAcceptsIt) {
   runs.push_back({"a<b & c \"q\" 'r' \x02 \xc3\xa9t\xc3\xa9", {0, 40}, {50, 60}});
   PlotOptions o = accuracy_options();
   o.title = "<accuracy> & \"time\"";
-  write_text_file_atomic(path, render_line_plot_svg(runs, o));
+  test::write_file(path, render_line_plot_svg(runs, o));
   const std::string script =
       "import sys, xml.etree.ElementTree as ET\n"
       "ns = '{http://www.w3.org/2000/svg}'\n"
@@ -428,37 +424,6 @@ TEST(LinePlotSvg, PythonXmlParserAcceptsIt) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "python3 rejected " << path << " (see stderr above)";
 }
 
-// --- write_text_file_atomic ----------------------------------------------------------------
-
-TEST(WriteTextFileAtomic, WritesAndReplaces) {
-  test::TempDir dir;
-  const std::string path = dir.file("report.svg");
-  write_text_file_atomic(path, "first version\n");
-  EXPECT_EQ(test::read_file(path), "first version\n");
-  write_text_file_atomic(path, "second");
-  EXPECT_EQ(test::read_file(path), "second");
-  write_text_file_atomic(path, "");
-  EXPECT_EQ(test::read_file(path), "");
-  EXPECT_FALSE(fs::exists(path + ".tmp"));
-  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), 1);
-}
-
-TEST(WriteTextFileAtomic, FailureNamesTheFile) {
-  test::TempDir dir;
-  const std::string path = dir.file("missing-dir/report.svg");
-  try {
-    write_text_file_atomic(path, "x");
-    FAIL() << "no error writing into a missing directory";
-  } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
-  }
-  // A directory in the way of the rename: the temporary file is cleaned up.
-  const std::string blocked = dir.file("blocked");
-  fs::create_directories(blocked + "/child");
-  EXPECT_THROW(write_text_file_atomic(blocked, "x"), IoError);
-  EXPECT_FALSE(fs::exists(blocked + ".tmp"));
-}
-
 // --- progress ------------------------------------------------------------------------
 
 TEST(Progress, NoEstimateBeforeThereIsARateToBaseItOn) {
@@ -479,6 +444,5 @@ TEST(Progress, NoEstimateBeforeThereIsARateToBaseItOn) {
   EXPECT_EQ(format_duration(-1), "?");
   unsetenv("FKD_PROGRESS");
 }
-
 }  // namespace
 }  // namespace fkd

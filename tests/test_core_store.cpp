@@ -2,27 +2,31 @@
 // type and precision, a table of corrupt stores, crash/resume of the writer, sharding and
 // merging, the crop hash, and the committed v1 seed shards (golden files).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
-#include <atomic>
 #include <random>
 #include <regex>
 #include <set>
 #include <thread>
+#include <utility>
 
-#include <nlohmann/json.hpp>
 #include <xxhash.h>
+#include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
 #include "fkd/rng.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard_file.h"
 #include "testutil.h"
 
 namespace fkd {
@@ -150,7 +154,8 @@ void expect_same(const ImageLabels& a, const ImageLabels& b, const std::string& 
 
 using LabelFn = ImageLabels (*)(const Manifest&, uint64_t);
 
-void write_shard(const std::string& dir, const Manifest& m, uint32_t shard, LabelFn labels = make_labels) {
+void write_shard(const std::string& dir, const Manifest& m, uint32_t shard,
+                 LabelFn labels = make_labels) {
   ShardWriter w(dir, m, shard);
   for (uint64_t i = w.next_image(); i < shard_range(m.num_images, shard, m.num_shards).second; ++i)
     w.append(i, labels(m, i));
@@ -173,7 +178,8 @@ const LabelType kAllTypes[] = {LabelType::kHard, LabelType::kSmoothing,
 const Precision kAllPrecisions[] = {Precision::kFp32, Precision::kFp16, Precision::kU8};
 
 int k_for(LabelType t, int C) {
-  return (t == LabelType::kMarginalSmoothing || t == LabelType::kMarginalRenorm) ? std::min(5, C) : 1;
+  return (t == LabelType::kMarginalSmoothing || t == LabelType::kMarginalRenorm) ? std::min(5, C)
+                                                                                 : 1;
 }
 
 // --- names, rounding, quantization, recovery --------------------------------------------
@@ -211,15 +217,15 @@ TEST(StoreHalf, HandValues) {
   EXPECT_EQ(float_to_half(65520.0f), 0x7c00);  // tie rounds to even: infinity
   EXPECT_EQ(float_to_half(INFINITY), 0x7c00);
   EXPECT_EQ(float_to_half(-0.0f), 0x8000);
-  EXPECT_EQ(float_to_half(0x1p-24f), 0x0001);        // smallest subnormal
-  EXPECT_EQ(float_to_half(0x1p-25f), 0x0000);        // tie to even: zero
-  EXPECT_EQ(float_to_half(0x1.8p-25f), 0x0001);      // above the tie
-  EXPECT_EQ(float_to_half(0x1.8p-24f), 0x0002);      // 1.5 ulp: tie to even 2
-  EXPECT_EQ(float_to_half(0x1p-14f), 0x0400);        // smallest normal
-  EXPECT_EQ(float_to_half(0x1.ff8p-15f), 0x03ff);    // largest subnormal
-  EXPECT_EQ(float_to_half(0x1.ffbp-15f), 0x03ff);    // below the midpoint
-  EXPECT_EQ(float_to_half(0x1.ffcp-15f), 0x0400);    // midpoint: even, the smallest normal
-  EXPECT_EQ(float_to_half(1.0f + 0x1p-11f), 0x3c00);  // tie, even stays
+  EXPECT_EQ(float_to_half(0x1p-24f), 0x0001);           // smallest subnormal
+  EXPECT_EQ(float_to_half(0x1p-25f), 0x0000);           // tie to even: zero
+  EXPECT_EQ(float_to_half(0x1.8p-25f), 0x0001);         // above the tie
+  EXPECT_EQ(float_to_half(0x1.8p-24f), 0x0002);         // 1.5 ulp: tie to even 2
+  EXPECT_EQ(float_to_half(0x1p-14f), 0x0400);           // smallest normal
+  EXPECT_EQ(float_to_half(0x1.ff8p-15f), 0x03ff);       // largest subnormal
+  EXPECT_EQ(float_to_half(0x1.ffbp-15f), 0x03ff);       // below the midpoint
+  EXPECT_EQ(float_to_half(0x1.ffcp-15f), 0x0400);       // midpoint: even, the smallest normal
+  EXPECT_EQ(float_to_half(1.0f + 0x1p-11f), 0x3c00);    // tie, even stays
   EXPECT_EQ(float_to_half(1.0f + 0x1.8p-10f), 0x3c02);  // tie, odd rounds up
   EXPECT_TRUE(std::isnan(store::half_to_float(float_to_half(NAN))));
   EXPECT_EQ(store::half_to_float(0x0001), 0x1p-24f);
@@ -378,17 +384,21 @@ TEST(StoreRoundTrip, EveryLabelTypeAndPrecision) {
         for (uint64_t i = 0; i < 5; ++i) {
           const ImageLabels want = rounded(m, make_labels(m, i));
           r.read(i, got);
-          const std::string what = fmt::format("v{} {} {} image {}", version, label_type_name(t), precision_name(p), i);
+          const std::string what =
+              fmt::format("v{} {} {} image {}", version, label_type_name(t), precision_name(p), i);
           expect_same(got, want, what);
           for (uint32_t c = 0; c < m.crops_per_image; ++c) {
-            recover_dense(t, m.k, C, got.indices.data() + c * size_t(ni), got.values.data() + c * size_t(nv), a.data());
-            recover_dense(t, m.k, C, want.indices.data() + c * size_t(ni), want.values.data() + c * size_t(nv), b.data());
+            recover_dense(t, m.k, C, got.indices.data() + c * size_t(ni),
+                          got.values.data() + c * size_t(nv), a.data());
+            recover_dense(t, m.k, C, want.indices.data() + c * size_t(ni),
+                          want.values.data() + c * size_t(nv), b.data());
             ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << what;
           }
           if (t == LabelType::kFull && p == Precision::kFp32) {
             for (uint32_t c = 0; c < m.crops_per_image; ++c) {
               const auto probs = crop_probs(i, c, C);
-              ASSERT_EQ(0, std::memcmp(probs.data(), got.values.data() + c * size_t(C), size_t(C) * 4));
+              ASSERT_EQ(
+                  0, std::memcmp(probs.data(), got.values.data() + c * size_t(C), size_t(C) * 4));
             }
           }
         }
@@ -524,15 +534,18 @@ TEST(StoreCorrupt, ValueCodeOutOfRangeIsNamedWhereverItIs) {
           ImageLabels l = blank_labels(f, 5);
           for (uint32_t c = 0; c < f.crops_per_image; ++c) {
             for (int r = 0; r < f.n_idx(); ++r) l.indices.push_back(r);
-            for (int r = 0; r < f.n_val(); ++r) l.values.push_back(round_to_precision(0.5f / float(1 + r), p));
+            for (int r = 0; r < f.n_val(); ++r)
+              l.values.push_back(round_to_precision(0.5f / float(1 + r), p));
           }
           std::vector<uint8_t> raw;
           std::vector<size_t> sections;
           store::encode_record(f, l, raw, sections);
           // Rank 0 of `crop` in each byte plane (the value planes end the record). Rank 0 is
           // stored as is; the ranks below it (delta) decode to smaller codes.
-          const size_t S = size_t(f.value_bytes()), count = size_t(f.crops_per_image) * size_t(f.n_val());
-          for (size_t b = 0; b < S; ++b) raw[raw.size() - (S - b) * count + crop] = uint8_t(bad >> (8 * b));
+          const size_t S = size_t(f.value_bytes()),
+                       count = size_t(f.crops_per_image) * size_t(f.n_val());
+          for (size_t b = 0; b < S; ++b)
+            raw[raw.size() - (S - b) * count + crop] = uint8_t(bad >> (8 * b));
           ImageLabels got;
           const std::string name = "memory";
           std::string msg;
@@ -543,7 +556,8 @@ TEST(StoreCorrupt, ValueCodeOutOfRangeIsNamedWhereverItIs) {
           }
           SCOPED_TRACE(fmt::format("{} {} crop {}", label_type_name(t), precision_name(p), crop));
           EXPECT_NE(msg.find(fmt::format("value code 0x{:x} is not a probability", bad)),
-                    std::string::npos) << msg;
+                    std::string::npos)
+              << msg;
         }
       }
     }
@@ -614,7 +628,7 @@ TEST(StoreManifest, WriteReadCompare) {
   o.temperature = 1;
   o.k = 5;
   o.classes[3] = "dog";
-  o.num_shards = 1;       // not a difference
+  o.num_shards = 1;        // not a difference
   o.teacher = "other.pt";  // not a difference
   const auto d = manifest_differences(m, o);
   ASSERT_EQ(d.size(), 3u);
@@ -623,7 +637,8 @@ TEST(StoreManifest, WriteReadCompare) {
   EXPECT_EQ(d[2], "k (3 vs 5)");
   o = m;
   o.mean = {1.f};
-  EXPECT_EQ(manifest_differences(m, o), std::vector<std::string>{"mean ([0.5, 0.25, 0.125] vs [1])"});
+  EXPECT_EQ(manifest_differences(m, o),
+            std::vector<std::string>{"mean ([0.5, 0.25, 0.125] vs [1])"});
 
   Manifest bad = m;
   bad.k = 11;
@@ -631,6 +646,53 @@ TEST(StoreManifest, WriteReadCompare) {
   bad = m;
   bad.crop.flip = 2;
   EXPECT_THROW(write_manifest(dir.path(), bad), ConfigError);
+}
+
+template <typename F>
+std::string io_error_of(F&& f) {
+  return test::error_message<IoError>(std::forward<F>(f));
+}
+
+TEST(StoreManifest, FullDiskKeepsThePreviousManifest) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 10, 7, 100, 4);
+  write_manifest(dir.path(), m);
+  const std::string before = read_file(dir.file("manifest.json"));
+  Manifest bigger = m;
+  for (int c = 0; c < 200; ++c) bigger.classes.push_back("another class " + std::to_string(c));
+  std::string msg;
+  {
+    test::FileSizeLimit limit(before.size());
+    msg = io_error_of([&] { write_manifest(dir.path(), bigger); });
+  }
+  // One line naming manifest.json itself, the old manifest intact, nothing left behind.
+  EXPECT_EQ(msg, dir.file("manifest.json") + ": cannot write: File too large");
+  EXPECT_EQ(read_file(dir.file("manifest.json")), before);
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"manifest.json"});
+}
+
+TEST(StoreManifest, ConcurrentWritersNeverTearIt) {
+  // Shards labeled by several processes at once each write the same manifest.
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 300, 7, 100, 4);
+  write_manifest(dir.path(), m);
+  std::atomic<int> errors{0};
+  auto writer = [&] {
+    for (int i = 0; i < 100; ++i) {
+      try {
+        write_manifest(dir.path(), m);
+        read_manifest(dir.path());
+      } catch (const Error&) {
+        ++errors;
+      }
+    }
+  };
+  std::thread a(writer), b(writer);
+  a.join();
+  b.join();
+  EXPECT_EQ(errors, 0);
+  EXPECT_TRUE(manifest_differences(read_manifest(dir.path()), m).empty());
+  EXPECT_EQ(test::list_dir(dir.path()), std::vector<std::string>{"manifest.json"});
 }
 
 TEST(StoreManifest, RandomCropSampler) {
@@ -724,7 +786,8 @@ TEST(StoreCrops, RandomCropSamplerIsTorchvisionRandomCrop) {
   const Manifest r = make_manifest(LabelType::kHard, 1, Precision::kFp16, 10, 5, 4);
   const CropPlan a = derive_label_crop(r.crop, r.seed, 2, 1, 41, 77);
   Rng rr(r.seed, RngStream::kLabelCrops, {2, 1});
-  const PixelBox b = sample_random_resized_crop(rr, 41, 77, r.crop.scale.data(), r.crop.ratio.data());
+  const PixelBox b =
+      sample_random_resized_crop(rr, 41, 77, r.crop.scale.data(), r.crop.ratio.data());
   EXPECT_EQ(a.box.left, b.left);
   EXPECT_EQ(a.box.top, b.top);
   EXPECT_EQ(a.box.width, b.width);
@@ -851,87 +914,195 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
   auto shard = [&](const std::string& dir, const std::string& s) { return dir + "/" + s; };
 
   const std::vector<Corruption> table = {
-      {"bad magic", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b.replace(0, 8, "NOTLABEL"); }); },
+      {"bad magic",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) { b.replace(0, 8, "NOTLABEL"); });
+       },
        {s0, "offset 0", "expected magic 'FKDLABEL', found 'NOTLABEL'"}},
-      {"future version", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 3; reseal_header(b); }); },
+      {"future version",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           b[8] = 3;
+           reseal_header(b);
+         });
+       },
        {s0, "format version 3 is newer than this fkd supports (2)"}},
-      {"version zero", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
+      {"version zero",
+       [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
        {s0, "expected format version 2, found 0"}},
-      {"header checksum", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
+      {"header checksum",
+       [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
        {s1, "offset 120", "header checksum mismatch"}},
-      {"unknown label type byte", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[56] = 9; reseal_header(b); }); },
+      {"unknown label type byte",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           b[56] = 9;
+           reseal_header(b);
+         });
+       },
        {s0, "offset 56", "unknown label type 9"}},
-      {"unknown precision byte", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[57] = 3; reseal_header(b); }); },
+      {"unknown precision byte",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           b[57] = 3;
+           reseal_header(b);
+         });
+       },
        {s0, "offset 57", "unknown precision 3"}},
-      {"empty shard file", [&](const std::string& d) { write_file(shard(d, s1), ""); },
+      {"empty shard file",
+       [&](const std::string& d) { write_file(shard(d, s1), ""); },
        {s1, "found a 0-byte file"}},
-      {"truncated block", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b.resize(b.size() / 2); }); },
+      {"truncated block",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) { b.resize(b.size() / 2); });
+       },
        {s0, "footer missing"}},
-      {"footer missing", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b.resize(b.size() - 32); }); },
+      {"footer missing",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) { b.resize(b.size() - 32); });
+       },
        {s1, "footer missing", "'FKDL_END'"}},
-      {"count larger than file", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
-         store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 24]), 1ull << 40); }); },
+      {"count larger than file",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 24]), 1ull << 40);
+         });
+       },
        {s0, "index of 1099511627776 entries", "does not fit"}},
-      {"count disagrees with header", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
-         store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 24]), 1); }); },
+      {"count disagrees with header",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           store::store_u64(reinterpret_cast<uint8_t*>(&b[b.size() - 24]), 1);
+         });
+       },
        {s0, "expected 2 index entries", "found 1"}},
-      {"index checksum", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[footer_u64(b, 0) + 9] ^= 4; }); },
+      {"index checksum",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) { b[footer_u64(b, 0) + 9] ^= 4; });
+       },
        {s1, "index checksum mismatch"}},
-      {"index pointing past the end", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
-         store::store_u64(reinterpret_cast<uint8_t*>(&b[footer_u64(b, 0)]), 1ull << 40); reseal_index(b); }); },
+      {"index pointing past the end",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           store::store_u64(reinterpret_cast<uint8_t*>(&b[footer_u64(b, 0)]), 1ull << 40);
+           reseal_index(b);
+         });
+       },
        {s0, "expected block offset 128, found 1099511627776"}},
-      {"block size past the index", [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) {
-         const uint64_t last = footer_u64(b, 0) + 24;  // image 1's entry
-         store::store_u32(reinterpret_cast<uint8_t*>(&b[last + 8]), 100000); reseal_index(b); }); },
+      {"block size past the index",
+       [&](const std::string& d) {
+         edit_file(shard(d, s0), [](std::string& b) {
+           const uint64_t last = footer_u64(b, 0) + 24;  // image 1's entry
+           store::store_u32(reinterpret_cast<uint8_t*>(&b[last + 8]), 100000);
+           reseal_index(b);
+         });
+       },
        {s0, "index entry of image 1", "payload"}},
-      {"flipped checksum byte in a record", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
-         const uint64_t off = store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + footer_u64(b, 0) + 24);
-         b[off + 40] ^= 0x10; }); },
-       {s1, "block of image 3", "checksum mismatch", "the record is corrupt"}, 3},
-      {"block header disagrees with index", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
-         b[128 + 16] = 7; }); },
-       {s1, "offset 128", "expected image 2", "found image 7"}, 2},
-      {"resealed garbage payload", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
-         for (size_t i = 128 + 32; i < 128 + 40; ++i) b[i] = char(0xff);
-         reseal_block(b, 0); }); },
-       {s1, "image 2 (block at offset 128)", "image size 4294967295x4294967295 is not positive"}, 2},
-      {"packed record marked as zstd", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
-         b[128 + 28] = 0; reseal_block(b, 0); }); },
-       {s1, "image 2 (block at offset 128)", "zstd"}, 2},
-      {"unknown codec", [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) {
-         b[128 + 28] = 7; reseal_block(b, 0); }); },
-       {s1, "offset 156", "block of image 2", "unknown codec 7"}, 2},
-      {"manifest k differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = 2; }); },
+      {"flipped checksum byte in a record",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) {
+           const uint64_t off =
+               store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + footer_u64(b, 0) + 24);
+           b[off + 40] ^= 0x10;
+         });
+       },
+       {s1, "block of image 3", "checksum mismatch", "the record is corrupt"},
+       3},
+      {"block header disagrees with index",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) { b[128 + 16] = 7; });
+       },
+       {s1, "offset 128", "expected image 2", "found image 7"},
+       2},
+      {"resealed garbage payload",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) {
+           for (size_t i = 128 + 32; i < 128 + 40; ++i) b[i] = char(0xff);
+           reseal_block(b, 0);
+         });
+       },
+       {s1, "image 2 (block at offset 128)", "image size 4294967295x4294967295 is not positive"},
+       2},
+      {"packed record marked as zstd",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) {
+           b[128 + 28] = 0;
+           reseal_block(b, 0);
+         });
+       },
+       {s1, "image 2 (block at offset 128)", "zstd"},
+       2},
+      {"unknown codec",
+       [&](const std::string& d) {
+         edit_file(shard(d, s1), [](std::string& b) {
+           b[128 + 28] = 7;
+           reseal_block(b, 0);
+         });
+       },
+       {s1, "offset 156", "block of image 2", "unknown codec 7"},
+       2},
+      {"manifest k differs",
+       [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = 2; }); },
        {s0, "header says k = 3, manifest.json says 2"}},
-      {"manifest crops_per_image differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["crops_per_image"] = 5; }); },
+      {"manifest crops_per_image differs",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["crops_per_image"] = 5; });
+       },
        {s0, "crops_per_image = 4, manifest.json says 5"}},
-      {"manifest teacher differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["teacher_hash"] = "ff"; }); },
+      {"manifest teacher differs",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["teacher_hash"] = "ff"; });
+       },
        {s0, "store key"}},
-      {"manifest num_shards differs", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["num_shards"] = 3; }); },
+      {"manifest num_shards differs",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["num_shards"] = 3; });
+       },
        {shard_file_name(0, 3), "missing shard 0 of 3"}},
-      {"missing shard", [&](const std::string& d) { fs::remove(shard(d, s1)); },
+      {"missing shard",
+       [&](const std::string& d) { fs::remove(shard(d, s1)); },
        {s1, "missing shard 1 of 2"}},
-      {".partial only", [&](const std::string& d) { fs::rename(shard(d, s1), shard(d, s1) + ".partial"); },
+      {".partial only",
+       [&](const std::string& d) { fs::rename(shard(d, s1), shard(d, s1) + ".partial"); },
        {s1, "unfinished", ".partial"}},
-      {"manifest missing required key", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j.erase("k"); }); },
+      {"manifest missing required key",
+       [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j.erase("k"); }); },
        {"manifest.json", "missing required key 'k'"}},
-      {"manifest future version", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["version"] = 3; j.erase("k"); }); },
+      {"manifest future version",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) {
+           j["version"] = 3;
+           j.erase("k");
+         });
+       },
        {"manifest.json", "version 3 is newer than this fkd supports (2)"}},
-      {"manifest wrong type", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
+      {"manifest wrong type",
+       [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
        {"manifest.json", "key 'k': expected an integer, found string"}},
-      {"manifest unknown label type", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["label_type"] = "soft"; }); },
+      {"manifest unknown label type",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["label_type"] = "soft"; });
+       },
        {"manifest.json", "unknown label type 'soft'"}},
-      {"manifest value out of range", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["flip_prob"] = 1.5; }); },
+      {"manifest value out of range",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["flip_prob"] = 1.5; });
+       },
        {"manifest.json", "flip_prob: 1.5 is not in [0, 1]"}},
-      {"manifest not a store", [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["format"] = "other"; }); },
+      {"manifest not a store",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["format"] = "other"; });
+       },
        {"manifest.json", "key 'format'"}},
-      {"manifest not JSON", [&](const std::string& d) { write_file(d + "/manifest.json", "{\"format\": "); },
+      {"manifest not JSON",
+       [&](const std::string& d) { write_file(d + "/manifest.json", "{\"format\": "); },
        {"manifest.json", "not valid JSON"}},
   };
   for (const Corruption& c : table) {
     SCOPED_TRACE(c.name);
     TempDir dir;
-    fs::copy(base.path(), dir.path(), fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+    fs::copy(base.path(), dir.path(),
+             fs::copy_options::recursive | fs::copy_options::overwrite_existing);
     c.apply(dir.path());
     std::string msg;
     try {
@@ -947,7 +1118,8 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
       msg = e.what();
     }
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    for (const auto& s : c.expect) EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
+    for (const auto& s : c.expect)
+      EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
   }
 }
 
@@ -996,13 +1168,15 @@ TEST(StoreCorrupt, PackedRecordsOnlyWhereTheFormatAllowsThem) {
   }
   write_manifest(dir.path(), m);
   const std::string b = read_file(shard_path(dir.path(), 0, 1));
-  const uint64_t second = store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + footer_u64(b, 0) + 24);
+  const uint64_t second =
+      store::load_u64(reinterpret_cast<const uint8_t*>(b.data()) + footer_u64(b, 0) + 24);
   EXPECT_EQ(b[128 + 28], 1);
   EXPECT_EQ(b[second + 28], 0);
 }
 
 /// A packed record of 4 crops, smoothing labels (one index, one fp16 value) over 3 classes.
-std::string packed_record(const std::string& dictionary, const std::string& positions, const std::string& values) {
+std::string packed_record(const std::string& dictionary, const std::string& positions,
+                          const std::string& values) {
   std::string r(16, '\0');
   store::store_u32(reinterpret_cast<uint8_t*>(&r[0]), 8);   // height
   store::store_u32(reinterpret_cast<uint8_t*>(&r[4]), 9);   // width
@@ -1043,19 +1217,40 @@ TEST(StoreCorrupt, TableOfHandcraftedPackedRecords) {
     const char* error;
   };
   const std::vector<Bad> table = {
-      {"dictionary size 0", packed_record(std::string("\x00", 1), zero_plane, halves), "dictionary size 0 is not in [1, 3]"},
-      {"dictionary id past the classes", packed_record(std::string("\x01\x03", 2), zero_plane, halves), "class id 3 out of range [0, 3)"},
-      {"dictionary order repeated", packed_record(std::string("\x02\x00\x01\x00", 4), zero_plane, halves), "dictionary order entry 1: 0 is past 2 entries or repeated"},
-      {"width above 32", packed_record(dict1, zero_plane, std::string("\x21\x00", 2)), "width 33 is more than 32"},
-      {"more exceptions than values", packed_record(dict1, std::string("\x00\x05", 2), halves), "5 exceptions for 4 values"},
-      {"exceptions out of order", packed_record(dict2, std::string("\x00\x02\x01\x06\x03", 5), halves), "exception 1 at value 1 is out of order"},
-      {"exception width above 32 - w", packed_record(dict2, std::string("\x00\x01\x21\x01\x01", 5), halves), "exception width 33 is not in [1, 1]"},
-      {"positions wider than the dictionary", packed_record(dict1, std::string("\x01\x00\x01\x00\x00\x00", 6), halves), "width 1 is more than 0"},
-      {"position past the dictionary", packed_record(std::string("\x03\x00\x00\x00\x24", 5), std::string("\x02\x00\x03\x00\x00\x00", 6), halves), "dictionary position 3 >= dictionary size 3"},
-      {"value above 1", packed_record(dict1, zero_plane, std::string("\x10\x00\x01\x3c\x00\x00\x00\x00\x00\x00", 10)), "value difference is larger than the value above it"},
-      {"truncated values", packed_record(dict1, zero_plane, halves.substr(0, 9)), "record truncated: values needs 8 bytes"},
+      {"dictionary size 0", packed_record(std::string("\x00", 1), zero_plane, halves),
+       "dictionary size 0 is not in [1, 3]"},
+      {"dictionary id past the classes",
+       packed_record(std::string("\x01\x03", 2), zero_plane, halves),
+       "class id 3 out of range [0, 3)"},
+      {"dictionary order repeated",
+       packed_record(std::string("\x02\x00\x01\x00", 4), zero_plane, halves),
+       "dictionary order entry 1: 0 is past 2 entries or repeated"},
+      {"width above 32", packed_record(dict1, zero_plane, std::string("\x21\x00", 2)),
+       "width 33 is more than 32"},
+      {"more exceptions than values", packed_record(dict1, std::string("\x00\x05", 2), halves),
+       "5 exceptions for 4 values"},
+      {"exceptions out of order",
+       packed_record(dict2, std::string("\x00\x02\x01\x06\x03", 5), halves),
+       "exception 1 at value 1 is out of order"},
+      {"exception width above 32 - w",
+       packed_record(dict2, std::string("\x00\x01\x21\x01\x01", 5), halves),
+       "exception width 33 is not in [1, 1]"},
+      {"positions wider than the dictionary",
+       packed_record(dict1, std::string("\x01\x00\x01\x00\x00\x00", 6), halves),
+       "width 1 is more than 0"},
+      {"position past the dictionary",
+       packed_record(std::string("\x03\x00\x00\x00\x24", 5),
+                     std::string("\x02\x00\x03\x00\x00\x00", 6), halves),
+       "dictionary position 3 >= dictionary size 3"},
+      {"value above 1",
+       packed_record(dict1, zero_plane,
+                     std::string("\x10\x00\x01\x3c\x00\x00\x00\x00\x00\x00", 10)),
+       "value difference is larger than the value above it"},
+      {"truncated values", packed_record(dict1, zero_plane, halves.substr(0, 9)),
+       "record truncated: values needs 8 bytes"},
       {"trailing byte", packed_record(dict1, zero_plane, halves + "x"), "1 trailing bytes"},
-      {"varint too long", packed_record(std::string("\x81\x80\x80\x80\x80\x01", 6), zero_plane, halves), "varint"},
+      {"varint too long",
+       packed_record(std::string("\x81\x80\x80\x80\x80\x01", 6), zero_plane, halves), "varint"},
   };
   for (const Bad& b : table) {
     SCOPED_TRACE(b.name);
@@ -1068,6 +1263,135 @@ TEST(StoreCorrupt, TableOfHandcraftedPackedRecords) {
       EXPECT_NE(msg.find(b.error), std::string::npos) << msg;
     }
   }
+}
+
+// --- verification ----------------------------------------------------------------------
+
+/// Offset of image `image`'s block in a shard file (from its index).
+uint64_t block_offset(const std::string& shard, uint64_t image) {
+  const std::string b = read_file(shard);
+  const auto v =
+      store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), shard);
+  return v.entry(image).offset;
+}
+
+/// Flips one bit of byte `at` of image `image`'s block (32: the first payload byte).
+void flip_in_block(const std::string& shard, uint64_t image, uint64_t at) {
+  const uint64_t off = block_offset(shard, image);
+  edit_file(shard, [&](std::string& b) { b[off + at] ^= 0x10; });
+}
+
+TEST(StoreVerify, IntactStoreIsOk) {
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 9, 3);
+  write_store(dir.path(), m);
+  const StoreVerification v = verify_store(dir.path());
+  EXPECT_TRUE(v.ok());
+  EXPECT_EQ(v.images, 9u);
+  EXPECT_EQ(v.records_checked, 9u);
+  EXPECT_TRUE(v.damaged_images().empty());
+}
+
+TEST(StoreVerify, ListsEveryDamagedRecordWithItsShardAndOffset) {
+  TempDir dir;
+  // 12 images over 3 shards of 4: [0, 4), [4, 8), [8, 12). Packed and zstd records both.
+  for (Precision p : {Precision::kFp16, Precision::kFp32}) {
+    SCOPED_TRACE(precision_name(p));
+    const std::string store = dir.file(precision_name(p));
+    const LabelType type = p == Precision::kFp32 ? LabelType::kFull : LabelType::kMarginalSmoothing;
+    const Manifest m = make_manifest(type, k_for(type, 10), p, 10, 6, 12, 3);
+    write_store(store, m);
+    const std::string s0 = shard_path(store, 0, 3), s1 = shard_path(store, 1, 3);
+    flip_in_block(s0, 1, 40);  // payload bytes
+    flip_in_block(s1, 5, 33);
+    flip_in_block(s1, 7, 50);
+    flip_in_block(s1, 6, 17);  // the block header's image id
+    const StoreVerification v = verify_store(store);
+    EXPECT_FALSE(v.ok());
+    EXPECT_TRUE(v.shards.empty());
+    EXPECT_EQ(v.records_checked, 12u);
+    ASSERT_EQ(v.records.size(), 4u);
+    const std::vector<std::pair<std::string, uint64_t>> want = {{s0, 1}, {s1, 5}, {s1, 6}, {s1, 7}};
+    for (size_t i = 0; i < want.size(); ++i) {
+      const auto& r = v.records[i];
+      EXPECT_EQ(r.shard, want[i].first) << i;
+      EXPECT_EQ(r.image, want[i].second) << i;
+      EXPECT_EQ(r.offset, block_offset(want[i].first, want[i].second)) << i;
+      EXPECT_EQ(r.problem.find('\n'), std::string::npos) << r.problem;
+      EXPECT_NE(r.problem.find(fmt::format("block of image {}", r.image)), std::string::npos)
+          << r.problem;
+    }
+    EXPECT_NE(v.records[0].problem.find("checksum mismatch"), std::string::npos);
+    EXPECT_NE(v.records[2].problem.find("disagrees with the index"), std::string::npos);
+    EXPECT_EQ(v.damaged_images(), (std::vector<uint64_t>{1, 5, 6, 7}));
+
+    // The reader stops at a damaged record with a line naming the shard, image and offset.
+    const StoreReader reader(store);
+    ImageLabels l;
+    reader.read(4, l);
+    try {
+      reader.read(5, l);
+      ADD_FAILURE() << "damaged record read";
+    } catch (const FormatError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind(fmt::format("{}: offset {}: block of image 5: checksum mismatch", s1,
+                                      block_offset(s1, 5)),
+                          0),
+                0u)
+          << msg;
+    }
+  }
+}
+
+TEST(StoreVerify, RecordWithAGoodChecksumButWrongCropsIsListed) {
+  // Resealed after the edit, so only the record's own checks can tell.
+  TempDir dir;
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 6, 1);
+  write_store(dir.path(), m);
+  const std::string shard = shard_path(dir.path(), 0, 1);
+  const uint64_t off = block_offset(shard, 2);
+  edit_file(shard, [&](std::string& b) {
+    ASSERT_EQ(store::load_u32(reinterpret_cast<const uint8_t*>(b.data()) + off + 28),
+              uint32_t(store::Codec::kPacked));
+    b[off + 32 + 8] ^= 1;  // the record header's crop hash
+    reseal_block(b, 2);
+  });
+  const StoreVerification v = verify_store(dir.path());
+  ASSERT_EQ(v.records.size(), 1u);
+  EXPECT_EQ(v.records[0].image, 2u);
+  EXPECT_EQ(v.records[0].offset, off);
+  EXPECT_NE(v.records[0].problem.find("crop hash"), std::string::npos) << v.records[0].problem;
+}
+
+TEST(StoreVerify, WholeShardProblemsAreListedWithTheirImages) {
+  TempDir dir;
+  const Manifest m =
+      make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 12, 4);
+  write_store(dir.path(), m);
+  const std::string s0 = shard_path(dir.path(), 0, 4), s2 = shard_path(dir.path(), 2, 4),
+                    s3 = shard_path(dir.path(), 3, 4);
+  fs::remove(s0);                                               // images [0, 3)
+  edit_file(s2, [](std::string& b) { b[b.size() - 3] ^= 1; });  // footer magic, [6, 9)
+  fs::rename(s3, s3 + ".partial");                              // unfinished, [9, 12)
+  flip_in_block(shard_path(dir.path(), 1, 4), 4, 40);           // one record of shard 1
+  const StoreVerification v = verify_store(dir.path());
+  EXPECT_EQ(v.records_checked, 3u);
+  ASSERT_EQ(v.shards.size(), 3u);
+  EXPECT_EQ(v.shards[0].shard, s0);
+  EXPECT_EQ(v.shards[0].index, 0u);
+  EXPECT_EQ(v.shards[0].image_begin, 0u);
+  EXPECT_EQ(v.shards[0].image_end, 3u);
+  EXPECT_NE(v.shards[0].problem.find("missing shard 0 of 4"), std::string::npos);
+  EXPECT_EQ(v.shards[1].shard, s2);
+  EXPECT_NE(v.shards[1].problem.find("footer missing"), std::string::npos) << v.shards[1].problem;
+  EXPECT_EQ(v.shards[2].shard, s3);
+  EXPECT_NE(v.shards[2].problem.find("unfinished"), std::string::npos) << v.shards[2].problem;
+  ASSERT_EQ(v.records.size(), 1u);
+  EXPECT_EQ(v.records[0].image, 4u);
+  EXPECT_EQ(v.damaged_images(), (std::vector<uint64_t>{0, 1, 2, 4, 6, 7, 8, 9, 10, 11}));
+  // A store without a readable manifest cannot be verified at all.
+  fs::remove(dir.file("manifest.json"));
+  EXPECT_THROW(verify_store(dir.path()), FormatError);
 }
 
 TEST(StoreCorrupt, RandomDamageNeverCrashes) {
@@ -1087,8 +1411,8 @@ TEST(StoreCorrupt, RandomDamageNeverCrashes) {
     if (it % 5 == 0) b.resize(gen() % b.size());
     const bool verify = it % 2 == 0;
     try {
-      const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "fuzz",
-                                             store::ParseOptions{verify});
+      const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(),
+                                             "fuzz", store::ParseOptions{verify});
       for (uint64_t i = v.header().image_begin; i < v.header().image_end; ++i) v.read(i, l);
       ++decoded;
     } catch (const Error&) {
@@ -1134,11 +1458,12 @@ TEST(StoreWriter, RejectsBadRecordsAndOrder) {
   ShardWriter again(dir.path(), m, 0);
   EXPECT_TRUE(again.finished());
   EXPECT_EQ(again.next_image(), 3u);
-  again.finish();  // no-op
+  again.finish();                                             // no-op
   EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), bytes);  // never modified
   Manifest other = m;
   other.seed = 1;
-  EXPECT_THROW(ShardWriter(dir.path(), other, 0), FormatError);  // a finished shard of another store
+  EXPECT_THROW(ShardWriter(dir.path(), other, 0),
+               FormatError);  // a finished shard of another store
   EXPECT_THROW(ShardWriter(dir.path(), m, 1), ConfigError);
 }
 
@@ -1212,7 +1537,8 @@ TEST(StoreWriter, CrashAndResumeGivesTheSameShardBytes) {
     EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), want);
   }
   {
-    SCOPED_TRACE("every image written, long garbage tail");  // the tail must be cut, not overwritten
+    SCOPED_TRACE(
+        "every image written, long garbage tail");  // the tail must be cut, not overwritten
     TempDir dir;
     write_manifest(dir.path(), m);
     {
@@ -1246,6 +1572,83 @@ TEST(StoreWriter, CrashAndResumeGivesTheSameShardBytes) {
   }
 }
 
+TEST(StoreWriter, FullDiskIsOneLineAndTheShardResumes) {
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 40, 10, 7);
+  TempDir ref;
+  write_store(ref.path(), m);
+  const std::string want = read_file(shard_path(ref.path(), 0, 1));
+
+  TempDir dir;
+  write_manifest(dir.path(), m);
+  const std::string partial = shard_path(dir.path(), 0, 1) + ".partial";
+  std::string msg;
+  {
+    test::FileSizeLimit limit(want.size() / 2);  // the disk fills half way through
+    try {
+      ShardWriter w(dir.path(), m, 0);
+      for (uint64_t i = w.next_image(); i < m.num_images; ++i) w.append(i, make_labels(m, i));
+      w.finish();
+      ADD_FAILURE() << "no error on a full disk";
+    } catch (const IoError& e) {
+      msg = e.what();
+    }
+  }
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  EXPECT_EQ(msg.rfind(partial + ": cannot write ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("File too large"), std::string::npos) << msg;
+  EXPECT_FALSE(fs::exists(shard_path(dir.path(), 0, 1)));
+  // Space freed: the same labeling resumes from the .partial's complete blocks.
+  ShardWriter w(dir.path(), m, 0);
+  EXPECT_GT(w.next_image(), 0u);
+  EXPECT_LT(w.next_image(), m.num_images);
+  for (uint64_t i = w.next_image(); i < m.num_images; ++i) w.append(i, make_labels(m, i));
+  w.finish();
+  EXPECT_EQ(read_file(shard_path(dir.path(), 0, 1)), want);
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  return test::error_message<Error>(std::forward<F>(f));
+}
+
+TEST(StoreReader, NonRegularShardFilesAreRefusedNotWaitedOn) {
+  // Opening a FIFO for reading waits for a writer: were it opened so, the alarm ends the test.
+  ::alarm(60);
+  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 3);
+  TempDir dir;
+  write_manifest(dir.path(), m);
+  const std::string shard = shard_path(dir.path(), 0, 1), partial = shard + ".partial";
+
+  fs::create_directory(shard);
+  EXPECT_EQ(error_of([&] { StoreReader r(dir.path()); }),
+            shard + ": is a directory, not a shard file");
+  EXPECT_EQ(error_of([&] { ShardWriter w(dir.path(), m, 0); }),
+            shard + ": is a directory, not a shard file");
+  fs::remove(shard);
+
+  ASSERT_EQ(::mkfifo(shard.c_str(), 0644), 0);
+  EXPECT_EQ(error_of([&] { StoreReader r(dir.path()); }), shard + ": is a FIFO, not a shard file");
+  EXPECT_EQ(error_of([&] { ShardWriter w(dir.path(), m, 0); }),
+            shard + ": is a FIFO, not a shard file");
+  fs::remove(shard);
+
+  // An unfinished shard's place: progress counts nothing there, the writer refuses it.
+  ASSERT_EQ(::mkfifo(partial.c_str(), 0644), 0);
+  const StoreProgress p = store_progress(dir.path());
+  EXPECT_TRUE(p.shards.at(0).started);
+  EXPECT_EQ(p.done, 0u);
+  EXPECT_EQ(error_of([&] { ShardWriter w(dir.path(), m, 0); }),
+            partial + ": is a FIFO, not a shard file");
+  fs::remove(partial);
+
+  // manifest.json in a FIFO's place.
+  fs::rename(dir.file("manifest.json"), dir.file("manifest.saved"));
+  ASSERT_EQ(::mkfifo(dir.file("manifest.json").c_str(), 0644), 0);
+  EXPECT_EQ(error_of([&] { read_manifest(dir.path()); }),
+            dir.file("manifest.json") + ": is a FIFO, not a regular file");
+  ::alarm(0);
+}
+
 // --- sharding and merging -------------------------------------------------------------------
 
 TEST(StoreMerge, ShardsPlusMergeEqualsSingleShardWrite) {
@@ -1264,7 +1667,8 @@ TEST(StoreMerge, ShardsPlusMergeEqualsSingleShardWrite) {
     expect_same(x, y, "image " + std::to_string(i));
   }
   merge_store(b.path(), merged.path() + "/out");
-  EXPECT_EQ(read_file(shard_path(merged.path() + "/out", 0, 1)), read_file(shard_path(a.path(), 0, 1)));
+  EXPECT_EQ(read_file(shard_path(merged.path() + "/out", 0, 1)),
+            read_file(shard_path(a.path(), 0, 1)));
   const Manifest mm = read_manifest(merged.path() + "/out");
   EXPECT_EQ(mm.num_shards, 1u);
   EXPECT_TRUE(manifest_differences(mm, one).empty());
@@ -1280,10 +1684,10 @@ TEST(StoreMerge, VersionOneStoreComesOutInTheCurrentVersion) {
   write_store(a.path(), old);
   merge_store(a.path(), merged.path() + "/out");
   const Manifest m = read_manifest(merged.path() + "/out");
-  EXPECT_EQ(m.version, int(store::kFormatVersion));
+  EXPECT_EQ(m.version, kStoreFormatVersion);
   EXPECT_EQ(m.num_shards, 1u);
   const std::string b = read_file(shard_path(merged.path() + "/out", 0, 1));
-  EXPECT_EQ(b[8], char(store::kFormatVersion));
+  EXPECT_EQ(b[8], char(kStoreFormatVersion));
   EXPECT_EQ(b[128 + 28], char(store::Codec::kPacked));
   StoreReader ra(a.path()), rm(merged.path() + "/out");
   ImageLabels x, y;
@@ -1310,7 +1714,8 @@ TEST(StoreMerge, MoreShardsThanImages) {
 }
 
 TEST(StoreReader, ConcurrentReadsAgree) {
-  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 50, 16, 12, 3);
+  const Manifest m =
+      make_manifest(LabelType::kMarginalSmoothing, 5, Precision::kFp16, 50, 16, 12, 3);
   TempDir dir;
   write_store(dir.path(), m);
   StoreReader r(dir.path());
@@ -1350,7 +1755,8 @@ const Seed kSeeds[] = {
     {1, "hard-u8", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
     {1, "full-fp16", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2},
     {2, "marginal_smoothing-fp16", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
-    {2, "marginal_smoothing-fp16-many", LabelType::kMarginalSmoothing, 10, Precision::kFp16, 40, 70, 2},
+    {2, "marginal_smoothing-fp16-many", LabelType::kMarginalSmoothing, 10, Precision::kFp16, 40, 70,
+     2},
     {2, "marginal_renorm-u8", LabelType::kMarginalRenorm, 2, Precision::kU8, 300, 5, 2},
     {2, "smoothing-fp32", LabelType::kSmoothing, 1, Precision::kFp32, 7, 4, 2},
     {2, "hard-u8", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
@@ -1367,7 +1773,7 @@ TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
     Manifest m = make_manifest(s.type, s.k, s.precision, s.classes, s.crops, s.images);
     m.version = s.version;
     const std::string golden = test::source_path("fuzz/corpus/" + file);
-    if (regenerate && s.version == int(store::kFormatVersion)) {
+    if (regenerate && s.version == kStoreFormatVersion) {
       TempDir dir;
       write_store(dir.path(), m, portable_labels);
       fs::create_directories(fs::path(golden).parent_path());
@@ -1375,7 +1781,8 @@ TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
     }
     ASSERT_TRUE(fs::exists(golden)) << golden;
     const std::string b = read_file(golden);
-    const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), golden);
+    const auto v =
+        store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), golden);
     EXPECT_EQ(v.header().version, uint32_t(s.version));
     EXPECT_EQ(v.header().store_key, store::store_key(m));
     ImageLabels l;
@@ -1390,7 +1797,8 @@ TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
 
 TEST(StoreProgress, CountsFinishedPartialAndMissingShards) {
   TempDir dir;
-  const Manifest m = make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 12, 4);
+  const Manifest m =
+      make_manifest(LabelType::kMarginalSmoothing, 3, Precision::kFp16, 10, 4, 12, 4);
   write_manifest(dir.path(), m);
   write_shard(dir.path(), m, 0);
   {  // shard 1: two records appended, then the writer stops (as a killed run leaves it)

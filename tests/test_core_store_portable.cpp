@@ -7,7 +7,7 @@
 #include <random>
 
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/shard_file.h"
 #include "testutil.h"
 
 using namespace fkd;
@@ -20,7 +20,9 @@ TEST(StorePortable, PackedRecordsRoundTrip) {
     store::RecordFormat f;
     f.label_type = LabelType(gen() % 4);  // every packable type
     f.num_classes = 1 + int(gen() % 300);
-    f.k = f.label_type >= LabelType::kMarginalSmoothing ? 1 + int(gen() % uint32_t(std::min(f.num_classes, 12))) : 1;
+    f.k = f.label_type >= LabelType::kMarginalSmoothing
+              ? 1 + int(gen() % uint32_t(std::min(f.num_classes, 12)))
+              : 1;
     f.precision = Precision(gen() % 3);
     f.crops_per_image = 1 + gen() % 300;
     ImageLabels l;
@@ -51,19 +53,22 @@ TEST(StorePortable, PackedRecordsRoundTrip) {
     ASSERT_EQ(got.indices, l.indices) << trial;
     ASSERT_EQ(got.values.size(), l.values.size()) << trial;
     for (size_t i = 0; i < l.values.size(); ++i) {
-      ASSERT_EQ(store::value_code(got.values[i], f.precision), store::value_code(l.values[i], f.precision))
+      ASSERT_EQ(store::value_code(got.values[i], f.precision),
+                store::value_code(l.values[i], f.precision))
           << trial << " value " << i;
     }
   }
 }
 
 TEST(StorePortable, GoldenShardsDecodeAndRepackToTheSameBytes) {
-  for (const char* file : {"v2-marginal_smoothing-fp16.fkdl", "v2-marginal_smoothing-fp16-many.fkdl",
-                           "v2-marginal_renorm-u8.fkdl", "v2-smoothing-fp32.fkdl", "v2-hard-u8.fkdl"}) {
+  for (const char* file :
+       {"v2-marginal_smoothing-fp16.fkdl", "v2-marginal_smoothing-fp16-many.fkdl",
+        "v2-marginal_renorm-u8.fkdl", "v2-smoothing-fp32.fkdl", "v2-hard-u8.fkdl"}) {
     SCOPED_TRACE(file);
     const std::string path = test::source_path(std::string("fuzz/corpus/") + file);
     const std::string b = test::read_file(path);
-    const auto v = store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), path);
+    const auto v =
+        store::ShardView::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), path);
     const store::RecordFormat f = store::record_format(v.header());
     ImageLabels l;
     std::vector<uint8_t> again;
@@ -73,7 +78,9 @@ TEST(StorePortable, GoldenShardsDecodeAndRepackToTheSameBytes) {
       const uint8_t* block = v.checked_block(i);
       ASSERT_EQ(store::load_u32(block + 28), uint32_t(store::Codec::kPacked));
       ASSERT_TRUE(store::encode_packed_record(f, l, again));
-      EXPECT_EQ(std::vector<uint8_t>(block + store::kBlockHeaderSize, block + store::kBlockHeaderSize + e.payload_size), again);
+      EXPECT_EQ(std::vector<uint8_t>(block + store::kBlockHeaderSize,
+                                     block + store::kBlockHeaderSize + e.payload_size),
+                again);
     }
   }
 }

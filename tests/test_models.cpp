@@ -12,6 +12,7 @@
 
 namespace {
 
+using fkd::test::error_message;
 using fkd::test::run_python;
 using fkd::test::TempDir;
 
@@ -63,20 +64,6 @@ torch::Tensor eval_logits(fkd::Net& net, const torch::Tensor& x) {
   torch::NoGradGuard no_grad;
   net.eval();
   return net.forward(x);
-}
-
-template <typename E, typename F>
-std::string error_message(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return {};
-  }
-  ADD_FAILURE() << "no exception thrown";
-  return {};
 }
 
 std::string shape_str(at::IntArrayRef sizes) {
@@ -413,8 +400,8 @@ TEST(Models, TorchScriptTeacher) {
   // PyTorch's own torch.save file (here of a tensor) gets the same advice.
   msg = error_message<fkd::FormatError>(
       [&] { fkd::load_torchscript_teacher(dir.file("input.pt"), torch::kCPU, true); });
-  EXPECT_NE(msg.find("torch.jit.trace(model.eval(), example_input).save(path)"),
-            std::string::npos) << msg;
+  EXPECT_NE(msg.find("torch.jit.trace(model.eval(), example_input).save(path)"), std::string::npos)
+      << msg;
 
   EXPECT_THROW(fkd::load_torchscript_teacher(dir.file("absent.pt"), torch::kCPU, false),
                fkd::IoError);

@@ -109,6 +109,55 @@ TEST(Train, ResumeEqualsUninterruptedRun) {
   EXPECT_DOUBLE_EQ(full.history.back().train_loss, resumed.history.back().train_loss);
 }
 
+TEST(Train, FullDiskWhileSavingACheckpointIsOneLineAndResumes) {
+  TempDir d;
+  const std::string out = d.file("run"), ckpt = out + "/checkpoint.pt";
+  const std::string fkd = "FKD_PROGRESS=off OMP_WAIT_POLICY=passive " +
+                          std::string(FKD_BINARY_DIR) +
+                          "/fkd train --data fashion-mnist --model tiny --limit-train 256 "
+                          "--limit-val 64 --batch-size 64 --epochs 2 --threads 1 --workers 1 "
+                          "--seed 3 --out " +
+                          out;
+  ASSERT_EQ(fkd::test::run_command(fkd + " --stop-after 1 >/dev/null 2>&1").status, 0);
+  const std::string saved = fkd::test::read_file(ckpt);
+  const std::vector<std::string> files = fkd::test::list_dir(out);
+
+  // The disk fills while epoch 2's checkpoint is written: a file size limit of 128 blocks
+  // (64 or 128 KiB by the shell), far below a checkpoint's size; write() then fails with
+  // EFBIG, as with ENOSPC on a full disk. Only stderr is captured.
+  const auto full =
+      fkd::test::run_command("trap '' XFSZ; ulimit -f 128; " + fkd + " --resume 2>&1 >/dev/null");
+  EXPECT_EQ(full.status, 1);
+  EXPECT_EQ(full.out, "fkd: error: " + ckpt + ": cannot write: File too large\n");
+  EXPECT_EQ(fkd::test::read_file(ckpt), saved);  // the previous checkpoint, intact
+  EXPECT_EQ(fkd::test::list_dir(out), files);    // no temporary file left
+  EXPECT_EQ(read_checkpoint_meta(ckpt).epochs_done, 1);
+
+  // Space freed: --resume finishes the run.
+  const auto resumed = fkd::test::run_command(fkd + " --resume 2>&1");
+  ASSERT_EQ(resumed.status, 0) << resumed.out;
+  EXPECT_EQ(read_checkpoint_meta(ckpt).epochs_done, 2);
+  EXPECT_EQ(count_lines(out + "/metrics.jsonl"), 2u);
+}
+
+TEST(Train, FullDiskWhileExportingIsOneLineAndLeavesNoFile) {
+  TempDir d;
+  TrainConfig c = small_run(d.file("run"));
+  c.epochs = 1;
+  c.limit_train = 128;
+  const TrainResult r = train(c);
+  for (const char* format : {"torchscript", "state_dict"}) {
+    SCOPED_TRACE(format);
+    const std::string out = d.file(std::string("model-") + format + ".pt");
+    const auto full = fkd::test::run_command(
+        "trap '' XFSZ; ulimit -f 128; " + std::string(FKD_BINARY_DIR) + "/fkd export " +
+        r.checkpoint + " " + out + " --format " + format + " 2>&1 >/dev/null");
+    EXPECT_EQ(full.status, 1);
+    EXPECT_EQ(full.out, "fkd: error: " + out + ": cannot write: File too large\n");
+    EXPECT_EQ(fkd::test::list_dir(d.path()), std::vector<std::string>{"run"});
+  }
+}
+
 TEST(Train, ResumeRefusesChangedRecipe) {
   TempDir d;
   TrainConfig c = small_run(d.file("run"));
@@ -140,6 +189,35 @@ TEST(Train, BadOptionsAreConfigErrors) {
   c = small_run(d.file("run3"));
   c.device = "tpu";
   EXPECT_THROW(train(c), ConfigError);
+}
+
+TEST(Checkpoint, MetricsFileIsReplacedWholeAndDurably) {
+  TempDir d;
+  const std::string path = d.file("metrics.jsonl");
+  std::vector<EpochMetrics> history(3);
+  for (int i = 0; i < 3; ++i) {
+    history[size_t(i)].epoch = i + 1;
+    history[size_t(i)].top1 = 50.0 + i;
+  }
+  write_metrics_file(path, history);
+  EXPECT_EQ(fkd::test::read_file(path), metrics_to_json(history[0]) + "\n" +
+                                            metrics_to_json(history[1]) + "\n" +
+                                            metrics_to_json(history[2]) + "\n");
+  history.resize(1);  // a resume drops the lines of epochs the checkpoint lacks
+  write_metrics_file(path, history);
+  const std::string one = fkd::test::read_file(path);
+  EXPECT_EQ(one, metrics_to_json(history[0]) + "\n");
+
+  history.resize(1000);
+  try {
+    fkd::test::FileSizeLimit limit(4096);
+    write_metrics_file(path, history);
+    FAIL() << "no error on a full disk";
+  } catch (const IoError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": cannot write: File too large");
+  }
+  EXPECT_EQ(fkd::test::read_file(path), one);
+  EXPECT_EQ(fkd::test::list_dir(d.path()), std::vector<std::string>{"metrics.jsonl"});
 }
 
 TEST(Checkpoint, CorruptFileIsFormatError) {

@@ -1,13 +1,17 @@
 #include "testutil.h"
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include <algorithm>
 #include <array>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
-#include <sys/wait.h>
 
 namespace fkd::test {
 
@@ -20,6 +24,32 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+FileSizeLimit::FileSizeLimit(unsigned long long bytes) {
+  struct rlimit r;
+  if (getrlimit(RLIMIT_FSIZE, &r) != 0) throw std::runtime_error("getrlimit failed");
+  old_soft_ = r.rlim_cur;
+  r.rlim_cur = bytes;
+  if (setrlimit(RLIMIT_FSIZE, &r) != 0) throw std::runtime_error("setrlimit failed");
+  old_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+}
+
+FileSizeLimit::~FileSizeLimit() {
+  struct rlimit r;
+  getrlimit(RLIMIT_FSIZE, &r);
+  r.rlim_cur = old_soft_;
+  setrlimit(RLIMIT_FSIZE, &r);
+  std::signal(SIGXFSZ, old_handler_);
+}
+
+std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    names.push_back(e.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 CommandResult run_command(const std::string& cmd) {
@@ -37,8 +67,10 @@ CommandResult run_command(const std::string& cmd) {
 static std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) {
-    if (c == '\'') q += "'\\''";
-    else q += c;
+    if (c == '\'')
+      q += "'\\''";
+    else
+      q += c;
   }
   return q + "'";
 }

@@ -1,5 +1,8 @@
 // Helpers shared by the test executables.
 #pragma once
+#include <gtest/gtest.h>
+
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -18,6 +21,40 @@ class TempDir {
  private:
   std::string path_;
 };
+
+/// Limits the size of files this process writes (RLIMIT_FSIZE) while it lives, as a full
+/// disk would: a write past `bytes` fails with EFBIG ("File too large"); SIGXFSZ is ignored
+/// meanwhile so the process survives it. Restores both when destroyed.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(unsigned long long bytes);
+  ~FileSizeLimit();
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  unsigned long long old_soft_;
+  void (*old_handler_)(int);
+};
+
+/// The message of the exception of type E that f() throws; a test failure (and "") if it
+/// throws none or one of another type.
+template <typename E, typename F>
+std::string error_message(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+    return {};
+  }
+  ADD_FAILURE() << "no exception thrown";
+  return {};
+}
+
+/// Names of the entries of a directory, sorted.
+std::vector<std::string> list_dir(const std::string& dir);
 
 /// Result of running a command: its exit status and what it printed on stdout.
 struct CommandResult {

@@ -81,6 +81,11 @@ std::vector<UnreadableImage> find_unreadable_images(
     const Dataset& ds, size_t begin, size_t end, int threads,
     const std::function<void(size_t done)>& progress = {});
 
+/// Hex XXH64 of the split's ordered "item_name \t item_bytes \n" lines (a label store's
+/// record of what it was made from): changes when an image is added, removed, renamed,
+/// reordered or rewritten with another size.
+std::string dataset_fingerprint(const Dataset& ds);
+
 /// The directory Debian's dataset-fashion-mnist package installs.
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
 

@@ -17,15 +17,15 @@ struct DemoOptions {
   int threads = 0;
   int workers = 1;
   std::string device = "cpu";
-  uint64_t seed = 0;             ///< seed of the three students' runs
+  uint64_t seed = 0;  ///< seed of the three students' runs
 };
 
 /// One student of the comparison.
 struct DemoStudent {
-  std::string name;           ///< "plain", "online KD", "FKD"
-  double top1 = 0;            ///< test top-1 after the last epoch, percent
-  double seconds = 0;         ///< wall time of the run (training and per-epoch evaluation)
-  double epoch_seconds = 0;   ///< training wall time per effective epoch (no evaluation)
+  std::string name;          ///< "plain", "online KD", "FKD"
+  double top1 = 0;           ///< test top-1 after the last epoch, percent
+  double seconds = 0;        ///< wall time of the run (training and per-epoch evaluation)
+  double epoch_seconds = 0;  ///< training wall time per effective epoch (no evaluation)
   std::vector<double> curve_seconds, curve_top1;  ///< test top-1 against elapsed wall time
 };
 

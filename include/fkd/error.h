@@ -69,7 +69,7 @@ template <typename E, typename... Args>
 }  // namespace fkd
 
 /// FKD_CHECK(cond, ErrorType, "format {}", args...): throw ErrorType with the message unless cond.
-#define FKD_CHECK(cond, E, ...)          \
-  do {                                   \
+#define FKD_CHECK(cond, E, ...)               \
+  do {                                        \
     if (!(cond)) ::fkd::fail<E>(__VA_ARGS__); \
   } while (0)

@@ -34,9 +34,6 @@ Interp parse_interp(const std::string& name);
 /// not a complete, valid image.
 Image decode_image(const uint8_t* data, size_t size, int want_channels, const std::string& name);
 
-/// Reads a whole file. Throws IoError naming it.
-std::vector<uint8_t> read_file_bytes(const std::string& path);
-
 /// Reads and decodes a file. Throws IoError (unreadable) or DataError (not a valid image).
 Image read_image(const std::string& path, int want_channels);
 

@@ -10,9 +10,9 @@ class StoreReader;
 class Dataset;
 
 struct InspectOptions {
-  std::string store;                ///< store directory
-  std::string data;                 ///< dataset for ground truth and images; default: the manifest's
-  int64_t image = -1;               ///< print this image's crops and labels
+  std::string store;   ///< store directory
+  std::string data;    ///< dataset for ground truth and images; default: the manifest's
+  int64_t image = -1;  ///< print this image's crops and labels
   std::vector<std::string> render;  ///< {ID, OUT.png}: draw an image with its crops
   size_t limit = 0;                 ///< summarize only the first images (0 = all)
 };
@@ -20,11 +20,11 @@ struct InspectOptions {
 struct StoreSummary {
   uint64_t images = 0;
   uint64_t crops = 0;
-  uint64_t bytes = 0;            ///< shard files
+  uint64_t bytes = 0;  ///< shard files
   double bytes_per_crop = 0;
-  double agreement = -1;         ///< % of crops whose top stored class is the image's label (-1: no data)
-  double mean_entropy = 0;       ///< nats, of the recovered dense labels
-  double mean_topk_mass = 0;     ///< probability mass in the stored values (marginal types)
+  double agreement = -1;  ///< % of crops whose top stored class is the image's label (-1: no data)
+  double mean_entropy = 0;    ///< nats, of the recovered dense labels
+  double mean_topk_mass = 0;  ///< probability mass in the stored values (marginal types)
 };
 
 /// Statistics over the first `limit` images (0 = all); `ds` may be null.

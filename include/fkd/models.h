@@ -25,8 +25,10 @@ class Net : public torch::nn::Module {
 
  protected:
   Net(std::string zoo_name, int in_channels, int num_classes)
-      : torch::nn::Module(zoo_name), zoo_name_(std::move(zoo_name)),
-        in_channels_(in_channels), num_classes_(num_classes) {}
+      : torch::nn::Module(zoo_name),
+        zoo_name_(std::move(zoo_name)),
+        in_channels_(in_channels),
+        num_classes_(num_classes) {}
 
  private:
   std::string zoo_name_;

@@ -1,5 +1,6 @@
 // Torch-free charts for reports: a self-contained SVG line chart (e.g. test accuracy against
-// wall-clock time for several training runs), "nice" axis ticks, and an atomic text writer.
+// wall-clock time for several training runs) and "nice" axis ticks. Write them to files with
+// write_file_durably (file_io.h).
 #pragma once
 #include <string>
 #include <vector>
@@ -34,9 +35,5 @@ std::string render_line_plot_svg(const std::vector<PlotSeries>& series, const Pl
 /// at least two. lo > hi is swapped; lo == hi is widened by 10% of |lo| (or 1 at 0) each way.
 /// Pure; ConfigError if lo or hi is not finite.
 std::vector<double> nice_ticks(double lo, double hi, int target = 6);
-
-/// Writes text to path atomically: to path + ".tmp", fsync, then rename over path.
-/// IoError naming the file on failure (the temporary file is removed).
-void write_text_file_atomic(const std::string& path, const std::string& text);
 
 }  // namespace fkd

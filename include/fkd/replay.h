@@ -21,8 +21,7 @@ struct Manifest;
 
 /// The m crop ids image `image` trains on in pass `pass` of a store with `n` crops per
 /// image (see the file comment). Pure; writes m ids to `out`.
-void replay_crop_ids(uint64_t seed, uint64_t image, int64_t pass, uint32_t n, int m,
-                     uint32_t* out);
+void replay_crop_ids(uint64_t seed, uint64_t image, int64_t pass, uint32_t n, int m, uint32_t* out);
 
 /// Checks that a store labels exactly this dataset (same images in the same order, same
 /// classes); throws ConfigError naming the store and every difference otherwise.

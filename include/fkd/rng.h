@@ -24,7 +24,13 @@ inline uint64_t hash_keys(std::initializer_list<uint64_t> keys) {
 }
 
 /// Streams keep independent decisions apart even for equal counters.
-enum class RngStream : uint64_t { kOrder = 1, kAugment = 2, kCropPick = 3, kMix = 4, kLabelCrops = 5 };
+enum class RngStream : uint64_t {
+  kOrder = 1,
+  kAugment = 2,
+  kCropPick = 3,
+  kMix = 4,
+  kLabelCrops = 5
+};
 
 /// xoshiro256** generator, seeded from a key. Small, fast, and good enough for augmentation.
 class Rng {
@@ -52,7 +58,9 @@ class Rng {
   /// Uniform in [a, b).
   double uniform(double a, double b) { return a + (b - a) * uniform(); }
   /// Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias < 2^-64 * n).
-  uint64_t below(uint64_t n) { return uint64_t((static_cast<unsigned __int128>(next()) * n) >> 64); }
+  uint64_t below(uint64_t n) {
+    return uint64_t((static_cast<unsigned __int128>(next()) * n) >> 64);
+  }
   /// True with probability p.
   bool bernoulli(double p) { return uniform() < p; }
 

@@ -5,10 +5,11 @@
 //   shard-SSSSS-of-NNNNN.fkdl          image records of a contiguous range of image ids
 // Full specification: docs/label-store.md. Crop coordinates are not stored: crop c of image
 // i is derived from the manifest's sampler and seed, i, c and the image's size by
-// derive_label_crop() (transforms.h); each record stores the image size and a hash of its derived crops, which
-// the reader checks.
+// derive_label_crop() (transforms.h); each record stores the image size and a hash of its derived
+// crops, which the reader checks.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +39,7 @@ enum class Precision : uint8_t {
   kFp16 = 1,  ///< IEEE binary16 (round to nearest even)
   kU8 = 2,    ///< round(p * 255)
 };
-const char* precision_name(Precision p);  ///< "fp32", "fp16", "u8"
+const char* precision_name(Precision p);             ///< "fp32", "fp16", "u8"
 Precision parse_precision(const std::string& name);  ///< throws ConfigError
 
 /// Values stored per crop for a label type: hard 1 index, smoothing 1+1, marginal k+k,
@@ -48,9 +49,9 @@ int stored_values(LabelType t, int k, int num_classes);
 
 /// The labels of one image: everything its record holds, decoded.
 struct ImageLabels {
-  uint32_t height = 0;      ///< image height when labeled (crops are derived from it)
-  uint32_t width = 0;       ///< image width when labeled
-  uint32_t crop_hash = 0;   ///< hash of the derived crops (see docs/label-store.md)
+  uint32_t height = 0;     ///< image height when labeled (crops are derived from it)
+  uint32_t width = 0;      ///< image width when labeled
+  uint32_t crop_hash = 0;  ///< hash of the derived crops (see docs/label-store.md)
   uint32_t num_crops = 0;
   /// [num_crops, stored_indices] class ids (int32: any class count), descending probability.
   std::vector<int32_t> indices;
@@ -70,25 +71,29 @@ float round_to_precision(float v, Precision p);
 
 /// Recovers one crop's dense soft label `out` [num_classes] from its stored indices and
 /// values, with the reference's formulas for each label type. Pure.
-void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
-                   const float* values, float* out);
+void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices, const float* values,
+                   float* out);
+
+/// The store format version fkd writes (docs/label-store.md): bumped only for structural
+/// changes. Readers accept versions 1 to this one.
+inline constexpr int kStoreFormatVersion = 2;
 
 /// Everything about a store except the records (manifest.json).
 struct Manifest {
-  int version = 2;                     ///< format version (docs/label-store.md)
+  int version = kStoreFormatVersion;  ///< format version (docs/label-store.md)
   // dataset
-  uint64_t num_images = 0;             ///< images in the dataset's train split
-  std::string dataset_fingerprint;     ///< hex xxh64 of the ordered "relpath\tbytes\n" list
-  std::vector<std::string> classes;    ///< class names, index = class id
-  std::string dataset;                 ///< the --data it was made from (informational)
-  uint64_t dataset_limit = 0;          ///< the subset size it was made from (0 = all)
+  uint64_t num_images = 0;           ///< images in the dataset's train split
+  std::string dataset_fingerprint;   ///< hex xxh64 of the ordered "relpath\tbytes\n" list
+  std::vector<std::string> classes;  ///< class names, index = class id
+  std::string dataset;               ///< the --data it was made from (informational)
+  uint64_t dataset_limit = 0;        ///< the subset size it was made from (0 = all)
   // teacher
-  std::string teacher;                 ///< file name or zoo name, for people
-  std::string teacher_hash;            ///< hex xxh128 (XXH3) of the teacher file's bytes
+  std::string teacher;       ///< file name or zoo name, for people
+  std::string teacher_hash;  ///< hex xxh128 (XXH3) of the teacher file's bytes
   float temperature = 1.0f;
   // labels
   LabelType label_type = LabelType::kMarginalSmoothing;
-  int k = 5;                           ///< top-k (marginal types); 1 for hard/smoothing
+  int k = 5;  ///< top-k (marginal types); 1 for hard/smoothing
   Precision precision = Precision::kFp16;
   uint32_t crops_per_image = 0;
   // crops: crop c of image i is derive_label_crop(crop, seed, i, c, height, width)
@@ -100,7 +105,7 @@ struct Manifest {
   std::string interpolation = "bilinear";
   std::vector<float> mean, std;
   // sharding
-  uint32_t num_shards = 1;             ///< shard files that make up the store
+  uint32_t num_shards = 1;  ///< shard files that make up the store
 };
 
 /// Reads and validates manifest.json (FormatError naming the file and field).
@@ -192,6 +197,41 @@ StoreProgress store_progress(const std::string& store_dir);
 /// compared) and writes them, quantized as the first store, to `out_dir`. A killed run
 /// resumes when run again; the manifest is written last.
 void ensemble_stores(const std::vector<std::string>& stores, const std::string& out_dir);
+/// What verify_store found: every damaged record and every shard that cannot be read.
+struct StoreVerification {
+  /// A record whose block or content is damaged (its labels are lost).
+  struct Record {
+    std::string shard;    ///< path of the shard file holding it
+    uint64_t image = 0;   ///< image id
+    uint64_t offset = 0;  ///< byte offset of the record's block in the shard file
+    std::string problem;  ///< what is wrong: the reader's one line (names file, offset, image)
+  };
+  /// A shard that cannot be read at all: missing, unfinished, not a file, or a bad header,
+  /// index or footer, or a header of another store.
+  struct Shard {
+    std::string shard;         ///< path of the shard file
+    uint32_t index = 0;        ///< shard index in [0, num_shards)
+    uint64_t image_begin = 0;  ///< first image id the shard should hold
+    uint64_t image_end = 0;    ///< one past the last
+    std::string problem;       ///< what is wrong, one line
+  };
+  uint64_t images = 0;           ///< images of the store (manifest num_images)
+  uint64_t records_checked = 0;  ///< records read: the images of the readable shards
+  std::vector<Record> records;   ///< damaged records, in image order
+  std::vector<Shard> shards;     ///< unreadable shards, in shard order
+  bool ok() const { return records.empty() && shards.empty(); }
+  /// Ids of every image whose labels are lost (damaged records and the ranges of
+  /// unreadable shards), ascending: what must be labeled again.
+  std::vector<uint64_t> damaged_images() const;
+};
+
+/// Checks a whole store: every shard's header, index and footer against the manifest, and
+/// every record's block checksum, layout, values and crop hash, listing all damage where
+/// StoreReader stops at the first. Throws (FormatError / IoError naming the file) only when
+/// manifest.json cannot be read. progress(done, total) reports images checked, now and then.
+StoreVerification verify_store(
+    const std::string& store_dir,
+    const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical. A store of an older format version comes out in

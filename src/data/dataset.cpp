@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 
 namespace fs = std::filesystem;
 
@@ -224,7 +225,7 @@ class ImageFolderDataset final : public Dataset {
   }
   ImageBand load_rows(size_t i, const RowPicker& pick) const override {
     const std::string path = root_ + "/" + items_[i].rel_path;
-    const std::vector<uint8_t> bytes = read_file_bytes(path);
+    const std::vector<uint8_t> bytes = read_whole_file(path);
     return decode_image_rows(bytes.data(), bytes.size(), channels_, path, pick);
   }
 

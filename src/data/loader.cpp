@@ -17,7 +17,7 @@ void check_options(const LoaderOptions& o) {
   FKD_CHECK(o.workers >= 0, ConfigError, "--workers {}: expected >= 0", o.workers);
   FKD_CHECK(o.prefetch >= 1, ConfigError, "loader prefetch {}: expected at least 1", o.prefetch);
 }
-}
+}  // namespace
 
 namespace detail {
 

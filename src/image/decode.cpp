@@ -24,6 +24,7 @@
 #include <png.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/image.h"
 #include "image/convert.h"
 #include "image/decoders.h"
@@ -312,7 +313,8 @@ ImageBand decode_any(const uint8_t* data, size_t size, int want_channels, const 
 // (Image.MAX_IMAGE_PIXELS * 2, where PIL raises DecompressionBombError).
 void check_image_size(int64_t w, int64_t h, const std::string& name) {
   constexpr int64_t kMaxPixels = 2 * int64_t(89478485);
-  FKD_CHECK(w > 0 && h > 0 && w * h <= kMaxPixels, DataError,
+  // w <= max / h, not w * h <= max: the product of two 32-bit sizes overflows int64.
+  FKD_CHECK(w > 0 && h > 0 && w <= kMaxPixels / h, DataError,
             "{}: image size {}x{} is empty or above {} pixels", name, w, h, kMaxPixels);
 }
 
@@ -325,30 +327,8 @@ ImageBand decode_image_rows(const uint8_t* data, size_t size, int want_channels,
   return decode_any(data, size, want_channels, name, &pick);
 }
 
-std::vector<uint8_t> read_file_bytes(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail<IoError>("{}: cannot open: {}", path, std::strerror(errno));
-  std::vector<uint8_t> bytes;
-  struct stat st;
-  if (::fstat(fd, &st) == 0 && st.st_size > 0) bytes.reserve(size_t(st.st_size));
-  uint8_t buf[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd);
-      fail<IoError>("{}: cannot read: {}", path, std::strerror(e));
-    }
-    bytes.insert(bytes.end(), buf, buf + n);
-  }
-  ::close(fd);
-  return bytes;
-}
-
 Image read_image(const std::string& path, int want_channels) {
-  const std::vector<uint8_t> bytes = read_file_bytes(path);
+  const std::vector<uint8_t> bytes = read_whole_file(path);
   return decode_image(bytes.data(), bytes.size(), want_channels, path);
 }
 

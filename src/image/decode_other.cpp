@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -308,8 +308,7 @@ class PnmReader {
         uint32_t v;
         if (plain) {
           v = number("sample");
-          FKD_CHECK(v <= maxval, DataError, "{}: PNM sample {} above maxval {}", name_, v,
-                    maxval);
+          FKD_CHECK(v <= maxval, DataError, "{}: PNM sample {} above maxval {}", name_, v, maxval);
         } else {  // binary samples above maxval clip, as in PIL
           const uint8_t* p = d_ + pos_ + i * bytes;
           v = bytes == 2 ? uint32_t(p[0]) << 8 | p[1] : p[0];

@@ -4,10 +4,12 @@
 #include <cctype>
 #include <variant>
 
+#include <torch/csrc/jit/serialization/export.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "models/zoo_internal.h"
 
 namespace fkd {
@@ -121,12 +123,16 @@ torch::jit::Module to_script(const nn::Module& m, const std::string& where,
 void export_torchscript(Net& m, const std::string& path) {
   auto cu = std::make_shared<torch::jit::CompilationUnit>();
   torch::jit::Module jm = to_script(m, m.zoo_name(), cu);
+  // As Module::save(path) does, but through a writer that never fails (see save_checkpoint).
+  DurableFile file(path);
   try {
-    jm.save(path);
+    torch::jit::ExportModule(
+        jm, [&file](const void* data, size_t size) { return file.write_deferred(data, size); });
   } catch (const c10::Error& e) {
-    std::string msg = e.what_without_backtrace();
-    fail<IoError>("{}: cannot write TorchScript archive: {}", path, msg.substr(0, msg.find('\n')));
+    fail<IoError>("{}: cannot write TorchScript archive: {}", path,
+                  one_line(e.what_without_backtrace()));
   }
+  file.commit();
 }
 
 }  // namespace fkd

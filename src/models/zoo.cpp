@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "models/zoo_internal.h"
 
 namespace fkd {
@@ -127,11 +128,7 @@ void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path)
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& [name, t] : state_dict(m)) dict.insert(name, t.detach().to(torch::kCPU));
   const std::vector<char> bytes = torch::pickle_save(dict);
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  FKD_CHECK(f.good(), IoError, "{}: cannot open for writing", path);
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  f.close();
-  FKD_CHECK(f.good(), IoError, "{}: write failed", path);
+  write_file_durably(path, std::string_view(bytes.data(), bytes.size()));
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> load_state_dict_pickle(const std::string& path) {

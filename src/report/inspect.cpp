@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <string_view>
 
 #include <fmt/core.h>
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/image.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
@@ -109,7 +111,7 @@ struct Canvas {
   }
 };
 
-constexpr uint8_t kColors[8][3] = {{230, 25, 75},  {60, 180, 75},  {0, 130, 200}, {245, 130, 48},
+constexpr uint8_t kColors[8][3] = {{230, 25, 75},  {60, 180, 75},  {0, 130, 200},  {245, 130, 48},
                                    {145, 30, 180}, {70, 240, 240}, {240, 50, 230}, {128, 128, 0}};
 
 }  // namespace
@@ -162,7 +164,8 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
     Image rgb = src;
     rgb.channels = 3;
     rgb.pixels.resize(src.pixels.size() * 3);
-    for (size_t p = 0; p < src.pixels.size(); ++p) std::fill_n(&rgb.pixels[p * 3], 3, src.pixels[p]);
+    for (size_t p = 0; p < src.pixels.size(); ++p)
+      std::fill_n(&rgb.pixels[p * 3], 3, src.pixels[p]);
     src = std::move(rgb);
   }
   // Show the image at about 448 px on its longer side.
@@ -170,8 +173,8 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   const int dh = std::max(1, int(std::lround(src.height * f)));
   const int dw = std::max(1, int(std::lround(src.width * f)));
   std::vector<uint8_t> shown(size_t(dh) * size_t(dw) * 3), scratch;
-  resized_crop(src, {0, 0, src.width, src.height}, false, dh, dw, Interp::kBilinear,
-               shown.data(), scratch);
+  resized_crop(src, {0, 0, src.width, src.height}, false, dh, dw, Interp::kBilinear, shown.data(),
+               scratch);
 
   const int crops = int(std::min<uint32_t>(8, l.num_crops));
   const int pad = 16, legend_w = 700, line = 22;
@@ -193,8 +196,7 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   for (int c = 0; c < crops; ++c) {
     const CropPlan p = crop_of(m, image, uint32_t(c), l);
     cv.rect(pad + int(p.box.left * sx), pad + int(p.box.top * sy),
-            std::max(3, int(p.box.width * sx)), std::max(3, int(p.box.height * sy)), 2,
-            kColors[c]);
+            std::max(3, int(p.box.width * sx)), std::max(3, int(p.box.height * sy)), 2, kColors[c]);
     dense_of(m, l, uint32_t(c), dense);
     const auto top = top_classes(dense, 2);
     const int y = pad + 30 + c * 2 * line;
@@ -213,8 +215,15 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   img.width = png_uint_32(cv.w);
   img.height = png_uint_32(cv.h);
   img.format = PNG_FORMAT_RGB;
-  FKD_CHECK(png_image_write_to_file(&img, png_path.c_str(), 0, cv.rgb.data(), 0, nullptr) != 0,
-            IoError, "{}: cannot write PNG: {}", png_path, img.message);
+  // Encoded in memory first, so the file is replaced durably like every output.
+  png_alloc_size_t png_size = 0;
+  FKD_CHECK(png_image_write_to_memory(&img, nullptr, &png_size, 0, cv.rgb.data(), 0, nullptr) != 0,
+            IoError, "{}: cannot encode PNG: {}", png_path, img.message);
+  std::string png(png_size, '\0');
+  FKD_CHECK(
+      png_image_write_to_memory(&img, png.data(), &png_size, 0, cv.rgb.data(), 0, nullptr) != 0,
+      IoError, "{}: cannot encode PNG: {}", png_path, img.message);
+  write_file_durably(png_path, std::string_view(png.data(), png_size));
 }
 
 void run_inspect(const InspectOptions& o) {
@@ -229,8 +238,9 @@ void run_inspect(const InspectOptions& o) {
                progress.total ? 100.0 * double(progress.done) / double(progress.total) : 0.0);
     for (size_t i = 0; i < progress.shards.size(); ++i) {
       const auto& sh = progress.shards[i];
-      const char* state =
-          sh.finished ? "finished" : sh.started ? "in progress or stopped" : "not started";
+      const char* state = sh.finished  ? "finished"
+                          : sh.started ? "in progress or stopped"
+                                       : "not started";
       fmt::print("shard {:>5}/{}  {} of {} images, {}\n", i, progress.shards.size(), sh.done,
                  sh.total, state);
     }
@@ -242,7 +252,8 @@ void run_inspect(const InspectOptions& o) {
   // The dataset: --data, else the one the manifest names (if it is still there).
   std::shared_ptr<Dataset> ds;
   const std::string data = !o.data.empty() ? o.data : m.dataset;
-  if (!data.empty() && (!o.data.empty() || data == "fashion-mnist" || std::filesystem::is_directory(data))) {
+  if (!data.empty() &&
+      (!o.data.empty() || data == "fashion-mnist" || std::filesystem::is_directory(data))) {
     DatasetOptions dopt;
     dopt.limit = size_t(m.dataset_limit);
     ds = open_dataset(data, Split::kTrain, dopt);
@@ -297,21 +308,22 @@ void run_inspect(const InspectOptions& o) {
   fmt::print("crops            {} ({} per image)\n", s.crops, m.crops_per_image);
   fmt::print("bytes            {} ({:.2f} per crop, crop coordinates derived)\n", s.bytes,
              s.bytes_per_crop);
-  fmt::print("labels           {}{} in {}, {} classes\n", label_type_name(m.label_type),
-             (m.label_type == LabelType::kMarginalSmoothing ||
-              m.label_type == LabelType::kMarginalRenorm)
-                 ? fmt::format(" top-{}", m.k)
-                 : "",
-             precision_name(m.precision), m.classes.size());
+  fmt::print(
+      "labels           {}{} in {}, {} classes\n", label_type_name(m.label_type),
+      (m.label_type == LabelType::kMarginalSmoothing || m.label_type == LabelType::kMarginalRenorm)
+          ? fmt::format(" top-{}", m.k)
+          : "",
+      precision_name(m.precision), m.classes.size());
   fmt::print("teacher          {} (xxh128 {}), temperature {}\n", m.teacher, m.teacher_hash,
              m.temperature);
   fmt::print("crops sampled    {}, seed {}\n", describe_crops(m.crop), m.seed);
   const std::string over = o.limit ? fmt::format(" (first {} images)", o.limit) : "";
   if (s.agreement >= 0) {
-    fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n",
-               s.agreement, over);
+    fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n", s.agreement,
+               over);
   } else {
-    fmt::print("top-1 agreement  (dataset not found: pass --data to compare with the ground truth)\n");
+    fmt::print(
+        "top-1 agreement  (dataset not found: pass --data to compare with the ground truth)\n");
   }
   fmt::print("mean entropy     {:.4f} nats{}\n", s.mean_entropy, over);
   fmt::print("top-{} mass       {:.4f} mean probability kept by the top {} classes{}\n",

@@ -1,13 +1,8 @@
 #include "fkd/plot.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 
 #include <fmt/core.h>
 
@@ -271,36 +266,6 @@ std::string render_line_plot_svg(const std::vector<PlotSeries>& series, const Pl
   }
   o += "</g>\n</svg>\n";
   return o;
-}
-
-void write_text_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot create {}: {}", path, tmp, std::strerror(errno));
-  auto give_up = [&](const char* what) {
-    const int e = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    fail<IoError>("{}: cannot {} {}: {}", path, what, tmp, std::strerror(e));
-  };
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) give_up("write");
-    done += size_t(n);
-  }
-  if (::fsync(fd) != 0) give_up("fsync");
-  if (::close(fd) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    fail<IoError>("{}: cannot close {}: {}", path, tmp, std::strerror(e));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    fail<IoError>("{}: cannot rename {} to it: {}", path, tmp, std::strerror(e));
-  }
 }
 
 }  // namespace fkd

@@ -6,17 +6,22 @@
 
 #include "fkd/error.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/record.h"
 
 namespace fkd {
 
 const char* label_type_name(LabelType t) {
   switch (t) {
-    case LabelType::kHard: return "hard";
-    case LabelType::kSmoothing: return "smoothing";
-    case LabelType::kMarginalSmoothing: return "marginal_smoothing";
-    case LabelType::kMarginalRenorm: return "marginal_renorm";
-    case LabelType::kFull: return "full";
+    case LabelType::kHard:
+      return "hard";
+    case LabelType::kSmoothing:
+      return "smoothing";
+    case LabelType::kMarginalSmoothing:
+      return "marginal_smoothing";
+    case LabelType::kMarginalRenorm:
+      return "marginal_renorm";
+    case LabelType::kFull:
+      return "full";
   }
   return "unknown";
 }
@@ -33,9 +38,12 @@ LabelType parse_label_type(const std::string& name) {
 
 const char* precision_name(Precision p) {
   switch (p) {
-    case Precision::kFp32: return "fp32";
-    case Precision::kFp16: return "fp16";
-    case Precision::kU8: return "u8";
+    case Precision::kFp32:
+      return "fp32";
+    case Precision::kFp16:
+      return "fp16";
+    case Precision::kU8:
+      return "u8";
   }
   return "unknown";
 }
@@ -50,21 +58,28 @@ Precision parse_precision(const std::string& name) {
 int stored_indices(LabelType t, int k) {
   switch (t) {
     case LabelType::kHard:
-    case LabelType::kSmoothing: return 1;
+    case LabelType::kSmoothing:
+      return 1;
     case LabelType::kMarginalSmoothing:
-    case LabelType::kMarginalRenorm: return k;
-    case LabelType::kFull: return 0;
+    case LabelType::kMarginalRenorm:
+      return k;
+    case LabelType::kFull:
+      return 0;
   }
   return 0;
 }
 
 int stored_values(LabelType t, int k, int num_classes) {
   switch (t) {
-    case LabelType::kHard: return 0;
-    case LabelType::kSmoothing: return 1;
+    case LabelType::kHard:
+      return 0;
+    case LabelType::kSmoothing:
+      return 1;
     case LabelType::kMarginalSmoothing:
-    case LabelType::kMarginalRenorm: return k;
-    case LabelType::kFull: return num_classes;
+    case LabelType::kMarginalRenorm:
+      return k;
+    case LabelType::kFull:
+      return num_classes;
   }
   return 0;
 }
@@ -72,10 +87,14 @@ int stored_values(LabelType t, int k, int num_classes) {
 namespace {
 
 /// Sort key: NaN ranks below every number, so a bad softmax cannot break the ordering.
-inline float rank_key(float p) { return std::isnan(p) ? -std::numeric_limits<float>::infinity() : p; }
+inline float rank_key(float p) {
+  return std::isnan(p) ? -std::numeric_limits<float>::infinity() : p;
+}
 
 /// True when class a (probability pa) ranks before class b: higher probability, then lower id.
-inline bool ranks_before(float pa, int a, float pb, int b) { return pa > pb || (pa == pb && a < b); }
+inline bool ranks_before(float pa, int a, float pb, int b) {
+  return pa > pb || (pa == pb && a < b);
+}
 
 /// The top `k` classes of probs, best first (ties by lower id).
 void top_k(const float* probs, int num_classes, int k, int32_t* out) {
@@ -142,7 +161,7 @@ uint16_t float_to_half(float f) {
   const uint32_t a = x & 0x7fffffffu;
   if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN, quiet
   if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // >= 65520 rounds to infinity
-  if (a >= 0x38800000u) {                                  // normal half: >= 2^-14
+  if (a >= 0x38800000u) {                                 // normal half: >= 2^-14
     uint32_t h = ((a >> 23) - 112u) << 10 | ((a >> 13) & 0x3ffu);
     const uint32_t rem = a & 0x1fffu;
     if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // carries into the exponent
@@ -168,15 +187,18 @@ uint8_t float_to_u8(float p) {
 
 float round_to_precision(float v, Precision p) {
   switch (p) {
-    case Precision::kFp32: return v;
-    case Precision::kFp16: return store::half_to_float(store::float_to_half(v));
-    case Precision::kU8: return store::u8_to_float(store::float_to_u8(v));
+    case Precision::kFp32:
+      return v;
+    case Precision::kFp16:
+      return store::half_to_float(store::float_to_half(v));
+    case Precision::kU8:
+      return store::u8_to_float(store::float_to_u8(v));
   }
   return v;
 }
 
-void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
-                   const float* values, float* out) {
+void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices, const float* values,
+                   float* out) {
   const int n_idx = stored_indices(t, k);
   for (int i = 0; i < n_idx; ++i) {
     FKD_CHECK(indices[i] >= 0 && indices[i] < num_classes, DataError,
@@ -197,7 +219,8 @@ void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices,
     case LabelType::kMarginalSmoothing: {
       float sum = 0.0f;
       for (int i = 0; i < k; ++i) sum += values[i];
-      const float rest = num_classes > k ? std::max(0.0f, 1.0f - sum) / float(num_classes - k) : 0.0f;
+      const float rest =
+          num_classes > k ? std::max(0.0f, 1.0f - sum) / float(num_classes - k) : 0.0f;
       std::fill(out, out + num_classes, rest);
       for (int i = 0; i < k; ++i) out[indices[i]] = values[i];
       return;

@@ -1,26 +1,24 @@
 // manifest.json (read, validate, write atomically, compare), the store key that ties shards
 // to their manifest, shard ranges and names, and the crop hash.
-#include <fcntl.h>
-#include <unistd.h>
 #include <xxhash.h>
 
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
+#include "fkd/rng.h"
 #include "fkd/store.h"
 #include "fkd/transforms.h"
-#include "fkd/rng.h"
-#include "store/format.h"
+#include "store/bytes.h"
+#include "store/manifest.h"
+#include "store/record.h"
 
 namespace fkd {
 
@@ -142,50 +140,62 @@ std::string k_problem(LabelType t, int64_t k, uint64_t C) {
   switch (t) {
     case LabelType::kHard:
     case LabelType::kSmoothing:
-      if (k != 1) return fmt::format("must be 1 for label type {}, found {}", label_type_name(t), k);
+      if (k != 1)
+        return fmt::format("must be 1 for label type {}, found {}", label_type_name(t), k);
       break;
     case LabelType::kMarginalSmoothing:
     case LabelType::kMarginalRenorm:
-      if (k < 1 || uint64_t(k) > C) return fmt::format("{} is not in [1, {}] (the class count)", k, C);
+      if (k < 1 || uint64_t(k) > C)
+        return fmt::format("{} is not in [1, {}] (the class count)", k, C);
       break;
     case LabelType::kFull:
-      if (k < 0 || uint64_t(k) > C) return fmt::format("{} is not in [0, {}] (ignored for full)", k, C);
+      if (k < 0 || uint64_t(k) > C)
+        return fmt::format("{} is not in [0, {}] (ignored for full)", k, C);
       break;
   }
   return "";
 }
 
 std::string manifest_problem(const Manifest& m) {
-  if (m.version < 1 || m.version > int(kFormatVersion))
-    return fmt::format("version: {} is not in [1, {}]", m.version, kFormatVersion);
+  if (m.version < 1 || m.version > kStoreFormatVersion)
+    return fmt::format("version: {} is not in [1, {}]", m.version, kStoreFormatVersion);
   if (m.classes.empty()) return "classes: the list is empty";
-  if (m.classes.size() > kMaxClasses) return fmt::format("classes: {} names is more than {}", m.classes.size(), kMaxClasses);
+  if (m.classes.size() > kMaxClasses)
+    return fmt::format("classes: {} names is more than {}", m.classes.size(), kMaxClasses);
   const uint64_t C = m.classes.size();
   if (!(std::isfinite(m.temperature) && m.temperature > 0))
     return fmt::format("temperature: {} is not > 0", m.temperature);
-  if (int(m.label_type) > int(LabelType::kFull)) return fmt::format("label_type: unknown value {}", int(m.label_type));
-  if (int(m.precision) > int(Precision::kU8)) return fmt::format("precision: unknown value {}", int(m.precision));
+  if (int(m.label_type) > int(LabelType::kFull))
+    return fmt::format("label_type: unknown value {}", int(m.label_type));
+  if (int(m.precision) > int(Precision::kU8))
+    return fmt::format("precision: unknown value {}", int(m.precision));
   const std::string kp = k_problem(m.label_type, m.k, C);
   if (!kp.empty()) return "k: " + kp;
   if (m.crops_per_image < 1 || m.crops_per_image > kMaxCropsPerImage)
-    return fmt::format("crops_per_image: {} is not in [1, {}]", m.crops_per_image, kMaxCropsPerImage);
+    return fmt::format("crops_per_image: {} is not in [1, {}]", m.crops_per_image,
+                       kMaxCropsPerImage);
   const CropSampler& s = m.crop;
-  if (!(std::isfinite(s.scale[0]) && std::isfinite(s.scale[1]) && s.scale[0] > 0 && s.scale[0] <= s.scale[1]))
+  if (!(std::isfinite(s.scale[0]) && std::isfinite(s.scale[1]) && s.scale[0] > 0 &&
+        s.scale[0] <= s.scale[1]))
     return fmt::format("scale: [{}, {}] does not satisfy 0 < min <= max", s.scale[0], s.scale[1]);
-  if (!(std::isfinite(s.ratio[0]) && std::isfinite(s.ratio[1]) && s.ratio[0] > 0 && s.ratio[0] <= s.ratio[1]))
+  if (!(std::isfinite(s.ratio[0]) && std::isfinite(s.ratio[1]) && s.ratio[0] > 0 &&
+        s.ratio[0] <= s.ratio[1]))
     return fmt::format("ratio: [{}, {}] does not satisfy 0 < min <= max", s.ratio[0], s.ratio[1]);
   if (!(s.flip >= 0 && s.flip <= 1)) return fmt::format("flip_prob: {} is not in [0, 1]", s.flip);
   if (s.size < 0) return fmt::format("input_size: {} is negative", s.size);
   if (s.kind != CropKind::kRandomResized && s.kind != CropKind::kPadded)
-    return fmt::format("crop_sampler: '{}' is not {} or {}", crop_kind_name(s.kind), store::kRandomResizedCrop, store::kRandomCrop);
+    return fmt::format("crop_sampler: '{}' is not {} or {}", crop_kind_name(s.kind),
+                       store::kRandomResizedCrop, store::kRandomCrop);
   if (s.kind == CropKind::kPadded && !(s.size >= 1 && s.padding >= 0 && s.padding <= 4096))
-    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})", s.size, s.padding);
+    return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})",
+                       s.size, s.padding);
   if (m.num_shards < 1 || m.num_shards > kMaxShards)
     return fmt::format("num_shards: {} is not in [1, {}]", m.num_shards, kMaxShards);
   const uint64_t raw = record_format(m).max_raw_size();
   if (raw > kMaxRecordBytes)
-    return fmt::format("crops_per_image: records of {} crops could need {} bytes, more than the limit {}",
-                       m.crops_per_image, raw, kMaxRecordBytes);
+    return fmt::format(
+        "crops_per_image: records of {} crops could need {} bytes, more than the limit {}",
+        m.crops_per_image, raw, kMaxRecordBytes);
   return "";
 }
 
@@ -251,18 +261,17 @@ uint64_t store_key(const Manifest& m) {
 
 Manifest read_manifest(const std::string& store_dir) {
   const std::string file = (fs::path(store_dir) / kManifestName).string();
-  std::ifstream in(file, std::ios::binary);
-  FKD_CHECK(in.good(), FormatError, "{}: cannot open the store's manifest ({})", file,
+  FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
             fs::exists(store_dir) ? "no such file" : "no such store directory");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::vector<uint8_t> text = read_whole_file(file);
   json j;
   try {
-    j = json::parse(ss.str());
+    j = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
     fail<FormatError>("{}: not valid JSON: {}", file, e.what());
   }
-  FKD_CHECK(j.is_object(), FormatError, "{}: expected a JSON object, found {}", file, j.type_name());
+  FKD_CHECK(j.is_object(), FormatError, "{}: expected a JSON object, found {}", file,
+            j.type_name());
   const Fields f(j, file);
   const std::string format = f.str("format", true, "");
   FKD_CHECK(format == kFormatName, FormatError, "{}: key 'format': expected \"{}\", found \"{}\"",
@@ -270,11 +279,11 @@ Manifest read_manifest(const std::string& store_dir) {
   Manifest m;
   // The version comes first: a newer manifest may lack keys this version requires.
   const int64_t version = f.i64("version", true, 0);
-  FKD_CHECK(version <= int64_t(store::kFormatVersion), FormatError,
-            "{}: store format version {} is newer than this fkd supports ({}): upgrade fkd",
-            file, version, store::kFormatVersion);
+  FKD_CHECK(version <= int64_t(kStoreFormatVersion), FormatError,
+            "{}: store format version {} is newer than this fkd supports ({}): upgrade fkd", file,
+            version, kStoreFormatVersion);
   FKD_CHECK(version >= 1, FormatError, "{}: key 'version': expected {}, found {}", file,
-            store::kFormatVersion, version);
+            kStoreFormatVersion, version);
   m.version = int(version);
   m.num_images = f.u64("num_images", true, 0, std::numeric_limits<uint64_t>::max());
   m.dataset_fingerprint = f.str("dataset_fingerprint", true, "");
@@ -352,28 +361,7 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["classes"] = m.classes;
   const std::string text = j.dump(2) + "\n";
 
-  const fs::path dir(store_dir);
-  const std::string final_path = (dir / kManifestName).string();
-  const std::string tmp = final_path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot create: {}", tmp, std::strerror(errno));
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int e = errno;
-      ::close(fd);
-      fail<IoError>("{}: cannot write: {}", tmp, std::strerror(e));
-    }
-    done += size_t(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  FKD_CHECK(synced, IoError, "{}: fsync failed: {}", tmp, std::strerror(errno));
-  FKD_CHECK(::rename(tmp.c_str(), final_path.c_str()) == 0, IoError, "{}: cannot rename to {}: {}",
-            tmp, final_path, std::strerror(errno));
-  store::sync_directory(dir.string());
+  write_file_durably((fs::path(store_dir) / kManifestName).string(), text);
 }
 
 std::vector<std::string> manifest_differences(const Manifest& a, const Manifest& b) {
@@ -396,9 +384,11 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   }
   cmp("teacher_hash", a.teacher_hash, b.teacher_hash);
   cmp("temperature", a.temperature, b.temperature);
-  cmp("label_type", std::string(label_type_name(a.label_type)), std::string(label_type_name(b.label_type)));
+  cmp("label_type", std::string(label_type_name(a.label_type)),
+      std::string(label_type_name(b.label_type)));
   cmp("k", a.k, b.k);
-  cmp("precision", std::string(precision_name(a.precision)), std::string(precision_name(b.precision)));
+  cmp("precision", std::string(precision_name(a.precision)),
+      std::string(precision_name(b.precision)));
   cmp("crops_per_image", a.crops_per_image, b.crops_per_image);
   cmp("seed", a.seed, b.seed);
   for (std::string& c : crop_differences(a.crop, b.crop)) d.push_back(std::move(c));
@@ -412,10 +402,9 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
 }
 
 std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count) {
-  FKD_CHECK(count >= 1 && index < count, ConfigError, "shard {} of {} does not exist", index, count);
-  auto edge = [&](uint64_t i) {
-    return uint64_t((unsigned __int128)num_images * i / count);
-  };
+  FKD_CHECK(count >= 1 && index < count, ConfigError, "shard {} of {} does not exist", index,
+            count);
+  auto edge = [&](uint64_t i) { return uint64_t((unsigned __int128)num_images * i / count); };
   return {edge(index), edge(uint64_t(index) + 1)};
 }
 
@@ -424,8 +413,8 @@ std::string shard_file_name(uint32_t index, uint32_t count) {
 }
 
 uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width) {
-  FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu,
-            DataError, "label_crop_hash: image {} has size {}x{}", image, height, width);
+  FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu, DataError,
+            "label_crop_hash: image {} has size {}x{}", image, height, width);
   std::vector<uint8_t> bytes(size_t(m.crops_per_image) * 20);
   for (uint32_t c = 0; c < m.crops_per_image; ++c) {
     const CropPlan p = derive_label_crop(m.crop, m.seed, image, c, int(height), int(width));

@@ -17,7 +17,8 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
-#include "store/format.h"
+#include "store/bytes.h"
+#include "store/record.h"
 
 namespace fkd::store {
 
@@ -113,9 +114,12 @@ void put_plane(std::vector<uint8_t>& out, const uint32_t* v, size_t N) {
 
 uint32_t one_code(Precision p) {
   switch (p) {
-    case Precision::kFp32: return 0x3f800000u;
-    case Precision::kFp16: return 0x3c00u;
-    case Precision::kU8: return 255u;
+    case Precision::kFp32:
+      return 0x3f800000u;
+    case Precision::kFp16:
+      return 0x3c00u;
+    case Precision::kU8:
+      return 255u;
   }
   return 0;
 }
@@ -212,7 +216,8 @@ Scratch& scratch() {
 
 /// Reads one plane of N values of at most `max_bits` bits into out[0, N); the values after
 /// those, up to the next multiple of 128, are overwritten too.
-void read_plane(RecordCursor& r, size_t N, const char* what, uint32_t* out, Scratch& s, int max_bits) {
+void read_plane(RecordCursor& r, size_t N, const char* what, uint32_t* out, Scratch& s,
+                int max_bits) {
   const size_t at = r.pos;
   const int w = *r.take(1, what);
   FKD_CHECK(w <= max_bits, FormatError, "{}: {} at record offset {}: width {} is more than {}",
@@ -238,14 +243,15 @@ void read_plane(RecordCursor& r, size_t N, const char* what, uint32_t* out, Scra
   if (E == 0) return;
   const int high_bits = *r.take(1, what);
   FKD_CHECK(high_bits >= 1 && w + high_bits <= max_bits, FormatError,
-            "{}: {} at record offset {}: exception width {} is not in [1, {}]", r.w.str(), what,
-            at, high_bits, max_bits - w);
+            "{}: {} at record offset {}: exception width {} is not in [1, {}]", r.w.str(), what, at,
+            high_bits, max_bits - w);
   const int index_bits = bits_of(uint32_t(N - 1));
   const size_t index_size = packed_bytes(E, index_bits), high_size = packed_bytes(E, high_bits);
   const uint8_t* index = r.take(index_size, what);
   const uint8_t* high = r.take(high_size, what);
   // bits_at may read past an array into the rest of the record (not past its end).
-  const size_t index_room = index_size + high_size + (r.size - r.pos), high_room = high_size + (r.size - r.pos);
+  const size_t index_room = index_size + high_size + (r.size - r.pos),
+               high_room = high_size + (r.size - r.pos);
   uint32_t prev = 0;
   for (uint32_t e = 0; e < E; ++e) {
     const uint32_t i = bits_at(index, index_room, e, index_bits);
@@ -316,8 +322,10 @@ void interleave_fixed(const uint32_t* __restrict planes, size_t stride, size_t N
       const uint32_t* p = planes + size_t(r) * stride + n;
       __m128 a = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
       __m128 b = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride)));
-      __m128 c = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * stride)));
-      __m128 d = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * stride)));
+      __m128 c =
+          _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * stride)));
+      __m128 d =
+          _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 3 * stride)));
       _MM_TRANSPOSE4_PS(a, b, c, d);
       float* o = reinterpret_cast<float*>(out + n * K + size_t(r));
       _mm_storeu_ps(o, a);
@@ -326,7 +334,8 @@ void interleave_fixed(const uint32_t* __restrict planes, size_t stride, size_t N
       _mm_storeu_ps(o + 3 * K, d);
     }
     for (int r = K / 4 * 4; r < K; ++r) {
-      for (size_t j = 0; j < 4; ++j) out[(n + j) * K + size_t(r)] = planes[size_t(r) * stride + n + j];
+      for (size_t j = 0; j < 4; ++j)
+        out[(n + j) * K + size_t(r)] = planes[size_t(r) * stride + n + j];
     }
   }
 #endif
@@ -337,13 +346,20 @@ void interleave_fixed(const uint32_t* __restrict planes, size_t stride, size_t N
 
 void interleave(const uint32_t* planes, size_t stride, size_t N, size_t K, uint32_t* out) {
   switch (K) {
-    case 1: return std::memcpy(out, planes, N * sizeof(uint32_t)), void();
-    case 2: return interleave_fixed<2>(planes, stride, N, out);
-    case 3: return interleave_fixed<3>(planes, stride, N, out);
-    case 4: return interleave_fixed<4>(planes, stride, N, out);
-    case 5: return interleave_fixed<5>(planes, stride, N, out);
-    case 8: return interleave_fixed<8>(planes, stride, N, out);
-    case 10: return interleave_fixed<10>(planes, stride, N, out);
+    case 1:
+      return std::memcpy(out, planes, N * sizeof(uint32_t)), void();
+    case 2:
+      return interleave_fixed<2>(planes, stride, N, out);
+    case 3:
+      return interleave_fixed<3>(planes, stride, N, out);
+    case 4:
+      return interleave_fixed<4>(planes, stride, N, out);
+    case 5:
+      return interleave_fixed<5>(planes, stride, N, out);
+    case 8:
+      return interleave_fixed<8>(planes, stride, N, out);
+    case 10:
+      return interleave_fixed<10>(planes, stride, N, out);
     default:
       for (size_t n = 0; n < N; ++n)
         for (size_t r = 0; r < K; ++r) out[n * K + r] = planes[r * stride + n];
@@ -359,15 +375,23 @@ void lookup_fixed(const uint32_t* __restrict planes, size_t stride, size_t N,
   }
 }
 
-void lookup(const uint32_t* planes, size_t stride, size_t N, size_t K, const int32_t* ids, int32_t* out) {
+void lookup(const uint32_t* planes, size_t stride, size_t N, size_t K, const int32_t* ids,
+            int32_t* out) {
   switch (K) {
-    case 1: return lookup_fixed<1>(planes, stride, N, ids, out);
-    case 2: return lookup_fixed<2>(planes, stride, N, ids, out);
-    case 3: return lookup_fixed<3>(planes, stride, N, ids, out);
-    case 4: return lookup_fixed<4>(planes, stride, N, ids, out);
-    case 5: return lookup_fixed<5>(planes, stride, N, ids, out);
-    case 8: return lookup_fixed<8>(planes, stride, N, ids, out);
-    case 10: return lookup_fixed<10>(planes, stride, N, ids, out);
+    case 1:
+      return lookup_fixed<1>(planes, stride, N, ids, out);
+    case 2:
+      return lookup_fixed<2>(planes, stride, N, ids, out);
+    case 3:
+      return lookup_fixed<3>(planes, stride, N, ids, out);
+    case 4:
+      return lookup_fixed<4>(planes, stride, N, ids, out);
+    case 5:
+      return lookup_fixed<5>(planes, stride, N, ids, out);
+    case 8:
+      return lookup_fixed<8>(planes, stride, N, ids, out);
+    case 10:
+      return lookup_fixed<10>(planes, stride, N, ids, out);
     default:
       for (size_t n = 0; n < N; ++n)
         for (size_t r = 0; r < K; ++r) out[n * K + r] = ids[planes[r * stride + n]];
@@ -417,7 +441,8 @@ bool encode_packed_record(const RecordFormat& f, const ImageLabels& l, std::vect
     }
     std::vector<uint32_t> order(D);
     for (size_t i = 0; i < D; ++i) order[i] = uint32_t(i);
-    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return count[a] > count[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](uint32_t a, uint32_t b) { return count[a] > count[b]; });
     put_bits(out, order.data(), D, bits_of(uint32_t(D - 1)));
     std::vector<uint32_t> rank_of(D);
     for (size_t i = 0; i < D; ++i) rank_of[order[i]] = uint32_t(i);
@@ -426,7 +451,8 @@ bool encode_packed_record(const RecordFormat& f, const ImageLabels& l, std::vect
       for (size_t n = 0; n < N; ++n) {
         const uint32_t p = pos[n * ni + r];
         uint32_t below = 0;
-        for (size_t j = 0; j < std::min(r, kExcludedRanks); ++j) below += uint32_t(pos[n * ni + j] < p);
+        for (size_t j = 0; j < std::min(r, kExcludedRanks); ++j)
+          below += uint32_t(pos[n * ni + j] < p);
         plane[n] = p - below;
       }
       put_plane(out, plane.data(), N);
@@ -452,7 +478,8 @@ void decode_packed_record(const RecordFormat& f, const uint8_t* data, size_t siz
   Scratch& s = scratch();
   const size_t stride = plane_stride(N);
   const size_t planes = std::max(ni, nv);
-  if (s.planes.size() < planes * stride + kPlaneSlack) s.planes.resize(planes * stride + kPlaneSlack);
+  if (s.planes.size() < planes * stride + kPlaneSlack)
+    s.planes.resize(planes * stride + kPlaneSlack);
   out.indices.resize(N * ni);
   if (ni > 0) {
     const uint32_t D = read_dictionary(r, f, s.dict, 0);
@@ -465,7 +492,8 @@ void decode_packed_record(const RecordFormat& f, const uint8_t* data, size_t siz
     for (uint32_t i = 0; i < D; ++i) {
       const uint32_t o = bits_at(order, order_size, i, order_bits);
       FKD_CHECK(o < D && !s.seen[o], FormatError,
-                "{}: dictionary order entry {}: {} is past {} entries or repeated", w.str(), i, o, D);
+                "{}: dictionary order entry {}: {} is past {} entries or repeated", w.str(), i, o,
+                D);
       s.seen[o] = 1;
       s.order[i] = s.dict[o];
     }
@@ -478,8 +506,8 @@ void decode_packed_record(const RecordFormat& f, const uint8_t* data, size_t siz
     undo_exclusion(planes, stride, N, ni, s);
     for (size_t k = 0; k < ni; ++k) {
       const uint32_t* p = planes + k * stride;
-      FKD_CHECK(!any_at_least(p, N, D), FormatError, "{}: dictionary position {} >= dictionary size {}",
-                w.str(), max_of(p, N), D);
+      FKD_CHECK(!any_at_least(p, N, D), FormatError,
+                "{}: dictionary position {} >= dictionary size {}", w.str(), max_of(p, N), D);
     }
     lookup(planes, stride, N, ni, s.order.data(), out.indices.data());
   }

@@ -15,15 +15,19 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
-#include "store/format.h"
+#include "store/bytes.h"
+#include "store/record.h"
 
 namespace fkd::store {
 
 int RecordFormat::value_bytes() const {
   switch (precision) {
-    case Precision::kFp32: return 4;
-    case Precision::kFp16: return 2;
-    case Precision::kU8: return 1;
+    case Precision::kFp32:
+      return 4;
+    case Precision::kFp16:
+      return 2;
+    case Precision::kU8:
+      return 1;
   }
   return 4;
 }
@@ -36,16 +40,6 @@ uint64_t RecordFormat::max_raw_size() const {
     size += 5 + 5 * d_max + 4 * N * ni;
   }
   return size + N * nv * uint64_t(value_bytes());
-}
-
-RecordFormat record_format(const ShardHeader& h) {
-  RecordFormat f;
-  f.label_type = h.label_type;
-  f.k = int(h.k);
-  f.num_classes = int(h.num_classes);
-  f.precision = h.precision;
-  f.crops_per_image = h.crops_per_image;
-  return f;
 }
 
 RecordFormat record_format(const Manifest& m) {
@@ -97,8 +91,10 @@ uint32_t value_code(float v, Precision p) {
       std::memcpy(&x, &v, 4);
       return x;
     }
-    case Precision::kFp16: return float_to_half(v);
-    case Precision::kU8: return float_to_u8(v);
+    case Precision::kFp16:
+      return float_to_half(v);
+    case Precision::kU8:
+      return float_to_u8(v);
   }
   return 0;
 }
@@ -106,9 +102,12 @@ uint32_t value_code(float v, Precision p) {
 FKD_VECTOR_CLONES
 void codes_to_floats(Precision p, const uint32_t* codes, float* row, size_t n) {
   switch (p) {
-    case Precision::kFp32: return codes_to_floats_of<4>(codes, row, n);
-    case Precision::kFp16: return codes_to_floats_of<2>(codes, row, n);
-    case Precision::kU8: return codes_to_floats_of<1>(codes, row, n);
+    case Precision::kFp32:
+      return codes_to_floats_of<4>(codes, row, n);
+    case Precision::kFp16:
+      return codes_to_floats_of<2>(codes, row, n);
+    case Precision::kU8:
+      return codes_to_floats_of<1>(codes, row, n);
   }
 }
 
@@ -148,8 +147,8 @@ uint32_t RecordCursor::varint(const char* what) {
   uint32_t v = 0;
   for (int shift = 0; shift < 35; shift += 7) {
     const uint8_t b = *take(1, what);
-    FKD_CHECK(shift < 28 || b < 0x10, FormatError, "{}: {} at record offset {}: varint exceeds 32 bits",
-              w.str(), what, pos - 1);
+    FKD_CHECK(shift < 28 || b < 0x10, FormatError,
+              "{}: {} at record offset {}: varint exceeds 32 bits", w.str(), what, pos - 1);
     v |= uint32_t(b & 0x7f) << shift;
     if (!(b & 0x80)) return v;
   }
@@ -165,15 +164,16 @@ void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& o
   FKD_CHECK(out.num_crops == f.crops_per_image, FormatError,
             "{}: record offset 12: expected {} crops, found {}", cur.w.str(), f.crops_per_image,
             out.num_crops);
-  FKD_CHECK(out.height >= 1 && out.width >= 1 && out.height <= 0x7fffffffu && out.width <= 0x7fffffffu,
-            FormatError, "{}: record offset 0: image size {}x{} is not positive", cur.w.str(),
-            out.height, out.width);
+  FKD_CHECK(
+      out.height >= 1 && out.width >= 1 && out.height <= 0x7fffffffu && out.width <= 0x7fffffffu,
+      FormatError, "{}: record offset 0: image size {}x{} is not positive", cur.w.str(), out.height,
+      out.width);
 }
 
 uint32_t read_dictionary(RecordCursor& cur, const RecordFormat& f, std::vector<int32_t>& dict,
                          size_t min_entries) {
-  const uint64_t d_max =
-      std::min<uint64_t>(uint64_t(f.num_classes), uint64_t(f.crops_per_image) * uint64_t(f.n_idx()));
+  const uint64_t d_max = std::min<uint64_t>(uint64_t(f.num_classes),
+                                            uint64_t(f.crops_per_image) * uint64_t(f.n_idx()));
   const uint32_t D = cur.varint("dictionary size");
   FKD_CHECK(D >= 1 && D <= d_max, FormatError,
             "{}: record offset 16: dictionary size {} is not in [1, {}]", cur.w.str(), D, d_max);
@@ -195,9 +195,11 @@ int compression_level(size_t raw_size) { return raw_size <= (256u << 10) ? 19 : 
 void check_labels(const RecordFormat& f, const ImageLabels& l, const std::string& where) {
   const size_t N = f.crops_per_image, ni = size_t(f.n_idx()), nv = size_t(f.n_val());
   FKD_CHECK(l.num_crops == f.crops_per_image, DataError,
-            "{}: holds {} crops, the store has {} per image", where, l.num_crops, f.crops_per_image);
+            "{}: holds {} crops, the store has {} per image", where, l.num_crops,
+            f.crops_per_image);
   FKD_CHECK(l.indices.size() == N * ni, DataError,
-            "{}: {} class indices, expected {} ({} crops x {})", where, l.indices.size(), N * ni, N, ni);
+            "{}: {} class indices, expected {} ({} crops x {})", where, l.indices.size(), N * ni, N,
+            ni);
   FKD_CHECK(l.values.size() == N * nv, DataError, "{}: {} values, expected {} ({} crops x {})",
             where, l.values.size(), N * nv, N, nv);
   FKD_CHECK(l.height >= 1 && l.width >= 1 && l.height <= 0x7fffffffu && l.width <= 0x7fffffffu,
@@ -207,7 +209,8 @@ void check_labels(const RecordFormat& f, const ImageLabels& l, const std::string
     const int32_t* idx = l.indices.data() + n * ni;
     for (size_t r = 0; r < ni; ++r) {
       FKD_CHECK(idx[r] >= 0 && idx[r] < f.num_classes, DataError,
-                "{}: crop {}: class index {} out of range [0, {})", where, n, idx[r], f.num_classes);
+                "{}: crop {}: class index {} out of range [0, {})", where, n, idx[r],
+                f.num_classes);
     }
     if (ni > 1) {
       sorted.assign(idx, idx + ni);
@@ -219,8 +222,9 @@ void check_labels(const RecordFormat& f, const ImageLabels& l, const std::string
   }
   for (size_t i = 0; i < l.values.size(); ++i) {
     const float v = l.values[i];
-    FKD_CHECK(v >= 0.0f && v <= 1.0f, DataError, "{}: crop {}: value {} is not a probability in [0, 1]",
-              where, i / std::max<size_t>(nv, 1), v);
+    FKD_CHECK(v >= 0.0f && v <= 1.0f, DataError,
+              "{}: crop {}: value {} is not a probability in [0, 1]", where,
+              i / std::max<size_t>(nv, 1), v);
   }
 }
 
@@ -276,7 +280,8 @@ void encode_record(const RecordFormat& f, const ImageLabels& l, std::vector<uint
     for (size_t r = 0; r < nv; ++r) {
       for (size_t n = 0; n < N; ++n) {
         const uint32_t code = value_code(l.values[n * nv + r], f.precision);
-        const uint32_t above = (delta && r > 0) ? value_code(l.values[n * nv + r - 1], f.precision) : 0;
+        const uint32_t above =
+            (delta && r > 0) ? value_code(l.values[n * nv + r - 1], f.precision) : 0;
         s.codes[r * N + n] = (delta && r > 0) ? (above - code) & mask : code;
       }
     }
@@ -370,14 +375,19 @@ uint32_t read_positions(const uint8_t* __restrict planes, size_t N, size_t ni_an
 }
 
 template <int W>
-uint32_t read_positions(const uint8_t* planes, size_t N, size_t ni, uint32_t D,
-                        const int32_t* dict, int32_t* out) {
+uint32_t read_positions(const uint8_t* planes, size_t N, size_t ni, uint32_t D, const int32_t* dict,
+                        int32_t* out) {
   switch (ni) {
-    case 1: return read_positions<W, 1>(planes, N, ni, D, dict, out);
-    case 3: return read_positions<W, 3>(planes, N, ni, D, dict, out);
-    case 5: return read_positions<W, 5>(planes, N, ni, D, dict, out);
-    case 10: return read_positions<W, 10>(planes, N, ni, D, dict, out);
-    default: return read_positions<W, 0>(planes, N, ni, D, dict, out);
+    case 1:
+      return read_positions<W, 1>(planes, N, ni, D, dict, out);
+    case 3:
+      return read_positions<W, 3>(planes, N, ni, D, dict, out);
+    case 5:
+      return read_positions<W, 5>(planes, N, ni, D, dict, out);
+    case 10:
+      return read_positions<W, 10>(planes, N, ni, D, dict, out);
+    default:
+      return read_positions<W, 0>(planes, N, ni, D, dict, out);
   }
 }
 
@@ -438,8 +448,8 @@ struct Codes8 {
 /// Decodes one rank of 8 crops (`q`: the rank's first plane at the block's first crop)
 /// into floats f0 (crops 0-3) and f1 (crops 4-7); `above` holds the rank above (delta).
 template <int S, bool kDelta>
-inline void value_rank8(const uint8_t* q, size_t count, bool first, Codes8& above,
-                        __m128i& bad, __m128& f0, __m128& f1) {
+inline void value_rank8(const uint8_t* q, size_t count, bool first, Codes8& above, __m128i& bad,
+                        __m128& f0, __m128& f1) {
   const __m128i zero = _mm_setzero_si128();
   const __m128i b0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q));
   if (S == 1 || S == 2) {
@@ -580,8 +590,8 @@ uint32_t worst_value_code(const uint8_t* planes, size_t N, size_t nv, int S, boo
 
 }  // namespace
 
-void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_size,
-                       ImageLabels& out, const Where& w) {
+void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_size, ImageLabels& out,
+                       const Where& w) {
   const size_t N = f.crops_per_image, ni = size_t(f.n_idx()), nv = size_t(f.n_val());
   RecordCursor cur{raw, raw_size, 0, w};
   read_record_header(cur, f, out);
@@ -606,8 +616,8 @@ void decode_raw_record(const RecordFormat& f, const uint8_t* raw, size_t raw_siz
     const uint8_t* planes = cur.take(size_t(S) * N * nv, "values");
     const bool delta = f.label_type != LabelType::kFull;
     float* v = out.values.data();
-    const uint32_t bad = S == 1 ? (delta ? read_values<1, true>(planes, N, nv, s, v)
-                                         : read_values<1, false>(planes, N, nv, s, v))
+    const uint32_t bad = S == 1   ? (delta ? read_values<1, true>(planes, N, nv, s, v)
+                                           : read_values<1, false>(planes, N, nv, s, v))
                          : S == 2 ? (delta ? read_values<2, true>(planes, N, nv, s, v)
                                            : read_values<2, false>(planes, N, nv, s, v))
                                   : (delta ? read_values<4, true>(planes, N, nv, s, v)
@@ -627,8 +637,8 @@ void decode_record(const RecordFormat& f, const uint8_t* payload, size_t payload
   thread_local std::unique_ptr<ZSTD_DCtx, Free> dctx(ZSTD_createDCtx());
   FKD_CHECK(dctx, IoError, "zstd: cannot create a decompression context");
   const unsigned long long content = ZSTD_getFrameContentSize(payload, payload_size);
-  FKD_CHECK(content == raw_size, FormatError,
-            "{}: zstd frame: expected content size {}, found {}", w.str(), raw_size,
+  FKD_CHECK(content == raw_size, FormatError, "{}: zstd frame: expected content size {}, found {}",
+            w.str(), raw_size,
             content == ZSTD_CONTENTSIZE_ERROR     ? std::string("an invalid frame header")
             : content == ZSTD_CONTENTSIZE_UNKNOWN ? std::string("none")
                                                   : std::to_string(content));
@@ -640,7 +650,8 @@ void decode_record(const RecordFormat& f, const uint8_t* payload, size_t payload
   if (raw.size() < raw_size) raw.resize(raw_size);
   const size_t n = ZSTD_decompressDCtx(dctx.get(), raw.data(), raw_size, payload, payload_size);
   FKD_CHECK(!ZSTD_isError(n) && n == raw_size, FormatError, "{}: zstd: expected {} bytes, found {}",
-            w.str(), raw_size, ZSTD_isError(n) ? std::string(ZSTD_getErrorName(n)) : std::to_string(n));
+            w.str(), raw_size,
+            ZSTD_isError(n) ? std::string(ZSTD_getErrorName(n)) : std::to_string(n));
   decode_raw_record(f, raw.data(), raw_size, out, w);
 }
 

@@ -7,7 +7,6 @@
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
-#include "fkd/hash.h"
 #include "fkd/rng.h"
 #include "fkd/store.h"
 

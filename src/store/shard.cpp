@@ -1,35 +1,19 @@
 // Shard file structure: header, blocks, index, footer; the suspicious parser (ShardView)
 // and the block scanner used to resume a .partial file.
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <xxhash.h>
 #include <zstd.h>
 
-#include <cerrno>
 #include <cstring>
 
 #include <fmt/format.h>
 
 #include "fkd/error.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard.h"
 
 namespace fkd::store {
 
-uint64_t checksum64(const uint8_t* data, size_t size) { return XXH3_64bits(data, size); }
-
 uint64_t block_checksum(const uint8_t* block, size_t payload_size) {
-  return XXH3_64bits_withSeed(block + 16, kBlockHeaderSize - 16 + payload_size, load_u64(block));
-}
-
-std::string show_bytes(const uint8_t* p, size_t n) {
-  bool printable = true;
-  for (size_t i = 0; i < n; ++i) printable = printable && p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\'';
-  if (printable) return "'" + std::string(reinterpret_cast<const char*>(p), n) + "'";
-  std::string s = "0x";
-  for (size_t i = 0; i < n; ++i) s += fmt::format("{:02x}", p[i]);
-  return s;
+  return checksum64(block + 16, kBlockHeaderSize - 16 + payload_size, load_u64(block));
 }
 
 ShardHeader header_for(const Manifest& m, uint32_t shard_index) {
@@ -46,6 +30,16 @@ ShardHeader header_for(const Manifest& m, uint32_t shard_index) {
   h.k = uint32_t(m.k);
   h.store_key = store_key(m);
   return h;
+}
+
+RecordFormat record_format(const ShardHeader& h) {
+  RecordFormat f;
+  f.label_type = h.label_type;
+  f.k = int(h.k);
+  f.num_classes = int(h.num_classes);
+  f.precision = h.precision;
+  f.crops_per_image = h.crops_per_image;
+  return f;
 }
 
 // Header field offsets (docs/label-store.md, "Shard header").
@@ -79,21 +73,21 @@ std::vector<uint8_t> encode_header(const ShardHeader& h) {
 ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name,
                           bool verify_checksum) {
   FKD_CHECK(size >= 12, FormatError,
-            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name, kHeaderSize,
-            size);
+            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name,
+            kHeaderSize, size);
   FKD_CHECK(std::memcmp(d, kShardMagic, 8) == 0, FormatError,
             "{}: offset 0: expected magic 'FKDLABEL', found {} (not an fkd label shard)", name,
             show_bytes(d, 8));
   ShardHeader h;
   h.version = load_u32(d + off::kVersion);
-  FKD_CHECK(h.version <= kFormatVersion, FormatError,
+  FKD_CHECK(h.version <= uint32_t(kStoreFormatVersion), FormatError,
             "{}: offset 8: format version {} is newer than this fkd supports ({}): upgrade fkd",
-            name, h.version, kFormatVersion);
-  FKD_CHECK(h.version >= 1, FormatError, "{}: offset 8: expected format version {}, found {}",
-            name, kFormatVersion, h.version);
+            name, h.version, kStoreFormatVersion);
+  FKD_CHECK(h.version >= 1, FormatError, "{}: offset 8: expected format version {}, found {}", name,
+            kStoreFormatVersion, h.version);
   FKD_CHECK(size >= kHeaderSize, FormatError,
-            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name, kHeaderSize,
-            size);
+            "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name,
+            kHeaderSize, size);
   const uint32_t header_size = load_u32(d + off::kHeaderSize);
   FKD_CHECK(header_size == kHeaderSize, FormatError,
             "{}: offset 12: expected header size {}, found {}", name, kHeaderSize, header_size);
@@ -152,7 +146,8 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
 std::string codec_problem(const ShardHeader& h, uint32_t codec, uint32_t payload_size,
                           uint32_t raw_size) {
   if (codec == uint32_t(Codec::kZstd)) return "";
-  if (h.version < uint32_t(kPackedSince)) return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
+  if (h.version < uint32_t(kPackedSince))
+    return fmt::format("codec {} in a version {} shard (only 0, zstd)", codec, h.version);
   if (codec != uint32_t(Codec::kPacked)) return fmt::format("unknown codec {}", codec);
   if (!packable(record_format(h))) return "a packed record in a store of full labels";
   if (payload_size != raw_size)
@@ -180,38 +175,45 @@ BlockScan scan_blocks(const uint8_t* data, size_t size, const ShardHeader& h,
   uint64_t pos = kHeaderSize;
   for (uint64_t id = h.image_begin; id < h.image_end; ++id) {
     if (size - pos < kBlockHeaderSize) {
-      if (size != pos) s.stop_reason = fmt::format("{}: offset {}: torn block header of image {}", name, pos, id);
+      if (size != pos)
+        s.stop_reason = fmt::format("{}: offset {}: torn block header of image {}", name, pos, id);
       break;
     }
     const uint8_t* b = data + pos;
     const uint32_t payload = load_u32(b + 4), raw = load_u32(b + 24);
     const uint64_t image = load_u64(b + 16);
     if (std::memcmp(b, kBlockMagic, 4) != 0) {
-      s.stop_reason = fmt::format("{}: offset {}: expected block magic 'FKDB', found {}", name, pos, show_bytes(b, 4));
+      s.stop_reason = fmt::format("{}: offset {}: expected block magic 'FKDB', found {}", name, pos,
+                                  show_bytes(b, 4));
       break;
     }
-    if (image != id || raw < kRecordHeaderSize || raw > max_raw || payload > ZSTD_COMPRESSBOUND(raw) ||
+    if (image != id || raw < kRecordHeaderSize || raw > max_raw ||
+        payload > ZSTD_COMPRESSBOUND(raw) ||
         !codec_problem(h, load_u32(b + 28), payload, raw).empty()) {
       s.stop_reason = fmt::format(
-          "{}: offset {}: block header of image {} is inconsistent (image {}, payload {} bytes, record {} bytes)",
+          "{}: offset {}: block header of image {} is inconsistent (image {}, payload {} bytes, "
+          "record {} bytes)",
           name, pos, id, image, payload, raw);
       break;
     }
     if (size - pos - kBlockHeaderSize < payload) {
-      s.stop_reason = fmt::format("{}: offset {}: torn block of image {}: {} of {} payload bytes present",
-                                  name, pos, id, size - pos - kBlockHeaderSize, payload);
+      s.stop_reason =
+          fmt::format("{}: offset {}: torn block of image {}: {} of {} payload bytes present", name,
+                      pos, id, size - pos - kBlockHeaderSize, payload);
       break;
     }
     const uint64_t stored = load_u64(b + 8);
     if (verify_checksums && block_checksum(b, payload) != stored) {
-      s.stop_reason = fmt::format("{}: offset {}: block of image {} fails its checksum", name, pos, id);
+      s.stop_reason =
+          fmt::format("{}: offset {}: block of image {} fails its checksum", name, pos, id);
       break;
     }
     s.entries.push_back({pos, payload, raw, stored});
     pos += kBlockHeaderSize + payload;
   }
   if (s.stop_reason.empty() && pos != size) {
-    s.stop_reason = fmt::format("{}: offset {}: {} bytes after the last block", name, pos, size - pos);
+    s.stop_reason =
+        fmt::format("{}: offset {}: {} bytes after the last block", name, pos, size - pos);
   }
   s.end = pos;
   return s;
@@ -270,7 +272,8 @@ ShardView ShardView::parse(const uint8_t* data, size_t size, const std::string& 
   const uint64_t expected_count = h.image_end - h.image_begin;
   FKD_CHECK(count == expected_count, FormatError,
             "{}: offset {}: expected {} index entries (images [{}, {})), found {}", name,
-            size - kFooterSize + foot::kNumEntries, expected_count, h.image_begin, h.image_end, count);
+            size - kFooterSize + foot::kNumEntries, expected_count, h.image_begin, h.image_end,
+            count);
   const uint64_t expected_offset = size - kFooterSize - count * kIndexEntrySize;
   FKD_CHECK(index_offset == expected_offset, FormatError,
             "{}: offset {}: expected index offset {}, found {}", name, size - kFooterSize,
@@ -297,8 +300,8 @@ ShardView ShardView::parse(const uint8_t* data, size_t size, const std::string& 
     x.checksum = load_u64(e + 16);
     const uint64_t at = index_offset + i * kIndexEntrySize;
     FKD_CHECK(x.offset == expect, FormatError,
-              "{}: offset {}: index entry of image {}: expected block offset {}, found {}", name, at,
-              h.image_begin + i, expect, x.offset);
+              "{}: offset {}: index entry of image {}: expected block offset {}, found {}", name,
+              at, h.image_begin + i, expect, x.offset);
     FKD_CHECK(x.raw_size >= kRecordHeaderSize && x.raw_size <= max_raw, FormatError,
               "{}: offset {}: index entry of image {}: record size {} is not in [{}, {}]", name,
               at + 12, h.image_begin + i, x.raw_size, kRecordHeaderSize, max_raw);
@@ -337,9 +340,9 @@ const uint8_t* ShardView::checked_block(uint64_t image_id) const {
   const uint32_t payload = load_u32(b + 4), raw = load_u32(b + 24);
   const uint64_t image = load_u64(b + 16), stored = load_u64(b + 8);
   FKD_CHECK(payload == e.payload_size && raw == e.raw_size && image == image_id, FormatError,
-            "{}: offset {}: block header disagrees with the index: expected image {}, payload {}, "
-            "record {}; found image {}, payload {}, record {}",
-            name_, e.offset, image_id, e.payload_size, e.raw_size, image, payload, raw);
+            "{}: offset {}: block of image {}: header disagrees with the index: expected image "
+            "{}, payload {}, record {}; found image {}, payload {}, record {}",
+            name_, e.offset, image_id, image_id, e.payload_size, e.raw_size, image, payload, raw);
   const std::string bad_codec = codec_problem(header_, load_u32(b + 28), payload, raw);
   FKD_CHECK(bad_codec.empty(), FormatError, "{}: offset {}: block of image {}: {}", name_,
             e.offset + 28, image_id, bad_codec);
@@ -366,41 +369,6 @@ void ShardView::read(uint64_t image_id, ImageLabels& out) const {
   } else {
     decode_record(format_, b + kBlockHeaderSize, e.payload_size, e.raw_size, out, where);
   }
-}
-
-MappedFile::MappedFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path, std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    fail<IoError>("{}: cannot stat: {}", path, std::strerror(e));
-  }
-  size_ = size_t(st.st_size);
-  if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-      const int e = errno;
-      ::close(fd);
-      fail<IoError>("{}: cannot mmap {} bytes: {}", path, size_, std::strerror(e));
-    }
-    data_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-}
-
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-}
-
-void sync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  FKD_CHECK(fd >= 0, IoError, "{}: cannot open directory: {}", dir, std::strerror(errno));
-  const bool ok = ::fsync(fd) == 0;
-  const int e = errno;
-  ::close(fd);
-  FKD_CHECK(ok, IoError, "{}: fsync of the directory failed: {}", dir, std::strerror(e));
 }
 
 }  // namespace fkd::store

@@ -14,8 +14,10 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/store.h"
-#include "store/format.h"
+#include "store/manifest.h"
+#include "store/shard_file.h"
 
 namespace fkd {
 namespace store {
@@ -63,13 +65,10 @@ ShardFile::ShardFile(const std::string& path, const ShardHeader& h)
   const std::vector<uint8_t> want = encode_header(h);
   if (fs::exists(path_)) {
     // A finished shard is never touched again; it must belong to this store.
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    FKD_CHECK(fd >= 0, IoError, "{}: cannot open: {}", path_, std::strerror(errno));
+    const ReadableFile file(path_, "shard file");
     std::vector<uint8_t> have(kHeaderSize);
-    struct stat st;
-    const bool big_enough = ::fstat(fd, &st) == 0 && uint64_t(st.st_size) >= kHeaderSize;
-    if (big_enough) read_all(fd, have.data(), kHeaderSize, path_);
-    ::close(fd);
+    const bool big_enough = file.size() >= kHeaderSize;
+    if (big_enough) read_all(file.fd(), have.data(), kHeaderSize, path_);
     FKD_CHECK(big_enough && have == want, FormatError,
               "{}: offset 0: the finished shard's header differs from the one this store's "
               "manifest gives (written for another manifest, or corrupt)",
@@ -77,6 +76,7 @@ ShardFile::ShardFile(const std::string& path, const ShardHeader& h)
     finished_ = true;
     return;
   }
+  if (fs::exists(partial_)) ReadableFile(partial_, "shard file");  // refuses a FIFO, a directory
   fd_ = ::open(partial_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   FKD_CHECK(fd_ >= 0, IoError, "{}: cannot open: {}", partial_, std::strerror(errno));
   if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
@@ -114,7 +114,7 @@ void ShardFile::resume(const std::vector<uint8_t>& want) {
                 std::strerror(errno));
       write_all(fd_, want.data(), want.size(), 0, partial_);
       FKD_CHECK(::fsync(fd_) == 0, IoError, "{}: fsync failed: {}", partial_, std::strerror(errno));
-      sync_directory(parent_dir(partial_));
+      fsync_directory(parent_dir(partial_));
       end_ = kHeaderSize;
     }
   } else {
@@ -186,7 +186,7 @@ void ShardFile::finish() {
             partial_, path_, std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
-  sync_directory(parent_dir(path_));
+  fsync_directory(parent_dir(path_));
   finished_ = true;
 }
 
@@ -209,7 +209,8 @@ ShardWriter::ShardWriter(const std::string& store_dir, const Manifest& m, uint32
             store_dir, shard_index, m.num_shards);
   impl_->format = store::record_format(m);
   impl_->pack = m.version >= store::kPackedSince && store::packable(impl_->format);
-  impl_->name = (std::filesystem::path(store_dir) / shard_file_name(shard_index, m.num_shards)).string();
+  impl_->name =
+      (std::filesystem::path(store_dir) / shard_file_name(shard_index, m.num_shards)).string();
   impl_->file = std::make_unique<store::ShardFile>(impl_->name, store::header_for(m, shard_index));
 }
 
@@ -230,7 +231,8 @@ void ShardWriter::append(uint64_t image_id, const ImageLabels& labels) {
   // Packed when it can be (it decodes about 2.3 times as fast as zstd at about the same
   // size); otherwise, and always in a version 1 store, a zstd frame.
   if (w.pack && store::encode_packed_record(w.format, labels, w.payload)) {
-    store::make_block(image_id, w.payload, uint32_t(w.payload.size()), store::Codec::kPacked, w.block);
+    store::make_block(image_id, w.payload, uint32_t(w.payload.size()), store::Codec::kPacked,
+                      w.block);
   } else {
     store::encode_record(w.format, labels, w.raw, w.sections);
     store::compress_record(w.raw, w.sections, w.payload);

@@ -1,15 +1,11 @@
 #include "checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 
 namespace fkd {
 
@@ -45,14 +41,6 @@ EpochMetrics metrics_from(const nlohmann::json& j) {
   return m;
 }
 
-void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-
 CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
   try {
     const auto j = nlohmann::json::parse(text);
@@ -81,16 +69,6 @@ CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
 
 std::string metrics_to_json(const EpochMetrics& m) { return metrics_json(m).dump(); }
 
-void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    for (const auto& m : history) f << metrics_to_json(m) << "\n";
-    FKD_CHECK(f.good(), IoError, "{}: cannot write", tmp);
-  }
-  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename", tmp);
-}
-
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
                      torch::optim::Optimizer* optimizer) {
   nlohmann::json j = {{"format", "fkd-checkpoint"},
@@ -117,19 +95,22 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& n
   }
   ar.write("rng", at::detail::getDefaultCPUGenerator().get_state());
 
-  const std::string tmp = path + ".tmp";
+  // torch writes through a callback that never fails, so that a full disk cannot make its
+  // archive writer throw from a destructor (an abort); the error surfaces at commit().
+  DurableFile file(path);
   try {
-    ar.save_to(tmp);
+    ar.save_to([&file](const void* data, size_t size) { return file.write_deferred(data, size); });
   } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
-    fail<IoError>("{}: cannot write checkpoint", tmp);
+    fail<IoError>("{}: cannot serialize the checkpoint: {}", path,
+                  one_line(e.what_without_backtrace()));
   }
-  fsync_path(tmp);
-  FKD_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "{}: cannot rename to {}", tmp,
-            path);
-  fsync_path(std::filesystem::path(path).parent_path().empty()
-                 ? "."
-                 : std::filesystem::path(path).parent_path().string());
+  file.commit();
+}
+
+void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history) {
+  std::string text;
+  for (const auto& m : history) text += metrics_to_json(m) + "\n";
+  write_file_durably(path, text);
 }
 
 std::optional<CheckpointFile> try_open_checkpoint(const std::string& path) {

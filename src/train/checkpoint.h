@@ -1,6 +1,6 @@
 // Checkpoints: model, optimizer and RNG state plus the run's configuration and history,
-// in one torch archive, written atomically (temporary file, fsync, rename) so that a run
-// killed at any moment leaves either the previous checkpoint or the new one, never half.
+// in one torch archive, written durably (write_file_durably, file_io.h) so that a run killed
+// at any moment, or a full disk, leaves either the previous checkpoint or the new one.
 //
 // Layout (torch::serialize archive, a zip):
 //   meta       string: JSON {"format": "fkd-checkpoint", "version": 1, "epochs_done",
@@ -35,7 +35,8 @@ struct CheckpointMeta {
   std::vector<EpochMetrics> history;
 };
 
-/// Writes path atomically. `optimizer` may be null.
+/// Replaces `path` durably. `optimizer` may be null. A failure (a full disk) is one IoError
+/// naming `path`; the previous checkpoint stays intact.
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
                      torch::optim::Optimizer* optimizer);
 
@@ -66,10 +67,12 @@ std::shared_ptr<Net> checkpoint_model(CheckpointFile& f);
 /// open_checkpoint + checkpoint_model; the metadata goes to *meta when given.
 std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta = nullptr);
 
-/// Writes metrics.jsonl (one line per entry of `history`) atomically.
-void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history);
-
 /// One metrics.jsonl line.
 std::string metrics_to_json(const EpochMetrics& m);
+
+/// Replaces metrics.jsonl at `path` durably with one line per epoch of `history` (the whole
+/// file each time, so it never holds a line for an epoch the checkpoint lacks). IoError
+/// naming `path` on failure, the previous file intact.
+void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>& history);
 
 }  // namespace fkd

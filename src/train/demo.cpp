@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/label.h"
 #include "fkd/plot.h"
 #include "fkd/progress.h"
@@ -180,7 +181,7 @@ std::string write_plot(const DemoRun& run, const DemoResult& d) {
   po.x_label = "wall-clock seconds (training + evaluation)";
   po.y_label = "test top-1 (%)";
   const std::string svg = "accuracy" + run.tag + ".svg";
-  write_text_file_atomic((run.out / svg).string(), render_line_plot_svg(plot, po));
+  write_file_durably((run.out / svg).string(), render_line_plot_svg(plot, po));
   return svg;
 }
 
@@ -209,7 +210,7 @@ std::string write_report(const DemoRun& run, const DemoResult& d, const std::str
       format_duration(d.teacher_seconds), label_time, rc.epochs, table, svg,
       format_duration(total));
   const std::string path = (run.out / ("report" + run.tag + ".md")).string();
-  write_text_file_atomic(path, md);
+  write_file_durably(path, md);
   return path;
 }
 

@@ -1,0 +1,26 @@
+// Checks on a store's manifest that the shard and record code share: value ranges, the
+// store key that ties every shard to its manifest, and the crop sampler names.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "fkd/store.h"
+
+namespace fkd::store {
+
+inline constexpr const char* kRandomResizedCrop = "random_resized_crop";  ///< crop samplers
+inline constexpr const char* kRandomCrop = "random_crop";
+inline constexpr uint32_t kMaxShards = 99999;  ///< shard names have 5 digits
+
+/// XXH3-64 of the manifest's identity: every field manifest_differences compares, in a
+/// canonical binary form (docs/label-store.md, "Store key").
+uint64_t store_key(const Manifest& m);
+
+/// "" when k is valid for the label type and class count, else what is wrong.
+std::string k_problem(LabelType t, int64_t k, uint64_t num_classes);
+
+/// Checks a manifest's values (ranges, k for the label type, record size limit).
+/// Returns the first problem as "field: what is wrong", or "" when valid.
+std::string manifest_problem(const Manifest& m);
+
+}  // namespace fkd::store
