@@ -613,3 +613,98 @@ TEST(TeacherBatcher, RefusesRowsThatAreNotWholeImages) {
       [](uint64_t, uint32_t, uint32_t, const float*) {});
   EXPECT_THROW(b.add(torch::zeros({4, 1, 2, 2}), {0}, {8}, {9}), Error);
 }
+
+TEST(Label, VerifyListsDamageAndRepairRestoresTheStoreByteForByte) {
+  Fixture fx;
+  const std::string good = fx.dir.file("good"), bad = fx.dir.file("bad");
+  for (uint32_t s = 0; s < 3; ++s) {
+    LabelConfig c = fx.config(good);
+    c.shard = fmt::format("{}/3", s);
+    generate_labels(c);
+  }
+  fs::copy(good, bad, fs::copy_options::recursive);
+  // Damage: records of images 3, 4 and 20 (one byte each), and shard 2's footer.
+  auto flip_records = [&](uint32_t shard, const std::vector<uint64_t>& images) {
+    const std::string path = bad + "/" + shard_file_name(shard, 3);
+    std::string bytes = fkd::test::read_file(path);
+    std::vector<size_t> blocks;
+    for (size_t at = bytes.find("FKDB"); at != std::string::npos; at = bytes.find("FKDB", at + 1))
+      blocks.push_back(at);
+    const uint64_t begin = shard_range(40, shard, 3).first;
+    for (uint64_t i : images) bytes[blocks.at(i - begin) + 40] ^= 0x5a;
+    fkd::test::write_file(path, bytes);
+  };
+  flip_records(0, {3, 4});
+  flip_records(1, {20});
+  const std::string shard2 = bad + "/" + shard_file_name(2, 3);
+  const std::string bytes2 = fkd::test::read_file(shard2);
+  fkd::test::write_file(shard2, bytes2.substr(0, bytes2.size() - 10));
+
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const auto v =
+      fkd::test::run_command("FKD_PROGRESS=off " + bin + " label verify " + bad + " 2>&1");
+  EXPECT_EQ(v.status, 1) << v.out;
+  for (const char* image : {"image 3:", "image 4:", "image 20:"}) {
+    EXPECT_NE(v.out.find(image), std::string::npos) << image << "\n" << v.out;
+  }
+  const auto [b2, e2] = shard_range(40, 2, 3);
+  EXPECT_NE(v.out.find(fmt::format("{}: images [{}, {}) lost", shard2, b2, e2)), std::string::npos)
+      << v.out;
+  EXPECT_NE(v.out.find(fmt::format("{} of 40 images have damaged labels", 3 + (e2 - b2))),
+            std::string::npos)
+      << v.out;
+
+  const auto r =
+      fkd::test::run_command("FKD_PROGRESS=off " + bin + " label repair " + bad + " --teacher " +
+                             fx.teacher + " --batch 32 --threads 1 --workers 2 2>&1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (uint32_t s = 0; s < 3; ++s) {
+    EXPECT_EQ(fkd::test::read_file(bad + "/" + shard_file_name(s, 3)),
+              fkd::test::read_file(good + "/" + shard_file_name(s, 3)))
+        << "shard " << s;
+  }
+  EXPECT_TRUE(fs::exists(shard2 + ".damaged"));  // the broken file is kept, not lost
+  EXPECT_EQ(fkd::test::run_command(bin + " label verify " + bad + " >/dev/null 2>&1").status, 0);
+  // Another teacher would not give the same labels: refused.
+  flip_records(1, {20});
+  const std::string other = fx.dir.file("other.pt");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", other, "2", "10"}).status, 0);
+  const auto o =
+      fkd::test::run_command(bin + " label repair " + bad + " --teacher " + other + " 2>&1");
+  EXPECT_EQ(o.status, 1) << o.out;
+  EXPECT_NE(o.out.find("is another teacher"), std::string::npos) << o.out;
+}
+
+TEST(Label, EnsembleKilledMidRunResumes) {
+  // Killed after 10 of its 40 records (the writer's fault hook stands in for kill -9 at a
+  // chosen point), the ensemble once could not be run again ("already holds a store"). Now
+  // the same command finishes it, equal to an uninterrupted run.
+  Fixture fx;
+  LabelConfig a = fx.config(fx.dir.file("a"));
+  generate_labels(a);
+  LabelConfig b = fx.config(fx.dir.file("b"));
+  b.temperature = 3.0f;
+  b.reference_crops = a.out;
+  generate_labels(b);
+  ensemble_stores({a.out, b.out}, fx.dir.file("whole"));
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const std::string cmd = bin + " label ensemble " + a.out + " " + b.out + " --out " +
+                          fx.dir.file("killed") + " >/dev/null 2>&1";
+  const auto killed = fkd::test::run_command("FKD_TEST_KILL_AFTER_BLOCKS=10 " + cmd);
+  EXPECT_NE(killed.status, 0);
+  EXPECT_FALSE(fs::exists(fx.dir.file("killed/manifest.json")));
+  const std::string partial = fx.dir.file("killed/" + shard_file_name(0, 1) + ".partial");
+  ASSERT_TRUE(fs::exists(partial));
+  try {  // what fkd inspect says of it
+    read_manifest(fx.dir.file("killed"));
+    FAIL() << "expected FormatError";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("run the same command again"), std::string::npos);
+  }
+  const auto resumed = fkd::test::run_command(cmd);
+  ASSERT_EQ(resumed.status, 0);
+  EXPECT_EQ(fkd::test::read_file(fx.dir.file("killed/" + shard_file_name(0, 1))),
+            fkd::test::read_file(fx.dir.file("whole/" + shard_file_name(0, 1))));
+  EXPECT_EQ(fkd::test::read_file(fx.dir.file("killed/manifest.json")),
+            fkd::test::read_file(fx.dir.file("whole/manifest.json")));
+}

@@ -66,6 +66,31 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
 /// Checks every option that needs neither data nor teacher; ConfigError naming the flag.
 void validate_label_config(const LabelConfig& cfg);
 
+/// `fkd label repair`: what to repair and with which teacher.
+struct RepairConfig {
+  std::string store;    ///< store directory
+  std::string teacher;  ///< the teacher the store was labeled with (its hash is checked)
+  std::string data;     ///< the dataset; empty = the manifest's --data
+  /// Crops per teacher forward: the --batch the store was labeled with, so that every crop
+  /// meets the teacher at the batch position it had and the labels come out bit-identical.
+  size_t batch = 256;
+  int threads = 0;
+  int workers = 1;
+  std::string device = "cpu";
+  bool optimize = true;  ///< as fkd label's --optimize
+};
+
+struct RepairResult {
+  bool needed = false;  ///< verify_store found damage
+  uint64_t images = 0;  ///< images labeled again
+  uint32_t shards = 0;  ///< unreadable shards labeled again whole (the old file kept as .damaged)
+};
+
+/// Labels again exactly the images whose records verify_store finds damaged (a whole shard
+/// when it cannot be read), with the store's teacher on the store's dataset, and checks the
+/// store afterwards. Throws ConfigError for another teacher or dataset than the store's.
+RepairResult repair_store(const RepairConfig& cfg);
+
 /// The shard this process labels: "i/n" if given, else RANK and WORLD_SIZE from the
 /// environment (torchrun, Slurm via SLURM_PROCID/SLURM_NTASKS), else 0/1.
 std::pair<uint32_t, uint32_t> resolve_shard(const std::string& spec);

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -232,6 +233,14 @@ struct StoreVerification {
 StoreVerification verify_store(
     const std::string& store_dir,
     const std::function<void(uint64_t done, uint64_t total)>& progress = {});
+
+/// Rewrites shard `shard_index` of the store in `store_dir` with `records` in place of the
+/// stored records of those images (all in the shard's range; values rounded to the store's
+/// precision), copying every other block verbatim after checking its checksum. The shard is
+/// built beside the old one and renamed over it: a crash leaves the old shard as it was.
+/// FormatError when the shard cannot be opened (a missing or broken shard is relabeled whole).
+void replace_records(const std::string& store_dir, uint32_t shard_index,
+                     const std::map<uint64_t, ImageLabels>& records);
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical. A store of an older format version comes out in

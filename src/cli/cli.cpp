@@ -5,6 +5,8 @@
 
 #include <fmt/core.h>
 #include <fmt/ranges.h>
+#include <optional>
+
 #include <CLI/CLI.hpp>
 
 #include "fkd/demo.h"
@@ -13,6 +15,7 @@
 #include "fkd/inspect.h"
 #include "fkd/label.h"
 #include "fkd/models.h"
+#include "fkd/progress.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
 
@@ -257,9 +260,11 @@ void add_export(CLI::App& root, ExportArgs& a) {
 /// `fkd label` and its store subcommands.
 struct LabelArgs {
   LabelConfig label;
-  std::string store, out;            ///< merge: the store and the output
+  std::string store, out;            ///< merge, verify: the store; merge: the output
   std::vector<std::string> members;  ///< ensemble
-  CLI::App *app = nullptr, *merge = nullptr, *ensemble = nullptr;
+  RepairConfig repair;
+  CLI::App *app = nullptr, *merge = nullptr, *ensemble = nullptr, *verify = nullptr,
+           *repair_app = nullptr;
 };
 
 void add_label(CLI::App& root, LabelArgs& a) {
@@ -314,6 +319,52 @@ void add_label(CLI::App& root, LabelArgs& a) {
       ->required()
       ->expected(2, -1);
   a.ensemble->add_option("--out,-o", a.out, "Output store directory")->required();
+  a.verify = app->add_subcommand(
+      "verify", "Check every shard and record of a store; list the damaged ones (exit 1 if any)");
+  a.verify->add_option("store", a.store, "Store directory")->required();
+  RepairConfig& r = a.repair;
+  a.repair_app = app->add_subcommand(
+      "repair", "Label again exactly the damaged records of a store (fkd label verify lists them)");
+  a.repair_app->add_option("store", r.store, "Store directory")->required();
+  a.repair_app->add_option("--teacher,-t", r.teacher, "The teacher the store was labeled with")
+      ->required();
+  a.repair_app->add_option("--data", r.data, "The dataset (default: the one the store names)");
+  a.repair_app
+      ->add_option("--batch", r.batch,
+                   "Crops per teacher forward: the --batch the store was labeled with")
+      ->check(kAtLeastOne)
+      ->capture_default_str();
+  a.repair_app
+      ->add_flag("--optimize,!--no-optimize", r.optimize,
+                 "Freeze and optimize a TorchScript teacher (as when labeling)")
+      ->capture_default_str();
+  add_execution(a.repair_app, r.threads, r.workers, r.device);
+}
+
+/// `fkd label verify`: every problem on a line of its own; true when the store is sound.
+bool print_verification(const std::string& store) {
+  std::optional<Progress> bar;
+  uint64_t shown = 0;
+  const StoreVerification v = verify_store(store, [&](uint64_t done, uint64_t total) {
+    if (!bar) bar.emplace("verify", total, "img");
+    bar->advance(done - shown);
+    shown = done;
+  });
+  if (bar) bar->finish();
+  for (const auto& s : v.shards) {
+    fmt::print("{}: images [{}, {}) lost: {}\n", s.shard, s.image_begin, s.image_end, s.problem);
+  }
+  for (const auto& r : v.records) fmt::print("{}\n", r.problem);
+  const uint64_t lost = v.damaged_images().size();
+  if (v.ok()) {
+    fmt::print("{}: all {} records of {} verified\n", store, v.records_checked, v.images);
+  } else {
+    fmt::print(
+        "{}: {} of {} images have damaged labels ({} damaged records, {} unreadable "
+        "shards); fkd label repair {} --teacher T labels exactly those again\n",
+        store, lost, v.images, v.records.size(), v.shards.size(), store);
+  }
+  return v.ok();
 }
 
 void add_inspect(CLI::App& root, InspectOptions& o) {
@@ -372,6 +423,16 @@ int run_label(LabelArgs& a) {
   } else if (a.ensemble->parsed()) {
     ensemble_stores(a.members, a.out);
     fmt::print("wrote the ensemble of {} stores to {}\n", a.members.size(), a.out);
+  } else if (a.verify->parsed()) {
+    return print_verification(a.store) ? 0 : 1;
+  } else if (a.repair_app->parsed()) {
+    const RepairResult r = repair_store(a.repair);
+    if (!r.needed) {
+      fmt::print("{}: no damaged records; nothing to repair\n", a.repair.store);
+    } else {
+      fmt::print("{}: labeled {} images again ({} shards whole); the store verifies\n",
+                 a.repair.store, r.images, r.shards);
+    }
   } else {
     const LabelResult r = generate_labels(a.label);
     fmt::print(

@@ -261,8 +261,19 @@ uint64_t store_key(const Manifest& m) {
 
 Manifest read_manifest(const std::string& store_dir) {
   const std::string file = (fs::path(store_dir) / kManifestName).string();
-  FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
-            fs::exists(store_dir) ? "no such file" : "no such store directory");
+  if (!fs::exists(file)) {
+    // fkd label merge and ensemble write the manifest last: shards without it are their
+    // unfinished work.
+    bool unfinished = false;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(store_dir, ec))
+      unfinished = unfinished || e.path().extension() == ".partial";
+    fail<FormatError>("{}: cannot open the store's manifest ({})", file,
+                      !fs::exists(store_dir) ? "no such store directory"
+                      : unfinished ? "not written yet: an interrupted fkd label merge or ensemble "
+                                     "writes it last; run the same command again to finish"
+                                   : "no such file");
+  }
   const std::vector<uint8_t> text = read_whole_file(file);
   json j;
   try {

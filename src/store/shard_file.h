@@ -55,6 +55,22 @@ class ShardFile {
   double last_sync_ = 0;
 };
 
+/// Encodes image `image_id`'s record as a block (block header + payload): packed where the
+/// format allows it and `pack` is set (version 2 and later), else a zstd frame. `labels` must
+/// have passed check_labels. Deterministic: the same labels give the same bytes.
+struct BlockEncoder {
+  RecordFormat format;
+  bool pack = false;
+  std::vector<uint8_t> raw, payload, block;  ///< scratch; `block` holds the result
+  std::vector<size_t> sections;
+  void encode(uint64_t image_id, const ImageLabels& labels);
+};
+
+/// For fault tests: FKD_TEST_KILL_AFTER_BLOCKS=N in the environment makes the process kill
+/// itself with SIGKILL once N blocks have been appended (by any ShardFile), to stop a writer
+/// at a chosen point of its work; 0 or unset never does.
+uint64_t kill_after_blocks();
+
 /// Blocks between fsyncs of a .partial (also synced every kSyncSeconds and on finish).
 inline constexpr uint32_t kSyncEveryBlocks = 256;
 inline constexpr double kSyncSeconds = 10.0;
