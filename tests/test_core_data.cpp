@@ -43,20 +43,6 @@ void write_idx(const std::string& dir, const std::string& split, int n, int rows
   put(split + "-labels-idx1-ubyte", lab);
 }
 
-template <typename E, typename F>
-std::string expect_throw(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception";
-  return "";
-}
-
 }  // namespace
 
 TEST(Idx, ReadsPlainAndGzip) {
@@ -95,19 +81,19 @@ TEST(Idx, CorruptInputsAreClearErrors) {
   std::string bytes = fkd::test::read_file(img);
   // Truncated pixels.
   fkd::test::write_file(img, bytes.substr(0, bytes.size() - 5));
-  auto msg = expect_throw<FormatError>([&] { open_dataset(d.path(), Split::kTrain); });
+  auto msg = fkd::test::error_message<FormatError>([&] { open_dataset(d.path(), Split::kTrain); });
   EXPECT_NE(msg.find("train-images-idx3-ubyte"), std::string::npos) << msg;
   EXPECT_NE(msg.find("holds"), std::string::npos) << msg;
   // Bad magic.
   bytes[3] = 0x01;
   fkd::test::write_file(img, bytes);
-  msg = expect_throw<FormatError>([&] { open_dataset(d.path(), Split::kTrain); });
+  msg = fkd::test::error_message<FormatError>([&] { open_dataset(d.path(), Split::kTrain); });
   EXPECT_NE(msg.find("magic"), std::string::npos) << msg;
   // Empty file.
   fkd::test::write_file(img, "");
-  expect_throw<FormatError>([&] { open_dataset(d.path(), Split::kTrain); });
+  fkd::test::error_message<FormatError>([&] { open_dataset(d.path(), Split::kTrain); });
   // Missing split files.
-  msg = expect_throw<DataError>([&] { open_dataset(d.path(), Split::kVal); });
+  msg = fkd::test::error_message<DataError>([&] { open_dataset(d.path(), Split::kVal); });
   EXPECT_NE(msg.find("t10k-images-idx3-ubyte"), std::string::npos) << msg;
 }
 
@@ -117,7 +103,8 @@ TEST(Idx, CorruptGzipIsDataError) {
   const std::string gz = d.file("train-images-idx3-ubyte.gz");
   std::string bytes = fkd::test::read_file(gz);
   fkd::test::write_file(gz, bytes.substr(0, bytes.size() / 2));
-  const auto msg = expect_throw<DataError>([&] { open_dataset(d.path(), Split::kTrain); });
+  const auto msg =
+      fkd::test::error_message<DataError>([&] { open_dataset(d.path(), Split::kTrain); });
   EXPECT_NE(msg.find(".gz"), std::string::npos) << msg;
 }
 
@@ -171,15 +158,15 @@ TEST(ImageFolder, StructuralErrorsBeforeWork) {
   fs::create_directories(d.file("train/a"));
   fs::create_directories(d.file("train/b"));
   fkd::test::write_file(d.file("train/a/x.png"), "not really a png");
-  auto msg = expect_throw<DataError>([&] { open_dataset(d.path(), Split::kTrain); });
+  auto msg = fkd::test::error_message<DataError>([&] { open_dataset(d.path(), Split::kTrain); });
   EXPECT_NE(msg.find("train/b"), std::string::npos) << msg;
   EXPECT_NE(msg.find("empty class folder"), std::string::npos) << msg;
-  msg = expect_throw<DataError>([&] { open_dataset(d.path(), Split::kVal); });
+  msg = fkd::test::error_message<DataError>([&] { open_dataset(d.path(), Split::kVal); });
   EXPECT_NE(msg.find("missing split folder 'val'"), std::string::npos) << msg;
-  msg = expect_throw<DataError>([&] { open_dataset(d.file("nope"), Split::kTrain); });
+  msg = fkd::test::error_message<DataError>([&] { open_dataset(d.file("nope"), Split::kTrain); });
   EXPECT_NE(msg.find("nope"), std::string::npos) << msg;
   // The split folder itself (what torchvision's ImageFolder is given) is named as such.
-  msg = expect_throw<DataError>([&] { open_dataset(d.file("train"), Split::kTrain); });
+  msg = fkd::test::error_message<DataError>([&] { open_dataset(d.file("train"), Split::kTrain); });
   EXPECT_NE(msg.find("is a split, not a dataset root: pass its parent"), std::string::npos) << msg;
 }
 
@@ -384,7 +371,7 @@ TEST(Loader, BadImagesAreSkippedOrFatal) {
   Loader strict(ds, t, std::make_shared<RandomCropSource>(t, 1), o);
   strict.start_epoch(0);
   Batch b;
-  const auto msg = expect_throw<DataError>([&] {
+  const auto msg = fkd::test::error_message<DataError>([&] {
     while (strict.next(b)) {
     }
   });
@@ -536,7 +523,7 @@ TEST(Loader, EveryPerImageMessageNamesTheFile) {
   o.strict = true;
   Loader strict(ds, t, std::make_shared<RandomCropSource>(t, 1), o);
   strict.start_epoch(0);
-  const auto msg = expect_throw<DataError>([&] {
+  const auto msg = fkd::test::error_message<DataError>([&] {
     while (strict.next(b)) {
     }
   });

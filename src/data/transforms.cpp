@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "fkd/enum_names.h"
 #include "fkd/error.h"
 
 namespace fkd {
@@ -84,25 +85,15 @@ PixelBox sample_padded_crop(Rng& rng, int height, int width, int out_h, int out_
   return {left, top, out_w, out_h};
 }
 
-const char* crop_kind_name(CropKind k) {
-  switch (k) {
-    case CropKind::kAuto:
-      return "auto";
-    case CropKind::kRandomResized:
-      return "rrc";
-    case CropKind::kPadded:
-      return "crop";
-    case CropKind::kNone:
-      return "none";
-  }
-  return "?";
-}
+namespace {
+constexpr EnumNames<CropKind, 4> kCropKinds({{{CropKind::kAuto, "auto"},
+                                              {CropKind::kRandomResized, "rrc"},
+                                              {CropKind::kPadded, "crop"},
+                                              {CropKind::kNone, "none"}}});
+}  // namespace
 
-CropKind parse_crop_kind(const std::string& name) {
-  for (CropKind k : {CropKind::kAuto, CropKind::kRandomResized, CropKind::kPadded, CropKind::kNone})
-    if (name == crop_kind_name(k)) return k;
-  fail<ConfigError>("--aug '{}': expected rrc, crop, none or auto", name);
-}
+const char* crop_kind_name(CropKind k) { return kCropKinds.name(k); }
+CropKind parse_crop_kind(const std::string& name) { return kCropKinds.parse(name, "--aug"); }
 
 CropKind resolve_crop_kind(const CropSampler& s, bool images_at_size) {
   if (s.kind != CropKind::kAuto) return s.kind;

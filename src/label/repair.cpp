@@ -49,7 +49,8 @@ void relabel(const LabelJob& job, uint64_t begin, uint64_t end,
 
 RepairResult repair_store(const RepairConfig& cfg) {
   FKD_CHECK(cfg.batch >= 1, ConfigError, "--batch {}: expected at least 1", cfg.batch);
-  FKD_CHECK(!cfg.teacher.empty(), ConfigError, "repair: --teacher (the store's teacher) is required");
+  FKD_CHECK(!cfg.teacher.empty(), ConfigError,
+            "repair: --teacher (the store's teacher) is required");
   configure_threads(cfg.threads);
   const torch::Device device = parse_device(cfg.device);
   RepairResult result;
@@ -70,8 +71,8 @@ RepairResult repair_store(const RepairConfig& cfg) {
   over.mean = m.mean;
   over.std = m.std;
   over.interp = m.interpolation;
-  const TrainConfig input = model_input(teacher.recorded ? &*teacher.recorded : nullptr, over,
-                                        m.dataset, *ds);
+  const TrainConfig input =
+      model_input(teacher.recorded ? &*teacher.recorded : nullptr, over, m.dataset, *ds);
   LabelConfig lc;
   lc.teacher = cfg.teacher;
   lc.batch = cfg.batch;

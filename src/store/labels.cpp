@@ -4,56 +4,30 @@
 #include <cmath>
 #include <limits>
 
+#include "fkd/enum_names.h"
 #include "fkd/error.h"
 #include "fkd/store.h"
 #include "store/record.h"
 
 namespace fkd {
 
-const char* label_type_name(LabelType t) {
-  switch (t) {
-    case LabelType::kHard:
-      return "hard";
-    case LabelType::kSmoothing:
-      return "smoothing";
-    case LabelType::kMarginalSmoothing:
-      return "marginal_smoothing";
-    case LabelType::kMarginalRenorm:
-      return "marginal_renorm";
-    case LabelType::kFull:
-      return "full";
-  }
-  return "unknown";
-}
+namespace {
+constexpr EnumNames<LabelType, 5> kLabelTypes({{{LabelType::kHard, "hard"},
+                                                {LabelType::kSmoothing, "smoothing"},
+                                                {LabelType::kMarginalSmoothing,
+                                                 "marginal_smoothing"},
+                                                {LabelType::kMarginalRenorm, "marginal_renorm"},
+                                                {LabelType::kFull, "full"}}});
+constexpr EnumNames<Precision, 3> kPrecisions(
+    {{{Precision::kFp32, "fp32"}, {Precision::kFp16, "fp16"}, {Precision::kU8, "u8"}}});
+}  // namespace
 
+const char* label_type_name(LabelType t) { return kLabelTypes.name(t); }
 LabelType parse_label_type(const std::string& name) {
-  for (int i = 0; i <= int(LabelType::kFull); ++i) {
-    if (name == label_type_name(LabelType(i))) return LabelType(i);
-  }
-  fail<ConfigError>(
-      "unknown label type '{}': expected hard, smoothing, marginal_smoothing, marginal_renorm "
-      "or full",
-      name);
+  return kLabelTypes.parse(name, "label type");
 }
-
-const char* precision_name(Precision p) {
-  switch (p) {
-    case Precision::kFp32:
-      return "fp32";
-    case Precision::kFp16:
-      return "fp16";
-    case Precision::kU8:
-      return "u8";
-  }
-  return "unknown";
-}
-
-Precision parse_precision(const std::string& name) {
-  for (int i = 0; i <= int(Precision::kU8); ++i) {
-    if (name == precision_name(Precision(i))) return Precision(i);
-  }
-  fail<ConfigError>("unknown precision '{}': expected fp32, fp16 or u8", name);
-}
+const char* precision_name(Precision p) { return kPrecisions.name(p); }
+Precision parse_precision(const std::string& name) { return kPrecisions.parse(name, "precision"); }
 
 int stored_indices(LabelType t, int k) {
   switch (t) {

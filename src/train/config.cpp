@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fkd/dataset.h"
+#include "fkd/enum_names.h"
 #include "fkd/error.h"
 #include "fkd/image.h"
 #include "fkd/models.h"
@@ -104,25 +105,15 @@ void resolve_normalization(TrainConfig& cfg) {
 
 }  // namespace
 
-const char* mode_name(TrainMode m) {
-  switch (m) {
-    case TrainMode::kAuto:
-      return "auto";
-    case TrainMode::kSupervised:
-      return "supervised";
-    case TrainMode::kFkd:
-      return "fkd";
-    case TrainMode::kKd:
-      return "kd";
-  }
-  return "?";
-}
+namespace {
+constexpr EnumNames<TrainMode, 4> kModes({{{TrainMode::kAuto, "auto"},
+                                           {TrainMode::kSupervised, "supervised"},
+                                           {TrainMode::kFkd, "fkd"},
+                                           {TrainMode::kKd, "kd"}}});
+}  // namespace
 
-TrainMode parse_mode(const std::string& name) {
-  for (TrainMode m : {TrainMode::kAuto, TrainMode::kSupervised, TrainMode::kFkd, TrainMode::kKd})
-    if (name == mode_name(m)) return m;
-  fail<ConfigError>("--mode '{}': expected supervised, fkd, kd or auto", name);
-}
+const char* mode_name(TrainMode m) { return kModes.name(m); }
+TrainMode parse_mode(const std::string& name) { return kModes.parse(name, "--mode"); }
 
 void validate_config(const TrainConfig& cfg) {
   FKD_CHECK(cfg.channels == 0 || cfg.channels == 1 || cfg.channels == 3, ConfigError,
