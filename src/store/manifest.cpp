@@ -259,21 +259,27 @@ uint64_t store_key(const Manifest& m) {
 
 }  // namespace store
 
+namespace {
+/// Why a store directory has no manifest.json, for the error that says so.
+std::string why_no_manifest(const std::string& store_dir) {
+  if (!fs::exists(store_dir)) return "no such store directory";
+  // fkd label merge and ensemble write the manifest last: shards without it are their
+  // unfinished work.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(store_dir, ec)) {
+    if (e.path().extension() == ".partial") {
+      return "not written yet: an interrupted fkd label merge or ensemble writes it last; run "
+             "the same command again to finish";
+    }
+  }
+  return "no such file";
+}
+}  // namespace
+
 Manifest read_manifest(const std::string& store_dir) {
   const std::string file = (fs::path(store_dir) / kManifestName).string();
-  if (!fs::exists(file)) {
-    // fkd label merge and ensemble write the manifest last: shards without it are their
-    // unfinished work.
-    bool unfinished = false;
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(store_dir, ec))
-      unfinished = unfinished || e.path().extension() == ".partial";
-    fail<FormatError>("{}: cannot open the store's manifest ({})", file,
-                      !fs::exists(store_dir) ? "no such store directory"
-                      : unfinished ? "not written yet: an interrupted fkd label merge or ensemble "
-                                     "writes it last; run the same command again to finish"
-                                   : "no such file");
-  }
+  FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
+            why_no_manifest(store_dir));
   const std::vector<uint8_t> text = read_whole_file(file);
   json j;
   try {
