@@ -264,3 +264,34 @@ TEST(Cli, TeacherThatCannotRunOnTheDataIsNamedInOneLine) {
   const auto ok = run_fkd("eval " + teacher + " --limit 8 --threads 1 --channels 3");
   EXPECT_EQ(ok.status, 0) << ok.out;
 }
+
+TEST(Cli, LaunchRunsTheCommandInEveryRankAndNamesAFailedOne) {
+  TempDir d;
+  const std::string launch = "timeout 120 " + fkd_bin() + " launch --nproc-per-node 2 -- ";
+  // Each rank is this fkd binary, run with the words after --.
+  const auto v = run_fkd(launch + "--version");
+  EXPECT_EQ(v.status, 0) << v.out;
+  EXPECT_TRUE(std::regex_match(v.out, std::regex("(fkd [0-9.]+\n){2}"))) << v.out;
+  // A rank that fails: its own error, then one launcher line naming it; its status is fkd's.
+  const auto e = run_fkd(launch + "eval " + d.file("missing.pt"));
+  EXPECT_EQ(e.status, 1) << e.out;
+  EXPECT_NE(e.out.find(d.file("missing.pt")), std::string::npos) << e.out;
+  EXPECT_TRUE(std::regex_search(
+      e.out, std::regex("\nfkd launch: rank [01] \\(pid [0-9]+\\) exited with status 1")))
+      << e.out;
+  EXPECT_EQ(e.out.find("fkd launch:"), e.out.rfind("fkd launch:")) << e.out;
+  // Usage errors are one line, before any rank starts.
+  const auto none = run_fkd("launch --nproc-per-node 2");
+  EXPECT_EQ(none.status, 2) << none.out;
+  EXPECT_EQ(count_lines(none.out), 1) << none.out;
+  EXPECT_NE(none.out.find("no command to run"), std::string::npos) << none.out;
+  const auto zero = run_fkd("launch --nproc-per-node 0 -- --version");
+  EXPECT_EQ(zero.status, 2) << zero.out;
+  EXPECT_NE(zero.out.find("--nproc-per-node"), std::string::npos) << zero.out;
+  const auto h = run_fkd("launch --help");
+  EXPECT_EQ(h.status, 0) << h.out;
+  for (const char* flag : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr",
+                           "--master-port", "--grace", "Example: fkd launch"}) {
+    EXPECT_NE(h.out.find(flag), std::string::npos) << flag;
+  }
+}

@@ -14,6 +14,7 @@
 #include "fkd/error.h"
 #include "fkd/inspect.h"
 #include "fkd/label.h"
+#include "fkd/launch.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
 #include "fkd/store.h"
@@ -414,6 +415,42 @@ void add_demo(CLI::App& root, DemoOptions& o) {
   add_execution(app, o.threads, o.workers, o.device);
 }
 
+/// `fkd launch`: everything after `--` is the fkd command line each rank runs, never parsed here.
+void add_launch(CLI::App& root, LaunchOptions& o, std::vector<std::string>& command) {
+  CLI::App* app = root.add_subcommand(
+      "launch",
+      "Run an fkd command as several processes (ranks) on this node, with torchrun's environment");
+  app->add_option("--nproc-per-node", o.nproc_per_node, "Ranks to start on this node")
+      ->required()
+      ->check(kAtLeastOne);
+  app->add_option("--nnodes", o.nnodes, "Nodes of the job, each running its own fkd launch")
+      ->check(kAtLeastOne)
+      ->capture_default_str();
+  app->add_option("--node-rank", o.node_rank, "This node, 0 to nnodes-1")
+      ->check(kNonNegative)
+      ->capture_default_str();
+  app->add_option("--master-addr", o.master_addr, "Host of node 0, where rank 0 listens")
+      ->capture_default_str();
+  app->add_option("--master-port", o.master_port, "Rendezvous TCP port on that host")
+      ->check(number_check(1, 65535, "1 to 65535"))
+      ->capture_default_str();
+  app->add_option("--grace", o.grace_seconds,
+                  "Seconds a rank gets to stop after SIGTERM before SIGKILL")
+      ->check(number_check(0, 1e6, "0 to 1e6"))
+      ->capture_default_str();
+  app->add_option("command", command, "The fkd command each rank runs, after --");
+  app->footer(
+      "Example: fkd launch --nproc-per-node 2 -- train --data DIR --model resnet18 --out runs/x\n"
+      "A rank that fails stops the others, and its exit status is fkd launch's (128 + N for\n"
+      "signal N). SIGINT, SIGTERM and SIGHUP reach every rank; a second one kills them.");
+  app->final_callback([&command] {
+    if (command.empty()) {
+      throw CLI::ValidationError(
+          "no command to run: expected fkd launch --nproc-per-node N -- COMMAND...");
+    }
+  });
+}
+
 // --- running ---------------------------------------------------------------------------------
 
 int run_label(LabelArgs& a) {
@@ -467,6 +504,9 @@ int run_cli(int argc, char** argv) {
   add_distill(app, distill_cfg);
   DemoOptions demo_opts;
   add_demo(app, demo_opts);
+  LaunchOptions launch_opts;
+  std::vector<std::string> launch_command;
+  add_launch(app, launch_opts, launch_command);
 
   try {
     app.parse(argc, argv);
@@ -501,6 +541,8 @@ int run_cli(int argc, char** argv) {
       run_distill(distill_cfg);
     } else if (app.got_subcommand("demo")) {
       run_demo(demo_opts);
+    } else if (app.got_subcommand("launch")) {
+      return launch(launch_opts, self_executable(), launch_command);
     }
   } catch (const Error& e) {
     fmt::print(stderr, "fkd: error: {}\n", one_line(e.what()));
