@@ -28,8 +28,8 @@
 #include "testutil.h"
 
 using fkd::ConfigError;
-using fkd::DistEnv;
 using fkd::dist_env_from_environment;
+using fkd::DistEnv;
 using fkd::LaunchOptions;
 using fkd::test::error_message;
 using fkd::test::read_file;
@@ -167,9 +167,11 @@ TEST(DistEnv, SlurmTaskLayouts) {
     std::vector<std::pair<std::string, std::string>> vars;
     int local_world;
   };
-  const std::vector<std::pair<std::string, std::string>> job = {
-      {"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "7"}, {"SLURM_LOCALID", "0"},
-      {"SLURM_NNODES", "4"}, {"MASTER_ADDR", "n0"}};
+  const std::vector<std::pair<std::string, std::string>> job = {{"SLURM_PROCID", "4"},
+                                                                {"SLURM_NTASKS", "7"},
+                                                                {"SLURM_LOCALID", "0"},
+                                                                {"SLURM_NNODES", "4"},
+                                                                {"MASTER_ADDR", "n0"}};
   const std::vector<Case> cases = {
       {{{"SLURM_TASKS_PER_NODE", "2(x3),1"}, {"SLURM_NODEID", "2"}}, 2},
       {{{"SLURM_TASKS_PER_NODE", "2(x3),1"}, {"SLURM_NODEID", "3"}}, 1},
@@ -260,7 +262,8 @@ TEST(DistEnv, InconsistentValuesAreOneLineNamingTheVariable) {
        "LOCAL_WORLD_SIZE=4 exceeds WORLD_SIZE=2"},
       {{{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_WORLD_SIZE", "2"}},
        "LOCAL_WORLD_SIZE=2 is set but LOCAL_RANK is not"},
-      {{{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "4"}}, "SLURM_PROCID=4 is not below SLURM_NTASKS=4"},
+      {{{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "4"}},
+       "SLURM_PROCID=4 is not below SLURM_NTASKS=4"},
       {{{"SLURM_PROCID", "x"}, {"SLURM_NTASKS", "4"}}, "SLURM_PROCID=x"},
       {with_slurm({{"SLURM_LOCALID", "0"}, {"SLURM_TASKS_PER_NODE", "2(x"}}),
        "SLURM_TASKS_PER_NODE=2(x: expected task counts per node"},
@@ -268,7 +271,8 @@ TEST(DistEnv, InconsistentValuesAreOneLineNamingTheVariable) {
        "SLURM_TASKS_PER_NODE=2(y2)"},
       {with_slurm({{"SLURM_LOCALID", "0"}, {"SLURM_TASKS_PER_NODE", "0,4"}}),
        "SLURM_TASKS_PER_NODE=0,4"},
-      {with_slurm({{"SLURM_LOCALID", "0"}, {"SLURM_TASKS_PER_NODE", "2(x2)"}, {"SLURM_NODEID", "2"}}),
+      {with_slurm(
+           {{"SLURM_LOCALID", "0"}, {"SLURM_TASKS_PER_NODE", "2(x2)"}, {"SLURM_NODEID", "2"}}),
        "SLURM_NODEID=2 is past the nodes of SLURM_TASKS_PER_NODE=2(x2)"},
       {with_slurm({{"SLURM_LOCALID", "2"}, {"SLURM_TASKS_PER_NODE", "2(x2)"}}),
        "SLURM_LOCALID=2 is not below the 2 tasks on this node"},
@@ -280,7 +284,8 @@ TEST(DistEnv, InconsistentValuesAreOneLineNamingTheVariable) {
   };
   for (const Case& c : cases) {
     const std::string m = error_message<ConfigError>([&] { detect(c.vars); });
-    EXPECT_NE(m.find(c.expected), std::string::npos) << "expected: " << c.expected << "\ngot: " << m;
+    EXPECT_NE(m.find(c.expected), std::string::npos)
+        << "expected: " << c.expected << "\ngot: " << m;
     EXPECT_EQ(m.find('\n'), std::string::npos) << m;
   }
 }
@@ -405,8 +410,7 @@ TEST(Launch, EachRankGetsTorchrunsEnvironment) {
   EXPECT_EQ(fkd::launch(o, script, {d.path(), "with space"}), 0);
   EXPECT_EQ(read_file(d.file("env.2")), "2 6 0 2 1 3 node0 1234 with space kept unset\n");
   EXPECT_EQ(read_file(d.file("env.3")), "3 6 1 2 1 3 node0 1234 with space kept unset\n");
-  EXPECT_EQ(fkd::test::list_dir(d.path()),
-            (std::vector<std::string>{"env.2", "env.3", "rank.sh"}));
+  EXPECT_EQ(fkd::test::list_dir(d.path()), (std::vector<std::string>{"env.2", "env.3", "rank.sh"}));
   EXPECT_TRUE(no_children_left());
 }
 
@@ -484,8 +488,7 @@ TEST(Launch, ARankThatFailsStopsTheOthersAndGivesItsStatus) {
   LaunchOptions o;
   o.nproc_per_node = 2;
   int status = -1;
-  const std::string err =
-      capture_stderr(d, [&] { status = fkd::launch(o, script, {d.path()}); });
+  const std::string err = capture_stderr(d, [&] { status = fkd::launch(o, script, {d.path()}); });
   EXPECT_EQ(status, 3);
   EXPECT_EQ(read_file(d.file("sig.0")), "TERM\n");  // rank 0 was asked to stop, and did
   EXPECT_TRUE(gone(d.file("pid.0")));
@@ -502,8 +505,7 @@ TEST(Launch, ARankKilledBySignalGives128PlusTheSignal) {
   LaunchOptions o;
   o.nproc_per_node = 2;
   int status = -1;
-  const std::string err =
-      capture_stderr(d, [&] { status = fkd::launch(o, script, {d.path()}); });
+  const std::string err = capture_stderr(d, [&] { status = fkd::launch(o, script, {d.path()}); });
   EXPECT_EQ(status, 128 + 9);
   EXPECT_EQ(read_file(d.file("sig.0")), "TERM\n");
   EXPECT_TRUE(gone(d.file("pid.0")));
@@ -516,13 +518,13 @@ TEST(Launch, ARankKilledBySignalGives128PlusTheSignal) {
 TEST(Launch, SignalsToTheLauncherAreForwardedToEveryRank) {
   for (const auto& [sig, name] : {std::pair{SIGTERM, "TERM"}, std::pair{SIGINT, "INT"}}) {
     TempDir d;
-    const std::string script = write_script(
-        d,
-        "trap 'echo TERM > \"$d/sig.$RANK\"; kill $p; exit 0' TERM\n"
-        "trap 'echo INT > \"$d/sig.$RANK\"; kill $p; exit 0' INT\n"
-        "sleep 60 & p=$!\n"
-        "touch \"$d/ready.$RANK\"\n"
-        "wait $p\n");
+    const std::string script =
+        write_script(d,
+                     "trap 'echo TERM > \"$d/sig.$RANK\"; kill $p; exit 0' TERM\n"
+                     "trap 'echo INT > \"$d/sig.$RANK\"; kill $p; exit 0' INT\n"
+                     "sleep 60 & p=$!\n"
+                     "touch \"$d/ready.$RANK\"\n"
+                     "wait $p\n");
     LaunchOptions o;
     o.nproc_per_node = 2;
     const std::string err = d.file("launcher.err");
@@ -531,8 +533,8 @@ TEST(Launch, SignalsToTheLauncherAreForwardedToEveryRank) {
     kill(launcher, sig);
     // The ranks end cleanly on the signal; the launcher reports having been stopped by it.
     EXPECT_EQ(wait_bounded(launcher), 128 + sig) << name;
-    EXPECT_EQ(read_file(err), fmt::format("fkd launch: got signal {} (SIG{}); stopping the ranks\n",
-                                          sig, name));
+    EXPECT_EQ(read_file(err),
+              fmt::format("fkd launch: got signal {} (SIG{}); stopping the ranks\n", sig, name));
     EXPECT_EQ(read_file(d.file("sig.0")), std::string(name) + "\n");
     EXPECT_EQ(read_file(d.file("sig.1")), std::string(name) + "\n");
   }
@@ -642,7 +644,8 @@ TEST(Launch, OptionsAndProgramAreCheckedBeforeAnyRankStarts) {
   for (const Case& c : cases) {
     const std::string m =
         error_message<ConfigError>([&] { fkd::launch(c.o, c.program, {d.path()}); });
-    EXPECT_NE(m.find(c.expected), std::string::npos) << "expected: " << c.expected << "\ngot: " << m;
+    EXPECT_NE(m.find(c.expected), std::string::npos)
+        << "expected: " << c.expected << "\ngot: " << m;
   }
   EXPECT_FALSE(std::filesystem::exists(d.file("ran")));
 }
@@ -651,7 +654,9 @@ TEST(Launch, AProgramThatCannotRunStopsTheStartedRanks) {
   TempDir d;
   // Executable, but neither a script nor a binary: execve refuses it (ENOEXEC).
   const std::string bad = d.file("garbage");
-  write_file(bad, std::string("\x7f" "ELF garbage", 12));
+  write_file(bad, std::string("\x7f"
+                              "ELF garbage",
+                              12));
   chmod(bad.c_str(), 0755);
   LaunchOptions o;
   o.nproc_per_node = 2;

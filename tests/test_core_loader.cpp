@@ -208,3 +208,88 @@ TEST(Malloc, ConfiguredOnceWithFkdsThresholdsUnlessTunablesSayOtherwise) {
   }
 #endif
 }
+
+// --- data parallelism: slices of one global batch ----------------------------------------
+
+namespace {
+
+/// Everything of one batch that training depends on: per row, the sample, its crop, its box
+/// and flip, its class and its pixels.
+struct Rows {
+  std::vector<uint32_t> sample, crop;
+  std::vector<int> boxes;
+  std::vector<int64_t> targets;
+  std::vector<float> pixels;
+  int global_n = 0;
+  void append(const Batch& b) {
+    sample.insert(sample.end(), b.sample.begin(), b.sample.end());
+    crop.insert(crop.end(), b.crop.begin(), b.crop.end());
+    for (const CropPlan& p : b.plans)
+      boxes.insert(boxes.end(), {p.box.left, p.box.top, p.box.width, p.box.height, int(p.flip)});
+    targets.insert(targets.end(), b.targets.begin(), b.targets.end());
+    const size_t plane = size_t(b.c) * b.h * b.w;
+    pixels.insert(pixels.end(), b.images.get(), b.images.get() + size_t(b.n) * plane);
+    global_n = b.global_n;
+  }
+};
+
+std::vector<Rows> epoch_rows(std::shared_ptr<const Dataset> ds, const TrainTransform& t, int m,
+                             int rank, int world) {
+  LoaderOptions o;
+  o.batch_size = size_t(4 * m);  // 4 images a batch
+  o.seed = 11;
+  o.workers = 2;
+  o.rank = rank;
+  o.world = world;
+  Loader loader(ds, t, std::make_shared<RandomCropSource>(t, 5, m), o);
+  loader.start_epoch(3);
+  std::vector<Rows> out;
+  Batch b;
+  while (loader.next(b)) {
+    out.emplace_back();
+    out.back().append(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(LoaderSlices, RanksTileTheBatchesOfOneProcess) {
+  // The global batch at step s holds the same samples, crops and pixels for any number of
+  // ranks: rank r takes its contiguous slice, and the slices in rank order make the batch.
+  // 13 images in batches of 4: the last batch (1 image) leaves some ranks nothing.
+  TempDir d;
+  const auto ds = idx_dataset(d, 13);
+  TrainTransform t = small_transform();
+  for (int m : {1, 2}) {
+    const std::vector<Rows> one = epoch_rows(ds, t, m, 0, 1);
+    ASSERT_EQ(one.size(), 4u);
+    for (int world : {2, 3, 4}) {
+      std::vector<Rows> joined(one.size());
+      for (int rank = 0; rank < world; ++rank) {
+        const std::vector<Rows> part = epoch_rows(ds, t, m, rank, world);
+        ASSERT_EQ(part.size(), one.size()) << "every rank runs every step";
+        for (size_t s = 0; s < part.size(); ++s) {
+          EXPECT_EQ(part[s].global_n, one[s].global_n);
+          Rows& j = joined[s];
+          j.sample.insert(j.sample.end(), part[s].sample.begin(), part[s].sample.end());
+          j.crop.insert(j.crop.end(), part[s].crop.begin(), part[s].crop.end());
+          j.boxes.insert(j.boxes.end(), part[s].boxes.begin(), part[s].boxes.end());
+          j.targets.insert(j.targets.end(), part[s].targets.begin(), part[s].targets.end());
+          j.pixels.insert(j.pixels.end(), part[s].pixels.begin(), part[s].pixels.end());
+        }
+      }
+      for (size_t s = 0; s < one.size(); ++s) {
+        EXPECT_EQ(joined[s].sample, one[s].sample)
+            << "m " << m << " world " << world << " step " << s;
+        EXPECT_EQ(joined[s].crop, one[s].crop);
+        EXPECT_EQ(joined[s].boxes, one[s].boxes);
+        EXPECT_EQ(joined[s].targets, one[s].targets);
+        EXPECT_EQ(joined[s].pixels, one[s].pixels);
+      }
+    }
+  }
+  EXPECT_EQ(slice_of(10, 0, 4), (std::pair<size_t, size_t>{0, 2}));
+  EXPECT_EQ(slice_of(10, 3, 4), (std::pair<size_t, size_t>{7, 10}));
+  EXPECT_EQ(slice_of(1, 0, 2), (std::pair<size_t, size_t>{0, 0}));
+}

@@ -8,6 +8,7 @@
 
 #include "fkd/error.h"
 #include "fkd/models.h"
+#include "models/zoo_internal.h"
 #include "testutil.h"
 
 namespace {
@@ -43,9 +44,9 @@ double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 void randomize_batchnorm(fkd::Net& net, uint64_t seed) {
   torch::manual_seed(seed);
   torch::NoGradGuard no_grad;
-  std::vector<torch::nn::BatchNorm2dImpl*> bns;
+  std::vector<fkd::models::BatchNorm2dImpl*> bns;
   for (const auto& m : net.modules(/*include_self=*/false)) {
-    if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+    if (auto* bn = m->as<fkd::models::BatchNorm2d>()) {
       bn->weight.copy_(torch::rand_like(bn->weight) + 0.5);
       bn->bias.copy_(torch::randn_like(bn->bias) * 0.1);
       bn->options.momentum(1.0);

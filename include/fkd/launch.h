@@ -54,7 +54,7 @@ struct LaunchOptions {
   int node_rank = 0;                      ///< this node, 0..nnodes-1
   std::string master_addr = "127.0.0.1";  ///< host of rank 0 (on node 0)
   int master_port = 29500;                ///< rendezvous port, 1..65535
-  double grace_seconds = 10;  ///< from SIGTERM to SIGKILL for ranks that do not stop
+  double grace_seconds = 10;              ///< from SIGTERM to SIGKILL for ranks that do not stop
 };
 
 /// Runs nproc_per_node copies of `program` (a path, run as is with argv = {program, args...})

@@ -21,6 +21,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "fkd/dataset.h"
@@ -78,13 +79,27 @@ struct LoaderOptions {
   /// range_end 0 = all samples. Requires shuffle = false.
   size_t range_begin = 0;
   size_t range_end = 0;
+  /// Data parallelism: this process is rank `rank` of `world` and gets its slice of every
+  /// batch (slice_of()); the batches, their samples and their crops are those of one
+  /// process, for any world size.
+  int rank = 0;
+  int world = 1;
 };
+
+/// Rank r's share of n items split over `world` ranks: [n * r / world, n * (r + 1) / world).
+/// Contiguous and balanced (sizes differ by at most one); the shares tile [0, n).
+inline std::pair<size_t, size_t> slice_of(size_t n, int rank, int world) {
+  return {n * size_t(rank) / size_t(world), n * size_t(rank + 1) / size_t(world)};
+}
 
 /// One batch. Rows of a multi-crop batch are grouped by image: image k's crops are rows
 /// k*m .. k*m+m-1.
 struct Batch {
   int64_t index = 0;  ///< batch number within the epoch
   int n = 0, c = 0, h = 0, w = 0;
+  /// Rows of the whole batch over every rank (LoaderOptions::world), skipped samples
+  /// included: what a data-parallel step averages over. n when the loader is not sliced.
+  int global_n = 0;
   /// [n, c, h, w] float32, normalized. Holds room for a full batch; a pooled buffer that
   /// returns to its loader when the last copy of this pointer is released.
   std::shared_ptr<float[]> images;

@@ -36,6 +36,25 @@ class Net : public torch::nn::Module {
   int num_classes_;
 };
 
+/// Batch statistics shared by the ranks of a data-parallel run (SyncBatchNorm), for a zoo
+/// model's BatchNorm layers (set_batch_norm_sync).
+class BatchNormSync {
+ public:
+  virtual ~BatchNormSync() = default;
+  /// One BatchNorm layer's parameters and buffers (shared handles: updates land in the layer).
+  struct Layer {
+    torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+    double momentum = 0.1, eps = 1e-5;
+  };
+  /// Training-mode batch norm of x [N, C, H, W] with the statistics of every rank's batch,
+  /// updating the layer's running statistics as BatchNorm2d does.
+  virtual torch::Tensor forward(const torch::Tensor& x, const Layer& layer) = 0;
+};
+
+/// Makes every BatchNorm layer of a zoo model normalize with `sync`'s statistics in
+/// training (null: each process's own batch, the default); returns how many layers.
+int set_batch_norm_sync(torch::nn::Module& net, const std::shared_ptr<BatchNormSync>& sync);
+
 /// Names accepted by make_model, in display order.
 std::vector<std::string> model_names();
 

@@ -62,6 +62,9 @@ struct TrainConfig {
   double cutmix = 0;         ///< CutMix Beta(alpha, alpha); 0 = off
   double mix_prob = 1;       ///< probability that a batch is mixed (when an alpha is set)
   double switch_prob = 0.5;  ///< probability of CutMix rather than Mixup when both are set
+  /// Data-parallel runs: BatchNorm normalizes with the statistics of the whole global batch
+  /// (SyncBatchNorm) instead of each rank's slice.
+  bool sync_bn = false;
   // --- execution
   int threads = 0;             ///< torch intra-op threads; 0 = all cores
   int workers = 1;             ///< data loader threads
@@ -71,7 +74,9 @@ struct TrainConfig {
   /// A damaged label-store record skips its image (counted and reported) instead of
   /// stopping the run; `fkd label verify` lists them and `fkd label repair` remakes them.
   bool skip_damaged_labels = false;
-  // --- output
+  /// Data-parallel runs: seconds any rendezvous or collective may wait for the other ranks
+  /// before the run stops naming the rank that failed.
+  double dist_timeout = 600;
   std::string out = "runs/train";  ///< run directory: checkpoint.pt, metrics.jsonl
   bool resume = false;             ///< continue from out/checkpoint.pt
   int stop_after = 0;  ///< stop (as if interrupted) after this many passes (FKD: a pass is
@@ -79,6 +84,7 @@ struct TrainConfig {
 };
 
 class Dataset;
+class Distributed;
 
 /// Checks every option that needs no data (ranges, names, combinations) and throws
 /// ConfigError naming the flag. Fields left at auto (0, empty, kAuto) pass.
@@ -125,6 +131,10 @@ TrainResult train(TrainConfig cfg);
 /// train() on a training split already opened (with cfg.channels and cfg.limit_train
 /// applied), so that a caller which opened it (fkd distill) does not scan it again.
 TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set);
+/// train() as one rank of a data-parallel run (fkd distill, which labels on the same ranks
+/// first). The other overloads join the ranks named by the environment
+/// (dist_env_from_environment); with one process they run alone.
+TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set, Distributed& dist);
 
 /// Top-1/top-5 of a model on a dataset split.
 struct EvalResult {

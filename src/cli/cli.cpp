@@ -168,6 +168,17 @@ std::string zoo_help(const char* what) {
   return fmt::format("{}: {}", what, fmt::join(model_names(), ", "));
 }
 
+/// Options of data-parallel runs (several ranks: fkd launch, torchrun, srun).
+void add_data_parallel(CLI::App* app, TrainConfig& c) {
+  app->add_flag("--sync-bn", c.sync_bn,
+                "Several ranks: BatchNorm uses the whole global batch's statistics (default: "
+                "each rank's slice, as DistributedDataParallel)");
+  app->add_option("--dist-timeout", c.dist_timeout,
+                  "Several ranks: seconds to wait for a rank before stopping the run")
+      ->check(kPositive)
+      ->capture_default_str();
+}
+
 // --- subcommands ---------------------------------------------------------------------------
 
 void add_train(CLI::App& root, TrainConfig& c) {
@@ -212,6 +223,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_flag("--skip-damaged-labels", c.skip_damaged_labels,
                 "FKD: skip images whose label record is damaged instead of stopping (fkd label "
                 "verify lists them, fkd label repair remakes them)");
+  add_data_parallel(app, c);
   app->add_option("--out,-o", c.out, "Run directory (checkpoint.pt, metrics.jsonl)")
       ->capture_default_str();
   app->add_flag("--resume", c.resume, "Continue the run in --out from its last checkpoint");
@@ -403,6 +415,7 @@ void add_distill(CLI::App& root, DistillConfig& d) {
   add_soft_loss(app, d.train);
   app->add_option("--out,-o", d.out, "Output directory (labels/, student/)")->capture_default_str();
   add_execution(app, d.train.threads, d.train.workers, d.train.device);
+  add_data_parallel(app, d.train);
 }
 
 void add_demo(CLI::App& root, DemoOptions& o) {
@@ -449,6 +462,19 @@ void add_launch(CLI::App& root, LaunchOptions& o, std::vector<std::string>& comm
           "no command to run: expected fkd launch --nproc-per-node N -- COMMAND...");
     }
   });
+}
+
+/// In a data-parallel run, ranks other than 0 print nothing but their errors (no output, no
+/// progress): returns the prefix that names this rank in them ("" when alone).
+std::string quiet_other_ranks() {
+  const DistEnv env = dist_env_from_environment();
+  if (!env.distributed()) return "";
+  if (env.rank != 0) {
+    std::fflush(stdout);
+    if (!std::freopen("/dev/null", "w", stdout)) std::fclose(stdout);
+    setenv("FKD_PROGRESS", "off", 1);
+  }
+  return fmt::format("rank {}: ", env.rank);
 }
 
 // --- running ---------------------------------------------------------------------------------
@@ -522,7 +548,9 @@ int run_cli(int argc, char** argv) {
     return 2;
   }
 
+  std::string who;  // "rank R: " before the errors of a rank of a data-parallel run
   try {
+    if (app.got_subcommand("train") || app.got_subcommand("distill")) who = quiet_other_ranks();
     if (app.got_subcommand("train")) {
       train(train_cfg);
     } else if (app.got_subcommand("eval")) {
@@ -545,13 +573,13 @@ int run_cli(int argc, char** argv) {
       return launch(launch_opts, self_executable(), launch_command);
     }
   } catch (const Error& e) {
-    fmt::print(stderr, "fkd: error: {}\n", one_line(e.what()));
+    fmt::print(stderr, "fkd: error: {}{}\n", who, one_line(e.what()));
     return 1;
   } catch (const c10::Error& e) {
-    fmt::print(stderr, "fkd: error: {}\n", one_line(e.what_without_backtrace()));
+    fmt::print(stderr, "fkd: error: {}{}\n", who, one_line(e.what_without_backtrace()));
     return 1;
   } catch (const std::exception& e) {
-    fmt::print(stderr, "fkd: error: {}\n", one_line(e.what()));
+    fmt::print(stderr, "fkd: error: {}{}\n", who, one_line(e.what()));
     return 1;
   }
   return 0;

@@ -12,8 +12,8 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -51,8 +51,8 @@ int parse_count(const char* name, const std::string& text, int min) {
 }
 
 int parse_port(const char* name, const std::string& text) {
-  const bool ok = all_digits(text) && text.size() <= 5 && std::stoi(text) >= 1 &&
-                  std::stoi(text) <= 65535;
+  const bool ok =
+      all_digits(text) && text.size() <= 5 && std::stoi(text) >= 1 && std::stoi(text) <= 65535;
   FKD_CHECK(ok, ConfigError, "{}={}: expected a port, 1 to 65535", name, text);
   return std::stoi(text);
 }
@@ -140,8 +140,8 @@ std::optional<DistEnv> torchrun_env() {
     FKD_CHECK(attempt, ConfigError,
               "TORCHELASTIC_USE_AGENT_STORE=True is set but TORCHELASTIC_RESTART_COUNT is not");
     e.agent_store = true;
-    e.store_prefix = fmt::format(
-        "/worker/attempt_{}", parse_count("TORCHELASTIC_RESTART_COUNT", *attempt, 0));
+    e.store_prefix =
+        fmt::format("/worker/attempt_{}", parse_count("TORCHELASTIC_RESTART_COUNT", *attempt, 0));
   }
   return e;
 }
@@ -387,8 +387,8 @@ class Ranks {
       if (problem.empty()) continue;
       stop(SIGTERM);
       supervise();
-      fail<IoError>("fkd launch: cannot start rank {}: {}", o_.node_rank * o_.nproc_per_node + local,
-                    problem);
+      fail<IoError>("fkd launch: cannot start rank {}: {}",
+                    o_.node_rank * o_.nproc_per_node + local, problem);
     }
   }
 
@@ -480,7 +480,9 @@ class Ranks {
       struct sigaction dfl = {};
       dfl.sa_handler = SIG_DFL;
       for (int sig : signals_.installed()) sigaction(sig, &dfl, nullptr);
-      // A killed launcher must not leave ranks behind.
+      // A killed launcher must not leave ranks behind: SIGKILL when it dies, and exit now if
+      // it died before this line.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(127);
       sigset_t none;
       sigemptyset(&none);

@@ -16,6 +16,8 @@ void check_options(const LoaderOptions& o) {
   FKD_CHECK(o.batch_size >= 1, ConfigError, "batch size {}: expected at least 1", o.batch_size);
   FKD_CHECK(o.workers >= 0, ConfigError, "--workers {}: expected >= 0", o.workers);
   FKD_CHECK(o.prefetch >= 1, ConfigError, "loader prefetch {}: expected at least 1", o.prefetch);
+  FKD_CHECK(o.world >= 1 && o.rank >= 0 && o.rank < o.world, ConfigError,
+            "loader slice: rank {} of {} does not exist", o.rank, o.world);
 }
 }  // namespace
 
@@ -71,13 +73,16 @@ namespace {
 /// depth, but never fewer than the workers, or workers beyond it would sit idle.
 int64_t window(const LoaderOptions& o) { return std::max({o.prefetch, o.workers, 1}); }
 
-/// A pool sized for the loader: batch_size rows of c x h x w floats; it keeps the batches
-/// that can be in flight at once (the window, the one the consumer holds, and one more it
-/// may still hold while taking the next).
-std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int c, int h, int w) {
+/// A pool sized for the loader: the rows of this rank's largest slice of a batch (batch_size
+/// rows of m crops, sliced over the ranks) of c x h x w floats; it keeps the batches that can
+/// be in flight at once (the window, the one the consumer holds, and one more it may still
+/// hold while taking the next).
+std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int m, int c, int h,
+                                                   int w) {
   configure_malloc();  // any program that loads data runs with the fkd binary's settings
-  return std::make_shared<detail::BatchBufferPool>(o.batch_size * size_t(c) * h * w,
-                                                   size_t(window(o)) + 2);
+  const size_t images = o.batch_size / size_t(m);
+  const size_t rows = (images + size_t(o.world) - 1) / size_t(o.world) * size_t(m);
+  return std::make_shared<detail::BatchBufferPool>(rows * size_t(c) * h * w, size_t(window(o)) + 2);
 }
 
 }  // namespace
@@ -106,7 +111,7 @@ Loader::Loader(std::shared_ptr<const Dataset> ds, const TrainTransform& t,
             "batch size {} is not a multiple of the {} crops per image", opts_.batch_size, m_);
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.crop.size;
-  buffers_ = make_pool(opts_, out_c_, out_h_, out_w_);
+  buffers_ = make_pool(opts_, m_, out_c_, out_h_, out_w_);
 }
 
 Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t, const LoaderOptions& opts)
@@ -114,7 +119,7 @@ Loader::Loader(std::shared_ptr<const Dataset> ds, const EvalTransform& t, const 
   check_options(opts_);
   out_c_ = ds_->channels();
   out_h_ = out_w_ = t.size;
-  buffers_ = make_pool(opts_, out_c_, out_h_, out_w_);
+  buffers_ = make_pool(opts_, 1, out_c_, out_h_, out_w_);
 }
 
 Loader::~Loader() { stop(); }
@@ -211,13 +216,18 @@ bool Loader::next(Batch& out) {
 }
 
 Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<uint8_t>& hwc) {
-  const size_t first = size_t(b) * images_per_batch_;
-  const size_t last = std::min(first + images_per_batch_, order_.size());
+  const size_t global_first = size_t(b) * images_per_batch_;
+  const size_t global_last = std::min(global_first + images_per_batch_, order_.size());
+  // This rank's slice of the batch's images; with one rank, all of them.
+  const auto [slice_begin, slice_end] =
+      slice_of(global_last - global_first, opts_.rank, opts_.world);
+  const size_t first = global_first + slice_begin, last = global_first + slice_end;
   const size_t max_rows = (last - first) * size_t(m_);
   const size_t plane = size_t(out_c_) * out_h_ * out_w_;
 
   Batch batch;
   batch.index = b;
+  batch.global_n = int((global_last - global_first) * size_t(m_));
   batch.c = out_c_;
   batch.h = out_h_;
   batch.w = out_w_;

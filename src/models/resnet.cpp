@@ -48,9 +48,9 @@ def forward(self, x: Tensor) -> Tensor:
   }
 
   nn::Conv2d conv1;
-  nn::BatchNorm2d bn1;
+  BatchNorm2d bn1;
   nn::Conv2d conv2;
-  nn::BatchNorm2d bn2;
+  BatchNorm2d bn2;
   Seq downsample{nullptr};
 };
 TORCH_MODULE(BasicBlock);
@@ -90,11 +90,11 @@ def forward(self, x: Tensor) -> Tensor:
   }
 
   nn::Conv2d conv1;
-  nn::BatchNorm2d bn1;
+  BatchNorm2d bn1;
   nn::Conv2d conv2;
-  nn::BatchNorm2d bn2;
+  BatchNorm2d bn2;
   nn::Conv2d conv3;
-  nn::BatchNorm2d bn3;
+  BatchNorm2d bn3;
   Seq downsample{nullptr};
 };
 TORCH_MODULE(Bottleneck);
@@ -144,7 +144,7 @@ def forward(self, x: Tensor) -> Tensor:
 
  private:
   nn::Conv2d conv1;
-  nn::BatchNorm2d bn1;
+  BatchNorm2d bn1;
   Seq layer1{nullptr}, layer2{nullptr}, layer3{nullptr};
   nn::Linear fc{nullptr};
 };
@@ -192,7 +192,7 @@ def forward(self, x: Tensor) -> Tensor:
 
  private:
   nn::Conv2d conv1;
-  nn::BatchNorm2d bn1;
+  BatchNorm2d bn1;
   Seq layer1{nullptr}, layer2{nullptr}, layer3{nullptr}, layer4{nullptr};
   nn::Linear fc{nullptr};
 };

@@ -26,13 +26,6 @@ std::string int_list(at::IntArrayRef v) {
   return s + "]";
 }
 
-/// A TorchScript float literal that reads back as the same double.
-std::string float_literal(double v) {
-  std::string s = fmt::format("{}", v);
-  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
-  return s;
-}
-
 /// "fkd::models::(anonymous namespace)::BasicBlockImpl" -> "BasicBlock".
 std::string class_name(const nn::Module& m) {
   std::string full = m.name();
@@ -64,17 +57,6 @@ std::string forward_source(const nn::Module& m, const std::string& where) {
     return fmt::format("{}    return torch.conv2d(x, self.weight, {}, {}, {}, {}, {})\n", kHeader,
                        self_or_none(c->bias, "bias"), int_list(*o.stride()), int_list(**padding),
                        int_list(*o.dilation()), o.groups());
-  }
-  if (const auto* bn = dynamic_cast<const nn::BatchNorm2dImpl*>(&m)) {
-    const auto& o = bn->options;
-    FKD_CHECK(o.track_running_stats(), ConfigError,
-              "export_torchscript: {}: BatchNorm2d without running statistics is not supported",
-              where);
-    return fmt::format(
-        "{}    return torch.batch_norm(x, {}, {}, self.running_mean, self.running_var, False, {}, "
-        "{}, True)\n",
-        kHeader, self_or_none(bn->weight, "weight"), self_or_none(bn->bias, "bias"),
-        float_literal(o.momentum().value_or(0.1)), float_literal(o.eps()));
   }
   if (const auto* l = dynamic_cast<const nn::LinearImpl*>(&m))
     return fmt::format("{}    return torch.linear(x, self.weight, {})\n", kHeader,

@@ -49,7 +49,7 @@ void init_like_torchvision(torch::nn::Module& root) {
     if (auto* c = m->as<torch::nn::Conv2d>()) {
       torch::nn::init::kaiming_normal_(c->weight, /*a=*/0, torch::kFanOut, torch::kReLU);
       if (c->bias.defined()) torch::nn::init::zeros_(c->bias);
-    } else if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+    } else if (auto* bn = m->as<models::BatchNorm2d>()) {
       torch::nn::init::ones_(bn->weight);
       torch::nn::init::zeros_(bn->bias);
     }
@@ -78,6 +78,17 @@ std::shared_ptr<Net> make_model(const std::string& name, int in_channels, int nu
     return models::make_imagenet_resnet(name, in_channels, num_classes);
   if (name == "mobilenetv2") return models::make_mobilenetv2(in_channels, num_classes);
   fail<ConfigError>("unknown model '{}' (known: {})", name, fmt::join(model_names(), ", "));
+}
+
+int set_batch_norm_sync(torch::nn::Module& net, const std::shared_ptr<BatchNormSync>& sync) {
+  int n = 0;
+  for (const auto& m : net.modules(/*include_self=*/true)) {
+    if (auto* bn = dynamic_cast<models::BatchNorm2dImpl*>(m.get())) {
+      bn->set_sync(sync);
+      ++n;
+    }
+  }
+  return n;
 }
 
 int64_t count_parameters(const torch::nn::Module& m) {

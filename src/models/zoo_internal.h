@@ -21,6 +21,9 @@ class ScriptForward {
   virtual std::string script_forward() const = 0;
 };
 
+/// A TorchScript float literal that reads back as the same double.
+std::string float_literal(double v);
+
 // --- building blocks ----------------------------------------------------------
 
 /// nn::Sequential with a concrete forward(Tensor), so it can sit inside another
@@ -44,8 +47,30 @@ inline torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t s
                                .bias(false));
 }
 
-inline torch::nn::BatchNorm2d batch_norm(int64_t channels) {
-  return torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(channels));
+/// torch::nn::BatchNorm2d's parameters, buffers (same names) and arithmetic, whose
+/// training-mode statistics may span the ranks of a data-parallel run (set_batch_norm_sync).
+/// Its own module rather than a subclass of torch::nn::BatchNorm2dImpl, whose vtable LibTorch
+/// does not export.
+class BatchNorm2dImpl : public torch::nn::Cloneable<BatchNorm2dImpl>, public ScriptForward {
+ public:
+  explicit BatchNorm2dImpl(const torch::nn::BatchNormOptions& options);
+  void reset() override;
+  /// [N, C, H, W] -> [N, C, H, W], as BatchNorm2d.
+  torch::Tensor forward(const torch::Tensor& x);
+  void pretty_print(std::ostream& stream) const override;
+  std::string script_forward() const override;
+  void set_sync(std::shared_ptr<BatchNormSync> sync) { sync_ = std::move(sync); }
+
+  torch::nn::BatchNormOptions options;
+  torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+
+ private:
+  std::shared_ptr<BatchNormSync> sync_;
+};
+TORCH_MODULE(BatchNorm2d);
+
+inline BatchNorm2d batch_norm(int64_t channels) {
+  return BatchNorm2d(torch::nn::BatchNormOptions(channels));
 }
 
 /// torchvision's conv init: kaiming_normal_(fan_out, relu), bias 0; BatchNorm weight 1,

@@ -170,6 +170,8 @@ void validate_config(const TrainConfig& cfg) {
   FKD_CHECK(cfg.threads >= 0, ConfigError, "--threads {}: expected >= 0 (0 = all cores)",
             cfg.threads);
   FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers {}: expected >= 0", cfg.workers);
+  FKD_CHECK(cfg.dist_timeout > 0, ConfigError, "--dist-timeout {}: expected a positive value",
+            cfg.dist_timeout);
   FKD_CHECK(cfg.stop_after >= 0, ConfigError, "--stop-after {}: expected at least 1",
             cfg.stop_after);
 }
@@ -247,6 +249,8 @@ nlohmann::json to_json(const TrainConfig& c) {
       {"cutmix", c.cutmix},
       {"mix_prob", c.mix_prob},
       {"switch_prob", c.switch_prob},
+      {"sync_bn", c.sync_bn},
+      {"dist_timeout", c.dist_timeout},
   };
 }
 }  // namespace
@@ -301,6 +305,8 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.cutmix = j.value("cutmix", 0.0);
     c.mix_prob = j.value("mix_prob", 1.0);
     c.switch_prob = j.value("switch_prob", 0.5);
+    c.sync_bn = j.value("sync_bn", false);
+    c.dist_timeout = j.value("dist_timeout", 600.0);
     return c;
   } catch (const nlohmann::json::exception& e) {
     fail<FormatError>("{}: bad run configuration: {}", source, e.what());

@@ -35,6 +35,14 @@ torch::Device parse_device(const std::string& spec) {
   return *d;
 }
 
+torch::Device rank_device(const torch::Device& d, int local_rank) {
+  if (!d.is_cuda() || d.has_index() || local_rank == 0) return d;
+  FKD_CHECK(local_rank < int(torch::cuda::device_count()), ConfigError,
+            "--device cuda: rank {} on this node needs GPU {}, but only {} are visible", local_rank,
+            local_rank, torch::cuda::device_count());
+  return torch::Device(torch::kCUDA, c10::DeviceIndex(local_rank));
+}
+
 torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last) {
   auto keep = b.images;
   auto t = torch::from_blob(

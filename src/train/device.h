@@ -10,6 +10,10 @@ namespace fkd {
 
 /// Parses "cpu", "cuda", "cuda:N"; a clear ConfigError when CUDA is asked for but absent.
 torch::Device parse_device(const std::string& spec);
+/// The device of a data-parallel rank: "cuda" without an index is the GPU of the rank's
+/// place on its node (LOCAL_RANK), one GPU per process as torchrun intends; anything else
+/// as given.
+torch::Device rank_device(const torch::Device& d, int local_rank);
 
 /// A batch's images as a tensor on `device` ([n, c, h, w] float32); on the CPU it shares
 /// the batch's memory unless channels_last asks for NHWC strides.

@@ -7,9 +7,13 @@
 
 #include <fmt/core.h>
 
+#include "device.h"
+#include "dist/dist.h"
 #include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/launch.h"
 #include "fkd/progress.h"
+#include "fkd/train.h"
 #include "schedule.h"
 
 namespace fs = std::filesystem;
@@ -53,18 +57,32 @@ TrainResult run_distill(DistillConfig cfg) {
     dopt.limit = check.limit_val;
     open_dataset(check.data, Split::kVal, dopt);
   }
+  // Every rank labels its shard of the images (RANK/WORLD_SIZE), waits for the others,
+  // then trains on its slice of every batch.
+  const DistEnv env = dist_env_from_environment();
+  Distributed dist(env, t.dist_timeout, rank_device(parse_device(t.device), env.local_rank));
   fmt::print("== 1/2 label: {} crops per image of {} with {}\n", l.crops, t.data, l.teacher);
   std::fflush(stdout);
-  const LabelResult lr = generate_labels(l, train_set);
-  FKD_CHECK(lr.complete, ConfigError,
-            "{}: other shards of the store are still missing; label them, then train with "
-            "fkd train --labels {}",
-            l.out, l.out);
+  LabelResult lr;
+  try {
+    lr = generate_labels(l, train_set);
+  } catch (const std::exception& e) {
+    dist.record_failure(one_line(e.what()));
+    throw;
+  }
+  if (dist.active()) {
+    dist.wait_for_all("labeling");
+  } else {
+    FKD_CHECK(lr.complete, ConfigError,
+              "{}: other shards of the store are still missing; label them, then train with "
+              "fkd train --labels {}",
+              l.out, l.out);
+  }
 
   fmt::print("== 2/2 train {} from {} ({} epochs, {} crops per image per pass)\n", t.model, l.out,
              t.epochs, t.num_crops);
   std::fflush(stdout);
-  TrainResult r = train(t, train_set);
+  TrainResult r = train(t, train_set, dist);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!r.history.empty()) {
     fmt::print(

@@ -3,6 +3,7 @@
 
 #include "checkpoint.h"
 #include "device.h"
+#include "dist/dist.h"
 #include "evaluation.h"
 #include "fkd/dataset.h"
 #include "fkd/error.h"
@@ -16,40 +17,44 @@ namespace fkd {
 
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,
-                          const std::string& label) {
+                          const std::string& label, Distributed* dist) {
   torch::NoGradGuard no_grad;
   loader.start_epoch(0);
   Progress bar(label, loader.dataset().size(), "img");
-  torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
-  torch::Tensor top1 = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
-  torch::Tensor top5 = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
-  size_t n = 0;
+  // loss sum, top-1 hits, top-5 hits, samples
+  torch::Tensor totals = torch::zeros({4}, torch::TensorOptions(device).dtype(torch::kDouble));
   Batch b;
   while (loader.next(b)) {
     if (b.n == 0) continue;
     const auto x = batch_images(b, device, channels_last);
     const auto y = batch_targets(b, device);
     const auto logits = forward(x).to(torch::kFloat32);
-    loss_sum +=
+    totals[0] +=
         torch::nn::functional::cross_entropy(
             logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
             .to(torch::kDouble);
     const int64_t k = std::min<int64_t>(5, logits.size(1));
     const auto pred = std::get<1>(logits.topk(k, /*dim=*/1));
     const auto hit = pred.eq(y.unsqueeze(1));
-    top1 += hit.select(1, 0).sum();
-    top5 += hit.any(1).sum();
-    n += size_t(b.n);
-    bar.advance(uint64_t(b.n));
+    totals[1] += hit.select(1, 0).sum().to(torch::kDouble);
+    totals[2] += hit.any(1).sum().to(torch::kDouble);
+    totals[3] += double(b.n);
+    bar.advance(uint64_t(b.global_n));
   }
   bar.finish();
+  if (dist) {
+    std::vector<torch::Tensor> sums{totals};
+    dist->all_reduce_sum(sums, "summing the evaluation counts");
+  }
+  const auto t = totals.to(torch::kCPU);
+  const double n = t[3].item<double>();
   EvalResult r;
-  r.samples = n;
+  r.samples = size_t(n);
   r.bad_samples = loader.skipped();
   if (n > 0) {
-    r.loss = loss_sum.item<double>() / double(n);
-    r.top1 = 100.0 * double(top1.item<int64_t>()) / double(n);
-    r.top5 = 100.0 * double(top5.item<int64_t>()) / double(n);
+    r.loss = t[0].item<double>() / n;
+    r.top1 = 100.0 * t[1].item<double>() / n;
+    r.top5 = 100.0 * t[2].item<double>() / n;
   }
   return r;
 }

@@ -10,10 +10,14 @@
 
 namespace fkd {
 
+class Distributed;
+
 /// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass),
-/// with a progress bar titled `label`.
+/// with a progress bar titled `label`. With `dist`, each rank's loader holds its slice of
+/// the batches and the counts are summed over the ranks: every rank gets the result of the
+/// whole split.
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,
-                          const std::string& label);
+                          const std::string& label, Distributed* dist = nullptr);
 
 }  // namespace fkd

@@ -1,17 +1,27 @@
 // `fkd train`: the loop that teachers and students share. train() opens the data, builds the
 // crop source of the mode, starts or resumes the run, then runs passes; each pass trains,
 // evaluates, checkpoints and logs.
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.h"
 #include "device.h"
+#include "dist/dist.h"
+#include "dist/gradient_sync.h"
+#include "dist/sync_bn.h"
 #include "evaluation.h"
 #include "fkd/error.h"
+#include "fkd/file_io.h"
+#include "fkd/launch.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
 #include "fkd/replay.h"
@@ -67,13 +77,17 @@ void adopt_store_subset(TrainConfig& cfg) {
       cfg.labels, m.num_images, m.num_images);
 }
 
+/// The fields of a TrainConfig that say how a run executes, not what it computes.
+constexpr const char* kExecutionKeys[] = {"threads",     "workers",       "device",      "out",
+                                          "strict_data", "channels_last", "dist_timeout"};
+
 /// On resume, every field that defines the run must match the checkpoint's; only how it
 /// executes (threads, workers, device, output) may change.
 void check_resume_compatible(const TrainConfig& now, const TrainConfig& saved,
                              const std::string& path) {
   auto a = nlohmann::json::parse(config_to_json(now));
   auto b = nlohmann::json::parse(config_to_json(saved));
-  for (const char* k : {"threads", "workers", "device", "out", "strict_data", "channels_last"}) {
+  for (const char* k : kExecutionKeys) {
     a.erase(k);
     b.erase(k);
   }
@@ -110,7 +124,7 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
 /// optimizer and the RNG, and rewrites metrics.jsonl to the checkpoint's history.
 CheckpointMeta start_or_resume(const TrainConfig& cfg, const Dataset& train_set, Net& net,
                                torch::optim::Optimizer& optimizer, const std::string& ckpt_path,
-                               const std::string& metrics_path) {
+                               const std::string& metrics_path, bool leader) {
   CheckpointMeta meta;
   meta.model = cfg.model;
   meta.in_channels = cfg.channels;
@@ -133,8 +147,24 @@ CheckpointMeta start_or_resume(const TrainConfig& cfg, const Dataset& train_set,
               "{} already holds a run; pass --resume to continue it or choose a new --out",
               cfg.out);
   }
-  write_metrics_file(metrics_path, meta.history);  // drops lines of unfinished epochs
+  if (leader) write_metrics_file(metrics_path, meta.history);  // drops unfinished epochs' lines
   return meta;
+}
+
+/// For fault tests: FKD_TEST_RANK_FAULT="kill:R:S" (or "stop:R:S") makes rank R send itself
+/// SIGKILL (SIGSTOP) when it has finished step S, a controlled point of a data-parallel run.
+void test_fault_after_step(const Distributed& dist, int64_t step) {
+  static const auto fault = [] {
+    std::array<int64_t, 3> f{-1, -1, -1};  // signal, rank, step
+    const char* v = std::getenv("FKD_TEST_RANK_FAULT");
+    char kind[8] = {0};
+    long long r = -1, s = -1;
+    if (v && std::sscanf(v, "%7[a-z]:%lld:%lld", kind, &r, &s) == 3) {
+      f = {std::strcmp(kind, "stop") == 0 ? SIGSTOP : SIGKILL, r, s};
+    }
+    return f;
+  }();
+  if (fault[1] == dist.rank() && fault[2] == step) ::raise(int(fault[0]));
 }
 
 /// What one pass over the training images measured.
@@ -155,6 +185,8 @@ struct Trainer {
   Loader& loader;
   Loader& val_loader;
   int64_t warmup_steps, total_steps;
+  Distributed& dist;
+  GradientSync& grads;
 
   /// Pass `pass` of `plan`: trains on it, then evaluates; its line of metrics.jsonl.
   EpochMetrics epoch(const PassPlan& plan, int pass, int64_t* step) {
@@ -164,9 +196,10 @@ struct Trainer {
         plan.crops == 1 ? fmt::format("epoch {}/{}", first + 1, cfg.epochs)
                         : fmt::format("epochs {}-{}/{}", first + 1, first + covered, cfg.epochs);
     const PassStats s = run_pass(pass, title, step);
+    grads.sync_buffers();  // rank 0's BatchNorm statistics, as DistributedDataParallel
     net.eval();
     const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net.forward(x); },
-                                         val_loader, device, cfg.channels_last, "  eval");
+                                         val_loader, device, cfg.channels_last, "  eval", &dist);
     EpochMetrics em;
     em.epoch = first + covered;
     em.epochs_covered = covered;
@@ -189,44 +222,76 @@ struct Trainer {
     loader.start_epoch(pass);
     const int m = cfg.num_crops;
     Progress bar(title, loader.dataset().size() * size_t(m), m == 1 ? "img" : "crop");
-    auto loss_sum = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kDouble));
-    auto correct = torch::zeros({}, torch::TensorOptions(device).dtype(torch::kLong));
+    // loss sum, correct, samples: summed over the ranks at the end of the pass
+    auto totals = torch::zeros({3}, torch::TensorOptions(device).dtype(torch::kDouble));
     PassStats s;
     s.lr = cfg.lr;
     Batch b;
     while (loader.next(b)) {
-      if (b.n == 0) continue;
+      // A rank whose slice of the batch is empty still takes the step with the others.
+      if (b.n == 0 && !dist.active()) continue;
       s.lr = lr_at(cfg.lr, *step, warmup_steps, total_steps);
       set_lr(optimizer, s.lr);
-      const auto x = batch_images(b, device, cfg.channels_last);
-      const auto y = batch_targets(b, device);
-      const auto [loss, logits] = objective(b, x, y, *step, net);
       optimizer.zero_grad();
-      loss.backward();
+      if (b.n > 0) {
+        const auto x = batch_images(b, device, cfg.channels_last);
+        const auto y = batch_targets(b, device);
+        const auto [loss, logits] = objective(b, x, y, *step, net);
+        // The gradient all-reduce averages over the ranks; weighting each rank's mean by its
+        // share of the global batch makes that the global batch's mean.
+        backward(dist.active() ? loss * (double(b.n) * dist.world() / double(b.global_n)) : loss,
+                 *step);
+        totals[0] += loss.detach().to(torch::kDouble) * double(b.n);
+        totals[1] += logits.detach().argmax(1).eq(y).sum().to(torch::kDouble);
+        totals[2] += double(b.n);
+      } else {
+        backward(empty_slice_loss(b), *step);
+      }
       optimizer.step();
       ++*step;
-      loss_sum += loss.detach().to(torch::kDouble) * double(b.n);
-      correct += logits.detach().argmax(1).eq(y).sum();
-      s.seen += size_t(b.n);
+      test_fault_after_step(dist, *step);
       // A loss that is not finite has ruined the weights: stop before they are saved, as
       // timm does. On a GPU the check waits for the device, so it runs every few steps.
-      if (device.is_cpu() || *step % kFiniteCheckSteps == 0) check_finite(loss_sum, title, *step);
-      bar.advance(uint64_t(b.n));
+      if (device.is_cpu() || *step % kFiniteCheckSteps == 0) check_finite(totals, title, *step);
+      bar.advance(uint64_t(dist.active() ? b.global_n : b.n));
     }
     bar.finish();
-    check_finite(loss_sum, title, *step);
+    check_finite(totals, title, *step);
+    std::vector<torch::Tensor> sums{totals};
+    dist.all_reduce_sum(sums, "summing the training metrics of " + title);
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    s.seen = size_t(totals[2].item<double>());
     if (s.seen) {
-      s.loss = loss_sum.item<double>() / double(s.seen);
-      s.top1 = 100.0 * double(correct.item<int64_t>()) / double(s.seen);
+      s.loss = totals[0].item<double>() / double(s.seen);
+      s.top1 = 100.0 * totals[1].item<double>() / double(s.seen);
     }
     return s;
   }
 
+  /// The backward pass; in a data-parallel run the Reducer all-reduces the gradients bucket
+  /// by bucket while it runs.
+  void backward(const torch::Tensor& loss, int64_t step) {
+    if (!dist.active()) return loss.backward();
+    grads.prepare_backward();
+    dist.run(fmt::format("the gradient all-reduce of step {}", step), [&] { loss.backward(); });
+  }
+
+  /// A loss of zero that reaches every parameter (and, with --sync-bn, every BatchNorm's
+  /// collectives), for a rank with no sample in this step's slice.
+  torch::Tensor empty_slice_loss(const Batch& b) {
+    torch::Tensor loss = torch::zeros({}, torch::TensorOptions(device));
+    if (cfg.sync_bn) {
+      const auto x = torch::zeros({0, b.c, b.h, b.w}, torch::TensorOptions(device));
+      loss = loss + net.forward(x).sum() * 0.0;
+    }
+    for (const auto& p : net.parameters()) loss = loss + p.sum() * 0.0;
+    return loss;
+  }
+
   static constexpr int64_t kFiniteCheckSteps = 32;
 
-  void check_finite(const torch::Tensor& loss_sum, const std::string& title, int64_t step) const {
-    const double v = loss_sum.item<double>();
+  void check_finite(const torch::Tensor& totals, const std::string& title, int64_t step) const {
+    const double v = totals[0].item<double>();
     FKD_CHECK(std::isfinite(v), DataError,
               "{}, step {}: the training loss is {}; stopping before the weights are saved "
               "({} keeps the last finished epoch): lower --lr, add --warmup-epochs or check the "
@@ -256,6 +321,138 @@ void report_skipped(const Loader& l, const char* split) {
   }
 }
 
+/// Threads per rank: --threads, else the cores shared among this node's ranks.
+int rank_threads(const TrainConfig& cfg, const Distributed& dist) {
+  if (cfg.threads > 0 || !dist.active()) return configure_threads(cfg.threads);
+  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  return configure_threads(std::max(1, cores / dist.local_world()));
+}
+
+/// Every rank must run the same thing from the same point: the run's definition, its label
+/// store and where it resumes. A difference is named at start, not found as a hang.
+void check_ranks_agree(Distributed& dist, const TrainConfig& cfg, const CheckpointMeta& meta) {
+  if (!dist.active()) return;
+  FKD_CHECK(cfg.batch_size % (size_t(cfg.num_crops) * size_t(dist.world())) == 0, ConfigError,
+            "--batch-size {} over {} ranks: each rank takes whole images ({} crops each), so the "
+            "batch must be a multiple of {}",
+            cfg.batch_size, dist.world(), cfg.num_crops, cfg.num_crops * dist.world());
+  auto run = nlohmann::json::parse(config_to_json(cfg));
+  for (const char* k : kExecutionKeys) run.erase(k);
+  dist.check_same("configuration", run.dump());
+  if (cfg.mode == TrainMode::kFkd) {
+    const std::vector<uint8_t> bytes =
+        read_whole_file((fs::path(cfg.labels) / "manifest.json").string());
+    const std::string manifest(bytes.begin(), bytes.end());
+    dist.check_same("label store (hash of its manifest.json)",
+                    fmt::format("{:016x}", std::hash<std::string>{}(manifest)));
+  }
+  dist.check_same("resume point", fmt::format("epoch {} step {}", meta.epochs_done, meta.step));
+}
+
+/// The training loader (this rank's slice of every batch) and the val loader (its slice of
+/// the val split).
+std::pair<std::unique_ptr<Loader>, std::unique_ptr<Loader>> make_loaders(
+    const TrainConfig& cfg, std::shared_ptr<const Dataset> train_set,
+    std::shared_ptr<const Dataset> val_set, std::shared_ptr<const CropSource> source,
+    const Distributed& dist) {
+  LoaderOptions lopt;
+  lopt.batch_size = cfg.batch_size;
+  lopt.seed = cfg.seed;
+  lopt.workers = cfg.workers;
+  lopt.strict = cfg.strict_data;
+  lopt.rank = dist.rank();
+  lopt.world = dist.world();
+  auto train_loader =
+      std::make_unique<Loader>(std::move(train_set), train_transform(cfg), source, lopt);
+  LoaderOptions vopt = lopt;
+  vopt.batch_size = 256;
+  vopt.shuffle = false;
+  auto val_loader = std::make_unique<Loader>(std::move(val_set), eval_transform(cfg), vopt);
+  return {std::move(train_loader), std::move(val_loader)};
+}
+
+/// train() on this rank of `dist` (alone when it is not active).
+TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set,
+                       Distributed& dist) {
+  const int threads = rank_threads(cfg, dist);
+  const torch::Device device = rank_device(parse_device(cfg.device), dist.local_rank());
+  std::vector<std::string> notes;
+  resolve_config(cfg, *train_set, &notes);
+  for (const std::string& n : notes) fmt::print("{}\n", n);
+  auto val_set = open_val_set(cfg, *train_set);
+  const int num_classes = int(train_set->classes().size());
+
+  const PassPlan plan{cfg.epochs, cfg.num_crops};
+  auto source = make_crop_source(cfg, *train_set, plan);
+  const Objective objective(cfg, num_classes, device);
+
+  if (dist.leader()) fs::create_directories(cfg.out);
+  const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
+  const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
+  torch::manual_seed(cfg.seed);
+  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
+  place_model(*net, device, cfg.channels_last);
+  auto optimizer = make_optimizer(cfg, *net);
+  CheckpointMeta meta =
+      start_or_resume(cfg, *train_set, *net, *optimizer, ckpt_path, metrics_path, dist.leader());
+  check_ranks_agree(dist, cfg, meta);
+  GradientSync grads(dist, *net);
+  if (cfg.sync_bn && dist.active()) set_batch_norm_sync(*net, make_sync_batch_norm(dist));
+  auto [train_loader, val_loader] = make_loaders(cfg, train_set, val_set, source, dist);
+
+  const int64_t steps_per_pass = int64_t(train_loader->num_batches());
+  Trainer trainer{cfg,
+                  device,
+                  *net,
+                  *optimizer,
+                  objective,
+                  *train_loader,
+                  *val_loader,
+                  plan.steps_in(cfg.warmup_epochs, steps_per_pass),
+                  steps_per_pass * plan.passes(),
+                  dist,
+                  grads};
+  fmt::print(
+      "train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
+      "device {}{}\n",
+      cfg.model, mode_name(cfg.mode), cfg.data, train_set->size(), val_set->size(), num_classes,
+      cfg.channels, cfg.crop.size, cfg.crop.size, count_of(cfg.epochs, "epoch"),
+      count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str(),
+      dist.active()
+          ? fmt::format(", {} ranks of {} samples{}", dist.world(),
+                        cfg.batch_size / size_t(dist.world()), cfg.sync_bn ? ", SyncBatchNorm" : "")
+          : "");
+  std::fflush(stdout);
+
+  int passes_this_call = 0;
+  for (int pass = plan.pass_after(meta.epochs_done); pass < plan.passes(); ++pass) {
+    const EpochMetrics em = trainer.epoch(plan, pass, &meta.step);
+    meta.epochs_done = em.epoch;
+    meta.history.push_back(em);
+    if (dist.leader()) {
+      save_checkpoint(ckpt_path, meta, *net, optimizer.get());
+      write_metrics_file(metrics_path, meta.history);
+    }
+    fmt::print(
+        "epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
+        "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
+        em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5, em.lr,
+        em.samples_per_s, plan.crops == 1 ? "img" : "crop", format_duration(em.seconds));
+    std::fflush(stdout);
+    if (cfg.stop_after > 0 && ++passes_this_call >= cfg.stop_after) break;
+  }
+  // No rank leaves before rank 0 has written the last checkpoint.
+  dist.barrier("the end of training");
+
+  TrainResult result;
+  result.history = meta.history;
+  result.checkpoint = ckpt_path;
+  result.bad_samples = train_loader->skipped() + val_loader->skipped();
+  report_skipped(*train_loader, "train");
+  report_skipped(*val_loader, "val");
+  return result;
+}
+
 }  // namespace
 
 TrainResult train(TrainConfig cfg) {
@@ -268,79 +465,19 @@ TrainResult train(TrainConfig cfg) {
 }
 
 TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
-  const int threads = configure_threads(cfg.threads);
-  const torch::Device device = parse_device(cfg.device);
-  std::vector<std::string> notes;
-  resolve_config(cfg, *train_set, &notes);
-  for (const std::string& n : notes) fmt::print("{}\n", n);
-  auto val_set = open_val_set(cfg, *train_set);
-  const int num_classes = int(train_set->classes().size());
+  validate_config(cfg);
+  const DistEnv env = dist_env_from_environment();
+  Distributed dist(env, cfg.dist_timeout, rank_device(parse_device(cfg.device), env.local_rank));
+  return train(std::move(cfg), std::move(train_set), dist);
+}
 
-  const PassPlan plan{cfg.epochs, cfg.num_crops};
-  auto source = make_crop_source(cfg, *train_set, plan);
-  const Objective objective(cfg, num_classes, device);
-
-  fs::create_directories(cfg.out);
-  const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
-  const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
-  torch::manual_seed(cfg.seed);
-  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
-  place_model(*net, device, cfg.channels_last);
-  auto optimizer = make_optimizer(cfg, *net);
-  CheckpointMeta meta = start_or_resume(cfg, *train_set, *net, *optimizer, ckpt_path, metrics_path);
-
-  LoaderOptions lopt;
-  lopt.batch_size = cfg.batch_size;
-  lopt.seed = cfg.seed;
-  lopt.workers = cfg.workers;
-  lopt.strict = cfg.strict_data;
-  Loader train_loader(train_set, train_transform(cfg), source, lopt);
-  LoaderOptions vopt = lopt;
-  vopt.batch_size = 256;
-  vopt.shuffle = false;
-  Loader val_loader(val_set, eval_transform(cfg), vopt);
-
-  const int64_t steps_per_pass = int64_t(train_loader.num_batches());
-  Trainer trainer{cfg,
-                  device,
-                  *net,
-                  *optimizer,
-                  objective,
-                  train_loader,
-                  val_loader,
-                  plan.steps_in(cfg.warmup_epochs, steps_per_pass),
-                  steps_per_pass * plan.passes()};
-  fmt::print(
-      "train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
-      "device {}\n",
-      cfg.model, mode_name(cfg.mode), cfg.data, train_set->size(), val_set->size(), num_classes,
-      cfg.channels, cfg.crop.size, cfg.crop.size, count_of(cfg.epochs, "epoch"),
-      count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str());
-  std::fflush(stdout);
-
-  int passes_this_call = 0;
-  for (int pass = plan.pass_after(meta.epochs_done); pass < plan.passes(); ++pass) {
-    const EpochMetrics em = trainer.epoch(plan, pass, &meta.step);
-    meta.epochs_done = em.epoch;
-    meta.history.push_back(em);
-    save_checkpoint(ckpt_path, meta, *net, optimizer.get());
-    write_metrics_file(metrics_path, meta.history);
-    fmt::print(
-        "epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
-        "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
-        em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5, em.lr,
-        em.samples_per_s, plan.crops == 1 ? "img" : "crop", format_duration(em.seconds));
-    std::fflush(stdout);
-    if (cfg.stop_after > 0 && ++passes_this_call >= cfg.stop_after) break;
+TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set, Distributed& dist) {
+  try {
+    return train_rank(std::move(cfg), std::move(train_set), dist);
+  } catch (const std::exception& e) {
+    dist.record_failure(one_line(e.what()));
+    throw;
   }
-
-  TrainResult result;
-  result.history = meta.history;
-  result.checkpoint = ckpt_path;
-  result.bad_samples = train_loader.skipped() + val_loader.skipped();
-  report_skipped(train_loader, "train");
-  report_skipped(val_loader, "val");
-  return result;
 }
 
 }  // namespace fkd
