@@ -12,7 +12,7 @@
 # usage: bench/run_dist.sh [BUILD_DIR] [--images N] [--rounds R] [--models "tiny resnet20"]
 #          [--baseline OTHER_BUILD]
 # Data: the first N (default 8192) Fashion-MNIST training images; labels of a tiny teacher
-# trained 1 epoch on them (`fkd label --crops 4`). Each run: one FKD pass of 4 crops per
+# trained 1 epoch on 8192 images (`fkd label --crops 4`). Each run: one FKD pass of 4 crops per
 # image (--epochs 4 --num-crops 4), global batch 256 crops, 1 loader worker per process.
 # samples/s is metrics.jsonl's training throughput (crops per second, evaluation left out).
 # Rounds alternate the configurations; the table gives each one's median.
@@ -36,19 +36,24 @@ out=$root/bench/out/dist
 mkdir -p "$out"
 port=$((29600 + RANDOM % 300))
 
-if [ ! -e "$out/labels-$images/manifest.json" ]; then
-  rm -rf "$out/teacher-$images" "$out/labels-$images"
-  "$fkd" train --model tiny --limit-train "$images" --limit-val 500 --epochs 1 --threads 2 \
-    --out "$out/teacher-$images" > /dev/null
-  "$fkd" label --teacher "$out/teacher-$images/checkpoint.pt" --limit "$images" --crops 4 \
-    --threads 2 --out "$out/labels-$images" > /dev/null
+half=$((images / 2))
+if [ ! -e "$out/teacher/checkpoint.pt" ]; then
+  "$fkd" train --model tiny --limit-train 8192 --limit-val 500 --epochs 1 --threads 2 \
+    --out "$out/teacher" > /dev/null
 fi
-labels=$out/labels-$images
+# A store of the N images, and one of the first N/2 for the lone processes.
+for n in "$images" "$half"; do
+  if [ ! -e "$out/labels-$n/manifest.json" ]; then
+    rm -rf "$out/labels-$n"
+    "$fkd" label --teacher "$out/teacher/checkpoint.pt" --limit "$n" --crops 4 --threads 2 \
+      --out "$out/labels-$n" > /dev/null
+  fi
+done
 
-# train_args MODEL OUT BATCH LIMIT THREADS
+# train_args MODEL OUT BATCH IMAGES THREADS
 train_args() {
-  echo train --model "$1" --labels "$labels" --limit-train "$4" --limit-val 500 --epochs 4 \
-    --num-crops 4 --batch-size "$3" --threads "$5" --workers 1 --out "$2"
+  echo train --model "$1" --labels "$out/labels-$4" --limit-train "$4" --limit-val 500 \
+    --epochs 4 --num-crops 4 --batch-size "$3" --threads "$5" --workers 1 --out "$2"
 }
 rate() { /usr/bin/python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readlines()[-1])["samples_per_s"])' "$1/metrics.jsonl"; }
 
@@ -66,13 +71,10 @@ for ((r = 1; r <= rounds; ++r)); do
     "$fkd" launch --nproc-per-node 2 --master-port "$port" -- \
       $(train_args "$m" "$d/two" 256 "$images" 1) > /dev/null
     record "$m" "2x1" "$r" "$(rate "$d/two")"
-    # The same work without communication: two lone processes, each half the batch and
-    # half the images (the first and the second half), at once.
-    half=$((images / 2))
+    # The same work without communication: two lone processes at once, each half the batch
+    # on half as many images (both the first N/2: the speed, not the data, is compared).
     "$fkd" $(train_args "$m" "$d/alone0" 128 "$half" 1) > /dev/null &
     p=$!
-    # --limit-train takes the first images: the second process trains on as many; the
-    # speed, not the data, is what is compared.
     "$fkd" $(train_args "$m" "$d/alone1" 128 "$half" 1) > /dev/null
     wait $p
     record "$m" "2x1-alone" "$r" "$(/usr/bin/python3 -c "print($(rate "$d/alone0") + $(rate "$d/alone1"))")"

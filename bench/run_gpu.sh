@@ -89,4 +89,19 @@ wait
     echo "$row"
   done
 } >> "$summary"
+
+# 4. Data-parallel FKD on NCCL, one GPU per rank (`--device cuda` is the GPU of LOCAL_RANK):
+# needs 2 GPUs or more, since NCCL refuses two ranks on one GPU.
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+{
+  echo
+  if [ "$gpus" -ge 2 ]; then
+    "$fkd" launch --nproc-per-node 2 -- train --model tiny --data "$data" --epochs "$speed_epochs" \
+      --limit-train "$images" --limit-val 2000 --workers 4 --threads 4 --device cuda \
+      --labels "$out/labels" --num-crops 4 --out "$out/tiny-fkd-nccl" > "$out/tiny-fkd-nccl.log" 2>&1
+    echo "FKD, 2 ranks on NCCL: $(last_top1 "$out/tiny-fkd-nccl")% top-1 (1 rank: $(last_top1 "$out/tiny-fkd")%)"
+  else
+    echo "Data-parallel FKD on NCCL: not run ($gpus GPU visible; NCCL needs one GPU per rank)"
+  fi
+} >> "$summary"
 cat "$summary"

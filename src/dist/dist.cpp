@@ -8,9 +8,13 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if FKD_C10D_API > 0
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
+
+#include "dist/c10d_api.h"
+#endif
 #ifdef FKD_WITH_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -106,11 +110,20 @@ void join(c10d::Store& store, const DistEnv& s, double timeout) {
 c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d::Store>& store,
                                                   const DistEnv& s, double timeout,
                                                   const torch::Device& device) {
+#if FKD_C10D_API == 0
+  (void)store;
+  (void)timeout;
+  fail<ConfigError>(
+      "{} ranks on {}: this fkd was built against a LibTorch whose c10d API it does not know, "
+      "so it trains in one process only (see FKD_C10D_API in CMakeLists.txt)",
+      s.world, device.str());
+#else
   if (device.is_cuda()) {
 #ifdef FKD_WITH_NCCL
     auto o = c10d::ProcessGroupNCCL::Options::create();
     o->timeout = millis(timeout);
-    return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, s.rank, s.world, o);
+    auto nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, s.rank, s.world, o);
+    return c10d_api::as_group(store, s.rank, s.world, nccl, /*cuda=*/true);
 #else
     fail<ConfigError>(
         "--device {}: this fkd was built without NCCL; distributed GPU training "
@@ -130,8 +143,10 @@ c10::intrusive_ptr<c10d::ProcessGroup> make_group(const c10::intrusive_ptr<c10d:
     o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
   }
   o->threads = 2;
-  return c10::make_intrusive<c10d::ProcessGroupGloo>(
+  auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
       c10::make_intrusive<c10d::PrefixStore>("gloo", store), s.rank, s.world, o);
+  return c10d_api::as_group(store, s.rank, s.world, gloo, /*cuda=*/false);
+#endif
 }
 
 }  // namespace
@@ -239,7 +254,9 @@ void Distributed::broadcast_from_leader(const std::vector<torch::Tensor>& tensor
                                         const std::string& what) {
   if (!active() || tensors.empty()) return;
   torch::NoGradGuard no_grad;  // parameters are written in place
+#if FKD_C10D_API > 0
   run(what, [&] { c10d::broadcast_coalesced(group_, tensors, size_t(1) << 24, 0); });
+#endif
 }
 
 void Distributed::check_same(const std::string& what, const std::string& value) {

@@ -1,6 +1,8 @@
 #include "gradient_sync.h"
 
+#if FKD_C10D_API > 0
 #include <torch/csrc/distributed/c10d/reducer.hpp>
+#endif
 
 #include <fmt/core.h>
 
@@ -37,20 +39,24 @@ GradientSync::GradientSync(Distributed& dist, torch::nn::Module& net) : dist_(di
   std::vector<torch::Tensor> state = params_;
   state.insert(state.end(), buffers_.begin(), buffers_.end());
   dist.broadcast_from_leader(state, "giving every rank rank 0's initial weights");
+#if FKD_C10D_API > 0
   const std::vector<bool> sparse(params_.size(), false);
   auto [buckets, limits] =
       c10d::compute_bucket_assignment_by_size(params_, {kFirstBucketBytes, kBucketBytes}, sparse);
-  reducer_ = std::make_unique<c10d::Reducer>(
+  reducer_ = std::make_shared<c10d::Reducer>(
       params_, buckets, limits, dist.group(), sparse, int64_t(kBucketBytes),
       /*find_unused_parameters=*/false,
       /*gradient_as_bucket_view=*/false, names, int64_t(kFirstBucketBytes));
+#endif
 }
 
 GradientSync::~GradientSync() = default;
 
 void GradientSync::prepare_backward() {
+#if FKD_C10D_API > 0
   if (!reducer_) return;
   dist_.run("preparing the gradient all-reduce", [&] { reducer_->prepare_for_backward({}); });
+#endif
 }
 
 void GradientSync::sync_buffers() {

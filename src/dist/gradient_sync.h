@@ -34,7 +34,7 @@ class GradientSync {
  private:
   Distributed& dist_;
   std::vector<torch::Tensor> params_, buffers_;
-  std::unique_ptr<c10d::Reducer> reducer_;
+  std::shared_ptr<c10d::Reducer> reducer_;  // shared: destructible where c10d is left out
 };
 
 }  // namespace fkd

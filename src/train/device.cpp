@@ -68,7 +68,13 @@ void place_model(torch::nn::Module& net, const torch::Device& device, bool chann
   if (!channels_last) return;
   torch::NoGradGuard no_grad;
   for (auto& p : net.parameters()) {
-    if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+    // Fresh channels-last strides even where a 1x1 kernel's would be ambiguous, so that
+    // every weight has the strides its gradient will have (the gradient all-reduce copies
+    // gradients into buckets laid out like the weights).
+    if (p.dim() == 4) {
+      p.set_data(torch::empty(p.sizes(), p.options().memory_format(at::MemoryFormat::ChannelsLast))
+                     .copy_(p.data()));
+    }
   }
 }
 
