@@ -253,6 +253,24 @@ TEST(DataParallel, StoppedRankIsNamedWithinTheTimeout) {
   EXPECT_LT(f.seconds, 90) << f.out;
 }
 
+TEST(DataParallel, RankThatNeverJoinsIsNamedWithinTheTimeout) {
+  TempDir d;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = sh(
+      fmt::format("WORLD_SIZE=3 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT={} timeout 120 {} {}",
+                  next_port(), fkd_bin(), train_args(d.file("a"), "--epochs 1 --dist-timeout 3")));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("fkd: error: rank 0: 2 of 3 ranks did not join at 127.0.0.1:"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("within 3 s (rank 1, 2: never started or cannot reach the master)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_LT(seconds, 60) << r.out;
+}
+
 TEST(DataParallel, RanksThatDisagreeAreNamedAtStart) {
   TempDir d;
   const int port = next_port();
