@@ -168,7 +168,8 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
 /// pickle ("state_dict") that Python can load.
 void export_model(const std::string& checkpoint, const std::string& out, const std::string& format);
 
-/// Sets torch's intra-op threads (0 = all cores) and returns the count in use.
+/// Sets torch's intra-op threads (0 = all cores; in a distributed run, this node's cores
+/// divided among its ranks) and returns the count in use.
 int configure_threads(int threads);
 
 }  // namespace fkd

@@ -56,7 +56,8 @@ CLI::Validator one_of(const std::vector<std::string>& words) {
 // --- option groups -----------------------------------------------------------------------
 
 void add_execution(CLI::App* app, int& threads, int& workers, std::string& device) {
-  app->add_option("--threads", threads, "Torch compute threads (0 = all cores)")
+  app->add_option("--threads", threads,
+                  "Torch compute threads (0 = all cores, shared among this node's ranks)")
       ->check(kNonNegative)
       ->capture_default_str();
   app->add_option("--workers", workers, "Data loader threads (decode + augment)")

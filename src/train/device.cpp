@@ -3,13 +3,17 @@
 #include <thread>
 
 #include "fkd/error.h"
+#include "fkd/launch.h"
 #include "fkd/train.h"
 
 namespace fkd {
 
 int configure_threads(int threads) {
   FKD_CHECK(threads >= 0, ConfigError, "--threads {}: expected >= 0 (0 = all cores)", threads);
-  const int n = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
+  // 0: every core, or this node's cores shared among its ranks in a distributed run.
+  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int n =
+      threads > 0 ? threads : std::max(1, cores / dist_env_from_environment().local_world);
   torch::set_num_threads(n);
   return n;
 }

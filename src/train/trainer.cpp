@@ -321,13 +321,6 @@ void report_skipped(const Loader& l, const char* split) {
   }
 }
 
-/// Threads per rank: --threads, else the cores shared among this node's ranks.
-int rank_threads(const TrainConfig& cfg, const Distributed& dist) {
-  if (cfg.threads > 0 || !dist.active()) return configure_threads(cfg.threads);
-  const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-  return configure_threads(std::max(1, cores / dist.local_world()));
-}
-
 /// Every rank must run the same thing from the same point: the run's definition, its label
 /// store and where it resumes. A difference is named at start, not found as a hang.
 void check_ranks_agree(Distributed& dist, const TrainConfig& cfg, const CheckpointMeta& meta) {
@@ -374,7 +367,7 @@ std::pair<std::unique_ptr<Loader>, std::unique_ptr<Loader>> make_loaders(
 /// train() on this rank of `dist` (alone when it is not active).
 TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set,
                        Distributed& dist) {
-  const int threads = rank_threads(cfg, dist);
+  const int threads = configure_threads(cfg.threads);
   const torch::Device device = rank_device(parse_device(cfg.device), dist.local_rank());
   std::vector<std::string> notes;
   resolve_config(cfg, *train_set, &notes);
