@@ -294,7 +294,7 @@ TEST(DataParallel, BatchThatDoesNotDivideIsRefused) {
   EXPECT_NE(r.out.find("--batch-size 63 over 2 ranks"), std::string::npos) << r.out;
 }
 
-TEST(DataParallel, OnlyRankZeroPrintsAndWrites) {
+TEST(DataParallel, OnlyRankZeroPrints) {
   TempDir d;
   const auto r = launch(2, train_args(d.file("a"), "--epochs 1"));
   ASSERT_EQ(r.status, 0) << r.out;

@@ -209,23 +209,11 @@ void Distributed::wait_for_all(const std::string& what) {
     std::string culprit;
     try {
       if (store_->add(key, 0) >= world()) return;
-      for (int r = 0; r < world() && culprit.empty(); ++r) {
-        const std::string failed = fmt::format("failed/{}", r);
-        if (r != rank() && store_->check({failed})) {
-          culprit = fmt::format("rank {} failed: {}", r, bytes_to_string(store_->get(failed)));
-        }
-      }
+      culprit = reported_failure();
       if (culprit.empty() && Clock::now() - last_beat > kHeartbeat * 5) {
         // A rank whose heartbeat stood still for five beats was killed or stopped.
         const std::vector<int64_t> now = heartbeats();
-        std::vector<int> silent;
-        for (int r = 0; r < world(); ++r) {
-          if (r != rank() && now[size_t(r)] == beats[size_t(r)]) silent.push_back(r);
-        }
-        if (!silent.empty()) {
-          culprit = fmt::format("rank {} stopped (killed, or stopped by a signal)",
-                                fmt::join(silent, ", "));
-        }
+        culprit = silent_ranks(beats, now);
         beats = now;
         last_beat = Clock::now();
       }
@@ -288,31 +276,37 @@ std::vector<int64_t> Distributed::heartbeats() const {
   return beats;
 }
 
+std::string Distributed::reported_failure() const {
+  for (int r = 0; r < world(); ++r) {
+    const std::string key = fmt::format("failed/{}", r);
+    if (r != rank() && store_->check({key})) {
+      return fmt::format("rank {} failed: {}", r, bytes_to_string(store_->get(key)));
+    }
+  }
+  return "";
+}
+
+std::string Distributed::silent_ranks(const std::vector<int64_t>& before,
+                                      const std::vector<int64_t>& after) const {
+  std::vector<int> silent;
+  for (int r = 0; r < world(); ++r) {
+    if (r != rank() && after[size_t(r)] == before[size_t(r)]) silent.push_back(r);
+  }
+  if (silent.empty()) return "";
+  return fmt::format("rank {} stopped (killed, or stopped by a signal)", fmt::join(silent, ", "));
+}
+
 std::string Distributed::failed_ranks() const {
   try {
-    for (int r = 0; r < world(); ++r) {
-      if (r == rank()) continue;
-      const std::string key = fmt::format("failed/{}", r);
-      if (store_->check({key})) {
-        return fmt::format("rank {} failed: {}", r, bytes_to_string(store_->get(key)));
-      }
-    }
+    std::string culprit = reported_failure();
+    if (!culprit.empty()) return culprit;
     // No rank said why: those whose heartbeat stands still were killed or stopped.
     const std::vector<int64_t> before = heartbeats();
     std::this_thread::sleep_for(kHeartbeat * 5 / 2);
-    const std::vector<int64_t> after = heartbeats();
-    std::vector<int> silent;
-    for (int r = 0; r < world(); ++r) {
-      if (r != rank() && after[size_t(r)] == before[size_t(r)]) silent.push_back(r);
-    }
-    if (!silent.empty()) {
-      return fmt::format("rank {} stopped (killed, or stopped by a signal)",
-                         fmt::join(silent, ", "));
-    }
+    return silent_ranks(before, heartbeats());
   } catch (...) {  // no store: rank 0 is gone
     return "rank 0 stopped answering (killed or hung?)";
   }
-  return "";
 }
 
 void Distributed::fail_collective(const std::string& what, const std::exception& e) {

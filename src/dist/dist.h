@@ -74,6 +74,12 @@ class Distributed {
   /// Who failed first: a rank that recorded its failure, else the ranks whose heartbeat
   /// stopped (killed or stopped), else "".
   std::string failed_ranks() const;
+  /// "rank R failed: its message" for the first other rank that recorded a failure, or "".
+  std::string reported_failure() const;
+  /// "rank R stopped (...)" naming the other ranks whose heartbeat did not move, or "".
+  std::string silent_ranks(const std::vector<int64_t>& before,
+                           const std::vector<int64_t>& after) const;
+  /// Every rank's heartbeat count.
   std::vector<int64_t> heartbeats() const;
 
   DistEnv env_;
