@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <thread>
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
