@@ -187,6 +187,58 @@ TEST(LoaderBuffers, HeldBatchesKeepTheirPixels) {
   }
 }
 
+TEST(LoaderPixels, Uint8BatchesHoldTheCropsTheFloatBatchesNormalize) {
+  TempDir d;
+  auto ds = idx_dataset(d, 24);
+  TrainTransform t = small_transform();
+  t.norm = Normalize{{0.3f, 0.3f, 0.3f}, {0.2f, 0.2f, 0.2f}};
+  std::atomic<int> live{0}, allocations{0};
+  LoaderOptions fo;
+  fo.batch_size = 8;
+  fo.workers = 2;
+  LoaderOptions uo = fo;
+  uo.uint8_nhwc = true;
+  // A caller-supplied allocator (what pinned memory for a GPU plugs into) serves the buffers.
+  uo.host_memory.allocate = [&](size_t bytes) {
+    ++live;
+    ++allocations;
+    return std::malloc(bytes);
+  };
+  uo.host_memory.release = [&](void* p) {
+    --live;
+    std::free(p);
+  };
+  {
+    auto src = std::make_shared<RandomCropSource>(t, 11, 2);
+    Loader fl(ds, t, src, fo), ul(ds, t, src, uo);
+    const ChwConverter chw(t.norm, ds->channels());
+    const size_t px = 12 * 12 * size_t(ds->channels());
+    for (int e = 0; e < 2; ++e) {
+      fl.start_epoch(e);
+      ul.start_epoch(e);
+      Batch fb, ub;
+      while (fl.next(fb)) {
+        ASSERT_TRUE(ul.next(ub));
+        ASSERT_EQ(ub.n, fb.n);
+        EXPECT_FALSE(ub.images);
+        ASSERT_TRUE(ub.pixels);
+        EXPECT_EQ(ub.norm.mean[0], 0.3f);
+        EXPECT_EQ(ub.plans.size(), fb.plans.size());
+        std::vector<float> got(px);
+        for (int r = 0; r < ub.n; ++r) {
+          chw.convert(ub.pixels.get() + size_t(r) * px, 12, 12, got.data());
+          ASSERT_EQ(0,
+                    std::memcmp(got.data(), fb.images.get() + size_t(r) * px, px * sizeof(float)))
+              << "epoch " << e << " batch " << fb.index << " row " << r;
+        }
+      }
+      EXPECT_FALSE(ul.next(ub));
+    }
+    EXPECT_GE(allocations.load(), 1);
+  }
+  EXPECT_EQ(live.load(), 0);  // every buffer went back through release
+}
+
 TEST(Malloc, ConfiguredOnceWithFkdsThresholdsUnlessTunablesSayOtherwise) {
   const MallocConfig& c = configure_malloc();
   EXPECT_EQ(&c, &configure_malloc());

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -67,6 +68,14 @@ class RandomCropSource final : public CropSource {
   int per_image_;
 };
 
+/// Where batch buffers live: the heap by default; a consumer that copies batches to a GPU
+/// supplies page-locked (pinned) memory, from which copies run asynchronously. Both set or
+/// neither; allocate returns null when out of memory.
+struct HostAllocator {
+  std::function<void*(size_t bytes)> allocate;
+  std::function<void(void* p)> release;
+};
+
 struct LoaderOptions {
   size_t batch_size = 128;  ///< samples (crops) per batch; a multiple of crops_per_image
   bool shuffle = true;      ///< a fresh permutation of the samples every epoch
@@ -84,6 +93,11 @@ struct LoaderOptions {
   /// process, for any world size.
   int rank = 0;
   int world = 1;
+  /// Batches carry the crops' uint8 pixels, NHWC (Batch::pixels), instead of normalized
+  /// float32 NCHW images: a quarter of the bytes to write and to copy to a device, which
+  /// converts them (to_float = pixel / 255, then (x - mean) / std, as the float path).
+  bool uint8_nhwc = false;
+  HostAllocator host_memory;  ///< where batch buffers are allocated
 };
 
 /// Rank r's share of n items split over `world` ranks: [n * r / world, n * (r + 1) / world).
@@ -100,9 +114,14 @@ struct Batch {
   /// Rows of the whole batch over every rank (LoaderOptions::world), skipped samples
   /// included: what a data-parallel step averages over. n when the loader is not sliced.
   int global_n = 0;
-  /// [n, c, h, w] float32, normalized. Holds room for a full batch; a pooled buffer that
-  /// returns to its loader when the last copy of this pointer is released.
+  /// [n, c, h, w] float32, normalized (null for uint8 batches). Holds room for a full batch;
+  /// a pooled buffer that returns to its loader when the last copy of this pointer is
+  /// released.
   std::shared_ptr<float[]> images;
+  /// [n, h, w, c] uint8 pixels of the crops (LoaderOptions::uint8_nhwc; `images` is then
+  /// null), to be normalized with `norm`. Pooled like `images`.
+  std::shared_ptr<uint8_t[]> pixels;
+  Normalize norm;                ///< the normalization `pixels` still need
   std::vector<int64_t> targets;  ///< [n] class indices
   std::vector<uint32_t> sample;  ///< [n] dataset index of each row
   std::vector<uint32_t> crop;    ///< [n] crop id of each row within its image (CropPlan::id)

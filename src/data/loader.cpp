@@ -18,33 +18,42 @@ void check_options(const LoaderOptions& o) {
   FKD_CHECK(o.prefetch >= 1, ConfigError, "loader prefetch {}: expected at least 1", o.prefetch);
   FKD_CHECK(o.world >= 1 && o.rank >= 0 && o.rank < o.world, ConfigError,
             "loader slice: rank {} of {} does not exist", o.rank, o.world);
+  FKD_CHECK(!o.host_memory.allocate == !o.host_memory.release, ConfigError,
+            "loader host memory: allocate and release must be given together");
 }
 }  // namespace
 
 namespace detail {
 
-/// Float buffers of one size, recycled. acquire() hands out a buffer whose shared_ptr
+/// Host buffers of one size, recycled. acquire() hands out a buffer whose shared_ptr
 /// deleter gives it back; up to `keep` returned buffers wait for reuse, beyond that they are
 /// freed. The deleters hold the pool, so buffers may outlive the loader that made them.
+/// Memory comes from the loader's HostAllocator (the heap, or pinned memory for a GPU).
 class BatchBufferPool : public std::enable_shared_from_this<BatchBufferPool> {
  public:
-  BatchBufferPool(size_t floats, size_t keep) : floats_(floats), keep_(keep) {}
+  BatchBufferPool(size_t bytes, size_t keep, HostAllocator alloc)
+      : bytes_(bytes), keep_(keep), alloc_(std::move(alloc)) {}
+  ~BatchBufferPool() {
+    for (void* p : free_) release(p);
+  }
 
-  std::shared_ptr<float[]> acquire() {
-    std::unique_ptr<float[]> buf;
+  std::shared_ptr<uint8_t[]> acquire() {
+    void* buf = nullptr;
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (!free_.empty()) {
-        buf = std::move(free_.back());
+        buf = free_.back();
         free_.pop_back();
       } else {
         ++allocated_;
       }
     }
     // Left uninitialized: make_batch writes every row a batch holds.
-    if (!buf) buf.reset(new float[floats_]);
+    if (!buf) buf = alloc_.allocate ? alloc_.allocate(bytes_) : ::operator new(bytes_, kAlign);
+    FKD_CHECK(buf, IoError, "out of memory: cannot allocate a {}-byte batch buffer", bytes_);
     auto self = shared_from_this();
-    return std::shared_ptr<float[]>(buf.release(), [self](float* p) { self->give_back(p); });
+    return std::shared_ptr<uint8_t[]>(static_cast<uint8_t*>(buf),
+                                      [self](uint8_t* p) { self->give_back(p); });
   }
 
   size_t allocated() const {
@@ -53,15 +62,30 @@ class BatchBufferPool : public std::enable_shared_from_this<BatchBufferPool> {
   }
 
  private:
-  void give_back(float* p) {
-    std::unique_ptr<float[]> buf(p);
-    std::lock_guard<std::mutex> lk(mu_);
-    if (free_.size() < keep_) free_.push_back(std::move(buf));
+  static constexpr std::align_val_t kAlign{64};  ///< a cache line (and any SIMD load)
+
+  void give_back(void* p) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (free_.size() < keep_) {
+        free_.push_back(p);
+        return;
+      }
+    }
+    release(p);
+  }
+  void release(void* p) const {
+    if (alloc_.allocate) {
+      alloc_.release(p);
+    } else {
+      ::operator delete(p, kAlign);
+    }
   }
 
-  const size_t floats_, keep_;
+  const size_t bytes_, keep_;
+  const HostAllocator alloc_;
   mutable std::mutex mu_;
-  std::vector<std::unique_ptr<float[]>> free_;
+  std::vector<void*> free_;
   size_t allocated_ = 0;
 };
 
@@ -74,15 +98,17 @@ namespace {
 int64_t window(const LoaderOptions& o) { return std::max({o.prefetch, o.workers, 1}); }
 
 /// A pool sized for the loader: the rows of this rank's largest slice of a batch (batch_size
-/// rows of m crops, sliced over the ranks) of c x h x w floats; it keeps the batches that can
-/// be in flight at once (the window, the one the consumer holds, and one more it may still
-/// hold while taking the next).
+/// rows of m crops, sliced over the ranks) of c x h x w floats (or bytes, for uint8
+/// batches); it keeps the batches that can be in flight at once (the window, the one the
+/// consumer holds, and one more it may still hold while taking the next).
 std::shared_ptr<detail::BatchBufferPool> make_pool(const LoaderOptions& o, int m, int c, int h,
                                                    int w) {
   configure_malloc();  // any program that loads data runs with the fkd binary's settings
   const size_t images = o.batch_size / size_t(m);
   const size_t rows = (images + size_t(o.world) - 1) / size_t(o.world) * size_t(m);
-  return std::make_shared<detail::BatchBufferPool>(rows * size_t(c) * h * w, size_t(window(o)) + 2);
+  const size_t value_bytes = o.uint8_nhwc ? 1 : sizeof(float);
+  return std::make_shared<detail::BatchBufferPool>(rows * size_t(c) * h * w * value_bytes,
+                                                   size_t(window(o)) + 2, o.host_memory);
 }
 
 }  // namespace
@@ -231,7 +257,13 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   batch.c = out_c_;
   batch.h = out_h_;
   batch.w = out_w_;
-  batch.images = buffers_->acquire();
+  const auto buffer = buffers_->acquire();
+  if (opts_.uint8_nhwc) {
+    batch.pixels = buffer;
+    batch.norm = train_ ? train_t_.norm : eval_t_.norm;
+  } else {
+    batch.images = std::shared_ptr<float[]>(buffer, reinterpret_cast<float*>(buffer.get()));
+  }
   batch.targets.reserve(max_rows);
   batch.sample.reserve(max_rows);
   batch.crop.reserve(max_rows);
@@ -243,6 +275,13 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
   batch.soft_classes = sc;
   if (sc > 0) batch.soft.resize(max_rows * size_t(sc));
   hwc.resize(size_t(out_h_) * out_w_ * out_c_);
+  // A crop's pixels go straight into a uint8 batch, or through `hwc` into a float one.
+  auto crop_out = [&](size_t r) {
+    return batch.pixels ? batch.pixels.get() + r * plane : hwc.data();
+  };
+  auto finish_row = [&](size_t r) {
+    if (!batch.pixels) to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + r * plane);
+  };
 
   size_t row = 0;
   for (size_t k = first; k < last; ++k) {
@@ -277,9 +316,9 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       for (int c = 0; c < m_; ++c) {
         PixelBox box = plans[size_t(c)].box;
         box.top -= band.first_row;  // band-relative
-        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp, hwc.data(),
-                     scratch);
-        to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + row * plane);
+        resized_crop(img, box, plans[size_t(c)].flip, out_h_, out_w_, train_t_.interp,
+                     crop_out(row), scratch);
+        finish_row(row);
         batch.plans.push_back(plans[size_t(c)]);
         batch.heights.push_back(band.full_height);
         batch.widths.push_back(img.width);
@@ -292,8 +331,8 @@ Batch Loader::make_batch(int64_t b, std::vector<uint8_t>& scratch, std::vector<u
       const Image resized =
           eval_t_.resize > 0 ? resize_shorter(img, eval_t_.resize, eval_t_.interp) : img;
       const PixelBox box = center_box(resized.height, resized.width, out_h_, out_w_);
-      resized_crop(resized, box, false, out_h_, out_w_, eval_t_.interp, hwc.data(), scratch);
-      to_chw_.convert(hwc.data(), out_h_, out_w_, batch.images.get() + row * plane);
+      resized_crop(resized, box, false, out_h_, out_w_, eval_t_.interp, crop_out(row), scratch);
+      finish_row(row);
       batch.targets.push_back(target);
       batch.sample.push_back(idx);
       batch.crop.push_back(0);

@@ -48,11 +48,33 @@ torch::Device rank_device(const torch::Device& d, int local_rank) {
 }
 
 torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last) {
+  if (b.pixels) return normalize_pixels(batch_pixels(b, device), b.norm, channels_last);
   auto keep = b.images;
   auto t = torch::from_blob(
       b.images.get(), {b.n, b.c, b.h, b.w}, [keep](void*) {}, torch::kFloat32);
   if (!device.is_cpu()) t = t.to(device, /*non_blocking=*/true);
   return channels_last ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+}
+
+torch::Tensor batch_pixels(const Batch& b, const torch::Device& device) {
+  FKD_CHECK(b.pixels, Error, "internal: batch {} carries no uint8 pixels", b.index);
+  auto keep = b.pixels;
+  auto t = torch::from_blob(
+      b.pixels.get(), {b.n, b.h, b.w, b.c}, [keep](void*) {}, torch::kUInt8);
+  return device.is_cpu() ? t : t.to(device, /*non_blocking=*/true);
+}
+
+torch::Tensor normalize_pixels(const torch::Tensor& nhwc, const Normalize& norm,
+                               bool channels_last) {
+  const int64_t c = nhwc.size(3);
+  const auto opts = torch::TensorOptions(nhwc.device()).dtype(torch::kFloat32);
+  const auto mean = torch::from_blob(const_cast<float*>(norm.mean), {1, c, 1, 1}, torch::kFloat32);
+  const auto std = torch::from_blob(const_cast<float*>(norm.std), {1, c, 1, 1}, torch::kFloat32);
+  // The permuted view has channels-last strides, which the float tensor keeps; the same
+  // operations in the same order as the loader's float path, (v / 255 - mean) / std.
+  auto x = nhwc.permute({0, 3, 1, 2}).to(torch::kFloat32);
+  if (!channels_last) x = x.contiguous();
+  return x.div_(255.0f).sub_(mean.to(opts)).div_(std.to(opts));
 }
 
 torch::Tensor batch_targets(const Batch& b, const torch::Device& device) {

@@ -15,9 +15,17 @@ torch::Device parse_device(const std::string& spec);
 /// as given.
 torch::Device rank_device(const torch::Device& d, int local_rank);
 
-/// A batch's images as a tensor on `device` ([n, c, h, w] float32); on the CPU it shares
-/// the batch's memory unless channels_last asks for NHWC strides.
+/// A batch's images as a tensor on `device` ([n, c, h, w] float32); on the CPU a float
+/// batch shares the batch's memory unless channels_last asks for NHWC strides. A uint8 batch
+/// is copied as bytes and normalized on the device (normalize_pixels).
 torch::Tensor batch_images(const Batch& b, const torch::Device& device, bool channels_last);
+/// A uint8 batch's pixels (LoaderOptions::uint8_nhwc) as uint8 [n, h, w, c] on `device`
+/// (on the CPU, the batch's memory).
+torch::Tensor batch_pixels(const Batch& b, const torch::Device& device);
+/// uint8 [n, h, w, c] pixels -> normalized float32 [n, c, h, w] on their device,
+/// channels-last strides if asked: what the loader's float path computes, within rounding.
+torch::Tensor normalize_pixels(const torch::Tensor& nhwc, const Normalize& norm,
+                               bool channels_last);
 /// A batch's class indices, int64 [n] on `device`.
 torch::Tensor batch_targets(const Batch& b, const torch::Device& device);
 /// A batch's stored soft labels, float32 [n, soft_classes] on `device` (the batch must

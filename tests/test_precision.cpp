@@ -1,12 +1,18 @@
-// Mixed precision (autocast, loss scaling) and the model EMA, against hand computations.
+// What reaches the model and in what precision: autocast and loss scaling, the model EMA
+// against hand computations, and uint8 batches normalized on the device against the
+// loader's float path.
 #include <cmath>
 
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/loader.h"
+#include "testutil.h"
 #include "train/amp.h"
+#include "train/device.h"
 #include "train/ema.h"
 
 namespace fkd {
@@ -162,6 +168,41 @@ TEST(Amp, ResolvesPerDevice) {
   EXPECT_THROW(resolve_amp(AmpMode::kFp16, cpu), ConfigError);
   EXPECT_EQ(parse_amp("bf16"), AmpMode::kBf16);
   EXPECT_THROW(parse_amp("half"), ConfigError);
+}
+
+TEST(DeviceInput, Uint8BatchesNormalizeToTheFloatPathsPixels) {
+  test::TempDir d;
+  test::write_idx_split(d.path(), "train", 20, 28, 28, 4);
+  DatasetOptions dopt;
+  dopt.channels = 3;  // three channels with their own statistics
+  auto ds = open_dataset(d.path(), Split::kTrain, dopt);
+  TrainTransform t;
+  t.crop = {CropKind::kRandomResized, 16};
+  LoaderOptions fo;
+  fo.batch_size = 6;
+  LoaderOptions uo = fo;
+  uo.uint8_nhwc = true;
+  auto src = std::make_shared<RandomCropSource>(t, 7, 2);
+  Loader fl(ds, t, src, fo), ul(ds, t, src, uo);
+  fl.start_epoch(0);
+  ul.start_epoch(0);
+  const torch::Device cpu(torch::kCPU);
+  Batch fb, ub;
+  int batches = 0;
+  while (fl.next(fb)) {
+    ASSERT_TRUE(ul.next(ub));
+    for (bool cl : {true, false}) {
+      const auto want = batch_images(fb, cpu, cl), got = batch_images(ub, cpu, cl);
+      ASSERT_EQ(got.sizes(), want.sizes());
+      EXPECT_EQ(got.is_contiguous(at::MemoryFormat::ChannelsLast), cl);
+      // Same operations in the same order: equal to the last bit.
+      EXPECT_TRUE(torch::equal(got, want))
+          << "batch " << batches << " channels_last " << cl << " max diff "
+          << (got - want).abs().max().item<float>();
+    }
+    ++batches;
+  }
+  EXPECT_GT(batches, 1);
 }
 
 }  // namespace
