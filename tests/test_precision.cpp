@@ -205,5 +205,38 @@ TEST(DeviceInput, Uint8BatchesNormalizeToTheFloatPathsPixels) {
   EXPECT_GT(batches, 1);
 }
 
+TEST(DeviceInput, FeedHandsOutEveryBatchWithItsTensors) {
+  test::TempDir d;
+  test::write_idx_split(d.path(), "train", 22, 20, 20, 3);
+  auto ds = open_dataset(d.path(), Split::kTrain);
+  TrainTransform t;
+  t.crop = {CropKind::kRandomResized, 12};
+  LoaderOptions o;
+  o.batch_size = 8;
+  o.workers = 2;
+  o.uint8_nhwc = true;
+  auto src = std::make_shared<RandomCropSource>(t, 3, 2);
+  Loader plain(ds, t, src, o), fed(ds, t, src, o);
+  const torch::Device cpu(torch::kCPU);
+  DeviceFeed feed(fed, cpu, true);
+  for (int e = 0; e < 2; ++e) {
+    plain.start_epoch(e);
+    feed.start_epoch(e);
+    Batch want;
+    DeviceBatch got;
+    size_t n = 0;
+    while (plain.next(want)) {
+      ASSERT_TRUE(feed.next(got)) << "epoch " << e << " batch " << n;
+      EXPECT_EQ(got.batch.index, want.index);
+      EXPECT_TRUE(torch::equal(got.x, batch_images(want, cpu, true)));
+      EXPECT_TRUE(torch::equal(got.y, batch_targets(want, cpu)));
+      EXPECT_FALSE(got.soft.defined());
+      ++n;
+    }
+    EXPECT_FALSE(feed.next(got));
+    EXPECT_EQ(n, plain.num_batches());
+  }
+}
+
 }  // namespace
 }  // namespace fkd
