@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -107,6 +108,68 @@ TEST(Train, ResumeEqualsUninterruptedRun) {
   }
   EXPECT_DOUBLE_EQ(full.history.back().top1, resumed.history.back().top1);
   EXPECT_DOUBLE_EQ(full.history.back().train_loss, resumed.history.back().train_loss);
+}
+
+TEST(Train, AmpAndEmaResumeEqualsUninterruptedRun) {
+  TempDir d;
+  auto run = [&](const std::string& out) {
+    TrainConfig c = small_run(d.file(out));
+    c.limit_train = 512;
+    c.amp = "bf16";  // CPU autocast
+    c.model_ema = 0.9;
+    c.model_ema_warmup = true;
+    c.input_format = "uint8";
+    return c;
+  };
+  const TrainResult full = train(run("full"));
+  ASSERT_EQ(full.history.size(), 2u);
+  EXPECT_LT(full.history.back().train_loss, full.history.front().train_loss);
+  TrainConfig part = run("part");
+  part.stop_after = 1;
+  train(part);
+  part.stop_after = 0;
+  part.resume = true;
+  const TrainResult resumed = train(part);
+  ASSERT_EQ(resumed.history.size(), 2u);
+
+  const auto a = weights(full.checkpoint), b = weights(resumed.checkpoint);
+  CheckpointFile fa = open_checkpoint(full.checkpoint), fb = open_checkpoint(resumed.checkpoint);
+  const auto ea = checkpoint_ema(fa), eb = checkpoint_ema(fb);
+  ASSERT_EQ(ea.size(), a.size());
+  ASSERT_EQ(eb.size(), a.size());
+  bool ema_differs = false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    // One thread, same seed: bit-identical weights and averages.
+    EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+    EXPECT_EQ(ea[i].first, a[i].first);
+    EXPECT_TRUE(torch::equal(ea[i].second, eb[i].second)) << "EMA " << ea[i].first;
+    if (a[i].second.is_floating_point() && !torch::equal(ea[i].second, a[i].second))
+      ema_differs = true;
+  }
+  EXPECT_TRUE(ema_differs);
+  for (const auto& h : {full.history.back(), resumed.history.back()}) {
+    EXPECT_FALSE(std::isnan(h.ema_top1));
+    EXPECT_EQ(h.skipped_steps, 0);
+  }
+  EXPECT_DOUBLE_EQ(full.history.back().ema_top1, resumed.history.back().ema_top1);
+  EXPECT_DOUBLE_EQ(full.history.back().train_loss, resumed.history.back().train_loss);
+
+  // fkd export --ema writes the average, not the weights.
+  export_model(full.checkpoint, d.file("ema.pkl"), "state_dict", /*ema=*/true);
+  const auto exported = load_state_dict_pickle(d.file("ema.pkl"));
+  ASSERT_EQ(exported.size(), ea.size());
+  for (size_t i = 0; i < ea.size(); ++i) {
+    EXPECT_TRUE(torch::equal(exported[i].second, ea[i].second)) << ea[i].first;
+  }
+  // A run without an average has nothing to export.
+  TrainConfig plain = small_run(d.file("plain"));
+  plain.limit_train = 128;
+  plain.epochs = 1;
+  const TrainResult p = train(plain);
+  const std::string msg = fkd::test::error_message<ConfigError>(
+      [&] { export_model(p.checkpoint, d.file("x.pkl"), "state_dict", true); });
+  EXPECT_NE(msg.find("--model-ema"), std::string::npos) << msg;
+  EXPECT_TRUE(std::isnan(p.history.back().ema_top1));
 }
 
 TEST(Train, FullDiskWhileSavingACheckpointIsOneLineAndResumes) {

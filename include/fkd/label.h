@@ -44,6 +44,9 @@ struct LabelConfig {
   std::string shard;            ///< "i/n"; empty = RANK/WORLD_SIZE or 0/1
   std::string reference_crops;  ///< label exactly the crops of this existing store
   bool optimize = true;         ///< freeze + optimize_for_inference a TorchScript teacher
+  /// The teacher's forward precision: auto (bf16 on a GPU that runs it natively, else off),
+  /// off, bf16, fp16 (CUDA). The softmax and quantization run in float32.
+  std::string amp = "auto";
 };
 
 struct LabelResult {

@@ -1,6 +1,7 @@
 // Training and evaluation: the loop that teachers and students share.
 #pragma once
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -51,6 +52,13 @@ struct TrainConfig {
   double label_smoothing = 0.1;  ///< hard-label cross-entropy (supervised, --hard-weight)
   size_t batch_size = 128;
   uint64_t seed = 0;
+  // --- precision
+  /// Mixed precision of the forward pass: "auto" (bf16 on a GPU that runs it natively, off
+  /// on the CPU), "off", "bf16" or "fp16" (CUDA only; dynamic loss scaling). Soft-label
+  /// losses are computed in float32 either way.
+  std::string amp = "auto";
+  double model_ema = 0;           ///< decay of an EMA of the weights (timm's --model-ema); 0 = off
+  bool model_ema_warmup = false;  ///< timm's EMA decay warm-up: 1 - (1 + step)^(-2/3), capped
   // --- distillation
   TrainMode mode = TrainMode::kAuto;
   std::string labels;        ///< fkd: label store directory (fkd label)
@@ -70,7 +78,12 @@ struct TrainConfig {
   int workers = 1;             ///< data loader threads
   std::string device = "cpu";  ///< cpu | cuda | cuda:N
   bool channels_last = true;   ///< NHWC activations (faster convolutions with oneDNN/cuDNN)
-  bool strict_data = false;    ///< a bad image aborts the run instead of being skipped
+  /// What the loader hands over: "float" (normalized float32 NCHW, made on the CPU),
+  /// "uint8" (the crops' bytes, NHWC, normalized on the device: a quarter of the bytes to
+  /// make and to copy) or "auto" (uint8 on a GPU, float on the CPU). The model sees the same
+  /// values either way.
+  std::string input_format = "auto";
+  bool strict_data = false;  ///< a bad image aborts the run instead of being skipped
   /// A damaged label-store record skips its image (counted and reported) instead of
   /// stopping the run; `fkd label verify` lists them and `fkd label repair` remakes them.
   bool skip_damaged_labels = false;
@@ -116,6 +129,9 @@ struct EpochMetrics {
   /// Epochs this line covers: 1, or in FKD mode the num_crops epochs of one pass over the
   /// images (fewer for a last, partial pass). `epoch` is the last of them.
   int epochs_covered = 1;
+  /// The model EMA's val loss, top-1 and top-5 (--model-ema; NaN without it).
+  double ema_val_loss = std::nan(""), ema_top1 = std::nan(""), ema_top5 = std::nan("");
+  int64_t skipped_steps = 0;  ///< fp16 steps skipped for non-finite gradients in the epoch
 };
 
 struct TrainResult {
@@ -165,8 +181,10 @@ struct EvalOptions {
 EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts);
 
 /// Writes a checkpoint's model as a TorchScript file ("torchscript") or a state-dict
-/// pickle ("state_dict") that Python can load.
-void export_model(const std::string& checkpoint, const std::string& out, const std::string& format);
+/// pickle ("state_dict") that Python can load; with `ema`, the EMA of its weights
+/// (--model-ema) instead of the weights.
+void export_model(const std::string& checkpoint, const std::string& out, const std::string& format,
+                  bool ema = false);
 
 /// Sets torch's intra-op threads (0 = all cores; in a distributed run, this node's cores
 /// divided among its ranks) and returns the count in use.

@@ -180,6 +180,27 @@ void add_data_parallel(CLI::App* app, TrainConfig& c) {
       ->capture_default_str();
 }
 
+/// Mixed precision and the weights' EMA, shared by train and distill.
+void add_precision(CLI::App* app, TrainConfig& c) {
+  app->add_option("--amp", c.amp,
+                  "Mixed precision: auto (bf16 on a GPU that runs it natively, off on the CPU), "
+                  "off, bf16 or fp16 (CUDA; dynamic loss scaling)")
+      ->check(one_of({"auto", "off", "bf16", "fp16"}))
+      ->capture_default_str();
+  app->add_option("--model-ema", c.model_ema,
+                  "Keep an EMA of the weights with this decay (timm's, e.g. 0.9998), evaluated "
+                  "every epoch beside them; 0 = off")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app->add_flag("--model-ema-warmup", c.model_ema_warmup,
+                "Warm the EMA decay up as timm does: 1 - (1 + step)^(-2/3), up to --model-ema");
+  app->add_option("--input-format", c.input_format,
+                  "Batches the loader hands over: float (normalized on the CPU), uint8 "
+                  "(normalized on the device; a quarter of the bytes) or auto (uint8 on a GPU)")
+      ->check(one_of({"auto", "float", "uint8"}))
+      ->capture_default_str();
+}
+
 // --- subcommands ---------------------------------------------------------------------------
 
 void add_train(CLI::App& root, TrainConfig& c) {
@@ -216,6 +237,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--teacher,-t", c.teacher,
                   "KD: teacher run on every batch (TorchScript file or checkpoint.pt)");
   add_soft_loss(app, c);
+  add_precision(app, c);
   add_execution(app, c.threads, c.workers, c.device);
   app->add_flag("--channels-last,!--no-channels-last", c.channels_last,
                 "NHWC activations (usually faster convolutions)")
@@ -258,6 +280,7 @@ void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
 
 struct ExportArgs {
   std::string checkpoint, out, format = "torchscript";
+  bool ema = false;
 };
 
 void add_export(CLI::App& root, ExportArgs& a) {
@@ -269,6 +292,7 @@ void add_export(CLI::App& root, ExportArgs& a) {
                   "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
       ->check(one_of({"torchscript", "state_dict"}))
       ->capture_default_str();
+  app->add_flag("--ema", a.ema, "Export the EMA of the weights (a run with --model-ema)");
 }
 
 /// `fkd label` and its store subcommands.
@@ -320,6 +344,11 @@ void add_label(CLI::App& root, LabelArgs& a) {
                   "Label exactly the crops of this existing store (for ensembles)");
   app->add_flag("--optimize,!--no-optimize", c.optimize,
                 "Freeze and optimize a TorchScript teacher for inference")
+      ->capture_default_str();
+  app->add_option("--amp", c.amp,
+                  "Teacher precision: auto (bf16 on a GPU that runs it natively, off on the "
+                  "CPU), off, bf16 or fp16 (CUDA); labels are quantized from float32 softmax")
+      ->check(one_of({"auto", "off", "bf16", "fp16"}))
       ->capture_default_str();
   add_execution(app, c.threads, c.workers, c.device);
 
@@ -414,6 +443,7 @@ void add_distill(CLI::App& root, DistillConfig& d) {
       ->check(kPositive)
       ->capture_default_str();
   add_soft_loss(app, d.train);
+  add_precision(app, d.train);
   app->add_option("--out,-o", d.out, "Output directory (labels/, student/)")->capture_default_str();
   add_execution(app, d.train.threads, d.train.workers, d.train.device);
   add_data_parallel(app, d.train);
@@ -560,8 +590,9 @@ int run_cli(int argc, char** argv) {
                  r.top1, r.top5, r.loss);
       if (r.bad_samples) fmt::print(stderr, "warning: {} image(s) skipped\n", r.bad_samples);
     } else if (app.got_subcommand("export")) {
-      export_model(export_args.checkpoint, export_args.out, export_args.format);
-      fmt::print("wrote {} ({})\n", export_args.out, export_args.format);
+      export_model(export_args.checkpoint, export_args.out, export_args.format, export_args.ema);
+      fmt::print("wrote {} ({}{})\n", export_args.out, export_args.format,
+                 export_args.ema ? ", weight EMA" : "");
     } else if (label_args.app->parsed()) {
       return run_label(label_args);
     } else if (app.got_subcommand("inspect")) {

@@ -1,5 +1,6 @@
 #include "checkpoint.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -12,17 +13,24 @@ namespace fkd {
 namespace {
 
 nlohmann::json metrics_json(const EpochMetrics& m) {
-  return {{"epoch", m.epoch},
-          {"train_loss", m.train_loss},
-          {"train_top1", m.train_top1},
-          {"val_loss", m.val_loss},
-          {"top1", m.top1},
-          {"top5", m.top5},
-          {"lr", m.lr},
-          {"samples_per_s", m.samples_per_s},
-          {"seconds", m.seconds},
-          {"train_seconds", m.train_seconds},
-          {"epochs_covered", m.epochs_covered}};
+  nlohmann::json j = {{"epoch", m.epoch},
+                      {"train_loss", m.train_loss},
+                      {"train_top1", m.train_top1},
+                      {"val_loss", m.val_loss},
+                      {"top1", m.top1},
+                      {"top5", m.top5},
+                      {"lr", m.lr},
+                      {"samples_per_s", m.samples_per_s},
+                      {"seconds", m.seconds},
+                      {"train_seconds", m.train_seconds},
+                      {"epochs_covered", m.epochs_covered},
+                      {"skipped_steps", m.skipped_steps}};
+  if (!std::isnan(m.ema_top1)) {
+    j["ema_val_loss"] = m.ema_val_loss;
+    j["ema_top1"] = m.ema_top1;
+    j["ema_top5"] = m.ema_top5;
+  }
+  return j;
 }
 
 EpochMetrics metrics_from(const nlohmann::json& j) {
@@ -38,6 +46,12 @@ EpochMetrics metrics_from(const nlohmann::json& j) {
   j.at("seconds").get_to(m.seconds);
   m.train_seconds = j.value("train_seconds", 0.0);
   m.epochs_covered = j.value("epochs_covered", 1);
+  m.skipped_steps = j.value("skipped_steps", int64_t(0));
+  if (j.contains("ema_top1")) {
+    j.at("ema_val_loss").get_to(m.ema_val_loss);
+    j.at("ema_top1").get_to(m.ema_top1);
+    j.at("ema_top5").get_to(m.ema_top5);
+  }
   return m;
 }
 
@@ -70,7 +84,7 @@ CheckpointMeta parse_meta(const std::string& text, const std::string& path) {
 std::string metrics_to_json(const EpochMetrics& m) { return metrics_json(m).dump(); }
 
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
-                     torch::optim::Optimizer* optimizer) {
+                     torch::optim::Optimizer* optimizer, const CheckpointExtras& extras) {
   nlohmann::json j = {{"format", "fkd-checkpoint"},
                       {"version", kCheckpointVersion},
                       {"epochs_done", meta.epochs_done},
@@ -94,6 +108,12 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& n
     ar.write("optimizer", opt_ar);
   }
   ar.write("rng", at::detail::getDefaultCPUGenerator().get_state());
+  if (extras.ema) {
+    c10::Dict<std::string, at::Tensor> ema;
+    for (const auto& [name, t] : *extras.ema) ema.insert(name, t);
+    ar.write("ema", c10::IValue(ema));
+  }
+  if (extras.scaler) ar.write("amp_scaler", *extras.scaler);
 
   // torch writes through a callback that never fails, so that a full disk cannot make its
   // archive writer throw from a destructor (an abort); the error surfaces at commit().
@@ -165,6 +185,25 @@ void restore_training_state(CheckpointFile& f, torch::optim::Optimizer& optimize
     fail<FormatError>("{}: checkpoint's optimizer state does not match the run: {}", f.path,
                       e.what_without_backtrace());
   }
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> checkpoint_ema(CheckpointFile& f) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  c10::IValue v;
+  if (!f.archive.try_read("ema", v)) return out;
+  FKD_CHECK(v.isGenericDict(), FormatError, "{}: the checkpoint's 'ema' is not a dict", f.path);
+  for (const auto& e : v.toGenericDict()) {
+    FKD_CHECK(e.key().isString() && e.value().isTensor(), FormatError,
+              "{}: the checkpoint's 'ema' holds an entry that is not name -> tensor", f.path);
+    out.emplace_back(e.key().toStringRef(), e.value().toTensor());
+  }
+  return out;
+}
+
+torch::Tensor checkpoint_scaler(CheckpointFile& f) {
+  torch::Tensor t;
+  if (!f.archive.try_read("amp_scaler", t)) return {};
+  return t;
 }
 
 std::shared_ptr<Net> checkpoint_model(CheckpointFile& f) {

@@ -3,6 +3,8 @@
 // at any moment, or a full disk, leaves either the previous checkpoint or the new one.
 //
 // Layout (torch::serialize archive, a zip):
+//   ema        dict name -> tensor: the weights' EMA (--model-ema; absent without it)
+//   amp_scaler float64 [3]: the fp16 loss scaler (--amp fp16; absent otherwise)
 //   meta       string: JSON {"format": "fkd-checkpoint", "version": 1, "epochs_done",
 //              "step", "model", "in_channels", "num_classes", "classes", "config",
 //              "history": [EpochMetrics...]}
@@ -35,10 +37,17 @@ struct CheckpointMeta {
   std::vector<EpochMetrics> history;
 };
 
+/// Training state beside the model and optimizer: the weights' EMA (--model-ema) and the
+/// fp16 loss scaler's state (--amp fp16). Null members are absent from the file.
+struct CheckpointExtras {
+  const std::vector<std::pair<std::string, torch::Tensor>>* ema = nullptr;
+  const torch::Tensor* scaler = nullptr;  ///< LossScaler::state()
+};
+
 /// Replaces `path` durably. `optimizer` may be null. A failure (a full disk) is one IoError
 /// naming `path`; the previous checkpoint stays intact.
 void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& net,
-                     torch::optim::Optimizer* optimizer);
+                     torch::optim::Optimizer* optimizer, const CheckpointExtras& extras = {});
 
 /// An fkd checkpoint read once: its metadata, and the archive its tensors are loaded from.
 struct CheckpointFile {
@@ -61,6 +70,10 @@ CheckpointMeta read_checkpoint_meta(const std::string& path);
 void restore_model(CheckpointFile& f, Net& net);
 /// Restores the optimizer's state and torch's CPU RNG (what --resume continues from).
 void restore_training_state(CheckpointFile& f, torch::optim::Optimizer& optimizer);
+/// The weights' EMA stored in a checkpoint, by state-dict name; empty when it has none.
+std::vector<std::pair<std::string, torch::Tensor>> checkpoint_ema(CheckpointFile& f);
+/// The loss scaler's state stored in a checkpoint; undefined when it has none.
+torch::Tensor checkpoint_scaler(CheckpointFile& f);
 
 /// The checkpoint's model, built from its metadata, with its weights.
 std::shared_ptr<Net> checkpoint_model(CheckpointFile& f);

@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "amp.h"
 #include "fkd/dataset.h"
 #include "fkd/enum_names.h"
 #include "fkd/error.h"
@@ -172,6 +173,12 @@ void validate_config(const TrainConfig& cfg) {
   FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers {}: expected >= 0", cfg.workers);
   FKD_CHECK(cfg.dist_timeout > 0, ConfigError, "--dist-timeout {}: expected a positive value",
             cfg.dist_timeout);
+  parse_amp(cfg.amp);  // throws naming the choices
+  FKD_CHECK(cfg.model_ema == 0 || (cfg.model_ema > 0 && cfg.model_ema < 1), ConfigError,
+            "--model-ema {}: expected a decay in (0, 1), such as 0.9998 (0 = off)", cfg.model_ema);
+  FKD_CHECK(
+      cfg.input_format == "auto" || cfg.input_format == "float" || cfg.input_format == "uint8",
+      ConfigError, "--input-format '{}': expected auto, float or uint8", cfg.input_format);
   FKD_CHECK(cfg.stop_after >= 0, ConfigError, "--stop-after {}: expected at least 1",
             cfg.stop_after);
 }
@@ -251,6 +258,10 @@ nlohmann::json to_json(const TrainConfig& c) {
       {"switch_prob", c.switch_prob},
       {"sync_bn", c.sync_bn},
       {"dist_timeout", c.dist_timeout},
+      {"amp", c.amp},
+      {"model_ema", c.model_ema},
+      {"model_ema_warmup", c.model_ema_warmup},
+      {"input_format", c.input_format},
   };
 }
 }  // namespace
@@ -307,6 +318,11 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     c.switch_prob = j.value("switch_prob", 0.5);
     c.sync_bn = j.value("sync_bn", false);
     c.dist_timeout = j.value("dist_timeout", 600.0);
+    // Precision fields (absent before mixed precision: float32, no EMA).
+    c.amp = j.value("amp", std::string("off"));
+    c.model_ema = j.value("model_ema", 0.0);
+    c.model_ema_warmup = j.value("model_ema_warmup", false);
+    c.input_format = j.value("input_format", std::string("float"));
     return c;
   } catch (const nlohmann::json::exception& e) {
     fail<FormatError>("{}: bad run configuration: {}", source, e.what());

@@ -38,6 +38,7 @@ TrainResult run_distill(DistillConfig cfg) {
   l.threads = t.threads;
   l.workers = t.workers;
   l.device = t.device;
+  l.amp = t.amp;
   l.out = t.labels;
   // Enough crops that no stored crop is used twice in the run.
   if (l.crops == 0) l.crops = PassPlan{t.epochs, t.num_crops}.crops_used();

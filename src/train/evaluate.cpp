@@ -116,11 +116,18 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   return run_evaluation(forward, loader, device, opts.channels_last && net != nullptr, "eval");
 }
 
-void export_model(const std::string& checkpoint, const std::string& out,
-                  const std::string& format) {
+void export_model(const std::string& checkpoint, const std::string& out, const std::string& format,
+                  bool ema) {
   FKD_CHECK(format == "torchscript" || format == "state_dict", ConfigError,
             "--format '{}': expected torchscript or state_dict", format);
-  auto net = load_checkpoint(checkpoint);
+  CheckpointFile f = open_checkpoint(checkpoint);
+  auto net = checkpoint_model(f);
+  if (ema) {
+    const auto avg = checkpoint_ema(f);
+    FKD_CHECK(!avg.empty(), ConfigError,
+              "--ema: {} holds no weight average (train with --model-ema DECAY)", checkpoint);
+    load_state_dict(*net, avg, checkpoint);
+  }
   net->eval();
   if (format == "torchscript") {
     export_torchscript(*net, out);

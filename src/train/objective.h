@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include "amp.h"
 #include "fkd/loader.h"
 #include "fkd/models.h"
 #include "fkd/train.h"
@@ -19,17 +20,23 @@ class Objective {
   /// `cfg` is the run's resolved configuration; online KD opens its teacher here.
   Objective(const TrainConfig& cfg, int num_classes, const torch::Device& device);
 
-  /// The loss of optimizer step `step` on batch `b` (images x [n, c, h, w], classes y [n] on
-  /// the device): mixes x when the run mixes (the mix drawn from (seed, step)), forms the
-  /// targets, runs `net` and returns {loss (scalar), logits [n, num_classes]}.
+  AmpMode amp() const { return amp_; }  ///< the resolved --amp of the run
+
+  /// The loss of optimizer step `step` on batch `b` (images x [n, c, h, w], classes y [n] and
+  /// FKD's soft labels [n, classes] on the device; undefined soft: taken from `b`): mixes x
+  /// when the run mixes (the mix drawn from (seed, step)), forms the targets, runs `net` (and
+  /// the online teacher) under the run's autocast and returns {loss (float32 scalar),
+  /// logits [n, num_classes] float32}.
   std::pair<torch::Tensor, torch::Tensor> operator()(const Batch& b, torch::Tensor x,
-                                                     const torch::Tensor& y, int64_t step,
+                                                     const torch::Tensor& y,
+                                                     const torch::Tensor& soft, int64_t step,
                                                      Net& net) const;
 
  private:
   TrainConfig cfg_;
   int num_classes_;
   torch::Device device_;
+  AmpMode amp_;                             ///< the resolved --amp
   std::unique_ptr<OnlineTeacher> teacher_;  ///< online KD only
 };
 

@@ -12,11 +12,13 @@
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
+#include "amp.h"
 #include "checkpoint.h"
 #include "device.h"
 #include "dist/dist.h"
 #include "dist/gradient_sync.h"
 #include "dist/sync_bn.h"
+#include "ema.h"
 #include "evaluation.h"
 #include "fkd/error.h"
 #include "fkd/file_io.h"
@@ -120,9 +122,11 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
 }
 
 /// Starts the run in cfg.out, or resumes it from its checkpoint: restores the model, the
-/// optimizer and the RNG, and rewrites metrics.jsonl to the checkpoint's history.
+/// optimizer, the RNG, the weights' EMA and the loss scaler, and rewrites metrics.jsonl to
+/// the checkpoint's history.
 CheckpointMeta start_or_resume(const TrainConfig& cfg, const Dataset& train_set, Net& net,
-                               torch::optim::Optimizer& optimizer, const std::string& ckpt_path,
+                               torch::optim::Optimizer& optimizer, LossScaler& scaler,
+                               ModelEma* ema, const std::string& ckpt_path,
                                const std::string& metrics_path, bool leader) {
   CheckpointMeta meta;
   meta.model = cfg.model;
@@ -137,6 +141,10 @@ CheckpointMeta start_or_resume(const TrainConfig& cfg, const Dataset& train_set,
               "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
     restore_model(saved, net);
     restore_training_state(saved, optimizer);
+    if (ema) ema->load(checkpoint_ema(saved), ckpt_path);
+    if (const torch::Tensor s = checkpoint_scaler(saved); s.defined() && scaler.enabled()) {
+      scaler.load_state(s);
+    }
     meta.epochs_done = saved.meta.epochs_done;
     meta.step = saved.meta.step;
     meta.history = saved.meta.history;
@@ -172,6 +180,7 @@ struct PassStats {
   size_t seen = 0;            ///< samples trained on
   double lr = 0;              ///< learning rate of the last step
   double seconds = 0;         ///< wall time
+  int64_t skipped = 0;        ///< steps the loss scaler skipped (non-finite gradients)
 };
 
 /// Everything a pass needs, built once per run.
@@ -186,6 +195,8 @@ struct Trainer {
   int64_t warmup_steps, total_steps;
   Distributed& dist;
   GradientSync& grads;
+  LossScaler& scaler;  ///< fp16 loss scaling (a pass-through otherwise)
+  ModelEma* ema;       ///< the weights' EMA (--model-ema), else null
 
   /// Pass `pass` of `plan`: trains on it, then evaluates; its line of metrics.jsonl.
   EpochMetrics epoch(const PassPlan& plan, int pass, int64_t* step) {
@@ -197,8 +208,12 @@ struct Trainer {
     const PassStats s = run_pass(pass, title, step);
     grads.sync_buffers();  // rank 0's BatchNorm statistics, as DistributedDataParallel
     net.eval();
-    const EvalResult ev = run_evaluation([&](const torch::Tensor& x) { return net.forward(x); },
-                                         val_loader, device, cfg.channels_last, "  eval", &dist);
+    const EvalResult ev = evaluate("  eval");
+    EvalResult ev_ema;
+    if (ema) {
+      const ModelEma::Swap swap(*ema, net);
+      ev_ema = evaluate("  eval EMA");
+    }
     EpochMetrics em;
     em.epoch = first + covered;
     em.epochs_covered = covered;
@@ -211,43 +226,66 @@ struct Trainer {
     em.samples_per_s = s.seconds > 0 ? double(s.seen) / s.seconds : 0;
     em.train_seconds = s.seconds;
     em.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    em.skipped_steps = s.skipped;
+    if (ema) {
+      em.ema_val_loss = ev_ema.loss;
+      em.ema_top1 = ev_ema.top1;
+      em.ema_top5 = ev_ema.top5;
+    }
     return em;
+  }
+
+  /// The model as it is now on the val split (this rank's share), under the run's autocast.
+  EvalResult evaluate(const char* title) {
+    return run_evaluation(
+        [&](const torch::Tensor& x) {
+          const Autocast autocast(objective.amp(), device);
+          return net.forward(x).to(torch::kFloat32);
+        },
+        val_loader, device, cfg.channels_last, title, &dist);
   }
 
   /// Trains on pass `pass` (its crops, `title` on the progress bar), advancing *step.
   PassStats run_pass(int pass, const std::string& title, int64_t* step) {
     const auto t0 = std::chrono::steady_clock::now();
     net.train();
-    loader.start_epoch(pass);
+    DeviceFeed feed(loader, device, cfg.channels_last);
+    feed.start_epoch(pass);
+    const int64_t skipped_before = scaler.skipped_steps();
+    const auto params = net.parameters();
     const int m = cfg.num_crops;
     Progress bar(title, loader.dataset().size() * size_t(m), m == 1 ? "img" : "crop");
     // loss sum, correct, samples: summed over the ranks at the end of the pass
     auto totals = torch::zeros({3}, torch::TensorOptions(device).dtype(torch::kDouble));
     PassStats s;
     s.lr = cfg.lr;
-    Batch b;
-    while (loader.next(b)) {
+    DeviceBatch db;
+    while (feed.next(db)) {
+      const Batch& b = db.batch;
       // A rank whose slice of the batch is empty still takes the step with the others.
       if (b.n == 0 && !dist.active()) continue;
       s.lr = lr_at(cfg.lr, *step, warmup_steps, total_steps);
       set_lr(optimizer, s.lr);
       optimizer.zero_grad();
       if (b.n > 0) {
-        const auto x = batch_images(b, device, cfg.channels_last);
-        const auto y = batch_targets(b, device);
-        const auto [loss, logits] = objective(b, x, y, *step, net);
+        const auto [loss, logits] = objective(b, db.x, db.y, db.soft, *step, net);
         // The gradient all-reduce averages over the ranks; weighting each rank's mean by its
         // share of the global batch makes that the global batch's mean.
-        backward(dist.active() ? loss * (double(b.n) * dist.world() / double(b.global_n)) : loss,
-                 *step);
+        backward(
+            scaler.scale(dist.active() ? loss * (double(b.n) * dist.world() / double(b.global_n))
+                                       : loss),
+            *step);
         totals[0] += loss.detach().to(torch::kDouble) * double(b.n);
-        totals[1] += logits.detach().argmax(1).eq(y).sum().to(torch::kDouble);
+        totals[1] += logits.detach().argmax(1).eq(db.y).sum().to(torch::kDouble);
         totals[2] += double(b.n);
       } else {
-        backward(empty_slice_loss(b), *step);
+        backward(scaler.scale(empty_slice_loss(b)), *step);
       }
-      optimizer.step();
+      // fp16: a step whose gradients overflowed is skipped (all ranks agree: the gradients
+      // were all-reduced); otherwise a plain optimizer step.
+      scaler.step(params, [&] { optimizer.step(); });
       ++*step;
+      if (ema) ema->update(net, *step);
       test_fault_after_step(dist, *step);
       // A loss that is not finite has ruined the weights: stop before they are saved, as
       // timm does. On a GPU the check waits for the device, so it runs every few steps.
@@ -259,6 +297,7 @@ struct Trainer {
     std::vector<torch::Tensor> sums{totals};
     dist.all_reduce_sum(sums, "summing the training metrics of " + title);
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    s.skipped = scaler.skipped_steps() - skipped_before;
     s.seen = size_t(totals[2].item<double>());
     if (s.seen) {
       s.loss = totals[0].item<double>() / double(s.seen);
@@ -354,6 +393,9 @@ std::pair<std::unique_ptr<Loader>, std::unique_ptr<Loader>> make_loaders(
   lopt.strict = cfg.strict_data;
   lopt.rank = dist.rank();
   lopt.world = dist.world();
+  const torch::Device device = rank_device(parse_device(cfg.device), dist.local_rank());
+  lopt.uint8_nhwc = cfg.input_format == "uint8" || (cfg.input_format == "auto" && device.is_cuda());
+  lopt.host_memory = pinned_host_memory(device);
   auto train_loader =
       std::make_unique<Loader>(std::move(train_set), train_transform(cfg), source, lopt);
   LoaderOptions vopt = lopt;
@@ -385,8 +427,16 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
   place_model(*net, device, cfg.channels_last);
   auto optimizer = make_optimizer(cfg, *net);
-  CheckpointMeta meta =
-      start_or_resume(cfg, *train_set, *net, *optimizer, ckpt_path, metrics_path, dist.leader());
+  LossScaler scaler(objective.amp() == AmpMode::kFp16, device);
+  std::unique_ptr<ModelEma> ema;
+  if (cfg.model_ema > 0) {
+    ModelEma::Options eo;
+    eo.decay = cfg.model_ema;
+    eo.warmup = cfg.model_ema_warmup;
+    ema = std::make_unique<ModelEma>(*net, eo);
+  }
+  CheckpointMeta meta = start_or_resume(cfg, *train_set, *net, *optimizer, scaler, ema.get(),
+                                        ckpt_path, metrics_path, dist.leader());
   check_ranks_agree(dist, cfg, meta);
   GradientSync grads(dist, *net);
   if (cfg.sync_bn && dist.active()) set_batch_norm_sync(*net, make_sync_batch_norm(dist));
@@ -403,17 +453,20 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
                   plan.steps_in(cfg.warmup_epochs, steps_per_pass),
                   steps_per_pass * plan.passes(),
                   dist,
-                  grads};
+                  grads,
+                  scaler,
+                  ema.get()};
   fmt::print(
       "train {} ({}) on {} ({} train / {} val images, {} classes, {}x{}x{}), {}, {}, {}, "
-      "device {}{}\n",
+      "device {}{}{}\n",
       cfg.model, mode_name(cfg.mode), cfg.data, train_set->size(), val_set->size(), num_classes,
       cfg.channels, cfg.crop.size, cfg.crop.size, count_of(cfg.epochs, "epoch"),
       count_of(threads, "thread"), count_of(cfg.workers, "worker"), device.str(),
       dist.active()
           ? fmt::format(", {} ranks of {} samples{}", dist.world(),
                         cfg.batch_size / size_t(dist.world()), cfg.sync_bn ? ", SyncBatchNorm" : "")
-          : "");
+          : "",
+      objective.amp() == AmpMode::kOff ? "" : fmt::format(", amp {}", amp_name(objective.amp())));
   std::fflush(stdout);
 
   int passes_this_call = 0;
@@ -422,14 +475,20 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
     meta.epochs_done = em.epoch;
     meta.history.push_back(em);
     if (dist.leader()) {
-      save_checkpoint(ckpt_path, meta, *net, optimizer.get());
+      CheckpointExtras extras;
+      const torch::Tensor scaler_state = scaler.enabled() ? scaler.state() : torch::Tensor();
+      if (ema) extras.ema = &ema->tensors();
+      if (scaler.enabled()) extras.scaler = &scaler_state;
+      save_checkpoint(ckpt_path, meta, *net, optimizer.get(), extras);
       write_metrics_file(metrics_path, meta.history);
     }
     fmt::print(
         "epoch {:>3}/{}  loss {:.4f}  train {:.2f}%  val loss {:.4f}  top1 {:.2f}%  "
-        "top5 {:.2f}%  lr {:.4g}  {:.0f} {}/s  {}\n",
-        em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5, em.lr,
-        em.samples_per_s, plan.crops == 1 ? "img" : "crop", format_duration(em.seconds));
+        "top5 {:.2f}%{}  lr {:.4g}  {:.0f} {}/s  {}{}\n",
+        em.epoch, cfg.epochs, em.train_loss, em.train_top1, em.val_loss, em.top1, em.top5,
+        ema ? fmt::format("  EMA top1 {:.2f}%", em.ema_top1) : "", em.lr, em.samples_per_s,
+        plan.crops == 1 ? "img" : "crop", format_duration(em.seconds),
+        em.skipped_steps ? fmt::format("  ({} fp16 steps skipped)", em.skipped_steps) : "");
     std::fflush(stdout);
     if (cfg.stop_after > 0 && ++passes_this_call >= cfg.stop_after) break;
   }
