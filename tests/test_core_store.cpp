@@ -922,14 +922,14 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
       {"future version",
        [&](const std::string& d) {
          edit_file(shard(d, s0), [](std::string& b) {
-           b[8] = 3;
+           b[8] = 4;
            reseal_header(b);
          });
        },
-       {s0, "format version 3 is newer than this fkd supports (2)"}},
+       {s0, "format version 4 is newer than this fkd supports (3)"}},
       {"version zero",
        [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
-       {s0, "expected format version 2, found 0"}},
+       {s0, "expected format version 3, found 0"}},
       {"header checksum",
        [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
        {s1, "offset 120", "header checksum mismatch"}},
@@ -1071,11 +1071,11 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
       {"manifest future version",
        [&](const std::string& d) {
          edit_manifest(d, [](nlohmann::json& j) {
-           j["version"] = 3;
+           j["version"] = 4;
            j.erase("k");
          });
        },
-       {"manifest.json", "version 3 is newer than this fkd supports (2)"}},
+       {"manifest.json", "version 4 is newer than this fkd supports (3)"}},
       {"manifest wrong type",
        [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
        {"manifest.json", "key 'k': expected an integer, found string"}},

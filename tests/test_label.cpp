@@ -307,14 +307,14 @@ TEST(Label, KilledAndResumedEqualsUninterrupted) {
 
 TEST(Label, VersionOneStoreIsFinishedInVersionOne) {
   // A store begun by an fkd of format version 1 (here: its manifest, no shard yet) is
-  // labeled on in version 1: zstd records, the same labels as a version 2 store.
+  // labeled on in version 1: zstd records, the same labels as a current store.
   Fixture fx;
   const LabelConfig ref = fx.config(fx.dir.file("ref"));
   generate_labels(ref);
   const std::string old = fx.dir.file("old");
   fs::create_directories(old);
   Manifest m = read_manifest(ref.out);
-  ASSERT_EQ(m.version, 2);
+  ASSERT_EQ(m.version, kStoreFormatVersion);
   m.version = 1;
   write_manifest(old, m);
   EXPECT_TRUE(generate_labels(fx.config(old)).complete);
@@ -323,7 +323,7 @@ TEST(Label, VersionOneStoreIsFinishedInVersionOne) {
   EXPECT_EQ(shard[8], 1) << "shard header version";
   EXPECT_EQ(shard[128 + 28], 0) << "first block: a zstd record";
   const std::string current = fkd::test::read_file(ref.out + "/" + shard_file_name(0, 1));
-  EXPECT_EQ(current[128 + 28], 1) << "first block of the version 2 store: packed";
+  EXPECT_EQ(current[128 + 28], 1) << "first block of the current store: packed";
   expect_same_records(ref.out, old);
 }
 
