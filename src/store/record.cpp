@@ -138,9 +138,9 @@ std::string boxes_problem(const ImageLabels& l) {
     if (!(b.left >= 0 && b.top >= 0 && b.width >= 1 && b.height >= 1 &&
           int64_t(b.left) + b.width <= W && int64_t(b.top) + b.height <= H)) {
       return fmt::format(
-          "crop {}: box (left {}, top {}, width {}, height {}) is not inside the {}x{} image "
-          "(width x height) with a size of at least 1",
-          c, b.left, b.top, b.width, b.height, W, H);
+          "crop {}: box (left {}, top {}, width {}, height {}) is not inside the {}x{} "
+          "(height x width) image with a size of at least 1",
+          c, b.left, b.top, b.width, b.height, H, W);
     }
   }
   return "";
