@@ -314,6 +314,36 @@ TEST(StoreBoxes, WriterChecksTheBoxesOfEveryRecord) {
   EXPECT_THROW(label_crop_hash(m, 0, 10, 10), ConfigError);
 }
 
+TEST(StoreBoxes, NormalizedCoordinatesMapBackToThePixelBox) {
+  // docs/label-store.md, "Precision": to_crop_box as float32 comes back to the same pixel box
+  // through the reference's rounding (to_pixel_box); rounded to float16, for sides below 1024.
+  auto half = [](float v) { return store::half_to_float(store::float_to_half(v)); };
+  Rng r(3);
+  for (const auto& [H, W] : std::vector<std::pair<int, int>>{{1, 1},
+                                                             {375, 500},
+                                                             {1023, 1},
+                                                             {700, 1023},
+                                                             {4000, 3000},
+                                                             {65535, 65535},
+                                                             {1000000, 7},
+                                                             {(1 << 20) - 1, 1 << 19}}) {
+    const bool fp16_exact = H < 1024 && W < 1024;
+    for (uint32_t c = 0; c < 2000; ++c) {
+      const CropPlan p = random_box(r, uint32_t(H), uint32_t(W), c);
+      const CropBox n = to_crop_box(p.box, H, W);
+      const PixelBox b = to_pixel_box(n, H, W);
+      ASSERT_TRUE(b.left == p.box.left && b.top == p.box.top && b.width == p.box.width &&
+                  b.height == p.box.height)
+          << H << "x" << W << " crop " << c;
+      if (!fp16_exact) continue;
+      const PixelBox h = to_pixel_box({half(n.i), half(n.j), half(n.h), half(n.w)}, H, W);
+      ASSERT_TRUE(h.left == p.box.left && h.top == p.box.top && h.width == p.box.width &&
+                  h.height == p.box.height)
+          << "fp16 " << H << "x" << W << " crop " << c;
+    }
+  }
+}
+
 // --- stores of explicit crops -------------------------------------------------------------
 
 TEST(StoreBoxes, ManifestKeyVersionAndStoreKey) {

@@ -447,6 +447,81 @@ TEST(Label, ReferenceCropsAndEnsemble) {
   }
 }
 
+TEST(Label, ReferenceCropsOfAStoreOfExplicitBoxes) {
+  // A store of explicit crops (as an import writes): a's crops, stored as boxes, under a
+  // manifest whose seed derives other ones. Labeling on its boxes must feed the teacher
+  // exactly a's crops: the same labels, and the boxes carried into the new store.
+  Fixture fx;
+  LabelConfig a = fx.config(fx.dir.file("a"));
+  a.crop.kind = CropKind::kRandomResized;  // boxes inside the image, as explicit ones must be
+  generate_labels(a);
+  const std::string boxes = fx.dir.file("boxes");
+  Manifest m = read_manifest(a.out);
+  m.crop_origin = CropOrigin::kExplicit;
+  m.seed = 12345;
+  m.teacher_hash = "imported";
+  fs::create_directories(boxes);
+  write_manifest(boxes, m);
+  {
+    const Manifest derived = read_manifest(a.out);
+    StoreReader ra(a.out);
+    ShardWriter w(boxes, m, 0);
+    ImageLabels l;
+    for (uint64_t i = 0; i < m.num_images; ++i) {
+      ra.read(i, l);
+      for (uint32_t c = 0; c < m.crops_per_image; ++c)
+        l.boxes.push_back(store_crop(derived, l, i, c));
+      w.append(i, l);
+    }
+    w.finish();
+  }
+  LabelConfig b = fx.config(fx.dir.file("b"));
+  b.seed = 999;
+  b.reference_crops = boxes;
+  generate_labels(b);
+  EXPECT_EQ(read_manifest(b.out).crop_origin, CropOrigin::kExplicit);
+  const auto ra = all_records(a.out), rx = all_records(boxes), rb = all_records(b.out);
+  for (size_t i = 0; i < ra.size(); ++i) {
+    EXPECT_EQ(rb[i].indices, ra[i].indices) << "image " << i;
+    EXPECT_EQ(rb[i].values, ra[i].values) << "image " << i;
+    EXPECT_EQ(rb[i].crop_hash, rx[i].crop_hash) << "image " << i;
+    ASSERT_EQ(rb[i].boxes.size(), rx[i].boxes.size());
+    for (size_t c = 0; c < rb[i].boxes.size(); ++c) {
+      EXPECT_EQ(rb[i].boxes[c].box.left, rx[i].boxes[c].box.left);
+      EXPECT_EQ(rb[i].boxes[c].box.width, rx[i].boxes[c].box.width);
+      EXPECT_EQ(rb[i].boxes[c].flip, rx[i].boxes[c].flip);
+    }
+  }
+  // Labeling into a store of explicit crops without its boxes is refused in one line.
+  LabelConfig c = fx.config(b.out);
+  try {
+    generate_labels(c);
+    FAIL() << "labeled into a store of explicit crops without --reference-crops";
+  } catch (const WorkMismatch& e) {
+    EXPECT_NE(std::string(e.what()).find("holds labels of explicit crops, this run labels derived "
+                                         "ones; label into it only with --reference-crops"),
+              std::string::npos)
+        << e.what();
+  }
+  // fkd label repair cannot remake lost boxes: refused in one line.
+  const std::string shard = b.out + "/" + shard_file_name(0, 1);
+  std::string bytes = fkd::test::read_file(shard);
+  bytes[200] ^= 1;
+  fkd::test::write_file(shard, bytes);
+  RepairConfig rc;
+  rc.store = b.out;
+  rc.teacher = fx.teacher;
+  try {
+    repair_store(rc);
+    FAIL() << "repaired a store of explicit crops";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("holds explicit crops, and a damaged record's boxes are "
+                                         "lost with it"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Label, DefaultCropsAreTheStudentsDefaults) {
   // fkd label, fkd train and fkd distill share one default sampler (auto): on 28-px images
   // that is RandomCrop(28, padding 4), the crops the default student recipe sees. fkd label
