@@ -2,6 +2,7 @@
 // and its zstd frame. Byte planes are grouped so that zstd's entropy coder sees the
 // low-entropy parts (dictionary positions, exponents) apart from the noisy ones (low
 // mantissa bytes).
+#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -173,6 +174,86 @@ void put_boxes(std::vector<uint8_t>& b, const ImageLabels& l) {
   }
   if (n > 0) *out = uint8_t(acc);
 }
+
+/// Decodes the box section of `out` (height, width, num_crops and crop_hash read) into
+/// out.boxes, checking every box against the image and the crop hash against the boxes.
+void read_boxes(RecordCursor& cur, ImageLabels& out) {
+  const int bx = box_field_bits(out.width), by = box_field_bits(out.height);
+  const int B = 2 * bx + 2 * by + 1;
+  const uint32_t N = out.num_crops;
+  const uint64_t bytes = box_section_bytes(N, out.height, out.width);
+  const size_t at = cur.pos;
+  const uint8_t* src = cur.take(size_t(bytes), "crop boxes");
+  // Copied with 8 bytes of slack, so that any 57 bits from any bit offset are one unaligned
+  // 64-bit load: a whole crop when B <= 57 (sides up to 2^14), else one field.
+  thread_local std::vector<uint8_t> buf;
+  thread_local std::vector<uint8_t> quint;  // the hashed (left, top, width, height, flip)s
+  if (buf.size() < bytes + 8) buf.resize(size_t(bytes) + 8);
+  std::memcpy(buf.data(), src, size_t(bytes));
+  std::memset(buf.data() + bytes, 0, 8);
+  if (quint.size() < size_t(N) * 20) quint.resize(size_t(N) * 20);
+  const uint8_t* p = buf.data();
+  const uint64_t mx = (1ull << bx) - 1, my = (1ull << by) - 1;
+  out.boxes.resize(N);
+  CropPlan* boxes = out.boxes.data();
+  uint8_t* hashed = quint.data();
+  const uint32_t H = out.height, W = out.width;
+  uint32_t outside = 0;  // nonzero when some box leaves the image: named below
+  auto put = [&](uint32_t c, uint32_t left, uint32_t top, uint32_t w1, uint32_t h1, uint32_t flip) {
+    // left + width <= W, top + height <= H; no overflow: every field is below 2^31.
+    outside |= uint32_t(left + w1 >= W) | uint32_t(top + h1 >= H);
+    // Field by field: an aggregate assembled in registers and stored through the stack costs
+    // a store-forwarding stall per crop.
+    CropPlan& q = boxes[c];
+    q.box.left = int(left);
+    q.box.top = int(top);
+    q.box.width = int(w1 + 1);
+    q.box.height = int(h1 + 1);
+    q.flip = flip != 0;
+    q.id = c;
+    uint8_t* o = hashed + size_t(c) * 20;
+    const uint32_t v[5] = {left, top, w1 + 1, h1 + 1, flip};
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    std::memcpy(o, v, 20);  // byte-wise stores get merged through the stack: a stall per crop
+#else
+    for (int i = 0; i < 5; ++i) store_u32(o + 4 * i, v[i]);
+#endif
+  };
+  if (B <= 57) {
+    for (uint32_t c = 0; c < N; ++c) {
+      const uint64_t bit = uint64_t(c) * uint64_t(B);
+      uint64_t x = load_u64(p + (bit >> 3)) >> (bit & 7);
+      const uint32_t left = uint32_t(x & mx);
+      x >>= bx;
+      const uint32_t top = uint32_t(x & my);
+      x >>= by;
+      const uint32_t w1 = uint32_t(x & mx);
+      x >>= bx;
+      const uint32_t h1 = uint32_t(x & my);
+      x >>= by;
+      put(c, left, top, w1, h1, uint32_t(x & 1));
+    }
+  } else {
+    uint64_t bit = 0;
+    auto get = [&](int w) {
+      const uint64_t v = (load_u64(p + (bit >> 3)) >> (bit & 7)) & ((1ull << w) - 1);
+      bit += uint64_t(w);
+      return uint32_t(v);
+    };
+    for (uint32_t c = 0; c < N; ++c) {
+      const uint32_t left = get(bx), top = get(by), w1 = get(bx), h1 = get(by);
+      put(c, left, top, w1, h1, get(1));
+    }
+  }
+  if (outside) {
+    const std::string problem = boxes_problem(out);
+    fail<FormatError>("{}: crop boxes at record offset {}: {}", cur.w.str(), at, problem);
+  }
+  const uint32_t hash = XXH32(quint.data(), size_t(N) * 20, 0);
+  FKD_CHECK(hash == out.crop_hash, FormatError,
+            "{}: record offset 8: crop hash 0x{:08x} does not match the record's boxes (0x{:08x})",
+            cur.w.str(), out.crop_hash, hash);
+}
 }  // namespace
 
 void put_record_header(std::vector<uint8_t>& b, const RecordFormat& f, const ImageLabels& l) {
@@ -233,41 +314,7 @@ void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& o
     out.boxes.clear();
     return;
   }
-  // The box section, copied to a buffer with 8 bytes of slack so that every field is one
-  // unaligned 64-bit load (a field is at most 31 bits at a bit offset of at most 7).
-  const int bx = box_field_bits(out.width), by = box_field_bits(out.height);
-  const uint64_t bytes = box_section_bytes(out.num_crops, out.height, out.width);
-  const size_t at = cur.pos;
-  const uint8_t* src = cur.take(size_t(bytes), "crop boxes");
-  thread_local std::vector<uint8_t> buf;
-  buf.assign(src, src + bytes);
-  buf.resize(size_t(bytes) + 8, 0);
-  const uint8_t* p = buf.data();
-  uint64_t bit = 0;
-  auto get = [&](int w) {
-    const uint32_t v = uint32_t(load_u64(p + (bit >> 3)) >> (bit & 7)) & uint32_t((1ull << w) - 1);
-    bit += uint64_t(w);
-    return v;
-  };
-  out.boxes.resize(out.num_crops);
-  uint32_t outside = 0;  // nonzero when some box leaves the image: checked once, below
-  for (uint32_t c = 0; c < out.num_crops; ++c) {
-    const uint32_t left = get(bx), top = get(by), w1 = get(bx), h1 = get(by), flip = get(1);
-    // left + width <= W, top + height <= H; no overflow: every field is below 2^31.
-    outside |= uint32_t(left + w1 >= out.width) | uint32_t(top + h1 >= out.height);
-    CropPlan& q = out.boxes[c];
-    q.box = {int(left), int(top), int(w1 + 1), int(h1 + 1)};
-    q.flip = flip != 0;
-    q.id = c;
-  }
-  if (outside) {
-    const std::string problem = boxes_problem(out);
-    fail<FormatError>("{}: crop boxes at record offset {}: {}", cur.w.str(), at, problem);
-  }
-  const uint32_t hash = crops_hash(out.boxes.data(), out.boxes.size());
-  FKD_CHECK(hash == out.crop_hash, FormatError,
-            "{}: record offset 8: crop hash 0x{:08x} does not match the record's boxes (0x{:08x})",
-            cur.w.str(), out.crop_hash, hash);
+  read_boxes(cur, out);
 }
 
 uint32_t read_dictionary(RecordCursor& cur, const RecordFormat& f, std::vector<int32_t>& dict,
