@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
+#include "fkd/inspect.h"
 #include "fkd/replay.h"
 #include "fkd/rng.h"
 #include "fkd/store.h"
@@ -575,6 +576,30 @@ TEST(StoreBoxes, ReplaceRecordsAndEnsembleKeepTheBoxes) {
   expect_same_boxes(x.boxes, fresh.boxes, "replaced");
   rr.read(4, x);
   expect_same_boxes(x.boxes, store_labels(m, 4).boxes, "kept");
+}
+
+TEST(StoreBoxes, InspectShowsTheOriginAndTheStoredBoxes) {
+  TempDir dir;
+  const Manifest m = explicit_manifest(6, 3);
+  write_store(dir.path(), m);
+  InspectOptions o;
+  o.store = dir.path();
+  testing::internal::CaptureStdout();
+  run_inspect(o);
+  const std::string summary = testing::internal::GetCapturedStdout();
+  EXPECT_NE(summary.find("crop coordinates stored"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("crop origin      explicit: each record's pixel boxes and flips"),
+            std::string::npos)
+      << summary;
+  o.image = 2;
+  testing::internal::CaptureStdout();
+  run_inspect(o);
+  const std::string rows = testing::internal::GetCapturedStdout();
+  for (const CropPlan& p : store_labels(m, 2).boxes) {
+    const std::string box =
+        fmt::format("({},{},{},{})", p.box.left, p.box.top, p.box.width, p.box.height);
+    EXPECT_NE(rows.find(box), std::string::npos) << box << " not in\n" << rows;
+  }
 }
 
 // --- replay in training ---------------------------------------------------------------------
