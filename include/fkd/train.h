@@ -126,6 +126,9 @@ struct EpochMetrics {
   double samples_per_s = 0;  ///< training samples per second
   double seconds = 0;        ///< wall time of the epoch (training + evaluation)
   double train_seconds = 0;  ///< wall time of training alone (no evaluation)
+  /// Of train_seconds, the time the steps waited for the loader's next batch (and, on a GPU,
+  /// for its copy): what the data pipeline did not hide behind the model's compute.
+  double data_seconds = 0;
   /// Epochs this line covers: 1, or in FKD mode the num_crops epochs of one pass over the
   /// images (fewer for a last, partial pass). `epoch` is the last of them.
   int epochs_covered = 1;

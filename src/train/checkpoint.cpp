@@ -24,7 +24,8 @@ nlohmann::json metrics_json(const EpochMetrics& m) {
                       {"seconds", m.seconds},
                       {"train_seconds", m.train_seconds},
                       {"epochs_covered", m.epochs_covered},
-                      {"skipped_steps", m.skipped_steps}};
+                      {"skipped_steps", m.skipped_steps},
+                      {"data_seconds", m.data_seconds}};
   if (!std::isnan(m.ema_top1)) {
     j["ema_val_loss"] = m.ema_val_loss;
     j["ema_top1"] = m.ema_top1;
@@ -47,6 +48,7 @@ EpochMetrics metrics_from(const nlohmann::json& j) {
   m.train_seconds = j.value("train_seconds", 0.0);
   m.epochs_covered = j.value("epochs_covered", 1);
   m.skipped_steps = j.value("skipped_steps", int64_t(0));
+  m.data_seconds = j.value("data_seconds", 0.0);
   if (j.contains("ema_top1")) {
     j.at("ema_val_loss").get_to(m.ema_val_loss);
     j.at("ema_top1").get_to(m.ema_top1);

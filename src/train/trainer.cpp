@@ -79,8 +79,9 @@ void adopt_store_subset(TrainConfig& cfg) {
 }
 
 /// The fields of a TrainConfig that say how a run executes, not what it computes.
-constexpr const char* kExecutionKeys[] = {"threads",     "workers",       "device",      "out",
-                                          "strict_data", "channels_last", "dist_timeout"};
+constexpr const char* kExecutionKeys[] = {"threads",      "workers",     "device",
+                                          "out",          "strict_data", "channels_last",
+                                          "dist_timeout", "input_format"};
 
 /// On resume, every field that defines the run must match the checkpoint's; only how it
 /// executes (threads, workers, device, output) may change.
@@ -181,6 +182,7 @@ struct PassStats {
   double lr = 0;              ///< learning rate of the last step
   double seconds = 0;         ///< wall time
   int64_t skipped = 0;        ///< steps the loss scaler skipped (non-finite gradients)
+  double data_seconds = 0;    ///< waiting for batches
 };
 
 /// Everything a pass needs, built once per run.
@@ -227,6 +229,7 @@ struct Trainer {
     em.train_seconds = s.seconds;
     em.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     em.skipped_steps = s.skipped;
+    em.data_seconds = s.data_seconds;
     if (ema) {
       em.ema_val_loss = ev_ema.loss;
       em.ema_top1 = ev_ema.top1;
@@ -260,7 +263,11 @@ struct Trainer {
     PassStats s;
     s.lr = cfg.lr;
     DeviceBatch db;
-    while (feed.next(db)) {
+    for (;;) {
+      const auto wait0 = std::chrono::steady_clock::now();
+      if (!feed.next(db)) break;
+      s.data_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - wait0).count();
       const Batch& b = db.batch;
       // A rank whose slice of the batch is empty still takes the step with the others.
       if (b.n == 0 && !dist.active()) continue;
