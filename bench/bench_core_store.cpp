@@ -1,8 +1,10 @@
 // Size and random-access read speed of fkd's label store, on synthetic teacher-like labels.
 //
 //   write DIR --classes C [--images 200] [--crops 500] [--k 5] [--dump FILE]
-//       Generates labels (below), quantizes them marginal_smoothing top-k and writes three
-//       stores: DIR/fp16 and DIR/u8, and DIR/fp16-v1 in format version 1 (zstd records). --dump
+//       Generates labels (below), quantizes them marginal_smoothing top-k and writes four
+//       stores: DIR/fp16 and DIR/u8, DIR/fp16-v1 in format version 1 (zstd records), and
+//       DIR/fp16-explicit, whose records store the same crops as explicit pixel boxes (what
+//       an import of the reference's files writes). --dump
 //       also writes the same labels for bench/store_reference.py (little-endian: int32 indices
 //       [I,N,k], float32 values [I,N,k], float32 normalized crops (top, left, height, width)
 //       [I,N,4], uint8 flips [I,N]) so the reference layout holds exactly the same labels. Prints:
@@ -157,12 +159,34 @@ int write(const Args& a) {
     f.write(reinterpret_cast<const char*>(flips.data()), std::streamsize(flips.size()));
     FKD_CHECK(f.good(), IoError, "{}: cannot write", a.dump);
   }
-  // fp16 and u8 in the current format; fp16 also as a version 1 store (zstd records).
-  for (const auto& [prec, version] : {std::pair{Precision::kFp16, 2}, std::pair{Precision::kU8, 2},
-                                      std::pair{Precision::kFp16, 1}}) {
+  // The same crops as explicit boxes: RandomResizedCrop boxes of the 500 x 375 image, as the
+  // reference's files hold them.
+  std::vector<ImageLabels> boxed = labels;
+  for (int i = 0; i < a.images; ++i) {
+    for (int c = 0; c < N; ++c) {
+      boxed[size_t(i)].boxes.push_back(
+          derive_label_crop(m16.crop, m16.seed, uint64_t(i), uint32_t(c), int(H), int(W)));
+    }
+  }
+  // fp16 and u8 in the current format; fp16 also as a version 1 store (zstd records) and with
+  // explicit crops.
+  struct Kind {
+    Precision prec;
+    int version;
+    CropOrigin origin;
+    const char* suffix;
+  };
+  for (const Kind& k :
+       {Kind{Precision::kFp16, kStoreFormatVersion, CropOrigin::kDerived, ""},
+        Kind{Precision::kU8, kStoreFormatVersion, CropOrigin::kDerived, ""},
+        Kind{Precision::kFp16, 1, CropOrigin::kDerived, "-v1"},
+        Kind{Precision::kFp16, kStoreFormatVersion, CropOrigin::kExplicit, "-explicit"}}) {
+    const Precision prec = k.prec;
     Manifest m = bench_manifest(a, prec);
-    m.version = version;
-    const std::string name = std::string(precision_name(prec)) + (version == 1 ? "-v1" : "");
+    m.version = k.version;
+    m.crop_origin = k.origin;
+    const std::vector<ImageLabels>& records = k.origin == CropOrigin::kExplicit ? boxed : labels;
+    const std::string name = std::string(precision_name(prec)) + k.suffix;
     const std::string dir = a.dir + "/" + name;
     fs::remove_all(dir);
     fs::create_directories(dir);
@@ -170,7 +194,7 @@ int write(const Args& a) {
     const double t0 = cpu_seconds();
     {
       ShardWriter w(dir, m, 0);
-      for (int i = 0; i < a.images; ++i) w.append(uint64_t(i), labels[size_t(i)]);
+      for (int i = 0; i < a.images; ++i) w.append(uint64_t(i), records[size_t(i)]);
       w.finish();
     }
     const double t = cpu_seconds() - t0;

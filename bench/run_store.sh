@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # fkd's label store beside the reference layout (one torch.save file per image), on the same
-# synthetic teacher-like labels: size per crop and random-access read speed.
+# synthetic teacher-like labels: size per crop and random-access read speed, of stores with
+# derived crops and with explicit crop boxes (an imported store).
 # Builds nothing: build bench_core_store first, e.g.
 #   cmake --build build --target bench_core_store
 #
 # usage: bench/run_store.sh [BUILD_DIR] [--passes 3] [--images 200] [--crops 500] [--k 5]
 #                           [--classes "10 1000"]
-#   Writes into bench/out/store/. Prints two Markdown tables. Sizes are whole files (shard
+#   Writes into bench/out/store/. Prints three Markdown tables. Sizes are whole files (shard
 #   files + manifest excluded / the reference's .tar files) over crops; reads are
 #   page-cached files, one thread, per CPU-second of that thread, best of several rounds
 #   (see bench/bench_core_store.cpp and bench/store_reference.py).
@@ -43,7 +44,7 @@ for c in $classes; do
   # fastest, so a burst of load from outside hits one pass of one side, not the ratio.
   for pass in $(seq "$passes"); do
     echo "classes $c: pass $pass of $passes: reading fkd ..." >&2
-    for prec in fp16 u8 fp16-v1; do
+    for prec in fp16 u8 fp16-v1 fp16-explicit; do
       while read -r tag a b; do
         [ "$tag" = read ] && { keep_max "$c,fkd,$prec,rps" "$a"; keep_max "$c,fkd,$prec,cps" "$b"; }
         [ "$tag" = derive ] && R[$c,derive]=$a
@@ -75,6 +76,14 @@ echo "| classes | fkd fp16 | fkd u8 | fkd fp16, version 1 (zstd) | torch.load re
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for c in $classes; do
   echo "| $c | ${R[$c,fkd,fp16,rps]} | ${R[$c,fkd,u8,rps]} | ${R[$c,fkd,fp16-v1,rps]} | ${R[$c,ref,fp16,rps]} | ${R[$c,ref,fp32,rps]} | $(ratio "${R[$c,fkd,fp16,rps]}" "${R[$c,ref,fp16,rps]}") | $(ratio "${R[$c,fkd,fp16,rps]}" "${R[$c,ref,fp32,rps]}") | $(ratio "${R[$c,fkd,u8,rps]}" "${R[$c,ref,fp16,rps]}") | $(ratio "${R[$c,fkd,fp16,rps]}" "${R[$c,fkd,fp16-v1,rps]}") |"
+done
+echo
+echo "Explicit crop boxes (what an import of the reference's files writes): the same crops stored as pixel boxes of the 500x375 images, fp16"
+echo
+echo "| classes | bytes/crop derived | bytes/crop explicit | boxes (bytes/crop) | reads/s derived | reads/s explicit | explicit / derived reads |"
+echo "|---|---|---|---|---|---|---|"
+for c in $classes; do
+  echo "| $c | ${R[$c,fkd,fp16,bytes]} | ${R[$c,fkd,fp16-explicit,bytes]} | $(awk -v a="${R[$c,fkd,fp16-explicit,bytes]}" -v b="${R[$c,fkd,fp16,bytes]}" 'BEGIN { printf "%.3f", a - b }') | ${R[$c,fkd,fp16,rps]} | ${R[$c,fkd,fp16-explicit,rps]} | $(ratio "${R[$c,fkd,fp16-explicit,rps]}" "${R[$c,fkd,fp16,rps]}") |"
 done
 echo
 for c in $classes; do

@@ -192,7 +192,8 @@ TEST(Cli, InspectSummarizesPrintsAndDrawsAnImage) {
   ASSERT_EQ(s.status, 0) << s.out;
   EXPECT_NE(s.out.find("marginal_smoothing top-3 in fp16, 3 classes"), std::string::npos) << s.out;
   EXPECT_TRUE(std::regex_search(s.out, std::regex("crops +150 \\(10 per image\\)"))) << s.out;
-  EXPECT_NE(s.out.find("(format version 2)"), std::string::npos) << s.out;
+  EXPECT_NE(s.out.find("(format version 3)"), std::string::npos) << s.out;
+  EXPECT_NE(s.out.find("crop origin      derived: RandomResizedCrop"), std::string::npos) << s.out;
 
   // One image: its size as width x height, one row per crop.
   const auto ds = fkd::open_dataset(data, fkd::Split::kTrain);

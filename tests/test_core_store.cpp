@@ -110,7 +110,22 @@ ImageLabels portable_labels(const Manifest& m, uint64_t image) {
   l.height = 30 + uint32_t(image);
   l.width = 45 - uint32_t(image);
   l.num_crops = m.crops_per_image;
-  l.crop_hash = label_crop_hash(m, image, l.height, l.width);
+  if (m.crop_origin == CropOrigin::kExplicit) {
+    Rng boxes(hash_keys({image, 19}));
+    for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+      CropPlan p;
+      p.box.width = 1 + int(boxes.below(l.width));
+      p.box.height = 1 + int(boxes.below(l.height));
+      p.box.left = int(boxes.below(l.width - uint32_t(p.box.width) + 1));
+      p.box.top = int(boxes.below(l.height - uint32_t(p.box.height) + 1));
+      p.flip = boxes.below(2) == 1;
+      p.id = c;
+      l.boxes.push_back(p);
+    }
+    l.crop_hash = store::crops_hash(l.boxes.data(), l.boxes.size());
+  } else {
+    l.crop_hash = label_crop_hash(m, image, l.height, l.width);
+  }
   l.indices.resize(size_t(m.crops_per_image) * size_t(ni));
   l.values.resize(size_t(m.crops_per_image) * size_t(nv));
   Rng img(hash_keys({image, 11}));
@@ -922,14 +937,14 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
       {"future version",
        [&](const std::string& d) {
          edit_file(shard(d, s0), [](std::string& b) {
-           b[8] = 3;
+           b[8] = 4;
            reseal_header(b);
          });
        },
-       {s0, "format version 3 is newer than this fkd supports (2)"}},
+       {s0, "format version 4 is newer than this fkd supports (3)"}},
       {"version zero",
        [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
-       {s0, "expected format version 2, found 0"}},
+       {s0, "expected format version 3, found 0"}},
       {"header checksum",
        [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
        {s1, "offset 120", "header checksum mismatch"}},
@@ -1071,11 +1086,11 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
       {"manifest future version",
        [&](const std::string& d) {
          edit_manifest(d, [](nlohmann::json& j) {
-           j["version"] = 3;
+           j["version"] = 4;
            j.erase("k");
          });
        },
-       {"manifest.json", "version 3 is newer than this fkd supports (2)"}},
+       {"manifest.json", "version 4 is newer than this fkd supports (3)"}},
       {"manifest wrong type",
        [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
        {"manifest.json", "key 'k': expected an integer, found string"}},
@@ -1747,6 +1762,7 @@ struct Seed {
   int classes;
   uint32_t crops;
   uint64_t images;
+  CropOrigin origin = CropOrigin::kDerived;
 };
 const Seed kSeeds[] = {
     {1, "marginal_smoothing-fp16", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
@@ -1761,6 +1777,12 @@ const Seed kSeeds[] = {
     {2, "smoothing-fp32", LabelType::kSmoothing, 1, Precision::kFp32, 7, 4, 2},
     {2, "hard-u8", LabelType::kHard, 1, Precision::kU8, 5, 8, 2},
     {2, "full-fp16", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2},
+    {3, "marginal_smoothing-fp16", LabelType::kMarginalSmoothing, 3, Precision::kFp16, 12, 6, 3},
+    {3, "marginal_smoothing-fp16-explicit", LabelType::kMarginalSmoothing, 5, Precision::kFp16, 40,
+     70, 3, CropOrigin::kExplicit},
+    {3, "hard-u8-explicit", LabelType::kHard, 1, Precision::kU8, 5, 8, 2, CropOrigin::kExplicit},
+    {3, "full-fp16-explicit", LabelType::kFull, 1, Precision::kFp16, 4, 3, 2,
+     CropOrigin::kExplicit},
 };
 
 TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
@@ -1772,6 +1794,7 @@ TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
     SCOPED_TRACE(file);
     Manifest m = make_manifest(s.type, s.k, s.precision, s.classes, s.crops, s.images);
     m.version = s.version;
+    m.crop_origin = s.origin;
     const std::string golden = test::source_path("fuzz/corpus/" + file);
     if (regenerate && s.version == kStoreFormatVersion) {
       TempDir dir;
@@ -1788,7 +1811,16 @@ TEST(StoreGolden, SeedShardsOfEveryVersionStillRead) {
     ImageLabels l;
     for (uint64_t i = 0; i < s.images; ++i) {
       v.read(i, l);
-      expect_same(l, rounded(m, portable_labels(m, i)), std::to_string(i));
+      const ImageLabels want = rounded(m, portable_labels(m, i));
+      expect_same(l, want, std::to_string(i));
+      ASSERT_EQ(l.boxes.size(), want.boxes.size());
+      for (size_t c = 0; c < l.boxes.size(); ++c) {
+        EXPECT_EQ(l.boxes[c].box.left, want.boxes[c].box.left);
+        EXPECT_EQ(l.boxes[c].box.top, want.boxes[c].box.top);
+        EXPECT_EQ(l.boxes[c].box.width, want.boxes[c].box.width);
+        EXPECT_EQ(l.boxes[c].box.height, want.boxes[c].box.height);
+        EXPECT_EQ(l.boxes[c].flip, want.boxes[c].flip);
+      }
     }
   }
 }

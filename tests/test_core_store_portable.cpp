@@ -63,7 +63,9 @@ TEST(StorePortable, PackedRecordsRoundTrip) {
 TEST(StorePortable, GoldenShardsDecodeAndRepackToTheSameBytes) {
   for (const char* file :
        {"v2-marginal_smoothing-fp16.fkdl", "v2-marginal_smoothing-fp16-many.fkdl",
-        "v2-marginal_renorm-u8.fkdl", "v2-smoothing-fp32.fkdl", "v2-hard-u8.fkdl"}) {
+        "v2-marginal_renorm-u8.fkdl", "v2-smoothing-fp32.fkdl", "v2-hard-u8.fkdl",
+        "v3-marginal_smoothing-fp16.fkdl", "v3-marginal_smoothing-fp16-explicit.fkdl",
+        "v3-hard-u8-explicit.fkdl"}) {
     SCOPED_TRACE(file);
     const std::string path = test::source_path(std::string("fuzz/corpus/") + file);
     const std::string b = test::read_file(path);

@@ -307,14 +307,14 @@ TEST(Label, KilledAndResumedEqualsUninterrupted) {
 
 TEST(Label, VersionOneStoreIsFinishedInVersionOne) {
   // A store begun by an fkd of format version 1 (here: its manifest, no shard yet) is
-  // labeled on in version 1: zstd records, the same labels as a version 2 store.
+  // labeled on in version 1: zstd records, the same labels as a current store.
   Fixture fx;
   const LabelConfig ref = fx.config(fx.dir.file("ref"));
   generate_labels(ref);
   const std::string old = fx.dir.file("old");
   fs::create_directories(old);
   Manifest m = read_manifest(ref.out);
-  ASSERT_EQ(m.version, 2);
+  ASSERT_EQ(m.version, kStoreFormatVersion);
   m.version = 1;
   write_manifest(old, m);
   EXPECT_TRUE(generate_labels(fx.config(old)).complete);
@@ -323,7 +323,7 @@ TEST(Label, VersionOneStoreIsFinishedInVersionOne) {
   EXPECT_EQ(shard[8], 1) << "shard header version";
   EXPECT_EQ(shard[128 + 28], 0) << "first block: a zstd record";
   const std::string current = fkd::test::read_file(ref.out + "/" + shard_file_name(0, 1));
-  EXPECT_EQ(current[128 + 28], 1) << "first block of the version 2 store: packed";
+  EXPECT_EQ(current[128 + 28], 1) << "first block of the current store: packed";
   expect_same_records(ref.out, old);
 }
 
@@ -445,6 +445,72 @@ TEST(Label, ReferenceCropsAndEnsemble) {
       EXPECT_NEAR(re[i].values[v], 0.5f * (ra[i].values[v] + rb[i].values[v]), 1e-6);
     }
   }
+}
+
+TEST(Label, ReferenceCropsOfAStoreOfExplicitBoxes) {
+  // A store of explicit crops (as an import writes): a's crops, stored as boxes, under a
+  // manifest whose seed derives other ones. Labeling on its boxes must feed the teacher
+  // exactly a's crops: the same labels, and the boxes carried into the new store.
+  Fixture fx;
+  LabelConfig a = fx.config(fx.dir.file("a"));
+  a.crop.kind = CropKind::kRandomResized;  // boxes inside the image, as explicit ones must be
+  generate_labels(a);
+  const std::string boxes = fx.dir.file("boxes");
+  Manifest m = read_manifest(a.out);
+  m.crop_origin = CropOrigin::kExplicit;
+  m.seed = 12345;
+  m.teacher_hash = "imported";
+  fs::create_directories(boxes);
+  write_manifest(boxes, m);
+  {
+    const Manifest derived = read_manifest(a.out);
+    StoreReader ra(a.out);
+    ShardWriter w(boxes, m, 0);
+    ImageLabels l;
+    for (uint64_t i = 0; i < m.num_images; ++i) {
+      ra.read(i, l);
+      for (uint32_t c = 0; c < m.crops_per_image; ++c)
+        l.boxes.push_back(store_crop(derived, l, i, c));
+      w.append(i, l);
+    }
+    w.finish();
+  }
+  LabelConfig b = fx.config(fx.dir.file("b"));
+  b.seed = 999;
+  b.reference_crops = boxes;
+  generate_labels(b);
+  EXPECT_EQ(read_manifest(b.out).crop_origin, CropOrigin::kExplicit);
+  const auto ra = all_records(a.out), rx = all_records(boxes), rb = all_records(b.out);
+  for (size_t i = 0; i < ra.size(); ++i) {
+    EXPECT_EQ(rb[i].indices, ra[i].indices) << "image " << i;
+    EXPECT_EQ(rb[i].values, ra[i].values) << "image " << i;
+    EXPECT_EQ(rb[i].crop_hash, rx[i].crop_hash) << "image " << i;
+    ASSERT_EQ(rb[i].boxes.size(), rx[i].boxes.size());
+    for (size_t c = 0; c < rb[i].boxes.size(); ++c) {
+      EXPECT_EQ(rb[i].boxes[c].box.left, rx[i].boxes[c].box.left);
+      EXPECT_EQ(rb[i].boxes[c].box.width, rx[i].boxes[c].box.width);
+      EXPECT_EQ(rb[i].boxes[c].flip, rx[i].boxes[c].flip);
+    }
+  }
+  // Labeling into a store of explicit crops without its boxes is refused in one line.
+  const LabelConfig c = fx.config(b.out);
+  std::string msg = fkd::test::error_message<WorkMismatch>([&] { generate_labels(c); });
+  EXPECT_NE(msg.find("holds labels of explicit crops, this run labels derived ones; label into "
+                     "it only with --reference-crops"),
+            std::string::npos)
+      << msg;
+  // fkd label repair cannot remake lost boxes: refused in one line.
+  const std::string shard = b.out + "/" + shard_file_name(0, 1);
+  std::string bytes = fkd::test::read_file(shard);
+  bytes[200] ^= 1;
+  fkd::test::write_file(shard, bytes);
+  RepairConfig rc;
+  rc.store = b.out;
+  rc.teacher = fx.teacher;
+  msg = fkd::test::error_message<ConfigError>([&] { repair_store(rc); });
+  EXPECT_NE(msg.find("holds explicit crops, and a damaged record's boxes are lost with it"),
+            std::string::npos)
+      << msg;
 }
 
 TEST(Label, DefaultCropsAreTheStudentsDefaults) {

@@ -3,10 +3,12 @@
 // A store is a directory:
 //   manifest.json                      what was labeled, how, by which teacher (see Manifest)
 //   shard-SSSSS-of-NNNNN.fkdl          image records of a contiguous range of image ids
-// Full specification: docs/label-store.md. Crop coordinates are not stored: crop c of image
-// i is derived from the manifest's sampler and seed, i, c and the image's size by
-// derive_label_crop() (transforms.h); each record stores the image size and a hash of its derived
-// crops, which the reader checks.
+// Full specification: docs/label-store.md. In a store of derived crops (what `fkd label`
+// writes) crop coordinates are not stored: crop c of image i is derived from the manifest's
+// sampler and seed, i, c and the image's size by derive_label_crop() (transforms.h); each
+// record stores the image size and a hash of its derived crops, which the reader checks. A
+// store of explicit crops (imported from elsewhere) stores each crop's pixel box and flip in
+// its record instead. store_crop() gives a record's crops either way.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -48,16 +50,27 @@ Precision parse_precision(const std::string& name);  ///< throws ConfigError
 int stored_indices(LabelType t, int k);
 int stored_values(LabelType t, int k, int num_classes);
 
+/// Where a store's crops come from (manifest key "crops": "derived" | "explicit").
+enum class CropOrigin : uint8_t {
+  kDerived = 0,   ///< derive_label_crop(manifest sampler, seed, image, crop, H, W)
+  kExplicit = 1,  ///< each record carries its crops' pixel boxes and flips
+};
+/// "derived", "explicit"
+const char* crop_origin_name(CropOrigin o);
+
 /// The labels of one image: everything its record holds, decoded.
 struct ImageLabels {
-  uint32_t height = 0;     ///< image height when labeled (crops are derived from it)
+  uint32_t height = 0;     ///< image height when labeled (the crops' pixel grid)
   uint32_t width = 0;      ///< image width when labeled
-  uint32_t crop_hash = 0;  ///< hash of the derived crops (see docs/label-store.md)
+  uint32_t crop_hash = 0;  ///< hash of the crops (label_crop_hash; see docs/label-store.md)
   uint32_t num_crops = 0;
   /// [num_crops, stored_indices] class ids (int32: any class count), descending probability.
   std::vector<int32_t> indices;
   /// [num_crops, stored_values] probabilities, decoded to float32.
   std::vector<float> values;
+  /// [num_crops] explicit-crop stores only: each crop's pixel box in the record's
+  /// height x width image and its flip (CropPlan::id = crop number); empty otherwise.
+  std::vector<CropPlan> boxes;
 };
 
 /// Quantizes one crop's probabilities `probs` [num_classes] (softmax output, sums to 1)
@@ -77,7 +90,7 @@ void recover_dense(LabelType t, int k, int num_classes, const int32_t* indices, 
 
 /// The store format version fkd writes (docs/label-store.md): bumped only for structural
 /// changes. Readers accept versions 1 to this one.
-inline constexpr int kStoreFormatVersion = 2;
+inline constexpr int kStoreFormatVersion = 3;
 
 /// Everything about a store except the records (manifest.json).
 struct Manifest {
@@ -97,11 +110,14 @@ struct Manifest {
   int k = 5;  ///< top-k (marginal types); 1 for hard/smoothing
   Precision precision = Precision::kFp16;
   uint32_t crops_per_image = 0;
-  // crops: crop c of image i is derive_label_crop(crop, seed, i, c, height, width)
+  /// kDerived: crop c of image i is derive_label_crop(crop, seed, i, c, height, width).
+  /// kExplicit (format version 3 on): every record holds its crops' boxes; `crop` and
+  /// `seed` then only describe how they were drawn (informational) except crop.size.
+  CropOrigin crop_origin = CropOrigin::kDerived;
   /// The sampler: kind kRandomResized ("random_resized_crop" in manifest.json) or kPadded
   /// ("random_crop"); crop.size is the teacher's input side (key input_size).
   CropSampler crop = {CropKind::kRandomResized, 0, {0.08f, 1.0f}, {3.f / 4.f, 4.f / 3.f}, 0};
-  uint64_t seed = 0;  ///< crop sampler seed
+  uint64_t seed = 0;  ///< crop sampler seed (informational for explicit crops)
   // teacher input transform (for people and for checks on resume); the size is crop.size
   std::string interpolation = "bilinear";
   std::vector<float> mean, std;
@@ -125,7 +141,12 @@ std::string shard_file_name(uint32_t index, uint32_t count);
 /// The crop hash a record of image `image` (height x width pixels) must carry: XXH32 (seed 0)
 /// of (left, top, width, height, flip) as little-endian int32 of every crop c in
 /// [0, crops_per_image), derived by derive_label_crop from the manifest's sampler and seed.
+/// Explicit-crop stores have no derived crops (ConfigError): their records carry the same
+/// formula over the stored boxes, which the writer computes and the reader checks.
 uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width);
+
+/// Crop `crop` of a decoded record of image `image`: its explicit box, or the derived one.
+CropPlan store_crop(const Manifest& m, const ImageLabels& rec, uint64_t image, uint32_t crop);
 
 /// Writes one shard: records must be appended in image-id order, each exactly once.
 /// Crash-safe: records go to "<shard>.partial" as self-checking blocks; open() on an
@@ -140,7 +161,9 @@ class ShardWriter {
   uint64_t next_image() const;
   /// True when the final shard file already exists (nothing left to do).
   bool finished() const;
-  /// Appends image `image_id`'s record (values rounded to the manifest precision).
+  /// Appends image `image_id`'s record (values rounded to the manifest precision). In an
+  /// explicit-crop store labels.boxes must hold num_crops boxes inside the image (DataError
+  /// naming the image otherwise); the record's crop_hash is then computed from them.
   void append(uint64_t image_id, const ImageLabels& labels);
   /// Writes index + footer and publishes the shard. All images of the range must be present.
   void finish();
@@ -164,7 +187,8 @@ class StoreReader {
   /// Decodes image `image_id`'s record, verifying its block checksum (FormatError if bad).
   void read(uint64_t image_id, ImageLabels& out) const;
   /// True when the record's crop_hash equals label_crop_hash of its stored image size,
-  /// i.e. the crops derive_label_crop gives are the ones the teacher labeled.
+  /// i.e. the crops derive_label_crop gives are the ones the teacher labeled (explicit
+  /// crops: the hash of the stored boxes, which read() checks anyway).
   bool verify_crops(uint64_t image_id) const;
   /// Total bytes of the shard files (for bytes-per-crop figures).
   uint64_t shard_bytes() const;

@@ -33,13 +33,32 @@ namespace fkd {
 
 namespace {
 
-/// Replays every crop a store's manifest derives.
+/// The record of image `index` in a store of explicit crops, checked against the size the
+/// image decodes to (the boxes are pixel boxes of that size).
+void read_reference(const StoreReader& ref, const std::string& name, uint64_t index, int height,
+                    int width, ImageLabels& rec) {
+  ref.read(index, rec);
+  FKD_CHECK(rec.height == uint32_t(height) && rec.width == uint32_t(width), DataError,
+            "--reference-crops {}: image {} is {}x{} but the store's boxes are for {}x{}; use the "
+            "dataset the store was made from",
+            name, index, height, width, rec.height, rec.width);
+}
+
+/// Every crop of a store's manifest: derived, or (explicit crops) those of the reference
+/// store given by --reference-crops.
 class LabelCropSource final : public CropSource {
  public:
-  explicit LabelCropSource(const Manifest& m) : m_(m) {}
+  LabelCropSource(const Manifest& m, std::shared_ptr<const StoreReader> ref, std::string ref_name)
+      : m_(m), ref_(std::move(ref)), ref_name_(std::move(ref_name)) {}
   int crops_per_image() const override { return int(m_.crops_per_image); }
   void crops(size_t index, int64_t /*epoch*/, int height, int width, CropPlan* out,
              float* /*soft*/) const override {
+    if (ref_) {
+      thread_local ImageLabels rec;
+      read_reference(*ref_, ref_name_, index, height, width, rec);
+      for (uint32_t c = 0; c < m_.crops_per_image; ++c) out[c] = store_crop(m_, rec, index, c);
+      return;
+    }
     for (uint32_t c = 0; c < m_.crops_per_image; ++c) {
       out[c] = derive_label_crop(m_.crop, m_.seed, index, c, height, width);
     }
@@ -47,6 +66,8 @@ class LabelCropSource final : public CropSource {
 
  private:
   Manifest m_;
+  std::shared_ptr<const StoreReader> ref_;
+  std::string ref_name_;
 };
 
 uint32_t parse_u32(const std::string& s, const std::string& what) {
@@ -112,8 +133,11 @@ Manifest build_manifest(const LabelConfig& cfg, const Dataset& ds, const TrainCo
     m.seed = ref.seed;
     m.crops_per_image = ref.crops_per_image;
     m.crop = ref.crop;
-    m.crop.size = input.crop.size;  // this teacher's input (RandomResizedCrop boxes ignore it)
-    FKD_CHECK(ref.crop.kind != CropKind::kPadded || ref.crop.size == input.crop.size, ConfigError,
+    m.crop.size = input.crop.size;    // this teacher's input (RandomResizedCrop boxes ignore it)
+    m.crop_origin = ref.crop_origin;  // explicit: the reference's boxes, copied record by record
+    FKD_CHECK(ref.crop_origin == CropOrigin::kExplicit || ref.crop.kind != CropKind::kPadded ||
+                  ref.crop.size == input.crop.size,
+              ConfigError,
               "--reference-crops {}: its RandomCrop boxes are {} px but this teacher takes {} "
               "px inputs (pass --input-size {})",
               cfg.reference_crops, ref.crop.size, input.crop.size, ref.crop.size);
@@ -125,6 +149,12 @@ Manifest build_manifest(const LabelConfig& cfg, const Dataset& ds, const TrainCo
 /// begun by an earlier fkd is finished in its own format version.
 void check_existing_store(const std::string& out, Manifest& m) {
   const Manifest existing = read_manifest(out);
+  FKD_CHECK(existing.crop_origin == m.crop_origin, WorkMismatch,
+            "{}: holds labels of {} crops, this run labels {} ones; {}", out,
+            crop_origin_name(existing.crop_origin), crop_origin_name(m.crop_origin),
+            existing.crop_origin == CropOrigin::kExplicit
+                ? "label into it only with --reference-crops of the store whose boxes it holds"
+                : "use the same options or a new --out");
   if (existing.version < m.version) m.version = existing.version;
   const auto diffs = manifest_differences(existing, m);
   FKD_CHECK(diffs.empty(), WorkMismatch,
@@ -224,7 +254,15 @@ LabelStats label_images(const LabelJob& job, uint64_t begin, uint64_t end, const
   lopt.range_end = end;
   // Images per loader batch: about one teacher batch of crops.
   lopt.batch_size = size_t(n_crops) * std::max<size_t>(1, job.cfg.batch / size_t(n_crops));
-  Loader loader(job.ds, train_transform(job.input), std::make_shared<LabelCropSource>(m), lopt);
+  // Explicit crops come from the reference store, read again where each record is written.
+  std::shared_ptr<const StoreReader> ref;
+  if (m.crop_origin == CropOrigin::kExplicit) {
+    FKD_CHECK(!job.cfg.reference_crops.empty(), ConfigError,
+              "a store of explicit crops is labeled only on the boxes of --reference-crops STORE");
+    ref = std::make_shared<StoreReader>(job.cfg.reference_crops);
+  }
+  Loader loader(job.ds, train_transform(job.input),
+                std::make_shared<LabelCropSource>(m, ref, job.cfg.reference_crops), lopt);
   loader.start_epoch(0);
 
   LabelStats st;
@@ -245,7 +283,13 @@ LabelStats label_images(const LabelJob& job, uint64_t begin, uint64_t end, const
     labels.height = height;
     labels.width = width;
     labels.num_crops = uint32_t(n_crops);
-    labels.crop_hash = label_crop_hash(m, image, height, width);
+    if (ref) {
+      thread_local ImageLabels rec;
+      read_reference(*ref, job.cfg.reference_crops, image, int(height), int(width), rec);
+      labels.boxes = rec.boxes;  // the writer stores them and their hash
+    } else {
+      labels.crop_hash = label_crop_hash(m, image, height, width);
+    }
     labels.indices.assign(size_t(n_crops) * size_t(n_idx), 0);
     labels.values.assign(size_t(n_crops) * size_t(n_val), 0.f);
     for (int c = 0; c < n_crops; ++c) {

@@ -59,6 +59,11 @@ RepairResult repair_store(const RepairConfig& cfg) {
   result.needed = true;
 
   const Manifest m = read_manifest(cfg.store);
+  FKD_CHECK(m.crop_origin == CropOrigin::kDerived, ConfigError,
+            "{}: holds explicit crops, and a damaged record's boxes are lost with it: repair "
+            "cannot relabel them; import or label the store again (fkd label verify lists the "
+            "images)",
+            cfg.store);
   const auto ds = store_dataset(m, cfg);
   FKD_CHECK(hash_file_hex(cfg.teacher) == m.teacher_hash, ConfigError,
             "{}: was labeled by {} (xxh128 {}); {} is another teacher: repair with the same one",

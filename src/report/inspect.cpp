@@ -44,7 +44,7 @@ void dense_of(const Manifest& m, const ImageLabels& l, uint32_t c, std::vector<f
 }
 
 CropPlan crop_of(const Manifest& m, uint64_t image, uint32_t c, const ImageLabels& l) {
-  return derive_label_crop(m.crop, m.seed, image, c, int(l.height), int(l.width));
+  return store_crop(m, l, image, c);
 }
 
 // --- a small raster canvas with a 5x7 bitmap font, for --render -----------------------
@@ -306,8 +306,8 @@ void run_inspect(const InspectOptions& o) {
   fmt::print("store            {} (format version {})\n", o.store, m.version);
   fmt::print("images           {}\n", s.images);
   fmt::print("crops            {} ({} per image)\n", s.crops, m.crops_per_image);
-  fmt::print("bytes            {} ({:.2f} per crop, crop coordinates derived)\n", s.bytes,
-             s.bytes_per_crop);
+  fmt::print("bytes            {} ({:.2f} per crop, crop coordinates {})\n", s.bytes,
+             s.bytes_per_crop, m.crop_origin == CropOrigin::kExplicit ? "stored" : "derived");
   fmt::print(
       "labels           {}{} in {}, {} classes\n", label_type_name(m.label_type),
       (m.label_type == LabelType::kMarginalSmoothing || m.label_type == LabelType::kMarginalRenorm)
@@ -316,7 +316,14 @@ void run_inspect(const InspectOptions& o) {
       precision_name(m.precision), m.classes.size());
   fmt::print("teacher          {} (xxh128 {}), temperature {}\n", m.teacher, m.teacher_hash,
              m.temperature);
-  fmt::print("crops sampled    {}, seed {}\n", describe_crops(m.crop), m.seed);
+  if (m.crop_origin == CropOrigin::kExplicit) {
+    fmt::print(
+        "crop origin      explicit: each record's pixel boxes and flips (teacher input {} "
+        "px)\n",
+        m.crop.size);
+  } else {
+    fmt::print("crop origin      derived: {}, seed {}\n", describe_crops(m.crop), m.seed);
+  }
   const std::string over = o.limit ? fmt::format(" (first {} images)", o.limit) : "";
   if (s.agreement >= 0) {
     fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n", s.agreement,

@@ -1,4 +1,5 @@
 // `fkd label ensemble`: the average of several teachers' labels on identical crops.
+#include <algorithm>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -15,7 +16,8 @@ namespace fkd {
 namespace {
 
 /// Members must label the same images on the same crops: the same dataset and classes, and
-/// the same sampler, seed and count, so that every record's crops are derived alike.
+/// the same sampler, seed and count, so that every record's crops are derived alike (explicit
+/// crops: the same origin and count; each record's boxes are compared as it is read).
 void check_same_crops(const std::vector<std::unique_ptr<StoreReader>>& readers,
                       const std::vector<std::string>& stores) {
   const Manifest& a = readers[0]->manifest();
@@ -25,15 +27,28 @@ void check_same_crops(const std::vector<std::unique_ptr<StoreReader>>& readers,
     if (a.dataset_fingerprint != b.dataset_fingerprint || a.num_images != b.num_images)
       d.push_back("dataset");
     if (a.classes != b.classes) d.push_back("classes");
-    if (a.seed != b.seed) d.push_back(fmt::format("seed ({} vs {})", a.seed, b.seed));
+    if (a.crop_origin != b.crop_origin)
+      d.push_back(fmt::format("crops ({} vs {})", crop_origin_name(a.crop_origin),
+                              crop_origin_name(b.crop_origin)));
     if (a.crops_per_image != b.crops_per_image)
       d.push_back(fmt::format("crops per image ({} vs {})", a.crops_per_image, b.crops_per_image));
-    for (std::string& c : crop_differences(a.crop, b.crop)) d.push_back(std::move(c));
+    if (a.crop_origin == CropOrigin::kDerived && b.crop_origin == CropOrigin::kDerived) {
+      if (a.seed != b.seed) d.push_back(fmt::format("seed ({} vs {})", a.seed, b.seed));
+      for (std::string& c : crop_differences(a.crop, b.crop)) d.push_back(std::move(c));
+    }
     FKD_CHECK(d.empty(), ConfigError,
               "{} and {} were not labeled on the same crops of the same dataset ({}); label "
               "one with --reference-crops of the other",
               stores[0], stores[i], fmt::join(d, ", "));
   }
+}
+
+bool same_boxes(const std::vector<CropPlan>& a, const std::vector<CropPlan>& b) {
+  return std::equal(
+      a.begin(), a.end(), b.begin(), b.end(), [](const CropPlan& x, const CropPlan& y) {
+        return x.box.left == y.box.left && x.box.top == y.box.top && x.box.width == y.box.width &&
+               x.box.height == y.box.height && x.flip == y.flip;
+      });
 }
 
 /// The manifest of the ensemble: the first member's, naming every member's teacher.
@@ -76,12 +91,14 @@ void ensemble_stores(const std::vector<std::string>& stores, const std::string& 
       readers[r]->read(i, members[r]);
       const ImageLabels& a = members[0];
       const ImageLabels& b = members[r];
-      FKD_CHECK(
-          b.height == a.height && b.width == a.width && b.crop_hash == a.crop_hash, ConfigError,
-          "{}: image {} was labeled on other crops than in {} ({}x{} image, crop hash "
-          "0x{:08x}, against {}x{}, 0x{:08x}); label one with --reference-crops of the "
-          "other",
-          stores[r], i, stores[0], b.width, b.height, b.crop_hash, a.width, a.height, a.crop_hash);
+      FKD_CHECK(b.height == a.height && b.width == a.width && b.crop_hash == a.crop_hash &&
+                    same_boxes(a.boxes, b.boxes),
+                ConfigError,
+                "{}: image {} was labeled on other crops than in {} ({}x{} image, crop hash "
+                "0x{:08x}, against {}x{}, 0x{:08x}); label one with --reference-crops of the "
+                "other",
+                stores[r], i, stores[0], b.width, b.height, b.crop_hash, a.width, a.height,
+                a.crop_hash);
     }
     result = members[0];
     for (uint32_t c = 0; c < m.crops_per_image; ++c) {

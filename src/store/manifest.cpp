@@ -2,6 +2,7 @@
 // to their manifest, shard ranges and names, and the crop hash.
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -28,6 +29,8 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kManifestName = "manifest.json";
+constexpr const char* kDerivedCrops = "derived";  ///< manifest key "crops"
+constexpr const char* kExplicitCrops = "explicit";
 constexpr const char* kFormatName = "fkd-label-store";
 
 std::string type_name(const json& v) {
@@ -189,6 +192,11 @@ std::string manifest_problem(const Manifest& m) {
   if (s.kind == CropKind::kPadded && !(s.size >= 1 && s.padding >= 0 && s.padding <= 4096))
     return fmt::format("random_crop needs input_size >= 1 and padding in [0, 4096] (got {}, {})",
                        s.size, s.padding);
+  if (int(m.crop_origin) > int(CropOrigin::kExplicit))
+    return fmt::format("crops: unknown value {}", int(m.crop_origin));
+  if (m.crop_origin == CropOrigin::kExplicit && m.version < kExplicitCropsSince)
+    return fmt::format("crops: explicit crops need format version {} or later, found {}",
+                       kExplicitCropsSince, m.version);
   if (m.num_shards < 1 || m.num_shards > kMaxShards)
     return fmt::format("num_shards: {} is not in [1, {}]", m.num_shards, kMaxShards);
   const uint64_t raw = record_format(m).max_raw_size();
@@ -254,6 +262,7 @@ uint64_t store_key(const Manifest& m) {
   }
   w.floats(m.mean);
   w.floats(m.std);
+  if (m.crop_origin != CropOrigin::kDerived) w.str(kExplicitCrops);  // absent for derived crops
   return XXH3_64bits(w.b.data(), w.b.size());
 }
 
@@ -340,6 +349,11 @@ Manifest read_manifest(const std::string& store_dir) {
   m.mean = f.floats("mean", false);
   m.std = f.floats("std", false);
   m.num_shards = uint32_t(f.u64("num_shards", true, 1, store::kMaxShards));
+  const std::string crops = f.str("crops", false, kDerivedCrops);
+  FKD_CHECK(crops == kDerivedCrops || crops == kExplicitCrops, FormatError,
+            "{}: key 'crops': expected \"{}\" or \"{}\", found \"{}\"", file, kDerivedCrops,
+            kExplicitCrops, crops);
+  m.crop_origin = crops == kExplicitCrops ? CropOrigin::kExplicit : CropOrigin::kDerived;
   const std::string problem = store::manifest_problem(m);
   FKD_CHECK(problem.empty(), FormatError, "{}: {}", file, problem);
   return m;
@@ -363,6 +377,7 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["precision"] = precision_name(m.precision);
   j["crops_per_image"] = m.crops_per_image;
   j["seed"] = m.seed;
+  if (m.crop_origin != CropOrigin::kDerived) j["crops"] = crop_origin_name(m.crop_origin);
   j["scale"] = floats_json(m.crop.scale.data(), 2);
   j["ratio"] = floats_json(m.crop.ratio.data(), 2);
   j["flip_prob"] = float_json(m.crop.flip);
@@ -407,6 +422,8 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   cmp("precision", std::string(precision_name(a.precision)),
       std::string(precision_name(b.precision)));
   cmp("crops_per_image", a.crops_per_image, b.crops_per_image);
+  cmp("crops", std::string(crop_origin_name(a.crop_origin)),
+      std::string(crop_origin_name(b.crop_origin)));
   cmp("seed", a.seed, b.seed);
   for (std::string& c : crop_differences(a.crop, b.crop)) d.push_back(std::move(c));
   // The teacher's input size; crop_differences names it already where it shapes the boxes.
@@ -429,20 +446,49 @@ std::string shard_file_name(uint32_t index, uint32_t count) {
   return fmt::format("shard-{:05d}-of-{:05d}.fkdl", index, count);
 }
 
-uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width) {
-  FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu, DataError,
-            "label_crop_hash: image {} has size {}x{}", image, height, width);
-  std::vector<uint8_t> bytes(size_t(m.crops_per_image) * 20);
-  for (uint32_t c = 0; c < m.crops_per_image; ++c) {
-    const CropPlan p = derive_label_crop(m.crop, m.seed, image, c, int(height), int(width));
-    uint8_t* o = bytes.data() + size_t(c) * 20;
-    store::store_u32(o, uint32_t(p.box.left));
-    store::store_u32(o + 4, uint32_t(p.box.top));
-    store::store_u32(o + 8, uint32_t(p.box.width));
-    store::store_u32(o + 12, uint32_t(p.box.height));
-    store::store_u32(o + 16, p.flip ? 1u : 0u);
+const char* crop_origin_name(CropOrigin o) {
+  return o == CropOrigin::kExplicit ? kExplicitCrops : kDerivedCrops;
+}
+
+namespace store {
+uint32_t crops_hash(const CropPlan* crops, size_t n) {
+  thread_local std::vector<uint8_t> bytes;  // no allocation per record on the reader's path
+  bytes.resize(n * 20);
+  for (size_t c = 0; c < n; ++c) {
+    const CropPlan& p = crops[c];
+    uint8_t* o = bytes.data() + c * 20;
+    store_u32(o, uint32_t(p.box.left));
+    store_u32(o + 4, uint32_t(p.box.top));
+    store_u32(o + 8, uint32_t(p.box.width));
+    store_u32(o + 12, uint32_t(p.box.height));
+    store_u32(o + 16, p.flip ? 1u : 0u);
   }
   return XXH32(bytes.data(), bytes.size(), 0);
+}
+}  // namespace store
+
+uint32_t label_crop_hash(const Manifest& m, uint64_t image, uint32_t height, uint32_t width) {
+  FKD_CHECK(m.crop_origin == CropOrigin::kDerived, ConfigError,
+            "label_crop_hash: image {}: a store of explicit crops derives none (its records "
+            "hold the hash of their boxes)",
+            image);
+  FKD_CHECK(height >= 1 && width >= 1 && height <= 0x7fffffffu && width <= 0x7fffffffu, DataError,
+            "label_crop_hash: image {} has size {}x{}", image, height, width);
+  std::vector<CropPlan> crops(m.crops_per_image);
+  for (uint32_t c = 0; c < m.crops_per_image; ++c) {
+    crops[c] = derive_label_crop(m.crop, m.seed, image, c, int(height), int(width));
+  }
+  return store::crops_hash(crops.data(), crops.size());
+}
+
+CropPlan store_crop(const Manifest& m, const ImageLabels& rec, uint64_t image, uint32_t crop) {
+  if (m.crop_origin == CropOrigin::kDerived) {
+    return derive_label_crop(m.crop, m.seed, image, crop, int(rec.height), int(rec.width));
+  }
+  FKD_CHECK(crop < rec.boxes.size(), ConfigError,
+            "store_crop: image {}: crop {} of a record with {} explicit boxes", image, crop,
+            rec.boxes.size());
+  return rec.boxes[crop];
 }
 
 }  // namespace fkd

@@ -16,6 +16,13 @@ inline constexpr uint32_t kMaxShards = 99999;  ///< shard names have 5 digits
 /// canonical binary form (docs/label-store.md, "Store key").
 uint64_t store_key(const Manifest& m);
 
+/// The first format version with explicit crops (manifest key "crops").
+inline constexpr int kExplicitCropsSince = 3;
+
+/// label_crop_hash's formula over `n` crops: XXH32 (seed 0) of (left, top, width, height,
+/// flip) as little-endian int32 of each crop in order.
+uint32_t crops_hash(const CropPlan* crops, size_t n);
+
 /// "" when k is valid for the label type and class count, else what is wrong.
 std::string k_problem(LabelType t, int64_t k, uint64_t num_classes);
 

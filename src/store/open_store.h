@@ -36,7 +36,8 @@ struct OpenStore {
 OpenStore open_store(const std::string& dir);
 
 /// FormatError naming the shard, the image and its block's offset unless the record `l` of
-/// image `image_id` carries the crop hash the manifest's sampler derives for its image size.
+/// image `image_id` carries the crop hash the manifest's sampler derives for its image size
+/// (explicit crops: nothing to do, decoding the record checked the hash of its boxes).
 void check_crop_hash(const Manifest& m, const ShardView& v, uint64_t image_id,
                      const ImageLabels& l);
 

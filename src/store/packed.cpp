@@ -426,7 +426,7 @@ bool encode_packed_record(const RecordFormat& f, const ImageLabels& l, std::vect
     }
   }
   out.clear();
-  put_record_header(out, l);
+  put_record_header(out, f, l);
   std::vector<uint32_t> plane(N);
   if (ni > 0) {
     // Dictionary as in "Record", then its order by descending count (ties: lower id first),

@@ -2,6 +2,7 @@
 // and its zstd frame. Byte planes are grouped so that zstd's entropy coder sees the
 // low-entropy parts (dictionary positions, exponents) apart from the noisy ones (low
 // mantissa bytes).
+#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 
 #include "fkd/error.h"
 #include "store/bytes.h"
+#include "store/manifest.h"
 #include "store/record.h"
 
 namespace fkd::store {
@@ -39,7 +41,10 @@ uint64_t RecordFormat::max_raw_size() const {
     const uint64_t d_max = std::min<uint64_t>(uint64_t(num_classes), N * ni);
     size += 5 + 5 * d_max + 4 * N * ni;
   }
-  return size + N * nv * uint64_t(value_bytes());
+  size += N * nv * uint64_t(value_bytes());
+  // The largest box section: 31-bit sides (the image size limit).
+  if (explicit_crops) size += box_section_bytes(N, 0x7fffffffu, 0x7fffffffu);
+  return size;
 }
 
 RecordFormat record_format(const Manifest& m) {
@@ -49,6 +54,7 @@ RecordFormat record_format(const Manifest& m) {
   f.num_classes = int(std::min<size_t>(m.classes.size(), kMaxClasses));
   f.precision = m.precision;
   f.crops_per_image = m.crops_per_image;
+  f.explicit_crops = m.crop_origin == CropOrigin::kExplicit;
   return f;
 }
 
@@ -116,12 +122,148 @@ void put_varint(std::vector<uint8_t>& b, uint32_t v) {
   b.push_back(uint8_t(v));
 }
 
-void put_record_header(std::vector<uint8_t>& b, const ImageLabels& l) {
-  for (uint32_t x : {l.height, l.width, l.crop_hash, l.num_crops}) {
+int box_field_bits(uint32_t side) { return side <= 1 ? 0 : 32 - __builtin_clz(side - 1); }
+
+uint64_t box_section_bytes(uint64_t N, uint32_t height, uint32_t width) {
+  const uint64_t bits =
+      2 * uint64_t(box_field_bits(width)) + 2 * uint64_t(box_field_bits(height)) + 1;
+  return (N * bits + 7) / 8;
+}
+
+std::string boxes_problem(const ImageLabels& l) {
+  if (l.boxes.size() != l.num_crops)
+    return fmt::format("{} crop boxes for {} crops", l.boxes.size(), l.num_crops);
+  const int64_t H = l.height, W = l.width;
+  for (size_t c = 0; c < l.boxes.size(); ++c) {
+    const PixelBox& b = l.boxes[c].box;
+    if (!(b.left >= 0 && b.top >= 0 && b.width >= 1 && b.height >= 1 &&
+          int64_t(b.left) + b.width <= W && int64_t(b.top) + b.height <= H)) {
+      return fmt::format(
+          "crop {}: box (left {}, top {}, width {}, height {}) is not inside the {}x{} "
+          "(height x width) image with a size of at least 1",
+          c, b.left, b.top, b.width, b.height, H, W);
+    }
+  }
+  return "";
+}
+
+namespace {
+/// Appends `boxes`' section: per crop left, top, width - 1, height - 1, flip, LSB-first.
+void put_boxes(std::vector<uint8_t>& b, const ImageLabels& l) {
+  const int bx = box_field_bits(l.width), by = box_field_bits(l.height);
+  const size_t at = b.size();
+  b.resize(at + size_t(box_section_bytes(l.boxes.size(), l.height, l.width)), 0);
+  uint8_t* out = b.data() + at;
+  uint64_t acc = 0;  // bits not yet written, low first
+  int n = 0;
+  auto put = [&](uint32_t v, int w) {
+    acc |= uint64_t(v) << n;
+    n += w;
+    while (n >= 8) {
+      *out++ = uint8_t(acc);
+      acc >>= 8;
+      n -= 8;
+    }
+  };
+  for (const CropPlan& p : l.boxes) {
+    put(uint32_t(p.box.left), bx);
+    put(uint32_t(p.box.top), by);
+    put(uint32_t(p.box.width - 1), bx);
+    put(uint32_t(p.box.height - 1), by);
+    put(p.flip ? 1u : 0u, 1);
+  }
+  if (n > 0) *out = uint8_t(acc);
+}
+
+/// Decodes the box section of `out` (height, width, num_crops and crop_hash read) into
+/// out.boxes, checking every box against the image and the crop hash against the boxes.
+void read_boxes(RecordCursor& cur, ImageLabels& out) {
+  const int bx = box_field_bits(out.width), by = box_field_bits(out.height);
+  const int B = 2 * bx + 2 * by + 1;
+  const uint32_t N = out.num_crops;
+  const uint64_t bytes = box_section_bytes(N, out.height, out.width);
+  const size_t at = cur.pos;
+  const uint8_t* src = cur.take(size_t(bytes), "crop boxes");
+  // Copied with 8 bytes of slack, so that any 57 bits from any bit offset are one unaligned
+  // 64-bit load: a whole crop when B <= 57 (sides up to 2^14), else one field.
+  thread_local std::vector<uint8_t> buf;
+  thread_local std::vector<uint8_t> quint;  // the hashed (left, top, width, height, flip)s
+  if (buf.size() < bytes + 8) buf.resize(size_t(bytes) + 8);
+  std::memcpy(buf.data(), src, size_t(bytes));
+  std::memset(buf.data() + bytes, 0, 8);
+  if (quint.size() < size_t(N) * 20) quint.resize(size_t(N) * 20);
+  const uint8_t* p = buf.data();
+  const uint64_t mx = (1ull << bx) - 1, my = (1ull << by) - 1;
+  out.boxes.resize(N);
+  CropPlan* boxes = out.boxes.data();
+  uint8_t* hashed = quint.data();
+  const uint32_t H = out.height, W = out.width;
+  uint32_t outside = 0;  // nonzero when some box leaves the image: named below
+  auto put = [&](uint32_t c, uint32_t left, uint32_t top, uint32_t w1, uint32_t h1, uint32_t flip) {
+    // left + width <= W, top + height <= H; no overflow: every field is below 2^31.
+    outside |= uint32_t(left + w1 >= W) | uint32_t(top + h1 >= H);
+    // Field by field: an aggregate assembled in registers and stored through the stack costs
+    // a store-forwarding stall per crop.
+    CropPlan& q = boxes[c];
+    q.box.left = int(left);
+    q.box.top = int(top);
+    q.box.width = int(w1 + 1);
+    q.box.height = int(h1 + 1);
+    q.flip = flip != 0;
+    q.id = c;
+    uint8_t* o = hashed + size_t(c) * 20;
+    const uint32_t v[5] = {left, top, w1 + 1, h1 + 1, flip};
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    std::memcpy(o, v, 20);  // byte-wise stores get merged through the stack: a stall per crop
+#else
+    for (int i = 0; i < 5; ++i) store_u32(o + 4 * i, v[i]);
+#endif
+  };
+  if (B <= 57) {
+    for (uint32_t c = 0; c < N; ++c) {
+      const uint64_t bit = uint64_t(c) * uint64_t(B);
+      uint64_t x = load_u64(p + (bit >> 3)) >> (bit & 7);
+      const uint32_t left = uint32_t(x & mx);
+      x >>= bx;
+      const uint32_t top = uint32_t(x & my);
+      x >>= by;
+      const uint32_t w1 = uint32_t(x & mx);
+      x >>= bx;
+      const uint32_t h1 = uint32_t(x & my);
+      x >>= by;
+      put(c, left, top, w1, h1, uint32_t(x & 1));
+    }
+  } else {
+    uint64_t bit = 0;
+    auto get = [&](int w) {
+      const uint64_t v = (load_u64(p + (bit >> 3)) >> (bit & 7)) & ((1ull << w) - 1);
+      bit += uint64_t(w);
+      return uint32_t(v);
+    };
+    for (uint32_t c = 0; c < N; ++c) {
+      const uint32_t left = get(bx), top = get(by), w1 = get(bx), h1 = get(by);
+      put(c, left, top, w1, h1, get(1));
+    }
+  }
+  if (outside) {
+    const std::string problem = boxes_problem(out);
+    fail<FormatError>("{}: crop boxes at record offset {}: {}", cur.w.str(), at, problem);
+  }
+  const uint32_t hash = XXH32(quint.data(), size_t(N) * 20, 0);
+  FKD_CHECK(hash == out.crop_hash, FormatError,
+            "{}: record offset 8: crop hash 0x{:08x} does not match the record's boxes (0x{:08x})",
+            cur.w.str(), out.crop_hash, hash);
+}
+}  // namespace
+
+void put_record_header(std::vector<uint8_t>& b, const RecordFormat& f, const ImageLabels& l) {
+  const uint32_t hash = f.explicit_crops ? crops_hash(l.boxes.data(), l.boxes.size()) : l.crop_hash;
+  for (uint32_t x : {l.height, l.width, hash, l.num_crops}) {
     const size_t at = b.size();
     b.resize(at + 4);
     store_u32(b.data() + at, x);
   }
+  if (f.explicit_crops) put_boxes(b, l);
 }
 
 void put_dictionary(std::vector<uint8_t>& b, const ImageLabels& l, std::vector<int32_t>& dict) {
@@ -168,6 +310,11 @@ void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& o
       out.height >= 1 && out.width >= 1 && out.height <= 0x7fffffffu && out.width <= 0x7fffffffu,
       FormatError, "{}: record offset 0: image size {}x{} is not positive", cur.w.str(), out.height,
       out.width);
+  if (!f.explicit_crops) {
+    out.boxes.clear();
+    return;
+  }
+  read_boxes(cur, out);
 }
 
 uint32_t read_dictionary(RecordCursor& cur, const RecordFormat& f, std::vector<int32_t>& dict,
@@ -204,6 +351,14 @@ void check_labels(const RecordFormat& f, const ImageLabels& l, const std::string
             where, l.values.size(), N * nv, N, nv);
   FKD_CHECK(l.height >= 1 && l.width >= 1 && l.height <= 0x7fffffffu && l.width <= 0x7fffffffu,
             DataError, "{}: image size {}x{} is not positive", where, l.height, l.width);
+  if (f.explicit_crops) {
+    const std::string problem = boxes_problem(l);
+    FKD_CHECK(problem.empty(), DataError, "{}: {} (a store of explicit crops)", where, problem);
+  } else {
+    FKD_CHECK(l.boxes.empty(), DataError,
+              "{}: holds {} crop boxes, but the store derives its crops (they would be lost)",
+              where, l.boxes.size());
+  }
   std::vector<int32_t> sorted;
   for (size_t n = 0; n < N; ++n) {
     const int32_t* idx = l.indices.data() + n * ni;
@@ -249,7 +404,8 @@ void encode_record(const RecordFormat& f, const ImageLabels& l, std::vector<uint
   const size_t N = f.crops_per_image, ni = size_t(f.n_idx()), nv = size_t(f.n_val());
   raw.clear();
   sections.clear();
-  put_record_header(raw, l);
+  put_record_header(raw, f, l);
+  if (f.explicit_crops) sections.push_back(raw.size());  // the boxes get their own zstd block
   Scratch& s = scratch();
   if (ni > 0) {
     put_dictionary(raw, l, s.dict);

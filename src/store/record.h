@@ -64,6 +64,7 @@ struct RecordFormat {
   int num_classes = 0;
   Precision precision = Precision::kFp16;
   uint32_t crops_per_image = 0;
+  bool explicit_crops = false;  ///< records carry their crops' boxes (CropOrigin::kExplicit)
   int n_idx() const { return stored_indices(label_type, k); }
   int n_val() const { return stored_values(label_type, k, num_classes); }
   /// Bytes per stored value code: 4 (fp32), 2 (fp16), 1 (u8).
@@ -104,12 +105,24 @@ struct RecordCursor {
 };
 /// LEB128 (7 bits per byte, low first).
 void put_varint(std::vector<uint8_t>& b, uint32_t v);
-/// Appends the 16-byte record header (height, width, crop_hash, num_crops).
-void put_record_header(std::vector<uint8_t>& b, const ImageLabels& l);
+/// Bits of one field of a crop box along an image side of `side` pixels: bits(side - 1)
+/// (the box's offset and its extent minus 1 both lie in [0, side - 1]).
+int box_field_bits(uint32_t side);
+/// Bytes of the box section of a record of N crops of an H x W image (docs: "Explicit
+/// crops"): N crops of 2 bits(W-1) + 2 bits(H-1) + 1 bits, packed LSB-first.
+uint64_t box_section_bytes(uint64_t N, uint32_t height, uint32_t width);
+/// "" when every box of `l` (explicit crops) lies inside its height x width image with a
+/// size of at least 1, else which crop is not and why.
+std::string boxes_problem(const ImageLabels& l);
+/// Appends the 16-byte record header (height, width, crop_hash, num_crops), then, for
+/// explicit crops, the box section; crop_hash is then the hash of l.boxes.
+void put_record_header(std::vector<uint8_t>& b, const RecordFormat& f, const ImageLabels& l);
 /// Appends the dictionary of l's class ids (count, then ascending ids delta coded) and
 /// leaves those ids, ascending, in `dict`.
 void put_dictionary(std::vector<uint8_t>& b, const ImageLabels& l, std::vector<int32_t>& dict);
-/// Reads and checks the 16-byte record header (crop count, image size) into `out`.
+/// Reads and checks the 16-byte record header (crop count, image size) into `out`; for
+/// explicit crops also the box section (every box inside the image, crop hash of the boxes),
+/// else clears out.boxes.
 void read_record_header(RecordCursor& cur, const RecordFormat& f, ImageLabels& out);
 /// Reads and checks the dictionary (size D in [1, min(C, N*NI)], ascending ids below C)
 /// into dict[0, D), growing `dict` to at least max(D, min_entries). Returns D.

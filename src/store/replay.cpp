@@ -90,7 +90,7 @@ void StoreCropSource::crops(size_t index, int64_t pass, int height, int width, C
   const int ni = stored_indices(mf.label_type, mf.k);
   const int nv = stored_values(mf.label_type, mf.k, classes_);
   for (int k = 0; k < m_; ++k) {
-    out[k] = derive_label_crop(mf.crop, mf.seed, index, id[k], height, width);
+    out[k] = store_crop(mf, rec, index, id[k]);
     if (soft) {
       recover_dense(mf.label_type, mf.k, classes_, rec.indices.data() + size_t(id[k]) * ni,
                     rec.values.data() + size_t(id[k]) * nv, soft + size_t(k) * classes_);

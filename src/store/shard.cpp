@@ -28,6 +28,7 @@ ShardHeader header_for(const Manifest& m, uint32_t shard_index) {
   h.label_type = m.label_type;
   h.precision = m.precision;
   h.k = uint32_t(m.k);
+  h.crop_origin = m.crop_origin;
   h.store_key = store_key(m);
   return h;
 }
@@ -39,15 +40,16 @@ RecordFormat record_format(const ShardHeader& h) {
   f.num_classes = int(h.num_classes);
   f.precision = h.precision;
   f.crops_per_image = h.crops_per_image;
+  f.explicit_crops = h.crop_origin == CropOrigin::kExplicit;
   return f;
 }
 
 // Header field offsets (docs/label-store.md, "Shard header").
 namespace off {
 constexpr size_t kVersion = 8, kHeaderSize = 12, kShardIndex = 16, kShardCount = 20,
-                 kImageBegin = 24, kImageEnd = 32, kNumImages = 40, kCrops = 48, kClasses = 52,
-                 kLabelType = 56, kPrecision = 57, kReserved0 = 58, kK = 60, kStoreKey = 64,
-                 kReserved = 72, kChecksum = 120;
+                 kImageBegin = 24, kImageEnd = 32, kNumImages = 40, kCropCount = 48, kClasses = 52,
+                 kLabelType = 56, kPrecision = 57, kCrops = 58, kReserved0 = 59, kK = 60,
+                 kStoreKey = 64, kReserved = 72, kChecksum = 120;
 }  // namespace off
 
 std::vector<uint8_t> encode_header(const ShardHeader& h) {
@@ -60,7 +62,8 @@ std::vector<uint8_t> encode_header(const ShardHeader& h) {
   store_u64(&b[off::kImageBegin], h.image_begin);
   store_u64(&b[off::kImageEnd], h.image_end);
   store_u64(&b[off::kNumImages], h.num_images);
-  store_u32(&b[off::kCrops], h.crops_per_image);
+  store_u32(&b[off::kCropCount], h.crops_per_image);
+  b[off::kCrops] = uint8_t(h.crop_origin);
   store_u32(&b[off::kClasses], h.num_classes);
   b[off::kLabelType] = uint8_t(h.label_type);
   b[off::kPrecision] = uint8_t(h.precision);
@@ -104,7 +107,7 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
   h.image_begin = load_u64(d + off::kImageBegin);
   h.image_end = load_u64(d + off::kImageEnd);
   h.num_images = load_u64(d + off::kNumImages);
-  h.crops_per_image = load_u32(d + off::kCrops);
+  h.crops_per_image = load_u32(d + off::kCropCount);
   h.num_classes = load_u32(d + off::kClasses);
   const uint8_t lt = d[off::kLabelType], pr = d[off::kPrecision];
   FKD_CHECK(lt <= uint8_t(LabelType::kFull), FormatError,
@@ -117,8 +120,17 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
   h.precision = Precision(pr);
   h.k = load_u32(d + off::kK);
   h.store_key = load_u64(d + off::kStoreKey);
-  FKD_CHECK(load_u16(d + off::kReserved0) == 0, FormatError,
-            "{}: offset 58: expected reserved bytes 0, found {}", name, show_bytes(d + 58, 2));
+  // Byte 58 was reserved (0) before explicit crops.
+  const uint8_t crops = d[off::kCrops];
+  FKD_CHECK(
+      crops == 0 ||
+          (crops == uint8_t(CropOrigin::kExplicit) && h.version >= uint32_t(kExplicitCropsSince)),
+      FormatError, "{}: offset 58: expected crop origin 0 (derived){}, found {}", name,
+      h.version >= uint32_t(kExplicitCropsSince) ? " or 1 (explicit)" : " in a version < 3 shard",
+      crops);
+  h.crop_origin = CropOrigin(crops);
+  FKD_CHECK(d[off::kReserved0] == 0, FormatError,
+            "{}: offset 59: expected reserved byte 0, found {}", name, d[off::kReserved0]);
   for (size_t i = off::kReserved; i < off::kChecksum; ++i) {
     FKD_CHECK(d[i] == 0, FormatError, "{}: offset {}: expected reserved byte 0, found {}", name, i,
               d[i]);

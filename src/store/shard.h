@@ -43,7 +43,8 @@ struct ShardHeader {
   LabelType label_type = LabelType::kMarginalSmoothing;  ///< how labels are quantized
   Precision precision = Precision::kFp16;                ///< how values are stored
   uint32_t k = 0;                                        ///< top-k of the label type
-  uint64_t store_key = 0;                                ///< store_key(manifest)
+  CropOrigin crop_origin = CropOrigin::kDerived;  ///< byte 58 (version 3 on): records hold boxes
+  uint64_t store_key = 0;                         ///< store_key(manifest)
 };
 
 /// The header a shard of this manifest must have.
