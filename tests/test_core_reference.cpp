@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fkd/error.h"
+#include "fkd/image.h"
 #include "fkd/reference_file.h"
 #include "store/zip_stored.h"
 #include "testutil.h"
@@ -242,5 +243,23 @@ TEST(ReferenceWriter, RoundTripsAndTorchLoadReadsIt) {
       nlohmann::json want = got[key];
       expect_matches(*a, want, key);
     }
+  }
+}
+
+TEST(ReferenceReplay, PixelBoxesAreThoseTorchvisionCutsFromPil) {
+  // to_pixel_box against the reference's replay itself: torchvision's crop of a PIL image at
+  // (i*H, j*W, h*H, w*W) from float32 and float16 coords, ties and near-ties included.
+  TempDir dir;
+  const auto r = fkd::test::run_python("reference_labels.py", {"boxes", dir.file("boxes.json")});
+  ASSERT_EQ(r.status, 0);
+  const auto cases = read_json(dir.file("boxes.json"));
+  ASSERT_GT(cases.size(), 1000u);
+  for (const auto& c : cases) {
+    const auto v = c["coords"].get<std::vector<double>>();
+    const int H = c["size"][0], W = c["size"][1];
+    const PixelBox b =
+        to_pixel_box(CropBox{float(v[0]), float(v[1]), float(v[2]), float(v[3])}, H, W);
+    const auto want = c["box"].get<std::vector<int>>();
+    ASSERT_EQ((std::vector<int>{b.left, b.top, b.width, b.height}), want) << c.dump();
   }
 }

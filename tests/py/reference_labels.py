@@ -9,12 +9,16 @@
                                [--expected JSON]
       LABELS/<class>/<stem>.tar for every DATA/train/<class>/<stem>.<ext>, as the reference's
       generate_soft_label.py writes them (RandomResizedCrop coords normalized by the image
-      size, flips, label_quantization of a softmax), and, with --expected, a JSON of what a
+      size, flips, label_quantization of a teacher-like softmax), and, with --expected, a JSON of what a
       faithful import must hold: each image's crops as PIL crops them (left, top, width,
       height, flip) and its labels.
   reference_labels.py load DIR JSON
       torch.load of every DIR/**/*.tar: a JSON {relpath: {coords, flips, labels: {kind, dtype,
       shape, values}}} for the C++ test to compare with the store it exported.
+  reference_labels.py boxes JSON
+      normalized crops (float32 and float16, ties and near-ties included) on images of many
+      sizes, each with the pixel box the reference's replay cuts: torchvision's crop at
+      (i*H, j*W, h*H, w*W) on a PIL image whose pixels hold their own coordinates.
   reference_labels.py train_batch LABELS DATA TYPE CLASSES
       the reference's own training-side reading (ImageFolder_FKD.__getitem__'s torch.load and
       indexing, default_collate, Recover_soft_label) over LABELS: prints the recovered
@@ -131,7 +135,12 @@ def generate(data, labels, label_type, crops, classes, fp16, torch_labels, expec
         # [crops, batch, 4] permuted to [batch, crops, 4], then one image's view, as the reference
         coords = torch.stack([torch.stack(rows), torch.stack(rows)], dim=1).permute(1, 0, 2)[0]
         flips = torch.rand(crops, generator=g) < 0.5
-        probs = torch.softmax(torch.randn(crops, classes, generator=g) * 2.5, dim=1)
+        # Teacher-like (bench/bench_core_store.cpp's model): the image's own prior over the
+        # classes, the same for all its crops, and its class more or less sure per crop.
+        prior = 1.5 * torch.randn(1, classes, generator=g)
+        logits = prior + 0.5 * torch.randn(crops, classes, generator=g)
+        logits[:, target] += np.log(classes) + 2 + 2 * torch.randn(crops, generator=g)
+        probs = torch.softmax(logits, dim=1)
         if label_type == "full":
             lab = probs if torch_labels else probs.numpy()
             if fp16:
@@ -173,6 +182,39 @@ def load(directory, out):
                 k: describe(v) for k, v in zip(("coords", "flips", "labels"), state)}
     with open(out, "w") as f:
         json.dump(result, f)
+
+
+def boxes(out):
+    import torchvision.transforms.functional as F
+    rng = np.random.default_rng(3)
+    cases = []
+    for n in range(1500):
+        H, W = int(rng.integers(1, 1500)), int(rng.integers(1, 1500))
+        kind = n % 3
+        if kind == 0:  # arbitrary
+            i, j = rng.uniform(0, 0.5, 2)
+            h, w = rng.uniform(0.01, 0.5, 2)
+        else:  # pixel boxes over the size, and half-pixel ties
+            top, left = rng.integers(0, max(1, H // 2)), rng.integers(0, max(1, W // 2))
+            hh, ww = rng.integers(1, H - top + 1), rng.integers(1, W - left + 1)
+            half = 0.5 if kind == 2 else 0.0
+            i, j, h, w = (top + half) / H, (left + half) / W, hh / H, ww / W
+        dtype = np.float16 if n % 2 else np.float32
+        c = torch.from_numpy(np.array([i, j, h, w], dtype))
+        # The pixel (x, y) holds y * 2048 + x; the crop's size and first pixel say its box.
+        img = Image.fromarray((np.arange(H)[:, None] * 2048 + np.arange(W)[None, :]).astype(np.int32), "I")
+        crop = F.crop(img, c[0].item() * H, c[1].item() * W, c[2].item() * H, c[3].item() * W)
+        cw, ch = crop.size
+        if cw == 0 or ch == 0:
+            continue
+        first = crop.getpixel((0, 0))
+        left, top = first % 2048, first // 2048
+        if top >= H or left >= W or top + ch > H or left + cw > W:
+            continue  # outside the image: not a reference crop
+        cases.append({"size": [H, W], "coords": [float(v) for v in c.tolist()],
+                      "box": [int(left), int(top), int(cw), int(ch)]})
+    with open(out, "w") as f:
+        json.dump(cases, f)
 
 
 def train_batch(labels, data, label_type, classes):
@@ -217,6 +259,8 @@ if __name__ == "__main__":
                  "--torch-labels" in args, expected)
     elif cmd == "load":
         load(sys.argv[2], sys.argv[3])
+    elif cmd == "boxes":
+        boxes(sys.argv[2])
     elif cmd == "train_batch":
         train_batch(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
