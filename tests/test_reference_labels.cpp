@@ -16,6 +16,7 @@
 #include "fkd/reference_labels.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
+#include "fkd/transforms.h"
 #include "testutil.h"
 
 namespace fs = std::filesystem;
@@ -291,4 +292,90 @@ TEST(ImportReference, KilledImportResumesToTheSameStore) {
   const Manifest m = read_manifest(work.file("whole"));
   EXPECT_EQ(m.teacher, "reference labels " + g.labels);
   EXPECT_EQ(m.teacher_hash.size(), 32u);
+}
+
+namespace {
+
+/// A derived-crop store of the suite's dataset, as `fkd label` writes one: crop c of image i
+/// is derive_label_crop(sampler, seed, i, c, H, W); hard labels i + c mod C.
+std::string derived_store(const TempDir& dir, CropKind kind) {
+  const auto ds = open_dataset(dataset(), Split::kTrain);
+  Manifest m;
+  m.num_images = ds->size();
+  m.dataset_fingerprint = dataset_fingerprint(*ds);
+  m.classes = ds->classes();
+  m.dataset = dataset();
+  m.teacher = "teacher.pt";
+  m.teacher_hash = "00112233445566778899aabbccddeeff";
+  m.label_type = LabelType::kHard;
+  m.k = 1;
+  m.crops_per_image = kCrops;
+  m.seed = 11;
+  m.crop = {kind, 16, {0.08f, 1.0f}, {3.f / 4.f, 4.f / 3.f}, kind == CropKind::kPadded ? 4 : 0,
+            0.5f};
+  m.mean = {0.5f, 0.5f, 0.5f};
+  m.std = {0.25f, 0.25f, 0.25f};
+  const std::string store = dir.file(kind == CropKind::kPadded ? "padded" : "derived");
+  fs::create_directories(store);
+  ShardWriter w(store, m, 0);
+  for (uint64_t i = 0; i < m.num_images; ++i) {
+    const Image img = ds->load(size_t(i));
+    ImageLabels l;
+    l.height = uint32_t(img.height);
+    l.width = uint32_t(img.width);
+    l.num_crops = kCrops;
+    l.crop_hash = label_crop_hash(m, i, l.height, l.width);
+    for (uint32_t c = 0; c < kCrops; ++c) l.indices.push_back(int32_t((i + c) % kClasses));
+    w.append(i, l);
+  }
+  w.finish();
+  write_manifest(store, m);
+  return store;
+}
+
+}  // namespace
+
+TEST(ExportReference, DerivedCropsReplayToTheSameBoxes) {
+  TempDir work;
+  const std::string store = derived_store(work, CropKind::kRandomResized);
+  ReferenceExportConfig e;
+  e.store = store;  // the dataset from the manifest
+  e.out = work.file("exported");
+  ASSERT_EQ(export_reference_labels(e).written, uint64_t(kClasses * kPerClass));
+  StoreReader r(store);
+  const Manifest& m = r.manifest();
+  const auto ds = open_dataset(dataset(), Split::kTrain);
+  ImageLabels rec;
+  for (uint64_t i = 0; i < m.num_images; ++i) {
+    r.read(i, rec);
+    std::string rel = ds->item_name(i).substr(6);  // below train/, cut at the first dot
+    rel = rel.substr(0, rel.find('.', rel.rfind('/'))) + ".tar";
+    const ReferenceFile f = read_reference_file(e.out + "/" + rel);
+    ASSERT_EQ(f.labels.dtype, RefDType::kInt64);
+    ASSERT_EQ(f.labels.shape, (std::vector<int64_t>{kCrops}));
+    for (uint32_t c = 0; c < kCrops; ++c) {
+      const CropPlan want =
+          derive_label_crop(m.crop, m.seed, i, c, int(rec.height), int(rec.width));
+      const CropBox b{float(f.coords.at(4 * c)), float(f.coords.at(4 * c + 1)),
+                      float(f.coords.at(4 * c + 2)), float(f.coords.at(4 * c + 3))};
+      const PixelBox got = to_pixel_box(b, int(rec.height), int(rec.width));
+      EXPECT_EQ(got.left, want.box.left);
+      EXPECT_EQ(got.top, want.box.top);
+      EXPECT_EQ(got.width, want.box.width);
+      EXPECT_EQ(got.height, want.box.height);
+      EXPECT_EQ(f.flips.at(c) != 0, want.flip);
+      EXPECT_EQ(f.labels.at(c), double((i + c) % kClasses));
+    }
+  }
+}
+
+TEST(ExportReference, PaddedCropsAreRefusedInOneLine) {
+  TempDir work;
+  ReferenceExportConfig e;
+  e.store = derived_store(work, CropKind::kPadded);
+  e.out = work.file("exported");
+  const std::string msg =
+      fkd::test::error_message<ConfigError>([&] { export_reference_labels(e); });
+  EXPECT_NE(msg.find("reaches outside the"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("the reference's files cannot express such crops"), std::string::npos) << msg;
 }
