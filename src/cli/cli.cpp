@@ -539,7 +539,7 @@ int run_label(LabelArgs& a) {
     return print_verification(a.store) ? 0 : 1;
   } else if (a.import_app->parsed()) {
     const ReferenceImportResult r = import_reference_labels(a.import);
-    fmt::print("{}: imported {} images ({} crops each) from {} in {:.1f} s, {:.0f} images/s\n",
+    fmt::print("{}: imported {} images ({} crops each) from {} in {:.2f} s, {:.0f} images/s\n",
                a.import.out, r.images, r.crops, a.import.src, r.seconds,
                r.seconds > 0 ? double(r.images) / r.seconds : 0.0);
   } else if (a.export_app->parsed()) {
