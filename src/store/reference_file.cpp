@@ -213,28 +213,28 @@ class Unpickler {
       const size_t at = pos_;
       const uint8_t op = u8();
       switch (op) {
-        case 0x80:
+        case 0x80:  // PROTO
           u8();
-          break;  // PROTO
-        case 0x95:
+          break;
+        case 0x95:  // FRAME: the frames are read in place
           take(8);
-          break;     // FRAME: the frames are read in place
+          break;
         case '.': {  // STOP
           FKD_CHECK(stack_.size() == 1 && marks_.empty(), FormatError,
                     "{}: data.pkl ends with {} values on the pickle stack, expected 1", file_,
                     stack_.size());
           return stack_.back();
         }
-        case ']':
+        case ']':  // EMPTY_LIST
           push(make(Obj::kList));
           break;
-        case ')':
+        case ')':  // EMPTY_TUPLE
           push(make(Obj::kTuple));
           break;
-        case '}':
+        case '}':  // EMPTY_DICT
           push(make(Obj::kDict));
           break;
-        case '(':
+        case '(':  // MARK
           marks_.push_back(stack_.size());
           break;
         case 'a': {  // APPEND
@@ -263,54 +263,54 @@ class Unpickler {
           for (Ref& v : kvs) d->items.push_back(std::move(v));
           break;
         }
-        case 't':
+        case 't':  // TUPLE
           tuple(pop_mark());
           break;
-        case 0x85:
+        case 0x85:  // TUPLE1
           tuple_n(1);
           break;
-        case 0x86:
+        case 0x86:  // TUPLE2
           tuple_n(2);
           break;
-        case 0x87:
+        case 0x87:  // TUPLE3
           tuple_n(3);
           break;
-        case 'q':
+        case 'q':  // BINPUT
           memo_put(u8());
-          break;  // BINPUT
-        case 'r':
+          break;
+        case 'r':  // LONG_BINPUT
           memo_put(uint32(4));
-          break;  // LONG_BINPUT
-        case 0x94:
+          break;
+        case 0x94:  // MEMOIZE
           memo_put(memo_.size());
-          break;  // MEMOIZE
-        case 'h':
+          break;
+        case 'h':  // BINGET
           memo_get(u8(), at);
-          break;  // BINGET
-        case 'j':
+          break;
+        case 'j':  // LONG_BINGET
           memo_get(uint32(4), at);
-          break;  // LONG_BINGET
-        case 'N':
+          break;
+        case 'N':  // NONE
           push(make(Obj::kNone));
           break;
-        case 0x88:
+        case 0x88:  // NEWTRUE
           push_bool(true);
           break;
-        case 0x89:
+        case 0x89:  // NEWFALSE
           push_bool(false);
           break;
-        case 'K':
+        case 'K':  // BININT1
           push_int(int64_t(u8()));
-          break;  // BININT1
-        case 'M':
+          break;
+        case 'M':  // BININT2
           push_int(int64_t(uint32(2)));
-          break;  // BININT2
-        case 'J':
+          break;
+        case 'J':  // BININT
           push_int(int64_t(int32_t(uint32(4))));
-          break;  // BININT
-        case 0x8a:
+          break;
+        case 0x8a:  // LONG1
           push_int(long1(at));
-          break;     // LONG1
+          break;
         case 'G': {  // BINFLOAT, big-endian
           const uint8_t* b = take(8);
           uint64_t u = 0;
@@ -320,24 +320,24 @@ class Unpickler {
           push(std::move(o));
           break;
         }
-        case 0x8c:
+        case 0x8c:  // SHORT_BINUNICODE
           push_text(Obj::kStr, u8());
-          break;  // SHORT_BINUNICODE
-        case 'X':
+          break;
+        case 'X':  // BINUNICODE
           push_text(Obj::kStr, uint32(4));
-          break;  // BINUNICODE
-        case 0x8d:
+          break;
+        case 0x8d:  // BINUNICODE8
           push_text(Obj::kStr, uint64(at));
-          break;  // BINUNICODE8
-        case 'C':
+          break;
+        case 'C':  // SHORT_BINBYTES
           push_text(Obj::kBytes, u8());
-          break;  // SHORT_BINBYTES
-        case 'B':
+          break;
+        case 'B':  // BINBYTES
           push_text(Obj::kBytes, uint32(4));
-          break;  // BINBYTES
-        case 0x8e:
+          break;
+        case 0x8e:  // BINBYTES8
           push_text(Obj::kBytes, uint64(at));
-          break;     // BINBYTES8
+          break;
         case 'c': {  // GLOBAL "module\nname\n"
           Ref g = make(Obj::kGlobal);
           g->s = line(at);  // the module, then the name: two statements, in this order
@@ -354,9 +354,9 @@ class Unpickler {
           push(std::move(g));
           break;
         }
-        case 'Q':
+        case 'Q':  // BINPERSID
           push(persistent(pop(), at));
-          break;     // BINPERSID
+          break;
         case 'R': {  // REDUCE
           Ref args = pop(), callable = pop();
           push(reduce(callable, args, at));
