@@ -65,8 +65,9 @@ test-sanitize: deps
 fuzz-smoke: deps-ci
 	CXX=$(FUZZ_CXX) cmake -S . -B $(FUZZ_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DFKD_FUZZ=ON -DFKD_TORCH=OFF -DFKD_BUILD_TESTS=OFF -DFKD_BUILD_BENCH=OFF
-	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_shard_reader fuzz_image_decode
-	@for f in shard_reader:corpus image_decode:corpus-image; do \
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target fuzz_shard_reader fuzz_image_decode \
+	  fuzz_reference_file
+	@for f in shard_reader:corpus image_decode:corpus-image reference_file:corpus-reference; do \
 	  name=$${f%%:*}; seeds=fuzz/$${f#*:}; work=$(FUZZ_BUILD)/smoke-$$name; \
 	  rm -rf $$work && mkdir -p $$work; \
 	  echo "fuzz-smoke: fuzz_$$name on $$seeds for $(FUZZ_SECONDS) s"; \

@@ -17,6 +17,7 @@
 #include "fkd/launch.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
+#include "fkd/reference_labels.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
 
@@ -301,9 +302,55 @@ struct LabelArgs {
   std::string store, out;            ///< merge, verify: the store; merge: the output
   std::vector<std::string> members;  ///< ensemble
   RepairConfig repair;
+  std::string format;  ///< import, export: the foreign layout
+  ReferenceImportConfig import;
+  ReferenceExportConfig export_cfg;
   CLI::App *app = nullptr, *merge = nullptr, *ensemble = nullptr, *verify = nullptr,
-           *repair_app = nullptr;
+           *repair_app = nullptr, *import_app = nullptr, *export_app = nullptr;
 };
+
+/// `fkd label import` / `export`: the reference implementation's per-image label files.
+void add_label_interchange(CLI::App& app, LabelArgs& a) {
+  ReferenceImportConfig& i = a.import;
+  a.import_app = app.add_subcommand(
+      "import", "Bring labels made elsewhere into a store (the reference's per-image files)");
+  a.import_app->add_option("--format", a.format, "Layout of SRC: reference")
+      ->required()
+      ->check(one_of({"reference"}));
+  a.import_app->add_option("src", i.src, "Folder of SRC/<class>/<stem>.tar files")->required();
+  a.import_app->add_option("--data", i.data, "ImageFolder whose train split the files label")
+      ->required();
+  a.import_app->add_option("--out,-o", i.out, "Store directory")->required();
+  a.import_app
+      ->add_option("--label-type", i.label_type,
+                   "hard, smoothing, marginal_smoothing, marginal_renorm or full (default: from "
+                   "the files' shapes; [N, 2, k] is marginal_smoothing)")
+      ->check(one_of({"hard", "smoothing", "marginal_smoothing", "marginal_renorm", "full"}));
+  a.import_app
+      ->add_option("--precision", i.precision,
+                   "fp16, fp32 or u8 (default: fp16 for float16 files, else fp32: lossless)")
+      ->check(one_of({"fp16", "fp32", "u8"}));
+  a.import_app->add_option("--input-size", i.input_size, "Side the crops are resized to")
+      ->check(kAtLeastOne)
+      ->capture_default_str();
+  a.import_app->add_option("--shards", i.shards, "Shard files of the store")
+      ->check(number_check(1, 99999, "1 to 99999"))
+      ->capture_default_str();
+  a.import_app->add_option("--threads", i.threads, "Reading threads (0 = all cores)")
+      ->check(kNonNegative)
+      ->capture_default_str();
+  ReferenceExportConfig& e = a.export_cfg;
+  a.export_app = app.add_subcommand(
+      "export", "Write a store as another layout (the reference's per-image files)");
+  a.export_app->add_option("--format", a.format, "Layout to write: reference")
+      ->required()
+      ->check(one_of({"reference"}));
+  a.export_app->add_option("store", e.store, "Complete store directory")->required();
+  a.export_app->add_option("--out,-o", e.out, "Folder for OUT/<class>/<stem>.tar")->required();
+  a.export_app->add_option("--data", e.data, "The dataset (default: the one the store names)");
+  a.export_app->add_flag("--fp16", e.fp16,
+                         "float16 coords and labels, as the reference's --use_fp16");
+}
 
 void add_label(CLI::App& root, LabelArgs& a) {
   LabelConfig& c = a.label;
@@ -382,6 +429,7 @@ void add_label(CLI::App& root, LabelArgs& a) {
                  "Freeze and optimize a TorchScript teacher (as when labeling)")
       ->capture_default_str();
   add_execution(a.repair_app, r.threads, r.workers, r.device);
+  add_label_interchange(*app, a);
 }
 
 /// `fkd label verify`: every problem on a line of its own; true when the store is sound.
@@ -519,6 +567,17 @@ int run_label(LabelArgs& a) {
     fmt::print("wrote the ensemble of {} stores to {}\n", a.members.size(), a.out);
   } else if (a.verify->parsed()) {
     return print_verification(a.store) ? 0 : 1;
+  } else if (a.import_app->parsed()) {
+    const ReferenceImportResult r = import_reference_labels(a.import);
+    fmt::print("{}: imported {} images ({} crops each) from {} in {:.2f} s, {:.0f} images/s\n",
+               a.import.out, r.images, r.crops, a.import.src, r.seconds,
+               r.seconds > 0 ? double(r.images) / r.seconds : 0.0);
+  } else if (a.export_app->parsed()) {
+    const ReferenceExportResult r = export_reference_labels(a.export_cfg);
+    fmt::print("{}: wrote {} files ({} already there){}\n", a.export_cfg.out, r.written, r.skipped,
+               r.moved_boxes
+                   ? fmt::format("; float16 coords move {} crops by a pixel", r.moved_boxes)
+                   : "");
   } else if (a.repair_app->parsed()) {
     const RepairResult r = repair_store(a.repair);
     if (!r.needed) {
