@@ -496,6 +496,24 @@ TEST(ImageFolder, DanglingLinkIsReportedLikeAnUnreadableFile) {
   EXPECT_NE(bad[0].message.find("zz_link.png"), std::string::npos) << bad[0].message;
 }
 
+TEST(ImageFolder, LinkedImagesAreNamedWhereTheyAreNotWhereTheyPoint) {
+  // Trees of symlinks into a shared pool of images are common; names (messages,
+  // fingerprints, the reference's label paths) follow the tree, as torchvision's paths do.
+  TempDir d;
+  ASSERT_EQ(fkd::test::run_python("data_make_folder.py", {d.path()}).status, 0);
+  fs::create_directories(d.file("pool"));
+  fs::copy_file(d.file("train/cat/") + fkd::test::list_dir(d.file("train/cat")).front(),
+                d.file("pool/x.png"));
+  fs::create_symlink(d.file("pool/x.png"), d.file("train/cat/zz_linked.png"));
+  auto ds = open_dataset(d.path(), Split::kTrain);
+  bool found = false;
+  for (size_t i = 0; i < ds->size(); ++i) {
+    EXPECT_EQ(ds->item_name(i).rfind("train/", 0), 0u) << ds->item_name(i);
+    found |= ds->item_name(i) == "train/cat/zz_linked.png";
+  }
+  EXPECT_TRUE(found);
+}
+
 TEST(Loader, EveryPerImageMessageNamesTheFile) {
   // A crop that cannot be cut from one image (RandomCrop(32) of a small image) is that
   // image's fault: skipped, or fatal when strict, and named either way.

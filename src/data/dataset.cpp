@@ -209,7 +209,11 @@ class ImageFolderDataset final : public Dataset {
         const fs::path full = fs::path(folder) / name;
         std::error_code ec;
         const uintmax_t bytes = fs::file_size(full, ec);  // a dangling link: 0
-        items_.push_back({fs::relative(full, root).string(), int64_t(c), ec ? 0 : bytes});
+        // Named by where it sits in the tree, not where a symlink points (as torchvision's
+        // paths are): fs::relative would resolve links.
+        const fs::path item =
+            fs::path(split_name(split)) / class_dirs[c] / full.lexically_relative(cdir);
+        items_.push_back({item.string(), int64_t(c), ec ? 0 : bytes});
       }
     }
     classes_ = class_dirs;
