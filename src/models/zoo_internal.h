@@ -7,6 +7,16 @@
 
 #include "fkd/models.h"
 
+namespace torch::jit {
+struct Module;
+}  // namespace torch::jit
+
+namespace fkd {
+/// The TorchScript module of a load_scripted_model net (its tensors are the net's); null for
+/// a zoo model (src/models/scripted.cpp).
+torch::jit::Module* scripted_module(Net& net);
+}  // namespace fkd
+
 namespace fkd::models {
 
 /// Implemented by every zoo module that is not a stock LibTorch layer, so that
