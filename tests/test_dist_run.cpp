@@ -69,7 +69,7 @@ double weight_distance(const std::string& a, const std::string& b) {
   torch::manual_seed(kSeed);
   auto n0 = fkd::is_model_file(meta.model)
                 ? fkd::load_scripted_model(fkd::read_whole_file(meta.model), meta.model,
-                                           meta.in_channels, meta.num_classes, 0)
+                                           meta.in_channels, meta.num_classes)
                 : fkd::make_model(meta.model, meta.in_channels, meta.num_classes);
   auto tensors = [](torch::nn::Module& m) {
     std::vector<torch::Tensor> t;

@@ -18,6 +18,7 @@
 #include "train/checkpoint.h"
 #include "train/device.h"
 #include "train/optimizer.h"
+#include "train/teachers.h"
 
 using namespace fkd;
 using fkd::test::TempDir;
@@ -111,8 +112,15 @@ Fixture& fixture() {
   return f;
 }
 
-std::shared_ptr<Net> load(const std::string& path, int classes = 10, int size = 28) {
-  return load_scripted_model(read_whole_file(path), path, 3, classes, size);
+/// A TorchScript student checked as fkd train checks it against 28-px data of `classes`.
+std::shared_ptr<Net> load(const std::string& path, int classes = 10, int channels = 3) {
+  auto net = load_scripted_model(read_whole_file(path), path, channels, classes);
+  TrainConfig c;
+  c.model = path;
+  c.channels = channels;
+  c.crop.size = 28;
+  check_student_fits(net, c, classes);
+  return net;
 }
 
 /// A deterministic [n, 3, 28, 28] batch.
@@ -206,11 +214,11 @@ TEST(ScriptedStudent, WrongClassesOrChannelsAreRefused) {
   auto& fx = fixture();
   std::string msg = fkd::test::error_message<ConfigError>([&] { load(fx.resnet18, 7); });
   EXPECT_NE(msg.find(fx.resnet18), std::string::npos) << msg;
-  EXPECT_NE(msg.find("10 outputs"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("7 classes"), std::string::npos) << msg;
-  msg = fkd::test::error_message<ConfigError>(
-      [&] { load_scripted_model(read_whole_file(fx.resnet18), fx.resnet18, 1, 10, 28); });
-  EXPECT_NE(msg.find("1-channel"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("outputs [1, 10]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("has 7 classes"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  msg = fkd::test::error_message<ConfigError>([&] { load(fx.resnet18, 10, 1); });
+  EXPECT_NE(msg.find("--channels 1"), std::string::npos) << msg;
   EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   // Through fkd train: a dataset of 7 classes.
   TempDir data;
@@ -220,7 +228,8 @@ TEST(ScriptedStudent, WrongClassesOrChannelsAreRefused) {
   c.data = data.path();
   c.limit_train = 0;
   msg = fkd::test::error_message<ConfigError>([&] { train(c); });
-  EXPECT_NE(msg.find("10 outputs but the data has 7 classes"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("student " + fx.resnet18 + " outputs [1, 10]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("has 7 classes"), std::string::npos) << msg;
 }
 
 TEST(ScriptedStudent, ModelFileRule) {

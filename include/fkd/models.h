@@ -96,18 +96,17 @@ void export_torchscript(Net& m, const std::string& path);
 /// is no zoo name, and it ends in .pt or .pth or names an existing file.
 bool is_model_file(const std::string& model);
 
-/// A `torch.jit.script`ed model as a trainable Net. `archive` holds the bytes of its
-/// torch.jit.save file; `source` names that file in messages and is the Net's zoo_name().
-/// Its parameters and buffers are the TorchScript module's own tensors under the module's
-/// names (state_dict equals Python's), so optimizers, checkpoints and device moves act on
-/// what the module computes with; train()/eval() switch the module's BatchNorm and Dropout.
-/// With input_size > 0 one forward of a [2, in_channels, input_size, input_size] zero batch
-/// (eval mode, no autograd) checks that it outputs [2, num_classes]: ConfigError naming the
-/// file and both class counts otherwise. FormatError for an archive that is no TorchScript
-/// module, and for a traced one whose BatchNorm/Dropout is fixed to one mode (a traced model
-/// without them is accepted: it computes the same in both modes).
+/// A `torch.jit.script`ed model as a trainable Net, taking [N, in_channels, H, W] images to
+/// [N, num_classes] logits (the caller checks that it does: check_student_fits).
+/// `archive` holds the bytes of its torch.jit.save file; `source` names that file in
+/// messages and is the Net's zoo_name(). Its parameters and buffers are the TorchScript
+/// module's own tensors under the module's names (state_dict equals Python's), so
+/// optimizers, checkpoints and device moves act on what the module computes with;
+/// train()/eval() switch the module's BatchNorm and Dropout. FormatError for an archive that
+/// is no TorchScript module, and for a traced one whose BatchNorm/Dropout is fixed to one
+/// mode (a traced model without them is accepted: it computes the same in both modes).
 std::shared_ptr<Net> load_scripted_model(std::vector<uint8_t> archive, const std::string& source,
-                                         int in_channels, int num_classes, int input_size);
+                                         int in_channels, int num_classes);
 
 /// The torch.jit.save bytes a load_scripted_model net came from (what a checkpoint carries);
 /// null for a zoo model.

@@ -21,12 +21,6 @@
 namespace fkd {
 namespace {
 
-/// The line of a torch exception that names the failure.
-std::string failure_line(const std::exception& e) {
-  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
-  return one_line(c10e ? c10e->what_without_backtrace() : e.what());
-}
-
 /// A TorchScript submodule's parameters, buffers and children, registered on an nn::Module.
 class MirrorModule : public torch::nn::Module {
  public:
@@ -81,7 +75,7 @@ class ScriptedNet final : public Net {
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
-      fail<FormatError>("{}: TorchScript forward failed: {}", zoo_name(), failure_line(e));
+      fail<FormatError>("{}: TorchScript forward failed: {}", zoo_name(), torch_failure_line(e));
     }
     FKD_CHECK(out.isTensor(), FormatError, "{}: forward returned a {}, expected a logits tensor",
               zoo_name(), out.tagKind());
@@ -147,32 +141,6 @@ void refuse_traced(const torch::jit::Module& jm, const std::string& source) {
             source, op);
 }
 
-/// One forward of a zero batch in eval mode: the model takes in_channels and outputs
-/// num_classes.
-void check_outputs(ScriptedNet& net, const std::string& source, int in_channels, int num_classes,
-                   int input_size) {
-  torch::NoGradGuard no_grad;
-  net.eval();  // no running statistic moves
-  const auto x = torch::zeros({2, in_channels, input_size, input_size});
-  torch::Tensor y;
-  try {
-    y = net.forward(x);
-  } catch (const FormatError& e) {
-    fail<ConfigError>(
-        "{}: cannot run on a [2, {}, {}, {}] batch of the data (does the model take {}-channel "
-        "images? --channels sets the data's): {}",
-        source, in_channels, input_size, input_size, in_channels, e.what());
-  }
-  net.train();
-  FKD_CHECK(y.dim() == 2 && y.size(0) == 2, ConfigError,
-            "{}: the model outputs a tensor of shape [{}] for a batch of 2, expected [2, "
-            "num_classes]",
-            source, fmt::join(y.sizes(), ", "));
-  FKD_CHECK(y.size(1) == num_classes, ConfigError,
-            "{}: the model has {} outputs but the data has {} classes", source, y.size(1),
-            num_classes);
-}
-
 }  // namespace
 
 bool is_model_file(const std::string& model) {
@@ -184,25 +152,17 @@ bool is_model_file(const std::string& model) {
 }
 
 std::shared_ptr<Net> load_scripted_model(std::vector<uint8_t> archive, const std::string& source,
-                                         int in_channels, int num_classes, int input_size) {
+                                         int in_channels, int num_classes) {
   torch::jit::Module module;
   try {
     std::istringstream in(std::string(archive.begin(), archive.end()));
     module = torch::jit::load(in, torch::kCPU);
   } catch (const std::exception& e) {
-    const std::string why = failure_line(e);
-    FKD_CHECK(why.find("constants.pkl") == std::string::npos, FormatError,
-              "{}: a torch.save() file (a state dict or a pickled model), not TorchScript: save "
-              "the student with torch.jit.script(model).save(path)",
-              source);
-    fail<FormatError>("{}: not a loadable TorchScript archive (save it with torch.jit.save): {}",
-                      source, why);
+    fail_torchscript_load(source, e, "torch.jit.script(model).save(path)");
   }
   refuse_traced(module, source);
-  auto net = std::make_shared<ScriptedNet>(std::move(module), std::move(archive), source,
-                                           in_channels, num_classes);
-  if (input_size > 0) check_outputs(*net, source, in_channels, num_classes, input_size);
-  return net;
+  return std::make_shared<ScriptedNet>(std::move(module), std::move(archive), source, in_channels,
+                                       num_classes);
 }
 
 const std::vector<uint8_t>* scripted_archive(const Net& net) {

@@ -186,7 +186,7 @@ std::optional<std::vector<uint8_t>> checkpoint_student_archive(CheckpointFile& f
 std::shared_ptr<Net> checkpoint_model(CheckpointFile& f) {
   std::optional<std::vector<uint8_t>> archive = checkpoint_student_archive(f);
   auto net = archive ? load_scripted_model(std::move(*archive), f.meta.model, f.meta.in_channels,
-                                           f.meta.num_classes, /*input_size=*/0)
+                                           f.meta.num_classes)
                      : make_model(f.meta.model, f.meta.in_channels, f.meta.num_classes);
   restore_model(f, *net);
   return net;

@@ -17,6 +17,7 @@
 #include "fkd/progress.h"
 #include "fkd/train.h"
 #include "schedule.h"
+#include "teachers.h"
 
 namespace fs = std::filesystem;
 
@@ -57,8 +58,10 @@ TrainResult run_distill(DistillConfig cfg) {
     resolve_config(check, *train_set);
     // A TorchScript student that does not fit the data is named now, not after labeling.
     if (is_model_file(t.model) && !fs::exists(fs::path(t.out) / "checkpoint.pt")) {
-      load_scripted_model(read_whole_file(t.model), t.model, check.channels,
-                          int(train_set->classes().size()), check.crop.size);
+      const int classes = int(train_set->classes().size());
+      check_student_fits(
+          load_scripted_model(read_whole_file(t.model), t.model, check.channels, classes), check,
+          classes);
     }
     dopt.channels = check.channels;
     dopt.limit = check.limit_val;

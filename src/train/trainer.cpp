@@ -30,6 +30,7 @@
 #include "objective.h"
 #include "optimizer.h"
 #include "schedule.h"
+#include "teachers.h"
 
 namespace fs = std::filesystem;
 
@@ -138,8 +139,9 @@ std::shared_ptr<Net> make_student(const TrainConfig& cfg, int num_classes,
   } else {
     archive = read_whole_file(cfg.model);
   }
-  return load_scripted_model(std::move(*archive), cfg.model, cfg.channels, num_classes,
-                             cfg.crop.size);
+  auto net = load_scripted_model(std::move(*archive), cfg.model, cfg.channels, num_classes);
+  check_student_fits(net, cfg, num_classes);
+  return net;
 }
 
 /// Starts the run in cfg.out, or resumes it from its checkpoint: restores the model, the
