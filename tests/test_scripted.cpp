@@ -33,7 +33,7 @@ constexpr size_t kImages = 512;
 /// 3-channel images, made once per build of this test program.
 struct Fixture {
   TempDir dir;
-  std::string cache, resnet18, mobilenet, traced, teacher, store;
+  std::string cache, resnet18, mobilenet, traced, traced_plain, teacher, store;
   std::vector<std::string> resnet18_names;
 
   Fixture() {
@@ -43,6 +43,7 @@ struct Fixture {
     resnet18 = cache + "/resnet18.pt";
     mobilenet = cache + "/mobilenet_v3_small.pt";
     traced = cache + "/resnet18-traced.pt";
+    traced_plain = cache + "/plain-traced.pt";
     teacher = cache + "/teacher/checkpoint.pt";
     store = cache + "/labels";
     const std::string names = cache + "/resnet18.names";
@@ -64,6 +65,7 @@ struct Fixture {
     fkd::test::write_file(tmp + "/resnet18.names", make("resnet18.pt", "resnet18", false));
     make("mobilenet_v3_small.pt", "mobilenet_v3_small", false);
     make("resnet18-traced.pt", "resnet18", true);
+    make("plain-traced.pt", "plain", true);
     TrainConfig t;
     t.model = "tiny";
     t.channels = 3;
@@ -208,6 +210,13 @@ TEST(ScriptedStudent, TracedModelIsRefusedWithOneLine) {
   EXPECT_NE(msg.find("traced"), std::string::npos) << msg;
   EXPECT_NE(msg.find("torch.jit.script"), std::string::npos) << msg;
   EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  // Without BatchNorm or Dropout a traced model computes the same in both modes: accepted.
+  auto plain = load(fx.traced_plain);
+  plain->train();
+  torch::NoGradGuard g;
+  const auto y = plain->forward(batch(2));
+  plain->eval();
+  EXPECT_TRUE(torch::equal(y, plain->forward(batch(2))));
 }
 
 TEST(ScriptedStudent, WrongClassesOrChannelsAreRefused) {
