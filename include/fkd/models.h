@@ -3,6 +3,7 @@
 // Every model maps [N, C_in, H, W] float32 images to [N, num_classes] float32 logits and
 // accepts any H, W (global average pooling before the classifier).
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -85,8 +86,31 @@ void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path)
 std::vector<std::pair<std::string, torch::Tensor>> load_state_dict_pickle(const std::string& path);
 
 /// Writes a TorchScript file equivalent to the model in eval mode: torch.jit.load(path)
-/// in Python returns a module whose forward gives the same logits.
+/// in Python returns a module whose forward gives the same logits. A TorchScript student
+/// (load_scripted_model) is written as its own module, with the weights it holds now.
 void export_torchscript(Net& m, const std::string& path);
+
+// --- TorchScript students -----------------------------------------------------------------
+
+/// True when a --model/--student value names a TorchScript file rather than a zoo model: it
+/// is no zoo name, and it ends in .pt or .pth or names an existing file.
+bool is_model_file(const std::string& model);
+
+/// A `torch.jit.script`ed model as a trainable Net, taking [N, in_channels, H, W] images to
+/// [N, num_classes] logits (the caller checks that it does: check_student_fits).
+/// `archive` holds the bytes of its torch.jit.save file; `source` names that file in
+/// messages and is the Net's zoo_name(). Its parameters and buffers are the TorchScript
+/// module's own tensors under the module's names (state_dict equals Python's), so
+/// optimizers, checkpoints and device moves act on what the module computes with;
+/// train()/eval() switch the module's BatchNorm and Dropout. FormatError for an archive that
+/// is no TorchScript module, and for a traced one whose BatchNorm/Dropout is fixed to one
+/// mode (a traced model without them is accepted: it computes the same in both modes).
+std::shared_ptr<Net> load_scripted_model(std::vector<uint8_t> archive, const std::string& source,
+                                         int in_channels, int num_classes);
+
+/// The torch.jit.save bytes a load_scripted_model net came from (what a checkpoint carries);
+/// null for a zoo model.
+const std::vector<uint8_t>* scripted_archive(const Net& net);
 
 /// A frozen network that produces logits for a batch: what labeling and online KD run.
 class Teacher {

@@ -40,6 +40,7 @@ struct TrainConfig {
   std::vector<float> std;           ///< empty = auto
   int eval_resize = 0;              ///< eval Resize size; 0 = auto (input size / 0.875)
   // --- model
+  /// A zoo name, or a TorchScript file of a torch.jit.script'ed model (is_model_file)
   std::string model = "resnet20";
   // --- optimization
   std::string optimizer = "sgd";  ///< sgd | adamw
@@ -47,6 +48,9 @@ struct TrainConfig {
   double momentum = 0.9;
   bool nesterov = true;
   double weight_decay = 5e-4;
+  /// Parameters of at most one dimension (norm weights, biases) get no weight decay (timm's
+  /// filter_bias_and_bn).
+  bool no_decay_norm_bias = false;
   int epochs = 15;
   double warmup_epochs = 0;      ///< linear warm-up, then cosine decay to 0 (per step)
   double label_smoothing = 0.1;  ///< hard-label cross-entropy (supervised, --hard-weight)

@@ -148,6 +148,9 @@ void add_optimization(CLI::App* app, TrainConfig& c) {
   app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")
       ->check(kNonNegative)
       ->capture_default_str();
+  app->add_flag("--no-decay-norm-bias", c.no_decay_norm_bias,
+                "No weight decay on parameters of at most one dimension (norm weights, biases), "
+                "as timm's filter_bias_and_bn");
   app->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up epochs")
       ->check(kNonNegative)
       ->capture_default_str();
@@ -165,6 +168,9 @@ void add_optimization(CLI::App* app, TrainConfig& c) {
       ->check(kPositive)
       ->capture_default_str();
 }
+
+constexpr const char* kScriptedStudentHelp =
+    "; or a TorchScript file (.pt, .pth) of a torch.jit.script'ed model";
 
 std::string zoo_help(const char* what) {
   return fmt::format("{}: {}", what, fmt::join(model_names(), ", "));
@@ -213,7 +219,8 @@ void add_train(CLI::App& root, TrainConfig& c) {
                   "Dataset: fashion-mnist, an IDX folder, or an ImageFolder root with train/ "
                   "and val/")
       ->capture_default_str();
-  app->add_option("--model", c.model, zoo_help("Zoo model"))->capture_default_str();
+  app->add_option("--model", c.model, zoo_help("Zoo model") + kScriptedStudentHelp)
+      ->capture_default_str();
   add_optimization(app, c);
   add_crop_sampler(app, c.crop,
                    "Model input side (0 = auto: the images' size up to 224, Fashion-MNIST 28)");
@@ -477,7 +484,8 @@ void add_distill(CLI::App& root, DistillConfig& d) {
                   "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt")
       ->required();
   app->add_option("--data", d.train.data, "Dataset (as for train)")->capture_default_str();
-  app->add_option("--student,-s", d.train.model, zoo_help("Student zoo model"))
+  app->add_option("--student,-s", d.train.model,
+                  zoo_help("Student zoo model") + kScriptedStudentHelp)
       ->capture_default_str();
   add_optimization(app, d.train);
   app->add_option("--crops", d.label.crops,

@@ -8,15 +8,10 @@
 
 #include "fkd/error.h"
 #include "fkd/models.h"
+#include "models/zoo_internal.h"
 
 namespace fkd {
 namespace {
-
-/// The line of a torch exception that names the failure (see fkd::one_line).
-std::string failure_line(const std::exception& e) {
-  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
-  return one_line(c10e ? c10e->what_without_backtrace() : e.what());
-}
 
 /// Checks what any teacher returns: a floating [N, C] tensor.
 torch::Tensor checked_logits(const torch::Tensor& out, const torch::Tensor& x,
@@ -47,7 +42,7 @@ class TorchScriptTeacher : public Teacher {
       throw;
     } catch (const std::exception& e) {  // c10::Error, or the interpreter's runtime_error
       fail<FormatError>("{}: TorchScript forward failed on an input of shape [{}]: {}", path_,
-                        fmt::join(x.sizes(), ", "), failure_line(e));
+                        fmt::join(x.sizes(), ", "), torch_failure_line(e));
     }
     FKD_CHECK(out.isTensor(), FormatError, "{}: forward returned a {}, expected a logits tensor",
               path_, out.tagKind());
@@ -87,6 +82,23 @@ class ZooTeacher : public Teacher {
 
 }  // namespace
 
+std::string torch_failure_line(const std::exception& e) {
+  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+  return one_line(c10e ? c10e->what_without_backtrace() : e.what());
+}
+
+void fail_torchscript_load(const std::string& source, const std::exception& e,
+                           const char* how_to_save) {
+  const std::string why = torch_failure_line(e);
+  // A zip archive without TorchScript's constants.pkl: what torch.save writes.
+  FKD_CHECK(why.find("constants.pkl") == std::string::npos, FormatError,
+            "{}: a torch.save() file (a state dict or a pickled model), not TorchScript: save "
+            "it with {}",
+            source, how_to_save);
+  fail<FormatError>("{}: not a loadable TorchScript archive (save it with torch.jit.save): {}",
+                    source, why);
+}
+
 std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
                                                   const torch::Device& device, bool optimize) {
   if (!std::ifstream(path, std::ios::binary).good()) {
@@ -96,14 +108,7 @@ std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
   try {
     module = torch::jit::load(path, device);
   } catch (const std::exception& e) {
-    const std::string why = failure_line(e);
-    // A zip archive without TorchScript's constants.pkl: what torch.save writes.
-    FKD_CHECK(why.find("constants.pkl") == std::string::npos, FormatError,
-              "{}: a torch.save() file (a state dict or a pickled model), not TorchScript: "
-              "save the teacher with torch.jit.trace(model.eval(), example_input).save(path)",
-              path);
-    fail<FormatError>("{}: not a loadable TorchScript archive (save it with torch.jit.save): {}",
-                      path, why);
+    fail_torchscript_load(path, e, "torch.jit.trace(model.eval(), example_input).save(path)");
   }
   module.eval();
   if (optimize) {
@@ -112,7 +117,7 @@ std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
       module = torch::jit::optimize_for_inference(frozen);
     } catch (const std::exception& e) {
       fail<FormatError>("{}: TorchScript teacher cannot be frozen and optimized: {}", path,
-                        failure_line(e));
+                        torch_failure_line(e));
     }
   }
   return std::make_unique<TorchScriptTeacher>(std::move(module), device, path, optimize);

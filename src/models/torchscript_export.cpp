@@ -103,8 +103,15 @@ torch::jit::Module to_script(const nn::Module& m, const std::string& where,
 }  // namespace
 
 void export_torchscript(Net& m, const std::string& path) {
-  auto cu = std::make_shared<torch::jit::CompilationUnit>();
-  torch::jit::Module jm = to_script(m, m.zoo_name(), cu);
+  // A TorchScript student is its own module, holding the trained tensors; a copy is put in
+  // eval mode, so the caller's net keeps its mode.
+  torch::jit::Module jm;
+  if (torch::jit::Module* scripted = scripted_module(m)) {
+    jm = scripted->deepcopy();
+    jm.eval();
+  } else {
+    jm = to_script(m, m.zoo_name(), std::make_shared<torch::jit::CompilationUnit>());
+  }
   // As Module::save(path) does, but through a writer that never fails (see save_checkpoint).
   DurableFile file(path);
   try {

@@ -7,6 +7,24 @@
 
 #include "fkd/models.h"
 
+namespace torch::jit {
+struct Module;
+}  // namespace torch::jit
+
+namespace fkd {
+/// The TorchScript module of a load_scripted_model net (its tensors are the net's); null for
+/// a zoo model (src/models/scripted.cpp).
+torch::jit::Module* scripted_module(Net& net);
+
+/// The line of a torch exception that names the failure (see fkd::one_line).
+std::string torch_failure_line(const std::exception& e);
+
+/// Throws the FormatError for a torch::jit::load of `source` that failed with `e`: a
+/// torch.save() file is named as one, with `how_to_save` (Python) as the fix.
+[[noreturn]] void fail_torchscript_load(const std::string& source, const std::exception& e,
+                                        const char* how_to_save);
+}  // namespace fkd
+
 namespace fkd::models {
 
 /// Implemented by every zoo module that is not a stock LibTorch layer, so that

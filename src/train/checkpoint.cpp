@@ -116,6 +116,11 @@ void save_checkpoint(const std::string& path, const CheckpointMeta& meta, Net& n
     ar.write("ema", c10::IValue(ema));
   }
   if (extras.scaler) ar.write("amp_scaler", *extras.scaler);
+  if (const std::vector<uint8_t>* archive = scripted_archive(net)) {
+    // The run is self-contained: eval, export and --resume need no other file.
+    ar.write("student", torch::from_blob(const_cast<uint8_t*>(archive->data()),
+                                         {int64_t(archive->size())}, torch::kUInt8));
+  }
 
   // torch writes through a callback that never fails, so that a full disk cannot make its
   // archive writer throw from a destructor (an abort); the error surfaces at commit().
@@ -208,8 +213,22 @@ torch::Tensor checkpoint_scaler(CheckpointFile& f) {
   return t;
 }
 
+std::optional<std::vector<uint8_t>> checkpoint_student_archive(CheckpointFile& f) {
+  torch::Tensor t;
+  if (!f.archive.try_read("student", t)) return std::nullopt;
+  FKD_CHECK(t.scalar_type() == torch::kUInt8 && t.dim() == 1, FormatError,
+            "{}: the student archive is a {} tensor of {} dimensions, expected bytes", f.path,
+            c10::toString(t.scalar_type()), t.dim());
+  t = t.contiguous();
+  const uint8_t* p = t.data_ptr<uint8_t>();
+  return std::vector<uint8_t>(p, p + t.numel());
+}
+
 std::shared_ptr<Net> checkpoint_model(CheckpointFile& f) {
-  auto net = make_model(f.meta.model, f.meta.in_channels, f.meta.num_classes);
+  std::optional<std::vector<uint8_t>> archive = checkpoint_student_archive(f);
+  auto net = archive ? load_scripted_model(std::move(*archive), f.meta.model, f.meta.in_channels,
+                                           f.meta.num_classes)
+                     : make_model(f.meta.model, f.meta.in_channels, f.meta.num_classes);
   restore_model(f, *net);
   return net;
 }

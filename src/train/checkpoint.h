@@ -11,6 +11,8 @@
 //   model      sub-archive: parameters and buffers (torchvision-style names)
 //   optimizer  sub-archive: optimizer state (absent in exported weights-only files)
 //   rng        tensor: torch's CPU generator state
+//   student    uint8 tensor: the torch.jit.save file of a TorchScript student (absent for a
+//              zoo model)
 #pragma once
 #include <memory>
 #include <optional>
@@ -75,7 +77,12 @@ std::vector<std::pair<std::string, torch::Tensor>> checkpoint_ema(CheckpointFile
 /// The loss scaler's state stored in a checkpoint; undefined when it has none.
 torch::Tensor checkpoint_scaler(CheckpointFile& f);
 
-/// The checkpoint's model, built from its metadata, with its weights.
+/// The TorchScript file a TorchScript student's run started from (the checkpoint's copy);
+/// nullopt for a zoo model.
+std::optional<std::vector<uint8_t>> checkpoint_student_archive(CheckpointFile& f);
+
+/// The checkpoint's model, built from its metadata (a TorchScript student from the copy it
+/// carries), with its weights.
 std::shared_ptr<Net> checkpoint_model(CheckpointFile& f);
 /// open_checkpoint + checkpoint_model; the metadata goes to *meta when given.
 std::shared_ptr<Net> load_checkpoint(const std::string& path, CheckpointMeta* meta = nullptr);

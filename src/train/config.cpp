@@ -132,8 +132,10 @@ void validate_config(const TrainConfig& cfg) {
             "--mean has {} values but --std {}", cfg.mean.size(), cfg.std.size());
   for (float s : cfg.std) FKD_CHECK(s > 0, ConfigError, "--std {}: values must be positive", s);
   const auto names = model_names();
-  FKD_CHECK(std::find(names.begin(), names.end(), cfg.model) != names.end(), ConfigError,
-            "--model '{}': unknown; known: {}", cfg.model, fmt::join(names, ", "));
+  FKD_CHECK(
+      std::find(names.begin(), names.end(), cfg.model) != names.end() || is_model_file(cfg.model),
+      ConfigError, "--model '{}': unknown; known: {}, or a TorchScript file (.pt, .pth)", cfg.model,
+      fmt::join(names, ", "));
   FKD_CHECK(cfg.optimizer == "sgd" || cfg.optimizer == "adamw", ConfigError,
             "--optimizer '{}': expected sgd or adamw", cfg.optimizer);
   FKD_CHECK(cfg.lr > 0, ConfigError, "--lr {}: expected a positive rate", cfg.lr);
@@ -235,6 +237,7 @@ nlohmann::json to_json(const TrainConfig& c) {
       {"momentum", c.momentum},
       {"nesterov", c.nesterov},
       {"weight_decay", c.weight_decay},
+      {"no_decay_norm_bias", c.no_decay_norm_bias},
       {"epochs", c.epochs},
       {"warmup_epochs", c.warmup_epochs},
       {"label_smoothing", c.label_smoothing},
@@ -294,6 +297,7 @@ TrainConfig config_from_json(const std::string& text, const std::string& source)
     j.at("momentum").get_to(c.momentum);
     j.at("nesterov").get_to(c.nesterov);
     j.at("weight_decay").get_to(c.weight_decay);
+    c.no_decay_norm_bias = j.value("no_decay_norm_bias", false);
     j.at("epochs").get_to(c.epochs);
     j.at("warmup_epochs").get_to(c.warmup_epochs);
     j.at("label_smoothing").get_to(c.label_smoothing);

@@ -11,10 +11,13 @@
 #include "dist/dist.h"
 #include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/launch.h"
+#include "fkd/models.h"
 #include "fkd/progress.h"
 #include "fkd/train.h"
 #include "schedule.h"
+#include "teachers.h"
 
 namespace fs = std::filesystem;
 
@@ -54,6 +57,13 @@ TrainResult run_distill(DistillConfig cfg) {
   {
     TrainConfig check = t;
     resolve_config(check, *train_set);
+    // A TorchScript student that does not fit the data is named now, not after labeling.
+    if (is_model_file(t.model) && !fs::exists(fs::path(t.out) / "checkpoint.pt")) {
+      const int classes = int(train_set->classes().size());
+      check_student_fits(
+          load_scripted_model(read_whole_file(t.model), t.model, check.channels, classes), check,
+          classes);
+    }
     dopt.channels = check.channels;
     dopt.limit = check.limit_val;
     open_dataset(check.data, Split::kVal, dopt);

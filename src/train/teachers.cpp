@@ -40,6 +40,12 @@ OpenedTeacher open_teacher(const std::string& path, const torch::Device& device,
   return t;
 }
 
+void check_student_fits(const std::shared_ptr<Net>& net, const TrainConfig& cfg, int num_classes) {
+  if (!scripted_archive(*net)) return;
+  check_teacher_classes(*make_zoo_teacher(net, torch::kCPU), cfg.model, torch::kCPU, cfg.channels,
+                        cfg.crop.size, num_classes, cfg.data, "student");
+}
+
 void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
                            const torch::Device& device, int channels, int size, int num_classes,
                            const std::string& data, const char* role) {

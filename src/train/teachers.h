@@ -30,6 +30,11 @@ void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
                            const torch::Device& device, int channels, int size, int num_classes,
                            const std::string& data, const char* role = "teacher");
 
+/// Runs a TorchScript student once in eval mode (check_teacher_classes, on the CPU) and throws
+/// ConfigError naming its file, the data and both class counts unless it takes the run's
+/// images and outputs its classes; nothing for a zoo model, built to fit.
+void check_student_fits(const std::shared_ptr<Net>& net, const TrainConfig& cfg, int num_classes);
+
 /// The online-KD teacher: the student's batches, renormalized to the teacher's own
 /// normalization where its checkpoint recorded another, through the frozen teacher.
 class OnlineTeacher {

@@ -30,7 +30,9 @@
 #include "fkd/train.h"
 #include "input.h"
 #include "objective.h"
+#include "optimizer.h"
 #include "schedule.h"
+#include "teachers.h"
 
 namespace fs = std::filesystem;
 
@@ -43,17 +45,6 @@ std::string count_of(int64_t n, const char* one, const char* plural = nullptr) {
   return n == 1   ? fmt::format("1 {}", one)
          : plural ? fmt::format("{} {}", n, plural)
                   : fmt::format("{} {}s", n, one);
-}
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const TrainConfig& cfg, Net& net) {
-  if (cfg.optimizer == "adamw") {
-    return std::make_unique<torch::optim::AdamW>(
-        net.parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
-  }
-  return std::make_unique<torch::optim::SGD>(net.parameters(), torch::optim::SGDOptions(cfg.lr)
-                                                                   .momentum(cfg.momentum)
-                                                                   .nesterov(cfg.nesterov)
-                                                                   .weight_decay(cfg.weight_decay));
 }
 
 void set_lr(torch::optim::Optimizer& opt, double lr) {
@@ -122,33 +113,64 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
       store, m, cfg.seed, cfg.skip_damaged_labels ? DamagedRecords::kSkip : DamagedRecords::kStop);
 }
 
+/// The checkpoint a --resume run continues from (nullopt for a new run), checked against
+/// the run: the same options and classes.
+std::optional<CheckpointFile> open_resumed(const TrainConfig& cfg, const Dataset& train_set,
+                                           const std::string& ckpt_path) {
+  if (!cfg.resume || !fs::exists(ckpt_path)) return std::nullopt;
+  std::optional<CheckpointFile> saved = open_checkpoint(ckpt_path);
+  check_resume_compatible(cfg, saved->meta.config, ckpt_path);
+  FKD_CHECK(saved->meta.classes == train_set.classes(), WorkMismatch,
+            "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
+  return saved;
+}
+
+/// The student: a zoo model, or the model of a TorchScript file. A resumed run continues the
+/// copy of the file its checkpoint carries, and refuses a file that changed since.
+std::shared_ptr<Net> make_student(const TrainConfig& cfg, int num_classes,
+                                  std::optional<CheckpointFile>& saved) {
+  if (!is_model_file(cfg.model)) return make_model(cfg.model, cfg.channels, num_classes);
+  std::optional<std::vector<uint8_t>> archive;
+  if (saved) {
+    archive = checkpoint_student_archive(*saved);
+    FKD_CHECK(archive.has_value(), FormatError,
+              "{}: a run of {} but no copy of it in the checkpoint", saved->path, cfg.model);
+    FKD_CHECK(!fs::exists(cfg.model) || read_whole_file(cfg.model) == *archive, WorkMismatch,
+              "--resume: {} changed since the run in {} started from it; restore it, or train "
+              "it with a new --out",
+              cfg.model, saved->path);
+  } else {
+    archive = read_whole_file(cfg.model);
+  }
+  auto net = load_scripted_model(std::move(*archive), cfg.model, cfg.channels, num_classes);
+  check_student_fits(net, cfg, num_classes);
+  return net;
+}
+
 /// Starts the run in cfg.out, or resumes it from its checkpoint: restores the model, the
 /// optimizer, the RNG, the weights' EMA and the loss scaler, and rewrites metrics.jsonl to
 /// the checkpoint's history.
 CheckpointMeta start_or_resume(const TrainConfig& cfg, const Dataset& train_set, Net& net,
                                torch::optim::Optimizer& optimizer, LossScaler& scaler,
-                               ModelEma* ema, const std::string& ckpt_path,
-                               const std::string& metrics_path, bool leader) {
+                               ModelEma* ema, std::optional<CheckpointFile>& saved,
+                               const std::string& ckpt_path, const std::string& metrics_path,
+                               bool leader) {
   CheckpointMeta meta;
   meta.model = cfg.model;
   meta.in_channels = cfg.channels;
   meta.num_classes = int(train_set.classes().size());
   meta.classes = train_set.classes();
   meta.config = cfg;
-  if (cfg.resume && fs::exists(ckpt_path)) {
-    CheckpointFile saved = open_checkpoint(ckpt_path);
-    check_resume_compatible(cfg, saved.meta.config, ckpt_path);
-    FKD_CHECK(saved.meta.classes == meta.classes, WorkMismatch,
-              "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
-    restore_model(saved, net);
-    restore_training_state(saved, optimizer);
-    if (ema) ema->load(checkpoint_ema(saved), ckpt_path);
-    if (const torch::Tensor s = checkpoint_scaler(saved); s.defined() && scaler.enabled()) {
+  if (saved) {
+    restore_model(*saved, net);
+    restore_training_state(*saved, optimizer);
+    if (ema) ema->load(checkpoint_ema(*saved), ckpt_path);
+    if (const torch::Tensor s = checkpoint_scaler(*saved); s.defined() && scaler.enabled()) {
       scaler.load_state(s);
     }
-    meta.epochs_done = saved.meta.epochs_done;
-    meta.step = saved.meta.step;
-    meta.history = saved.meta.history;
+    meta.epochs_done = saved->meta.epochs_done;
+    meta.step = saved->meta.step;
+    meta.history = saved->meta.history;
     fmt::print("resuming {} after epoch {}/{}\n", ckpt_path, meta.epochs_done, cfg.epochs);
   } else {
     FKD_CHECK(!fs::exists(ckpt_path) || cfg.resume, ConfigError,
@@ -430,8 +452,13 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   if (dist.leader()) fs::create_directories(cfg.out);
   const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
   const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
+  std::optional<CheckpointFile> saved = open_resumed(cfg, *train_set, ckpt_path);
   torch::manual_seed(cfg.seed);
-  std::shared_ptr<Net> net = make_model(cfg.model, cfg.channels, num_classes);
+  std::shared_ptr<Net> net = make_student(cfg, num_classes, saved);
+  FKD_CHECK(!(cfg.sync_bn && dist.active() && scripted_archive(*net)), ConfigError,
+            "--sync-bn: {} is a TorchScript student, whose BatchNorm layers fkd cannot make span "
+            "the ranks; train it without --sync-bn (each rank normalizes its own slice)",
+            cfg.model);
   place_model(*net, device, cfg.channels_last);
   auto optimizer = make_optimizer(cfg, *net);
   LossScaler scaler(objective.amp() == AmpMode::kFp16, device);
@@ -442,8 +469,9 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
     eo.warmup = cfg.model_ema_warmup;
     ema = std::make_unique<ModelEma>(*net, eo);
   }
-  CheckpointMeta meta = start_or_resume(cfg, *train_set, *net, *optimizer, scaler, ema.get(),
+  CheckpointMeta meta = start_or_resume(cfg, *train_set, *net, *optimizer, scaler, ema.get(), saved,
                                         ckpt_path, metrics_path, dist.leader());
+  saved.reset();  // its tensors are copied into the model, the optimizer and the EMA
   check_ranks_agree(dist, cfg, meta);
   GradientSync grads(dist, *net);
   if (cfg.sync_bn && dist.active()) set_batch_norm_sync(*net, make_sync_batch_norm(dist));
