@@ -284,8 +284,14 @@ class PyStoreWriter {
 
   void append(int64_t image_id, uint32_t height, uint32_t width,
               py::array_t<int32_t, py::array::c_style | py::array::forcecast> indices,
-              py::array_t<float, py::array::c_style | py::array::forcecast> values) {
+              py::array_t<float, py::array::c_style | py::array::forcecast> values,
+              const py::object& boxes, const py::object& flips) {
     FKD_CHECK(image_id >= 0, ConfigError, "{}: image {}: expected an id >= 0", path_, image_id);
+    // Stores of this format derive every crop from the manifest's sampler and seed.
+    FKD_CHECK(boxes.is_none() && flips.is_none(), ConfigError,
+              "{}: image {}: boxes and flips given, but this store's crops are derived from its "
+              "sampler and seed (store format version {} holds no explicit crops)",
+              path_, image_id, m_.version);
     const int classes = int(m_.classes.size());
     const size_t ni = size_t(stored_indices(m_.label_type, m_.k));
     const size_t nv = size_t(stored_values(m_.label_type, m_.k, classes));
@@ -513,11 +519,13 @@ PYBIND11_MODULE(fkd, m) {
       .def_property_readonly("finished", &PyStoreWriter::finished,
                              "The shard file is complete (nothing left to write).")
       .def("append", &PyStoreWriter::append, py::arg("image_id"), py::arg("height"),
-           py::arg("width"), py::arg("indices"), py::arg("values"),
+           py::arg("width"), py::arg("indices"), py::arg("values"), py::arg("boxes") = py::none(),
+           py::arg("flips") = py::none(),
            "Appends image `image_id`'s record: its size when labeled and its crops' labels "
            "as Store.labels returns them (indices (N, I) int32, values (N, V) float32, any "
            "shape of that many values; values are rounded to the store's precision). The "
-           "crops are those the manifest's sampler derives for the image.")
+           "crops are those the manifest's sampler derives for the image: boxes and flips "
+           "(explicit crops) raise ConfigError in this store format.")
       .def("finish", &PyStoreWriter::finish,
            "Writes the index and footer and publishes the shard.");
 }

@@ -17,19 +17,12 @@ import numpy as np
 import torch
 
 import fkd
+from python_testutil import cli_error
 
 WORK, FKD = sys.argv[1], sys.argv[2]
 FMNIST = os.path.join(WORK, "fmnist-store")
 FOLDER = os.path.join(WORK, "folder-store")
 DATA = os.path.join(WORK, "folder")
-
-
-def cli_error(*args):
-    r = subprocess.run([FKD, *args], capture_output=True, text=True)
-    assert r.returncode != 0, "fkd %s succeeded" % " ".join(args)
-    line = r.stderr.strip().splitlines()[-1]
-    assert line.startswith("fkd: error: "), line
-    return line[len("fkd: error: "):]
 
 
 def train_batches(name, args):
@@ -133,7 +126,8 @@ class LoaderTest(unittest.TestCase):
     def test_errors_are_exceptions_with_fkd_messages(self):
         with self.assertRaises(fkd.ConfigError) as e:
             fkd.Loader("fashion-mnist", FMNIST, batch_size=10, num_crops=4)
-        self.assertEqual(str(e.exception), "batch size 10 is not a multiple of the 4 crops per image")
+        self.assertEqual(str(e.exception),
+                         "batch size 10 is not a multiple of the 4 crops per image")
         with self.assertRaises(fkd.ConfigError) as e:
             fkd.Loader("fashion-mnist", FMNIST, batch_size=18, num_crops=9)
         self.assertIn("--num-crops 9 must be in [1, 8]", str(e.exception))
@@ -141,8 +135,9 @@ class LoaderTest(unittest.TestCase):
         with self.assertRaises(fkd.ConfigError) as e:
             fkd.Loader(DATA, FMNIST, batch_size=8, num_crops=2, limit=24)
         self.assertEqual(str(e.exception), cli_error(
-            "train", "--model", "tiny", "--data", DATA, "--labels", FMNIST, "--limit-train", "24",
-            "--num-crops", "2", "--batch-size", "8", "--out", os.path.join(WORK, "never")))
+            FKD, "train", "--model", "tiny", "--data", DATA, "--labels", FMNIST,
+            "--limit-train", "24", "--num-crops", "2", "--batch-size", "8",
+            "--out", os.path.join(WORK, "never")))
         with self.assertRaises(fkd.DataError) as e:
             fkd.Loader(os.path.join(WORK, "no-data"), FMNIST)
         with self.assertRaises(fkd.FormatError):

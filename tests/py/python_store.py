@@ -12,19 +12,11 @@ import unittest
 import numpy as np
 
 import fkd
+from python_testutil import cli_error
 
 WORK, FKD = sys.argv[1], sys.argv[2]
 FMNIST = os.path.join(WORK, "fmnist-store")
 FOLDER = os.path.join(WORK, "folder-store")
-
-
-def cli_error(*args):
-    """The one-line message the fkd binary prints for a failing command."""
-    r = subprocess.run([FKD, *args], capture_output=True, text=True)
-    assert r.returncode != 0, "fkd %s succeeded" % " ".join(args)
-    line = r.stderr.strip().splitlines()[-1]
-    assert line.startswith("fkd: error: "), line
-    return line[len("fkd: error: "):]
 
 
 def inspect_image(store, image):
@@ -73,7 +65,8 @@ class StoreTest(unittest.TestCase):
                                  (np.int32, np.float32, np.bool_, np.float32))
                 self.assertEqual(len(want), s.crops_per_image)
                 for c, (box, n, flip, top) in enumerate(want):
-                    self.assertEqual(boxes[c].tolist(), box, "%s image %d crop %d" % (path, image, c))
+                    where = "%s image %d crop %d" % (path, image, c)
+                    self.assertEqual(boxes[c].tolist(), box, where)
                     np.testing.assert_allclose(norm[c], n, atol=6e-5)
                     self.assertEqual(bool(flips[c]), flip)
                     self.assertEqual(bool(flips2[c]), flip)
@@ -110,7 +103,7 @@ class StoreTest(unittest.TestCase):
         missing = os.path.join(WORK, "no-store")
         with self.assertRaises(fkd.FormatError) as e:
             fkd.Store(missing)
-        self.assertEqual(str(e.exception), cli_error("inspect", missing))
+        self.assertEqual(str(e.exception), cli_error(FKD, "inspect", missing))
         self.assertIsInstance(e.exception, ValueError)
         self.assertIsInstance(e.exception, fkd.Error)
 
@@ -138,7 +131,7 @@ class StoreTest(unittest.TestCase):
                 errors.append((image, str(e)))
         self.assertTrue(errors, "no record of %s raised" % damaged)
         image, message = errors[0]
-        self.assertEqual(message, cli_error("inspect", damaged, "--image", str(image)))
+        self.assertEqual(message, cli_error(FKD, "inspect", damaged, "--image", str(image)))
         self.assertIn(shard, message)
 
         # A truncated shard: opening the store raises.
@@ -146,7 +139,7 @@ class StoreTest(unittest.TestCase):
             f.truncate(100)
         with self.assertRaises(fkd.FormatError) as e:
             fkd.Store(damaged)
-        self.assertEqual(str(e.exception), cli_error("inspect", damaged))
+        self.assertEqual(str(e.exception), cli_error(FKD, "inspect", damaged))
         self.assertEqual(len(str(e.exception).splitlines()), 1)
 
 

@@ -86,6 +86,10 @@ class WriterTest(unittest.TestCase):
         with self.assertRaises(fkd.ConfigError) as e:
             w.append(0, 28, 28, idx[:4], val)
         self.assertIn("indices hold 20 values, expected 8 crops x 5", str(e.exception))
+        boxes, flips = src.crops(0)
+        with self.assertRaises(fkd.ConfigError) as e:
+            w.append(0, 28, 28, idx, val, boxes, flips)
+        self.assertIn("crops are derived from its sampler and seed", str(e.exception))
         bad = dict(src.manifest, seed=src.manifest["seed"] + 1)
         with self.assertRaises(fkd.ConfigError) as e:
             fkd.StoreWriter(out, bad)
