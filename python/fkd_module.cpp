@@ -12,6 +12,7 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -58,7 +59,7 @@ py::array_t<T> view(std::vector<py::ssize_t> shape, const T* data, const py::obj
   return py::array_t<T>(std::move(shape), data, owner);
 }
 
-/// A numpy array owning a copy of v, shaped `shape`.
+/// A numpy array that takes over v's buffer, shaped `shape`.
 template <typename T>
 py::array_t<T> array_of(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   auto* held = new std::vector<T>(std::move(v));
