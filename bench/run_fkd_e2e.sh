@@ -49,16 +49,7 @@ results=$out/results.jsonl
 ensure_jpegs "$root" "$root/bench/out"
 
 # The ImageFolder: image k in class k % 10; one val image per class.
-if [ "$(find "$data/train" -name '*.jpg' 2>/dev/null | wc -l)" != "$images" ]; then
-  rm -rf "$data"
-  for ((k = 0; k < images; ++k)); do
-    c=c$((k % 10))
-    mkdir -p "$data/train/$c" "$data/val/$c"
-    f=$(printf '%s/bench/out/500x375/img_%04d.jpg' "$root" $((k % 200)))
-    ln -s "$f" "$data/train/$c/$(printf 'img_%04d.jpg' "$k")"
-    [ -e "$data/val/$c/val.jpg" ] || ln -s "$f" "$data/val/$c/val.jpg"
-  done
-fi
+jpeg_image_folder "$root" "$data" "$images"
 
 # The teacher: random weights, traced at 224 px.
 if [ ! -f "$out/teacher-$teacher.pt" ]; then

@@ -4,34 +4,6 @@
 
 namespace fkd {
 
-namespace {
-Normalize make_norm(const TrainConfig& cfg) {
-  Normalize n;
-  for (size_t c = 0; c < cfg.mean.size() && c < 3; ++c) {
-    n.mean[c] = cfg.mean[c];
-    n.std[c] = cfg.std[c];
-  }
-  return n;
-}
-}  // namespace
-
-TrainTransform train_transform(const TrainConfig& cfg) {
-  TrainTransform t;
-  t.crop = cfg.crop;
-  t.interp = parse_interp(cfg.interp);
-  t.norm = make_norm(cfg);
-  return t;
-}
-
-EvalTransform eval_transform(const TrainConfig& cfg) {
-  EvalTransform t;
-  t.resize = cfg.eval_resize;
-  t.size = cfg.crop.size;
-  t.interp = parse_interp(cfg.interp);
-  t.norm = make_norm(cfg);
-  return t;
-}
-
 TrainConfig model_input(const TrainConfig* recorded, const InputOverrides& o,
                         const std::string& data, const Dataset& train_set,
                         std::vector<std::string>* notes) {

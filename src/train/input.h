@@ -5,15 +5,12 @@
 #include <vector>
 
 #include "fkd/train.h"
+#include "fkd/train_input.h"
 #include "fkd/transforms.h"
 
 namespace fkd {
 
 class Dataset;
-
-/// The transforms a resolved config describes.
-TrainTransform train_transform(const TrainConfig& cfg);
-EvalTransform eval_transform(const TrainConfig& cfg);
 
 /// Input options given on the command line; 0 / empty keep what the model recorded.
 struct InputOverrides {

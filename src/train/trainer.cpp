@@ -28,6 +28,7 @@
 #include "fkd/replay.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
+#include "fkd/train_input.h"
 #include "input.h"
 #include "objective.h"
 #include "optimizer.h"
@@ -55,18 +56,14 @@ void set_lr(torch::optim::Optimizer& opt, double lr) {
 /// (check_store_matches refuses any other).
 void adopt_store_subset(TrainConfig& cfg) {
   const bool fkd = cfg.mode == TrainMode::kFkd || cfg.mode == TrainMode::kAuto;
-  if (cfg.labels.empty() || cfg.limit_train != 0 || !fkd ||
-      !fs::exists(fs::path(cfg.labels) / "manifest.json")) {
-    return;
-  }
-  // dataset_limit only says that a subset was labeled; num_images says how large it is.
-  const Manifest m = read_manifest(cfg.labels);
-  if (m.dataset_limit == 0) return;
-  cfg.limit_train = size_t(m.num_images);
+  if (cfg.labels.empty() || cfg.limit_train != 0 || !fkd) return;
+  const size_t subset = store_subset_size(cfg.labels);
+  if (subset == 0) return;
+  cfg.limit_train = subset;
   fmt::print(
       "labels {}: made for a subset of {} training images (fkd label --limit); "
       "training on that subset (--limit-train {})\n",
-      cfg.labels, m.num_images, m.num_images);
+      cfg.labels, subset, subset);
 }
 
 /// The fields of a TrainConfig that say how a run executes, not what it computes.
@@ -100,7 +97,6 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
   }
   auto store = std::make_shared<StoreReader>(cfg.labels);
   const Manifest& mf = store->manifest();
-  check_store_matches(mf, cfg.labels, train_set, cfg.data, cfg.limit_train);
   const int m = cfg.num_crops;
   fmt::print("labels {}: {} per image by {}, {} top-{} {}; {} per image per pass, {}{}\n",
              cfg.labels, count_of(mf.crops_per_image, "crop"), mf.teacher,
@@ -109,8 +105,7 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
              uint64_t(plan.crops_used()) > mf.crops_per_image
                  ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
                  : "");
-  return std::make_shared<StoreCropSource>(
-      store, m, cfg.seed, cfg.skip_damaged_labels ? DamagedRecords::kSkip : DamagedRecords::kStop);
+  return store_crop_source(cfg, train_set, store);
 }
 
 /// The checkpoint a --resume run continues from (nullopt for a new run), checked against
@@ -195,6 +190,24 @@ void test_fault_after_step(const Distributed& dist, int64_t step) {
     return f;
   }();
   if (fault[1] == dist.rank() && fault[2] == step) ::raise(int(fault[0]));
+}
+
+/// For tests of other front ends' loaders: FKD_TEST_DUMP_BATCHES=DIR writes every training
+/// batch as DIR/pass-P-batch-B.bin, its images [n, c, h, w] float32, soft labels
+/// [n, soft_classes] float32 and targets [n] int64, raw native-endian, one after the other.
+void dump_batch_for_tests(const Batch& b, const torch::Tensor& x, int pass) {
+  static const char* dir = std::getenv("FKD_TEST_DUMP_BATCHES");
+  if (!dir) return;
+  std::string bytes;
+  const auto put = [&bytes](const void* p, size_t n) {
+    bytes.append(static_cast<const char*>(p), n);
+  };
+  // The images as the model gets them (float32 NCHW), whatever --input-format made them.
+  const torch::Tensor images = x.to(torch::kCPU).contiguous();
+  put(images.data_ptr(), sizeof(float) * size_t(images.numel()));
+  put(b.soft.data(), sizeof(float) * b.soft.size());
+  put(b.targets.data(), sizeof(int64_t) * b.targets.size());
+  write_file_durably(fmt::format("{}/pass-{}-batch-{}.bin", dir, pass, b.index), bytes);
 }
 
 /// What one pass over the training images measured.
@@ -291,6 +304,7 @@ struct Trainer {
       s.data_seconds +=
           std::chrono::duration<double>(std::chrono::steady_clock::now() - wait0).count();
       const Batch& b = db.batch;
+      dump_batch_for_tests(b, db.x, pass);
       // A rank whose slice of the batch is empty still takes the step with the others.
       if (b.n == 0 && !dist.active()) continue;
       s.lr = lr_at(cfg.lr, *step, warmup_steps, total_steps);
@@ -415,13 +429,7 @@ std::pair<std::unique_ptr<Loader>, std::unique_ptr<Loader>> make_loaders(
     const TrainConfig& cfg, std::shared_ptr<const Dataset> train_set,
     std::shared_ptr<const Dataset> val_set, std::shared_ptr<const CropSource> source,
     const Distributed& dist) {
-  LoaderOptions lopt;
-  lopt.batch_size = cfg.batch_size;
-  lopt.seed = cfg.seed;
-  lopt.workers = cfg.workers;
-  lopt.strict = cfg.strict_data;
-  lopt.rank = dist.rank();
-  lopt.world = dist.world();
+  LoaderOptions lopt = train_loader_options(cfg, dist.rank(), dist.world());
   const torch::Device device = rank_device(parse_device(cfg.device), dist.local_rank());
   lopt.uint8_nhwc = cfg.input_format == "uint8" || (cfg.input_format == "auto" && device.is_cuda());
   lopt.host_memory = pinned_host_memory(device);
@@ -544,10 +552,7 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
 TrainResult train(TrainConfig cfg) {
   validate_config(cfg);
   adopt_store_subset(cfg);
-  DatasetOptions dopt;
-  dopt.channels = cfg.channels;
-  dopt.limit = cfg.limit_train;
-  return train(cfg, open_dataset(cfg.data, Split::kTrain, dopt));
+  return train(cfg, open_train_set(cfg));
 }
 
 TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {

@@ -1,0 +1,148 @@
+"""The Python module's FKD loader gives the batches `fkd train` trains on.
+
+usage: python_loader.py WORK FKD   (WORK made by python_fixture.py; fkd importable)
+fkd train writes every batch it trains on under FKD_TEST_DUMP_BATCHES (images, soft labels,
+targets, raw); fkd.Loader with the same options must yield the same bytes, with another
+number of workers.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import unittest
+
+import numpy as np
+import torch
+
+import fkd
+from python_testutil import cli_error
+
+WORK, FKD = sys.argv[1], sys.argv[2]
+FMNIST = os.path.join(WORK, "fmnist-store")
+FOLDER = os.path.join(WORK, "folder-store")
+DATA = os.path.join(WORK, "folder")
+
+
+def train_batches(name, args):
+    """{(pass, batch): bytes} of every batch `fkd train ARGS` trained on."""
+    out = os.path.join(WORK, name)
+    shutil.rmtree(out, ignore_errors=True)
+    dump = os.path.join(out, "batches")
+    os.makedirs(dump)
+    env = dict(os.environ, FKD_TEST_DUMP_BATCHES=dump, FKD_PROGRESS="off")
+    subprocess.run([FKD, "train", "--model", "tiny", "--threads", "1", "--limit-val", "30",
+                    "--out", os.path.join(out, "run"), *args],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    batches = {}
+    for f in glob.glob(os.path.join(dump, "pass-*-batch-*.bin")):
+        p, b = os.path.basename(f)[len("pass-"):-len(".bin")].split("-batch-")
+        with open(f, "rb") as fh:
+            batches[(int(p), int(b))] = fh.read()
+    return batches
+
+
+class LoaderTest(unittest.TestCase):
+    def assert_same_batches(self, want, loader, passes):
+        self.assertEqual(len(want), passes * len(loader))
+        for p in range(passes):
+            loader.set_epoch(p)
+            count = 0
+            for b, (x, q, y) in enumerate(loader):
+                got = x.tobytes() + q.tobytes() + y.tobytes()
+                self.assertEqual(len(got), len(want[(p, b)]), "pass %d batch %d" % (p, b))
+                self.assertTrue(got == want[(p, b)], "pass %d batch %d differs" % (p, b))
+                count += 1
+            self.assertEqual(count, len(loader))
+
+    def test_fashion_mnist_batches_are_fkd_trains(self):
+        want = train_batches("train-fmnist", [
+            "--data", "fashion-mnist", "--labels", FMNIST, "--epochs", "4", "--num-crops", "2",
+            "--batch-size", "16", "--seed", "5", "--workers", "1"])
+        loader = fkd.Loader("fashion-mnist", FMNIST, batch_size=16, num_crops=2, seed=5,
+                            workers=3)
+        self.assertEqual(len(loader), 12)  # the store's 96 images, 8 per batch
+        self.assertEqual((loader.input_size, loader.channels, loader.num_classes),
+                         (28, 1, 10))
+        np.testing.assert_allclose(loader.mean, [0.2860])
+        self.assert_same_batches(want, loader, passes=2)
+
+    def test_folder_batches_are_fkd_trains(self):
+        # Input size, normalization and RandomResizedCrop replay all resolved from the data.
+        want = train_batches("train-folder", [
+            "--data", DATA, "--labels", FOLDER, "--epochs", "6", "--num-crops", "3",
+            "--batch-size", "12", "--seed", "2", "--workers", "2"])
+        loader = fkd.FKDLoader(DATA, FOLDER, batch_size=12, num_crops=3, seed=2, workers=1)
+        self.assertEqual(loader.channels, 3)
+        self.assert_same_batches(want, loader, passes=2)
+
+    def test_batches_share_the_loaders_buffers(self):
+        loader = fkd.Loader("fashion-mnist", FMNIST, batch_size=16, num_crops=4, workers=2)
+        x, q, y = next(iter(loader))
+        self.assertEqual((x.shape, q.shape, y.shape), ((16, 1, 28, 28), (16, 10), (16,)))
+        self.assertEqual((x.dtype, q.dtype, y.dtype), (np.float32, np.float32, np.int64))
+        self.assertTrue(x.flags.writeable and x.flags.c_contiguous)
+        self.assertIsNotNone(x.base)
+        t = torch.from_numpy(x)
+        self.assertEqual(t.data_ptr(), x.ctypes.data)
+        np.testing.assert_allclose(q.sum(1), 1, atol=1e-3)
+        # Rows are grouped by image: an image's 4 crops share its target.
+        self.assertTrue((y.reshape(4, 4) == y.reshape(4, 4)[:, :1]).all())
+        saved = x.copy()
+        del loader  # the batch outlives its loader
+        np.testing.assert_array_equal(x, saved)
+
+    def test_gil_is_released_while_a_batch_is_made(self):
+        # With a long switch interval, the counter thread runs during next() only if the
+        # main thread releases the GIL there (a call that kept it would leave the count as it
+        # was). workers=0 makes each batch in next() itself: 72 crops at 320 px, long enough
+        # for the other thread to be scheduled.
+        loader = fkd.Loader(DATA, FOLDER, batch_size=72, num_crops=3, workers=0, input_size=320)
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(0.2)
+        count, stop = [0], [False]
+
+        def spin():
+            while not stop[0]:
+                count[0] += 1
+
+        th = threading.Thread(target=spin)
+        th.start()
+        during = 0
+        try:
+            for p in range(3):
+                loader.set_epoch(p)
+                it = iter(loader)
+                before = count[0]
+                next(it)
+                during += count[0] - before
+        finally:
+            stop[0] = True
+            th.join()
+            sys.setswitchinterval(old)
+        self.assertGreater(during, 0)
+
+    def test_errors_are_exceptions_with_fkd_messages(self):
+        with self.assertRaises(fkd.ConfigError) as e:
+            fkd.Loader("fashion-mnist", FMNIST, batch_size=10, num_crops=4)
+        self.assertEqual(str(e.exception),
+                         "batch size 10 is not a multiple of the 4 crops per image")
+        with self.assertRaises(fkd.ConfigError) as e:
+            fkd.Loader("fashion-mnist", FMNIST, batch_size=18, num_crops=9)
+        self.assertIn("--num-crops 9 must be in [1, 8]", str(e.exception))
+        # A store of other data: the message fkd train gives.
+        with self.assertRaises(fkd.ConfigError) as e:
+            fkd.Loader(DATA, FMNIST, batch_size=8, num_crops=2, limit=24)
+        self.assertEqual(str(e.exception), cli_error(
+            FKD, "train", "--model", "tiny", "--data", DATA, "--labels", FMNIST,
+            "--limit-train", "24", "--num-crops", "2", "--batch-size", "8",
+            "--out", os.path.join(WORK, "never")))
+        with self.assertRaises(fkd.DataError) as e:
+            fkd.Loader(os.path.join(WORK, "no-data"), FMNIST)
+        with self.assertRaises(fkd.FormatError):
+            fkd.Loader("fashion-mnist", os.path.join(WORK, "no-store"))
+
+
+if __name__ == "__main__":
+    unittest.main(argv=sys.argv[:1])
