@@ -8,6 +8,7 @@ usage:
   fkd_torch.py train DATA_ROOT LABEL_DIR [--model tiny] [--num-crops m] [--batch-size 128]
                      [--epochs E] [--workers W] [--threads T] [--lr 0.1] [--input-size S]
                      [--channels-last] [--pipeline-only] [--max-batches B] [--json]
+                     [--plain] [--amp off|bf16]
 
 make-labels writes the reference label layout (FKD_SLG/generate_soft_label.py): for every
 image of DATA_ROOT/train, in torchvision ImageFolder order, one torch.save pickle
@@ -22,6 +23,10 @@ measures speed, for which only the files' shapes and dtypes matter, so the proba
 a softmax of standard-normal logits with the image's own class raised by --signal (default
 3; 0 = pure noise), enough for a student's loss to fall visibly. Deterministic:
 torch.manual_seed(S), one pass in file order.
+
+train --plain runs plain supervised training the torchvision way instead (RandomResizedCrop,
+flip, ToTensor, Normalize in DataLoader workers; cross-entropy on class labels); --amp bf16
+runs the forward pass under torch.autocast("cpu", bfloat16), the loss in float32.
 
 train runs the reference student loop (train_FKD.py + utils_FKD.py ImageFolder_FKD):
 a Dataset whose __getitem__ torch.loads the image's label file, PIL-opens the image
@@ -65,6 +70,7 @@ malloc_tunables.apply()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
 import torchvision.transforms.functional as TF  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
@@ -158,6 +164,21 @@ class FKDFolder(ImageFolder):
         return torch.stack(crops), recover_marginal_smoothing(label, self.num_classes)
 
 
+class PlainFolder(ImageFolder):
+    """DATA_ROOT/train the torchvision way: item = (RandomResizedCrop + flip image [1, C, S, S],
+    class [1]), for plain supervised training (--plain)."""
+
+    def __init__(self, root, size, mode):
+        mean, std = MEAN_STD[1 if mode == "L" else 3]
+        tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(mean, std)])
+        super().__init__(root, transform=tf, loader=functools.partial(open_image, mode=mode))
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x.unsqueeze(0), torch.tensor([y])
+
+
 def recover_marginal_smoothing(label, num_classes):
     """[n, 2, k] (indices, probabilities) -> [n, num_classes] dense soft labels."""
     index = label[:, 0, :].long()
@@ -190,7 +211,12 @@ def train(a):
     mode, (w0, h0) = image_mode(root)
     size = a.input_size or h0
     channels = 1 if mode == "L" else 3
-    dataset = FKDFolder(root, a.label_dir, a.num_crops, size, mode)
+    if a.plain:
+        a.num_crops = 1
+        dataset = PlainFolder(root, size, mode)
+        dataset.num_classes = len(dataset.classes)
+    else:
+        dataset = FKDFolder(root, a.label_dir, a.num_crops, size, mode)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=a.batch_size // a.num_crops, shuffle=True, num_workers=a.workers,
         persistent_workers=a.workers > 0, collate_fn=concat_collate)
@@ -220,8 +246,13 @@ def train(a):
                 for g in opt.param_groups:
                     g["lr"] = 0.5 * a.lr * (1.0 + math.cos(math.pi * step / total_steps))
                 x = x.contiguous(memory_format=fmt)
-                logits = model(x)
-                loss = -(q * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.amp == "bf16"):
+                    logits = model(x)
+                logits = logits.float()  # the loss in float32, as fkd computes it
+                if a.plain:
+                    loss = torch.nn.functional.cross_entropy(logits, q)
+                else:
+                    loss = -(q * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -287,6 +318,11 @@ def main():
     tr.add_argument("--max-batches", type=int, default=0, help="stop after B steps (0 = all)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--json", action="store_true")
+    tr.add_argument("--plain", action="store_true",
+                    help="plain supervised training instead (RandomResizedCrop + flip, hard "
+                         "labels; LABEL_DIR is not read)")
+    tr.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: torch.autocast('cpu', bfloat16) around the forward pass")
 
     a = ap.parse_args()
     if a.command == "make-labels":
