@@ -13,15 +13,16 @@ ensure_jpegs() {
 }
 
 # An ImageFolder DIR of N links to the 500x375 JPEGs of ensure_jpegs (made by it in
-# ROOT/bench/out): image k in class folder c(k % 10), one val image per class. Kept when it
-# already holds N training images.
-# usage: jpeg_image_folder ROOT DIR N
+# ROOT/bench/out): image k in class folder c(k % CLASSES) (default 10 classes), one val image
+# per class. Kept when it already holds N training images in CLASSES class folders.
+# usage: jpeg_image_folder ROOT DIR N [CLASSES]
 jpeg_image_folder() {
-  local root=$1 dir=$2 n=$3 k c f
-  [ "$(find "$dir/train" -name '*.jpg' 2>/dev/null | wc -l)" = "$n" ] && return
+  local root=$1 dir=$2 n=$3 classes=${4:-10} k c f
+  [ "$(find "$dir/train" -name '*.jpg' 2>/dev/null | wc -l)" = "$n" ] &&
+    [ "$(ls "$dir/train" | wc -l)" = "$((n < classes ? n : classes))" ] && return
   rm -rf "$dir"
   for ((k = 0; k < n; ++k)); do
-    c=c$((k % 10))
+    c=c$((k % classes))
     mkdir -p "$dir/train/$c" "$dir/val/$c"
     f=$(printf '%s/bench/out/500x375/img_%04d.jpg' "$root" $((k % 200)))
     ln -s "$f" "$dir/train/$c/$(printf 'img_%04d.jpg' "$k")"

@@ -56,16 +56,7 @@ results=$out/results.jsonl
 . "$root/bench/jpegs.sh"
 ensure_jpegs "$root" "$root/bench/out"
 
-if [ "$(find "$data/train" -name '*.jpg' 2>/dev/null | wc -l)" != "$images" ]; then
-  rm -rf "$data"
-  for ((k = 0; k < images; ++k)); do
-    c=$(printf 'c%03d' $((k % classes)))
-    mkdir -p "$data/train/$c" "$data/val/$c"
-    f=$(printf '%s/bench/out/500x375/img_%04d.jpg' "$root" $((k % 200)))
-    ln -s "$f" "$data/train/$c/$(printf 'img_%04d.jpg' "$k")"
-    [ -e "$data/val/$c/val.jpg" ] || ln -s "$f" "$data/val/$c/val.jpg"
-  done
-fi
+jpeg_image_folder "$root" "$data" "$images" "$classes"
 
 teacher=$out/teacher-resnet50-$classes.pt
 if [ ! -f "$teacher" ]; then

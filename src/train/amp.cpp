@@ -67,32 +67,28 @@ Autocast::~Autocast() {
 }
 
 LossScaler::LossScaler(bool enabled, const torch::Device& device, Options o)
-    : enabled_(enabled), device_(device), o_(o) {
+    : enabled_(enabled), device_(device), o_(o), scale_(o.init_scale) {
   FKD_CHECK(o.init_scale > 0 && o.growth_factor > 1 && o.backoff_factor > 0 &&
                 o.backoff_factor < 1 && o.growth_interval >= 1,
             ConfigError,
             "loss scaler: expected init_scale > 0, growth_factor > 1, 0 < backoff_factor < 1 and "
             "growth_interval >= 1");
-  const auto on = torch::TensorOptions(device);
-  scale_ = torch::full({1}, o.init_scale, on.dtype(torch::kFloat));
-  tracker_ = torch::zeros({1}, on.dtype(torch::kInt));
 }
 
 torch::Tensor LossScaler::scale(const torch::Tensor& loss) const {
-  return enabled_ ? loss * scale_.to(loss.scalar_type()) : loss;
+  return enabled_ ? loss * scale_ : loss;
 }
-
-double LossScaler::current_scale() const { return scale_.item<double>(); }
 
 bool LossScaler::unscale_and_check(const std::vector<torch::Tensor>& params) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
-  auto found_inf = torch::zeros({1}, torch::TensorOptions(device_).dtype(torch::kFloat));
-  const auto inv_scale = scale_.to(torch::kDouble).reciprocal().to(torch::kFloat);
+  const auto on = torch::TensorOptions(device_).dtype(torch::kFloat);
+  auto found_inf = torch::zeros({1}, on);
+  const auto inv_scale = torch::full({1}, 1.0 / scale_, on);
   if (device_.is_cuda()) {
-    // The fused kernel GradScaler uses: one launch per group of tensors, no host sync.
+    // GradScaler's fused kernel: one launch per group of tensors.
     at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale);
   } else {
     // LibTorch builds its fused kernel for CUDA only; the same in plain operations.
@@ -101,34 +97,25 @@ bool LossScaler::unscale_and_check(const std::vector<torch::Tensor>& params) {
       g.mul_(inv_scale.to(g.scalar_type()));
     }
   }
+  // The host decides whether the optimizer steps, so it reads the flag (one sync a step).
   return found_inf.item<float>() == 0.0f;
 }
 
 void LossScaler::update(bool ok) {
-  if (!ok) ++skipped_;
-  if (device_.is_cuda()) {
-    const auto found_inf =
-        torch::full({1}, ok ? 0.0 : 1.0, torch::TensorOptions(device_).dtype(torch::kFloat));
-    at::_amp_update_scale_(scale_, tracker_, found_inf, o_.growth_factor, o_.backoff_factor,
-                           o_.growth_interval);
-    return;
-  }
   // _amp_update_scale_'s rule: back off and restart the count on a non-finite step; grow
   // after growth_interval clean steps in a row.
   if (!ok) {
-    scale_.mul_(o_.backoff_factor);
-    tracker_.zero_();
-  } else if (tracker_.item<int>() + 1 >= o_.growth_interval) {
-    scale_.mul_(o_.growth_factor);
-    tracker_.zero_();
-  } else {
-    tracker_.add_(1);
+    ++skipped_;
+    scale_ *= o_.backoff_factor;
+    tracker_ = 0;
+  } else if (++tracker_ >= o_.growth_interval) {
+    scale_ *= o_.growth_factor;
+    tracker_ = 0;
   }
 }
 
 torch::Tensor LossScaler::state() const {
-  return torch::tensor({scale_.item<double>(), double(tracker_.item<int>()), double(skipped_)},
-                       torch::kDouble);
+  return torch::tensor({scale_, double(tracker_), double(skipped_)}, torch::kDouble);
 }
 
 void LossScaler::load_state(const torch::Tensor& s) {
@@ -136,8 +123,8 @@ void LossScaler::load_state(const torch::Tensor& s) {
             "loss scaler state: expected 3 float64 values, found {} of {}", s.numel(),
             c10::toString(s.scalar_type()));
   const auto v = s.contiguous();
-  scale_.fill_(v[0].item<double>());
-  tracker_.fill_(int(v[1].item<double>()));
+  scale_ = v[0].item<double>();
+  tracker_ = int64_t(v[1].item<double>());
   skipped_ = int64_t(v[2].item<double>());
 }
 

@@ -71,7 +71,7 @@ class LossScaler {
     update(ok);
     return ok;
   }
-  double current_scale() const;
+  double current_scale() const { return scale_; }
   int64_t skipped_steps() const { return skipped_; }  ///< steps skipped since construction/load
   /// The scaler's state for checkpoints: {scale, growth tracker, skipped} as float64 [3].
   torch::Tensor state() const;
@@ -86,8 +86,8 @@ class LossScaler {
   bool enabled_;
   torch::Device device_;
   Options o_;
-  torch::Tensor scale_;    ///< float32 [1] on the device (what the fused kernels take)
-  torch::Tensor tracker_;  ///< int32 [1]: clean steps since the last change of scale
+  double scale_;
+  int64_t tracker_ = 0;  ///< clean steps since the last change of scale
   int64_t skipped_ = 0;
 };
 

@@ -428,9 +428,8 @@ void check_ranks_agree(Distributed& dist, const TrainConfig& cfg, const Checkpoi
 std::pair<std::unique_ptr<Loader>, std::unique_ptr<Loader>> make_loaders(
     const TrainConfig& cfg, std::shared_ptr<const Dataset> train_set,
     std::shared_ptr<const Dataset> val_set, std::shared_ptr<const CropSource> source,
-    const Distributed& dist) {
+    const Distributed& dist, const torch::Device& device) {
   LoaderOptions lopt = train_loader_options(cfg, dist.rank(), dist.world());
-  const torch::Device device = rank_device(parse_device(cfg.device), dist.local_rank());
   lopt.uint8_nhwc = cfg.input_format == "uint8" || (cfg.input_format == "auto" && device.is_cuda());
   lopt.host_memory = pinned_host_memory(device);
   auto train_loader =
@@ -483,7 +482,7 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   check_ranks_agree(dist, cfg, meta);
   GradientSync grads(dist, *net);
   if (cfg.sync_bn && dist.active()) set_batch_norm_sync(*net, make_sync_batch_norm(dist));
-  auto [train_loader, val_loader] = make_loaders(cfg, train_set, val_set, source, dist);
+  auto [train_loader, val_loader] = make_loaders(cfg, train_set, val_set, source, dist, device);
 
   const int64_t steps_per_pass = int64_t(train_loader->num_batches());
   Trainer trainer{cfg,
