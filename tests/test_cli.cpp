@@ -102,6 +102,62 @@ TEST(Cli, CountsAndRangesAreCheckedBeforeAnyWork) {
   EXPECT_EQ(over.status, 2) << over.out;
 }
 
+TEST(Cli, CountFlagsHaveUpperBoundsAndRefuseNegatives) {
+  // An absurd count (a batch of 2^63 once crashed malloc, 2^32 ended in bad_alloc) and a
+  // negative one for an unsigned flag (which CLI11 would wrap to 2^64 - 1: "--limit -1" once
+  // labeled everything) are refused as bad flag values, naming the flag, before any work.
+  // --data names no dataset, so a flag that slipped through fails with status 1, not 2.
+  TempDir d;
+  const std::string t = d.file("t.pt"), s = d.file("store"), nodata = " --data " + d.file("nd");
+  const std::string label = "label --teacher " + t + " --out " + s + nodata;
+  const std::string train = "train" + nodata, eval = "eval " + t + nodata;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {train + " --batch-size 9223372036854775808", "--batch-size"},
+      {train + " --batch-size 4611686018427387904", "--batch-size"},
+      {train + " --batch-size 4294967296", "--batch-size"},
+      {train + " --batch-size 18446744073709551615", "--batch-size"},
+      {train + " --batch-size 18446744073709551616", "--batch-size"},
+      {train + " --batch-size 100000000000000000000000", "--batch-size"},
+      {train + " --workers 100000", "--workers"},
+      {train + " --threads 100000", "--threads"},
+      {train + " --epochs 1000000000", "--epochs"},
+      {train + " --stop-after 2147483648", "--stop-after"},
+      {train + " --num-crops 2147483648", "--num-crops"},
+      {train + " --input-size 1000000", "--input-size"},
+      {train + " --limit-train 18446744073709551615", "--limit-train"},
+      {train + " --seed -1", "--seed"},
+      {train + " --seed 18446744073709551616", "--seed"},
+      {train + " --limit-val -1", "--limit-val"},
+      {train + " --limit-train -1", "--limit-train"},
+      {eval + " --batch-size 9223372036854775808", "--batch-size"},
+      {eval + " --limit -1", "--limit"},
+      {eval + " --workers 4294967297", "--workers"},
+      {label + " --batch 18446744073709551615", "--batch"},
+      {label + " --batch 4294967296", "--batch"},
+      {label + " --limit -1", "--limit"},
+      {label + " --seed -1", "--seed"},
+      {label + " --topk 4294967296", "--topk"},
+      {"label repair " + s + " --teacher " + t + " --batch 4294967296", "--batch"},
+      {"distill --teacher " + t + nodata + " --batch-size 4294967296", "--batch-size"},
+      {"distill --teacher " + t + nodata + " --seed -1", "--seed"},
+      {"inspect " + s + " --limit -1", "--limit"},
+      {"demo --seed 18446744073709551616 --out " + d.file("demo"), "--seed"},
+  };
+  for (const auto& [args, flag] : cases) {
+    const auto r = run_fkd("timeout 60 " + fkd_bin() + " " + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find("error: " + flag + ": "), std::string::npos) << args << "\n" << r.out;
+  }
+  // The bounds themselves pass (the run then misses its data); the largest seed is a seed.
+  for (const std::string args : {train + " --seed 18446744073709551615 --batch-size 65536",
+                                 eval + " --batch-size 65536 --limit 10000000000"}) {
+    const auto ok = run_fkd("timeout 60 " + fkd_bin() + " " + args);
+    EXPECT_EQ(ok.status, 1) << args << "\n" << ok.out;
+  }
+  EXPECT_FALSE(std::filesystem::exists(s));
+}
+
 TEST(Cli, DistillationErrorsAreOneLine) {
   TempDir d;
   // A label store that does not exist.

@@ -5,6 +5,8 @@
 
 #include <fmt/core.h>
 #include <fmt/ranges.h>
+#include <charconv>
+#include <limits>
 #include <optional>
 
 #include <CLI/CLI.hpp>
@@ -37,9 +39,42 @@ CLI::Validator number_check(double lo, double hi, const std::string& expected) {
       },
       expected);
 }
+/// A whole number from lo to hi, checked on the text itself: CLI11 turns "-1" into an
+/// unsigned flag's largest value and lets a number past the type's range wrap or fail with
+/// a message that names no bound.
+CLI::Validator count_check(uint64_t lo, uint64_t hi) {
+  const std::string expected = fmt::format("{} to {}", lo, hi);
+  return CLI::Validator(
+      [lo, hi, expected](std::string& text) -> std::string {
+        uint64_t v = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        const bool digits = !text.empty() && ptr == end && ec == std::errc();
+        const bool too_big = ec == std::errc::result_out_of_range && ptr == end;
+        if (!digits && !too_big) {
+          return fmt::format("{}: expected a whole number from {}", text, expected);
+        }
+        return !too_big && v >= lo && v <= hi ? "" : fmt::format("{}: expected {}", text, expected);
+      },
+      expected);
+}
+
+// Upper bounds of the count flags: far above any real run, low enough that no product of
+// them overflows or asks for memory no machine has.
+constexpr uint64_t kMaxBatch = 65536;               ///< samples or crops per step/forward
+constexpr uint64_t kMaxThreads = 1024;              ///< --threads, --workers
+constexpr uint64_t kMaxEpochs = 100000;             ///< --epochs, --stop-after
+constexpr uint64_t kMaxImages = 10'000'000'000ull;  ///< image counts and ids (limits)
+constexpr uint64_t kMaxSide = 4096;                 ///< image sides in pixels
+constexpr uint64_t kMaxTopk = 1u << 20;             ///< --topk
+constexpr uint64_t kMaxRanks = 1024;                ///< --nproc-per-node
+const CLI::Validator kSeed = count_check(0, std::numeric_limits<uint64_t>::max());
+const CLI::Validator kThreadCount = count_check(0, kMaxThreads);
+const CLI::Validator kImageCount = count_check(0, kMaxImages);
+const CLI::Validator kBatch = count_check(1, kMaxBatch);
+
 const CLI::Validator kNonNegative = number_check(0, 1e300, ">= 0");
 const CLI::Validator kPositive = number_check(1e-300, 1e300, "a positive number");
-const CLI::Validator kAtLeastOne = number_check(1, 1e300, "at least 1");
 const CLI::Validator kUnit = number_check(0, 1, "0 to 1");
 
 /// A word from a list; the option's callback may then parse it without failing.
@@ -59,10 +94,10 @@ CLI::Validator one_of(const std::vector<std::string>& words) {
 void add_execution(CLI::App* app, int& threads, int& workers, std::string& device) {
   app->add_option("--threads", threads,
                   "Torch compute threads (0 = all cores, shared among this node's ranks)")
-      ->check(kNonNegative)
+      ->check(kThreadCount)
       ->capture_default_str();
   app->add_option("--workers", workers, "Data loader threads (decode + augment)")
-      ->check(kNonNegative)
+      ->check(kThreadCount)
       ->capture_default_str();
   app->add_option("--device", device, "cpu, cuda or cuda:N")->capture_default_str();
 }
@@ -76,11 +111,11 @@ void add_crop_sampler(CLI::App* app, CropSampler& s, const std::string& size_hel
          "checkpoint teacher's own)")
       ->check(one_of({"auto", "rrc", "crop", "none"}))
       ->default_str("auto");
-  app->add_option("--input-size", s.size, size_help)->check(kNonNegative);
+  app->add_option("--input-size", s.size, size_help)->check(count_check(0, kMaxSide));
   app->add_option("--scale", s.scale, "RandomResizedCrop area range (min max)")->check(kUnit);
   app->add_option("--ratio", s.ratio, "RandomResizedCrop aspect range (min max)")->check(kPositive);
   app->add_option("--padding", s.padding, "RandomCrop zero padding (--aug crop)")
-      ->check(number_check(0, 4096, "0 to 4096"))
+      ->check(count_check(0, kMaxSide))
       ->capture_default_str();
   app->add_option("--flip", s.flip, "Horizontal flip probability")
       ->check(kUnit)
@@ -97,7 +132,7 @@ void add_quantization(CLI::App* app, LabelConfig& c) {
                   fmt::format("k of the marginal label types (default {}, or the class count if "
                               "smaller)",
                               kDefaultTopk))
-      ->check(kAtLeastOne);
+      ->check(count_check(1, kMaxTopk));
   app->add_option("--precision", c.precision, "Stored values: fp16, u8 or fp32")
       ->check(one_of({"fp16", "u8", "fp32"}))
       ->capture_default_str();
@@ -131,10 +166,10 @@ void add_soft_loss(CLI::App* app, TrainConfig& c) {
 /// The student's optimization, shared by train and distill.
 void add_optimization(CLI::App* app, TrainConfig& c) {
   app->add_option("--epochs", c.epochs, "Training epochs (FKD: effective epochs)")
-      ->check(kAtLeastOne)
+      ->check(count_check(1, kMaxEpochs))
       ->capture_default_str();
   app->add_option("--batch-size,-b", c.batch_size, "Samples (crops) per step")
-      ->check(kAtLeastOne)
+      ->check(kBatch)
       ->capture_default_str();
   app->add_option("--optimizer", c.optimizer, "sgd or adamw")
       ->check(one_of({"sgd", "adamw"}))
@@ -159,13 +194,15 @@ void add_optimization(CLI::App* app, TrainConfig& c) {
       ->check(kUnit)
       ->capture_default_str();
   app->add_option("--seed", c.seed, "Seed of weights init, data order and augmentation")
+      ->check(kSeed)
       ->capture_default_str();
   app->add_option("--limit-train", c.limit_train,
                   "Use only this many training images (FKD: default, the store's subset)")
+      ->check(kImageCount)
       ->capture_default_str();
   app->add_option("--num-crops,-m", c.num_crops,
                   "FKD: stored crops per image per pass; a pass counts as this many epochs")
-      ->check(kPositive)
+      ->check(count_check(1, kMaxCropsPerImage))
       ->capture_default_str();
 }
 
@@ -234,6 +271,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
       ->check(one_of({"0", "1", "3"}))
       ->capture_default_str();
   app->add_option("--limit-val", c.limit_val, "Use only this many val images")
+      ->check(kImageCount)
       ->capture_default_str();
   app->add_option_function<std::string>(
          "--mode", [&c](const std::string& name) { c.mode = parse_mode(name); },
@@ -261,7 +299,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--stop-after", c.stop_after,
                   "Stop after this many passes of this invocation (a pass is one epoch, FKD: "
                   "--num-crops epochs); continue with --resume")
-      ->check(kPositive);
+      ->check(count_check(1, kMaxEpochs));
 }
 
 void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
@@ -272,13 +310,14 @@ void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
   app->add_option("--split", o.split, "val or train")
       ->check(one_of({"val", "train"}))
       ->capture_default_str();
-  app->add_option("--limit", o.limit, "Evaluate only this many images");
+  app->add_option("--limit", o.limit, "Evaluate only this many images")->check(kImageCount);
   app->add_option("--batch-size,-b", o.batch_size, "Images per forward")
-      ->check(kAtLeastOne)
+      ->check(kBatch)
       ->capture_default_str();
-  app->add_option("--input-size", o.input_size, "Override the input side")->check(kNonNegative);
+  app->add_option("--input-size", o.input_size, "Override the input side")
+      ->check(count_check(0, kMaxSide));
   app->add_option("--resize", o.eval_resize, "Override the Resize before CenterCrop")
-      ->check(kNonNegative);
+      ->check(count_check(0, 2 * kMaxSide));
   app->add_option("--mean", o.mean, "Override the normalization mean");
   app->add_option("--std", o.std, "Override the normalization std")->check(kPositive);
   app->add_option("--channels", o.channels, "Override image channels (1 or 3)")
@@ -338,13 +377,13 @@ void add_label_interchange(CLI::App& app, LabelArgs& a) {
                    "fp16, fp32 or u8 (default: fp16 for float16 files, else fp32: lossless)")
       ->check(one_of({"fp16", "fp32", "u8"}));
   a.import_app->add_option("--input-size", i.input_size, "Side the crops are resized to")
-      ->check(kAtLeastOne)
+      ->check(count_check(1, kMaxSide))
       ->capture_default_str();
   a.import_app->add_option("--shards", i.shards, "Shard files of the store")
-      ->check(number_check(1, 99999, "1 to 99999"))
+      ->check(count_check(1, 99999))
       ->capture_default_str();
   a.import_app->add_option("--threads", i.threads, "Reading threads (0 = all cores)")
-      ->check(kNonNegative)
+      ->check(kThreadCount)
       ->capture_default_str();
   ReferenceExportConfig& e = a.export_cfg;
   a.export_app = app.add_subcommand(
@@ -370,7 +409,7 @@ void add_label(CLI::App& root, LabelArgs& a) {
   app->add_option("--data", c.data, "Dataset whose train split is labeled")->capture_default_str();
   app->add_option("--out,-o", c.out, "Store directory");
   app->add_option("--crops", c.crops, "Crops per image")
-      ->check(number_check(1, kMaxCropsPerImage, fmt::format("1 to {}", kMaxCropsPerImage)))
+      ->check(count_check(1, kMaxCropsPerImage))
       ->capture_default_str();
   add_quantization(app, c);
   app->add_option("--temperature", c.temperature, "Softmax temperature")
@@ -386,12 +425,13 @@ void add_label(CLI::App& root, LabelArgs& a) {
   app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)")
       ->check(one_of({"0", "1", "3"}));
   app->add_option("--batch", c.batch, "Crops per teacher forward")
-      ->check(kAtLeastOne)
+      ->check(kBatch)
       ->capture_default_str();
   app->add_option("--limit", c.limit,
                   "Label only a deterministic subset of this many images (training uses the "
-                  "same subset)");
-  app->add_option("--seed", c.seed, "Crop sampler seed")->capture_default_str();
+                  "same subset)")
+      ->check(kImageCount);
+  app->add_option("--seed", c.seed, "Crop sampler seed")->check(kSeed)->capture_default_str();
   app->add_option("--shard", c.shard,
                   "This process's part, i/n (default: RANK/WORLD_SIZE from the environment)");
   app->add_option("--reference-crops", c.reference_crops,
@@ -429,7 +469,7 @@ void add_label(CLI::App& root, LabelArgs& a) {
   a.repair_app
       ->add_option("--batch", r.batch,
                    "Crops per teacher forward: the --batch the store was labeled with")
-      ->check(kAtLeastOne)
+      ->check(kBatch)
       ->capture_default_str();
   a.repair_app
       ->add_flag("--optimize,!--no-optimize", r.optimize,
@@ -469,9 +509,11 @@ void add_inspect(CLI::App& root, InspectOptions& o) {
   CLI::App* app = root.add_subcommand("inspect", "Summarize a label store, or show one image");
   app->add_option("store", o.store, "Store directory")->required();
   app->add_option("--data", o.data, "Dataset the store labels (for agreement with the labels)");
-  app->add_option("--image", o.image, "Print this image's crops and labels")->check(kNonNegative);
+  app->add_option("--image", o.image, "Print this image's crops and labels")
+      ->check(count_check(0, kMaxImages));
   app->add_option("--render", o.render, "ID OUT.png: draw an image with its crops")->expected(2);
   app->add_option("--limit", o.limit, "Summarize only this many images (0 = all)")
+      ->check(kImageCount)
       ->capture_default_str();
 }
 
@@ -490,7 +532,7 @@ void add_distill(CLI::App& root, DistillConfig& d) {
   add_optimization(app, d.train);
   app->add_option("--crops", d.label.crops,
                   "Crops labeled per image (0 = as many as the epochs use)")
-      ->check(number_check(0, kMaxCropsPerImage, fmt::format("0 to {}", kMaxCropsPerImage)))
+      ->check(count_check(0, kMaxCropsPerImage))
       ->capture_default_str();
   add_quantization(app, d.label);
   add_crop_sampler(app, d.label.crop, "Input side of teacher and student (0 = auto, as for label)");
@@ -511,6 +553,7 @@ void add_demo(CLI::App& root, DemoOptions& o) {
   app->add_flag("--quick", o.quick, "A short version (a few minutes)");
   app->add_option("--seed", o.seed,
                   "Seed of the three students (other seeds reuse the teacher and labels)")
+      ->check(kSeed)
       ->capture_default_str();
   add_execution(app, o.threads, o.workers, o.device);
 }
@@ -522,17 +565,17 @@ void add_launch(CLI::App& root, LaunchOptions& o, std::vector<std::string>& comm
       "Run an fkd command as several processes (ranks) on this node, with torchrun's environment");
   app->add_option("--nproc-per-node", o.nproc_per_node, "Ranks to start on this node")
       ->required()
-      ->check(kAtLeastOne);
+      ->check(count_check(1, kMaxRanks));
   app->add_option("--nnodes", o.nnodes, "Nodes of the job, each running its own fkd launch")
-      ->check(kAtLeastOne)
+      ->check(count_check(1, 65536))
       ->capture_default_str();
   app->add_option("--node-rank", o.node_rank, "This node, 0 to nnodes-1")
-      ->check(kNonNegative)
+      ->check(count_check(0, 65535))
       ->capture_default_str();
   app->add_option("--master-addr", o.master_addr, "Host of node 0, where rank 0 listens")
       ->capture_default_str();
   app->add_option("--master-port", o.master_port, "Rendezvous TCP port on that host")
-      ->check(number_check(1, 65535, "1 to 65535"))
+      ->check(count_check(1, 65535))
       ->capture_default_str();
   app->add_option("--grace", o.grace_seconds,
                   "Seconds a rank gets to stop after SIGTERM before SIGKILL")
