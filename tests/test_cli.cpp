@@ -158,6 +158,36 @@ TEST(Cli, CountFlagsHaveUpperBoundsAndRefuseNegatives) {
   EXPECT_FALSE(std::filesystem::exists(s));
 }
 
+TEST(Cli, RealFlagsAreBoundedBeforeAnyWork) {
+  // A value float32 cannot hold (--lr 1e300 once overflowed in the optimizer's first step,
+  // after the data had been read) is a bad flag value, named at once.
+  TempDir d;
+  const std::string t = d.file("t.pt"), nodata = " --data " + d.file("nd");
+  const std::string train = "train" + nodata;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {train + " --lr 1e300", "--lr"},
+      {train + " --lr 1e39", "--lr"},
+      {train + " --weight-decay 1e300", "--weight-decay"},
+      {train + " --mixup 1e300", "--mixup"},
+      {train + " --temperature 1e300", "--temperature"},
+      {train + " --std 1e39", "--std"},
+      {train + " --mean 1e39", "--mean"},
+      {train + " --ratio 1e-300 1", "--ratio"},
+      {train + " --dist-timeout 1e300", "--dist-timeout"},
+      {train + " --warmup-epochs 1e300", "--warmup-epochs"},
+      {"label --teacher " + t + " --out " + d.file("s") + nodata + " --temperature 1e300",
+       "--temperature"},
+      {"eval " + t + nodata + " --std 1e39", "--std"},
+      {"distill --teacher " + t + nodata + " --label-temperature 1e300", "--label-temperature"},
+  };
+  for (const auto& [args, flag] : cases) {
+    const auto r = run_fkd("timeout 60 " + fkd_bin() + " " + args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << args << "\n" << r.out;
+    EXPECT_NE(r.out.find("error: " + flag + ": "), std::string::npos) << args << "\n" << r.out;
+  }
+}
+
 TEST(Cli, DistillationErrorsAreOneLine) {
   TempDir d;
   // A label store that does not exist.

@@ -73,8 +73,16 @@ const CLI::Validator kThreadCount = count_check(0, kMaxThreads);
 const CLI::Validator kImageCount = count_check(0, kMaxImages);
 const CLI::Validator kBatch = count_check(1, kMaxBatch);
 
-const CLI::Validator kNonNegative = number_check(0, 1e300, ">= 0");
-const CLI::Validator kPositive = number_check(1e-300, 1e300, "a positive number");
+// Real-valued flags: bounded so that every value survives the float32 it ends up in (a
+// learning rate of 1e300 once overflowed inside the optimizer, after training had started).
+const CLI::Validator kRate = number_check(1e-300, 1000, "a positive number up to 1000");
+const CLI::Validator kAlpha = number_check(0, 1000, "0 to 1000");
+const CLI::Validator kTemperature = number_check(1e-3, 1000, "0.001 to 1000");
+const CLI::Validator kRatio = number_check(1e-3, 1000, "0.001 to 1000");
+const CLI::Validator kStd = number_check(1e-3, 1000, "0.001 to 1000");
+const CLI::Validator kMean = number_check(0, 1, "0 to 1 (pixel values are 0 to 1)");
+const CLI::Validator kEpochFraction = number_check(0, double(kMaxEpochs), "0 to 100000");
+const CLI::Validator kTimeout = number_check(1e-3, 1e6, "0.001 to 1000000 seconds");
 const CLI::Validator kUnit = number_check(0, 1, "0 to 1");
 
 /// A word from a list; the option's callback may then parse it without failing.
@@ -113,7 +121,7 @@ void add_crop_sampler(CLI::App* app, CropSampler& s, const std::string& size_hel
       ->default_str("auto");
   app->add_option("--input-size", s.size, size_help)->check(count_check(0, kMaxSide));
   app->add_option("--scale", s.scale, "RandomResizedCrop area range (min max)")->check(kUnit);
-  app->add_option("--ratio", s.ratio, "RandomResizedCrop aspect range (min max)")->check(kPositive);
+  app->add_option("--ratio", s.ratio, "RandomResizedCrop aspect range (min max)")->check(kRatio);
   app->add_option("--padding", s.padding, "RandomCrop zero padding (--aug crop)")
       ->check(count_check(0, kMaxSide))
       ->capture_default_str();
@@ -142,17 +150,17 @@ void add_quantization(CLI::App* app, LabelConfig& c) {
 void add_soft_loss(CLI::App* app, TrainConfig& c) {
   app->add_option("--temperature", c.temperature,
                   "Soft cross-entropy temperature T: -sum q log softmax(logits / T)")
-      ->check(kPositive)
+      ->check(kTemperature)
       ->capture_default_str();
   app->add_option("--hard-weight", c.hard_weight,
                   "Weight of the hard-label cross-entropy mixed into the soft loss (0..1)")
       ->check(kUnit)
       ->capture_default_str();
   app->add_option("--mixup", c.mixup, "Mixup alpha (0 = off); mixes images and targets")
-      ->check(kNonNegative)
+      ->check(kAlpha)
       ->capture_default_str();
   app->add_option("--cutmix", c.cutmix, "CutMix alpha (0 = off); mixes images and targets")
-      ->check(kNonNegative)
+      ->check(kAlpha)
       ->capture_default_str();
   app->add_option("--mix-prob", c.mix_prob, "Probability that a batch is mixed")
       ->check(kUnit)
@@ -175,19 +183,19 @@ void add_optimization(CLI::App* app, TrainConfig& c) {
       ->check(one_of({"sgd", "adamw"}))
       ->capture_default_str();
   app->add_option("--lr", c.lr, "Peak learning rate (cosine decay to 0)")
-      ->check(kPositive)
+      ->check(kRate)
       ->capture_default_str();
   app->add_option("--momentum", c.momentum, "SGD momentum")->check(kUnit)->capture_default_str();
   app->add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (SGD)")
       ->capture_default_str();
   app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")
-      ->check(kNonNegative)
+      ->check(kAlpha)
       ->capture_default_str();
   app->add_flag("--no-decay-norm-bias", c.no_decay_norm_bias,
                 "No weight decay on parameters of at most one dimension (norm weights, biases), "
                 "as timm's filter_bias_and_bn");
   app->add_option("--warmup-epochs", c.warmup_epochs, "Linear warm-up epochs")
-      ->check(kNonNegative)
+      ->check(kEpochFraction)
       ->capture_default_str();
   app->add_option("--label-smoothing", c.label_smoothing,
                   "Label smoothing of hard-label cross-entropy")
@@ -220,7 +228,7 @@ void add_data_parallel(CLI::App* app, TrainConfig& c) {
                 "each rank's slice, as DistributedDataParallel)");
   app->add_option("--dist-timeout", c.dist_timeout,
                   "Several ranks: seconds to wait for a rank before stopping the run")
-      ->check(kPositive)
+      ->check(kTimeout)
       ->capture_default_str();
 }
 
@@ -234,7 +242,7 @@ void add_precision(CLI::App* app, TrainConfig& c) {
   app->add_option("--model-ema", c.model_ema,
                   "Keep an EMA of the weights with this decay (timm's, e.g. 0.9998), evaluated "
                   "every epoch beside them; 0 = off")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_check(0, 1, "0 to 1"))
       ->capture_default_str();
   app->add_flag("--model-ema-warmup", c.model_ema_warmup,
                 "Warm the EMA decay up as timm does: 1 - (1 + step)^(-2/3), up to --model-ema");
@@ -264,9 +272,10 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--interpolation", c.interp, "bilinear or bicubic")
       ->check(one_of({"bilinear", "bicubic"}))
       ->capture_default_str();
-  app->add_option("--mean", c.mean, "Normalization mean per channel (default: dataset's)");
+  app->add_option("--mean", c.mean, "Normalization mean per channel (default: dataset's)")
+      ->check(kMean);
   app->add_option("--std", c.std, "Normalization std per channel (default: dataset's)")
-      ->check(kPositive);
+      ->check(kStd);
   app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = dataset's)")
       ->check(one_of({"0", "1", "3"}))
       ->capture_default_str();
@@ -318,8 +327,8 @@ void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
       ->check(count_check(0, kMaxSide));
   app->add_option("--resize", o.eval_resize, "Override the Resize before CenterCrop")
       ->check(count_check(0, 2 * kMaxSide));
-  app->add_option("--mean", o.mean, "Override the normalization mean");
-  app->add_option("--std", o.std, "Override the normalization std")->check(kPositive);
+  app->add_option("--mean", o.mean, "Override the normalization mean")->check(kMean);
+  app->add_option("--std", o.std, "Override the normalization std")->check(kStd);
   app->add_option("--channels", o.channels, "Override image channels (1 or 3)")
       ->check(one_of({"0", "1", "3"}));
   add_execution(app, o.threads, o.workers, o.device);
@@ -413,15 +422,15 @@ void add_label(CLI::App& root, LabelArgs& a) {
       ->capture_default_str();
   add_quantization(app, c);
   app->add_option("--temperature", c.temperature, "Softmax temperature")
-      ->check(kPositive)
+      ->check(kTemperature)
       ->capture_default_str();
   add_crop_sampler(app, c.crop,
                    "Teacher input side (0 = a checkpoint teacher's, else from the images)");
   app->add_option("--interpolation", c.interp, "bilinear or bicubic")
       ->check(one_of({"bilinear", "bicubic"}))
       ->capture_default_str();
-  app->add_option("--mean", c.mean, "Normalization mean per channel");
-  app->add_option("--std", c.std, "Normalization std per channel")->check(kPositive);
+  app->add_option("--mean", c.mean, "Normalization mean per channel")->check(kMean);
+  app->add_option("--std", c.std, "Normalization std per channel")->check(kStd);
   app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)")
       ->check(one_of({"0", "1", "3"}));
   app->add_option("--batch", c.batch, "Crops per teacher forward")
@@ -538,7 +547,7 @@ void add_distill(CLI::App& root, DistillConfig& d) {
   add_crop_sampler(app, d.label.crop, "Input side of teacher and student (0 = auto, as for label)");
   app->add_option("--label-temperature", d.label.temperature,
                   "Softmax temperature of the stored labels")
-      ->check(kPositive)
+      ->check(kTemperature)
       ->capture_default_str();
   add_soft_loss(app, d.train);
   add_precision(app, d.train);
