@@ -4,10 +4,15 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "fkd/dataset.h"
+#include "fkd/distill.h"
 #include "fkd/image.h"
+#include "fkd/label.h"
+#include "fkd/train.h"
 #include "testutil.h"
 
 using fkd::test::run_command;
@@ -26,6 +31,72 @@ fkd::test::CommandResult run_fkd(const std::string& args) {
 }
 
 int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
+
+/// The defaults a subcommand's --help shows, by the option's first long name: "--lr FLOAT=0.1"
+/// gives {"--lr", "0.1"}, a switch "--nesterov,--no-nesterov=true" {"--nesterov", "true"}.
+/// A value in braces after the names ("--x,--no-x{false}") is read as a default too, since
+/// that is how a reader of the help takes it.
+std::map<std::string, std::string> help_defaults(const std::string& help) {
+  std::map<std::string, std::string> shown;
+  std::istringstream in(help);
+  std::string line;
+  const std::regex option("^  (-[^ ={]*)(\\{([^}]*)\\})?([^=]*)=?(\\S*)");
+  while (std::getline(in, line)) {
+    std::smatch m, name;
+    if (!std::regex_search(line, m, option)) continue;
+    const std::string names = m[1], before = m[4], value = m[5];
+    if (!std::regex_search(names, name, std::regex("--[a-z0-9-]+"))) continue;
+    if (m[2].matched) {
+      shown[name[0]] = m[3];
+    } else if (!value.empty() && (before.empty() || before.back() != ' ')) {
+      // An '=' right after the option's type; one in the description ("(0 = auto)") has a
+      // space before it.
+      shown[name[0]] = value;
+    }
+  }
+  return shown;
+}
+
+/// Compares each default --help shows with the expected value (numbers as numbers); every
+/// shown default must be expected, every expected one shown.
+void expect_help_defaults(const std::string& sub, const std::map<std::string, std::string>& want) {
+  const auto r = run_fkd(sub + " --help");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto shown = help_defaults(r.out);
+  for (const auto& [flag, value] : shown) {
+    const auto it = want.find(flag);
+    if (it == want.end()) {
+      ADD_FAILURE() << sub << " " << flag << ": --help shows default '" << value
+                    << "', which the test does not know";
+      continue;
+    }
+    char* end = nullptr;
+    const double a = std::strtod(value.c_str(), &end);
+    const bool numeric = !value.empty() && *end == 0;
+    const double b = std::strtod(it->second.c_str(), &end);
+    if (numeric && !it->second.empty() && *end == 0) {
+      EXPECT_DOUBLE_EQ(a, b) << sub << " " << flag;
+    } else {
+      EXPECT_EQ(value, it->second) << sub << " " << flag;
+    }
+  }
+  for (const auto& [flag, value] : want) {
+    EXPECT_TRUE(shown.count(flag))
+        << sub << " " << flag << ": no default shown, expected " << value << "\n"
+        << r.out;
+  }
+}
+
+/// A config struct's JSON values as --help would print them, by flag name (key with '-').
+std::map<std::string, std::string> flags_of(const nlohmann::json& j) {
+  std::map<std::string, std::string> m;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    std::string flag = "--" + it.key();
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    m[flag] = it.value().is_string() ? it.value().get<std::string>() : it.value().dump();
+  }
+  return m;
+}
 
 }  // namespace
 
@@ -52,6 +123,82 @@ TEST(Cli, HelpListsSubcommands) {
   for (const char* flag : {"--teacher", "--student", "--epochs", "--num-crops", "--crops"}) {
     EXPECT_NE(dh.out.find(flag), std::string::npos) << flag;
   }
+}
+
+TEST(Cli, HelpShowsTheConfigDefaults) {
+  // Each default --help prints is the default of the struct the flag fills (--nesterov and
+  // --channels-last once read "{false}" where both are on).
+  const fkd::TrainConfig tc;
+  std::map<std::string, std::string> train = flags_of(nlohmann::json::parse(config_to_json(tc)));
+  train["--interpolation"] = train.at("--interp");
+  for (const char* not_flags : {"--interp", "--eval-resize", "--input-size", "--scale", "--ratio",
+                                "--mean", "--std", "--labels", "--teacher", "--no-decay-norm-bias",
+                                "--model-ema-warmup", "--sync-bn", "--strict-data"}) {
+    train.erase(not_flags);  // no default shown: empty, auto, or a plain flag
+  }
+  ASSERT_EQ(train.at("--nesterov"), "true");
+  ASSERT_EQ(train.at("--channels-last"), "true");
+  expect_help_defaults("train", train);
+
+  const fkd::LabelConfig lc;
+  const std::map<std::string, std::string> label = {
+      {"--data", lc.data},
+      {"--crops", std::to_string(lc.crops)},
+      {"--label-type", lc.label_type},
+      {"--precision", lc.precision},
+      {"--temperature", fmt::format("{}", lc.temperature)},
+      {"--aug", "auto"},
+      {"--padding", std::to_string(lc.crop.padding)},
+      {"--flip", fmt::format("{}", lc.crop.flip)},
+      {"--interpolation", lc.interp},
+      {"--batch", std::to_string(lc.batch)},
+      {"--seed", std::to_string(lc.seed)},
+      {"--optimize", lc.optimize ? "true" : "false"},
+      {"--amp", lc.amp},
+      {"--threads", std::to_string(lc.threads)},
+      {"--workers", std::to_string(lc.workers)},
+      {"--device", lc.device}};
+  expect_help_defaults("label", label);
+
+  const fkd::EvalOptions eo;
+  expect_help_defaults("eval", {{"--data", eo.data},
+                                {"--split", eo.split},
+                                {"--batch-size", std::to_string(eo.batch_size)},
+                                {"--threads", std::to_string(eo.threads)},
+                                {"--workers", std::to_string(eo.workers)},
+                                {"--device", eo.device}});
+}
+
+TEST(Cli, ExportHelpListsTheOutputOnce) {
+  const auto h = run_fkd("export --help");
+  ASSERT_EQ(h.status, 0) << h.out;
+  EXPECT_TRUE(std::regex_search(h.out, std::regex("\n  out TEXT +Output file\n"))) << h.out;
+  EXPECT_EQ(h.out.find("--out"), std::string::npos) << h.out;
+  EXPECT_EQ(h.out.find("Output file"), h.out.rfind("Output file")) << h.out;
+  // Without an output, and with two: one line each, exit 2.
+  TempDir d;
+  for (const std::string args :
+       {"export " + d.file("c.pt"), "export " + d.file("c.pt") + " a.pt -o b.pt"}) {
+    const auto r = run_fkd(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  }
+}
+
+TEST(Cli, UnknownModelIsABadFlagValue) {
+  // A zoo name that does not exist is refused as a bad flag value (exit 2), naming the flag
+  // as the user wrote it.
+  TempDir d;
+  for (const auto& [args, flag] : std::vector<std::pair<std::string, std::string>>{
+           {"train --model resnet19 --out " + d.file("run"), "--model"},
+           {"distill --teacher t.pt --student bogus --out " + d.file("run"), "--student"}}) {
+    const auto r = run_fkd(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.out;
+    EXPECT_EQ(count_lines(r.out), 1) << r.out;
+    EXPECT_NE(r.out.find("error: " + flag + ": '"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("resnet20"), std::string::npos) << r.out;  // the known names
+  }
+  EXPECT_FALSE(std::filesystem::exists(d.file("run")));
 }
 
 TEST(Cli, CountsAndRangesAreCheckedBeforeAnyWork) {
@@ -217,7 +364,7 @@ TEST(Cli, ErrorsAreOneLine) {
   EXPECT_NE(r.out.find(d.file("missing")), std::string::npos) << r.out;
 
   const auto m = run_fkd("train --model resnet7 --out " + d.file("run2"));
-  EXPECT_EQ(m.status, 1);
+  EXPECT_EQ(m.status, 2);
   EXPECT_EQ(count_lines(m.out), 1) << m.out;
   EXPECT_NE(m.out.find("resnet7"), std::string::npos) << m.out;
 

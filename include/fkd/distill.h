@@ -12,6 +12,13 @@ struct DistillConfig {
   LabelConfig label;  ///< teacher, data, crops (0 = as many as the epochs use), sampler, ...
   TrainConfig train;  ///< the student's run (model, epochs, num_crops, optimizer, ...)
   std::string out = "runs/distill";  ///< labels in out/labels, the student in out/student
+
+  /// fkd distill's defaults where they differ from label's and train's: the tiny student,
+  /// and as many crops labeled as the epochs use.
+  DistillConfig() {
+    train.model = "tiny";
+    label.crops = 0;
+  }
 };
 
 /// Labels (resuming a partial store) and trains (resuming a partial run). Returns the

@@ -5,6 +5,7 @@
 
 #include <fmt/core.h>
 #include <fmt/ranges.h>
+#include <algorithm>
 #include <charconv>
 #include <limits>
 #include <optional>
@@ -97,6 +98,47 @@ CLI::Validator one_of(const std::vector<std::string>& words) {
       "{" + fmt::format("{}", fmt::join(words, ",")) + "}");
 }
 
+/// --model/--student: a zoo name or a TorchScript file (its contents are read later: a run
+/// that resumes needs no file, its checkpoint holds a copy).
+CLI::Validator model_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        if (is_model_file(text)) return "";
+        const auto names = model_names();
+        if (std::find(names.begin(), names.end(), text) != names.end()) return "";
+        return fmt::format("'{}': unknown model; known: {}, or a TorchScript file (.pt, .pth)",
+                           text, fmt::join(names, ", "));
+      },
+      "");
+}
+
+/// CLI11's help with the defaults of switches shown: CLI11 writes "--x,--no-x{false}" (the
+/// value --no-x sets, which reads as the default); this writes "--x,--no-x=true", the
+/// default, as for any other option.
+class HelpFormatter : public CLI::Formatter {
+ public:
+  std::string make_option_name(const CLI::Option* opt, bool positional) const override {
+    std::string name = CLI::Formatter::make_option_name(opt, positional);
+    for (size_t open = name.find('{'); open != std::string::npos; open = name.find('{')) {
+      name.erase(open, name.find('}', open) + 1 - open);
+    }
+    return name;
+  }
+  std::string make_option_opts(const CLI::Option* opt) const override {
+    if (opt->get_type_size() == 0 && !opt->get_default_str().empty()) {
+      return "=" + opt->get_default_str();
+    }
+    return CLI::Formatter::make_option_opts(opt);
+  }
+};
+
+/// A switch --name/--no-name whose help shows its default (HelpFormatter).
+CLI::Option* add_switch(CLI::App* app, const std::string& name, bool& value,
+                        const std::string& help) {
+  return app->add_flag(fmt::format("--{},!--no-{}", name, name), value, help)
+      ->default_str(value ? "true" : "false");
+}
+
 // --- option groups -----------------------------------------------------------------------
 
 void add_execution(CLI::App* app, int& threads, int& workers, std::string& device) {
@@ -186,8 +228,7 @@ void add_optimization(CLI::App* app, TrainConfig& c) {
       ->check(kRate)
       ->capture_default_str();
   app->add_option("--momentum", c.momentum, "SGD momentum")->check(kUnit)->capture_default_str();
-  app->add_flag("--nesterov,!--no-nesterov", c.nesterov, "Nesterov momentum (SGD)")
-      ->capture_default_str();
+  add_switch(app, "nesterov", c.nesterov, "Nesterov momentum (SGD)");
   app->add_option("--weight-decay,--wd", c.weight_decay, "Weight decay")
       ->check(kAlpha)
       ->capture_default_str();
@@ -265,6 +306,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
                   "and val/")
       ->capture_default_str();
   app->add_option("--model", c.model, zoo_help("Zoo model") + kScriptedStudentHelp)
+      ->check(model_check())
       ->capture_default_str();
   add_optimization(app, c);
   add_crop_sampler(app, c.crop,
@@ -294,9 +336,8 @@ void add_train(CLI::App& root, TrainConfig& c) {
   add_soft_loss(app, c);
   add_precision(app, c);
   add_execution(app, c.threads, c.workers, c.device);
-  app->add_flag("--channels-last,!--no-channels-last", c.channels_last,
-                "NHWC activations (usually faster convolutions)")
-      ->capture_default_str();
+  add_switch(app, "channels-last", c.channels_last,
+             "NHWC activations (usually faster convolutions)");
   app->add_flag("--strict-data", c.strict_data, "Abort on an unreadable image instead of skipping");
   app->add_flag("--skip-damaged-labels", c.skip_damaged_labels,
                 "FKD: skip images whose label record is damaged instead of stopping (fkd label "
@@ -335,7 +376,7 @@ void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
 }
 
 struct ExportArgs {
-  std::string checkpoint, out, format = "torchscript";
+  std::string checkpoint, out, out_flag, format = "torchscript";
   bool ema = false;
 };
 
@@ -343,7 +384,18 @@ void add_export(CLI::App& root, ExportArgs& a) {
   CLI::App* app = root.add_subcommand(
       "export", "Write a trained model for Python: TorchScript (torch.jit.load) or a state dict");
   app->add_option("checkpoint", a.checkpoint, "checkpoint.pt written by fkd train")->required();
-  app->add_option("out,-o,--out", a.out, "Output file")->required();
+  app->add_option("out", a.out, "Output file");
+  // -o/--out is the positional's other spelling, not listed as an option of its own.
+  app->add_option("-o,--out", a.out_flag)->group("");
+  app->final_callback([&a] {
+    if (!a.out.empty() && !a.out_flag.empty()) {
+      throw CLI::ValidationError("the output file is given twice (OUT and --out): give it once");
+    }
+    if (a.out.empty()) a.out = a.out_flag;
+    if (a.out.empty()) {
+      throw CLI::ValidationError("no output file: expected fkd export CHECKPOINT OUT");
+    }
+  });
   app->add_option("--format", a.format,
                   "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
       ->check(one_of({"torchscript", "state_dict"}))
@@ -445,9 +497,8 @@ void add_label(CLI::App& root, LabelArgs& a) {
                   "This process's part, i/n (default: RANK/WORLD_SIZE from the environment)");
   app->add_option("--reference-crops", c.reference_crops,
                   "Label exactly the crops of this existing store (for ensembles)");
-  app->add_flag("--optimize,!--no-optimize", c.optimize,
-                "Freeze and optimize a TorchScript teacher for inference")
-      ->capture_default_str();
+  add_switch(app, "optimize", c.optimize,
+             "Freeze and optimize a TorchScript teacher for inference");
   app->add_option("--amp", c.amp,
                   "Teacher precision: auto (bf16 on a GPU that runs it natively, off on the "
                   "CPU), off, bf16 or fp16 (CUDA); labels are quantized from float32 softmax")
@@ -480,10 +531,8 @@ void add_label(CLI::App& root, LabelArgs& a) {
                    "Crops per teacher forward: the --batch the store was labeled with")
       ->check(kBatch)
       ->capture_default_str();
-  a.repair_app
-      ->add_flag("--optimize,!--no-optimize", r.optimize,
-                 "Freeze and optimize a TorchScript teacher (as when labeling)")
-      ->capture_default_str();
+  add_switch(a.repair_app, "optimize", r.optimize,
+             "Freeze and optimize a TorchScript teacher (as when labeling)");
   add_execution(a.repair_app, r.threads, r.workers, r.device);
   add_label_interchange(*app, a);
 }
@@ -527,8 +576,6 @@ void add_inspect(CLI::App& root, InspectOptions& o) {
 }
 
 void add_distill(CLI::App& root, DistillConfig& d) {
-  d.train.model = "tiny";
-  d.label.crops = 0;
   CLI::App* app = root.add_subcommand(
       "distill", "Label with a teacher, then train a student from the labels (FKD)");
   app->add_option("--teacher,-t", d.label.teacher,
@@ -537,6 +584,7 @@ void add_distill(CLI::App& root, DistillConfig& d) {
   app->add_option("--data", d.train.data, "Dataset (as for train)")->capture_default_str();
   app->add_option("--student,-s", d.train.model,
                   zoo_help("Student zoo model") + kScriptedStudentHelp)
+      ->check(model_check())
       ->capture_default_str();
   add_optimization(app, d.train);
   app->add_option("--crops", d.label.crops,
@@ -662,6 +710,7 @@ int run_label(LabelArgs& a) {
 
 int run_cli(int argc, char** argv) {
   CLI::App app{"fkd: fast knowledge distillation for vision models"};
+  app.formatter(std::make_shared<HelpFormatter>());  // before the subcommands, which copy it
   app.require_subcommand(1);
   app.set_version_flag("--version", "fkd " FKD_VERSION);
 
