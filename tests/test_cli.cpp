@@ -12,8 +12,10 @@
 #include "fkd/distill.h"
 #include "fkd/image.h"
 #include "fkd/label.h"
+#include "fkd/store.h"
 #include "fkd/train.h"
 #include "testutil.h"
+#include "train/checkpoint.h"
 
 using fkd::test::run_command;
 using fkd::test::TempDir;
@@ -140,6 +142,27 @@ TEST(Cli, HelpShowsTheConfigDefaults) {
   ASSERT_EQ(train.at("--channels-last"), "true");
   expect_help_defaults("train", train);
 
+  // distill: train's options for the student, label's for the labels, its own --out.
+  const fkd::DistillConfig dc;
+  std::map<std::string, std::string> distill =
+      flags_of(nlohmann::json::parse(config_to_json(dc.train)));
+  distill["--interpolation"] = distill.at("--interp");
+  for (const char* not_flags :
+       {"--interp", "--eval-resize", "--input-size", "--scale", "--ratio", "--mean", "--std",
+        "--labels", "--teacher", "--no-decay-norm-bias", "--model-ema-warmup", "--sync-bn",
+        "--strict-data", "--mode", "--resume"}) {
+    distill.erase(not_flags);
+  }
+  distill["--out"] = dc.out;
+  distill["--crops"] = std::to_string(dc.label.crops);
+  distill["--label-type"] = dc.label.label_type;
+  distill["--precision"] = dc.label.precision;
+  distill["--label-temperature"] = fmt::format("{}", dc.label.temperature);
+  distill["--padding"] = std::to_string(dc.label.crop.padding);
+  distill["--flip"] = fmt::format("{}", dc.label.crop.flip);
+  ASSERT_EQ(distill.at("--model"), "tiny");
+  expect_help_defaults("distill", distill);
+
   const fkd::LabelConfig lc;
   const std::map<std::string, std::string> label = {
       {"--data", lc.data},
@@ -151,6 +174,7 @@ TEST(Cli, HelpShowsTheConfigDefaults) {
       {"--padding", std::to_string(lc.crop.padding)},
       {"--flip", fmt::format("{}", lc.crop.flip)},
       {"--interpolation", lc.interp},
+      {"--channels", std::to_string(lc.channels)},
       {"--batch", std::to_string(lc.batch)},
       {"--seed", std::to_string(lc.seed)},
       {"--optimize", lc.optimize ? "true" : "false"},
@@ -199,6 +223,50 @@ TEST(Cli, UnknownModelIsABadFlagValue) {
     EXPECT_NE(r.out.find("resnet20"), std::string::npos) << r.out;  // the known names
   }
   EXPECT_FALSE(std::filesystem::exists(d.file("run")));
+}
+
+TEST(Cli, DistillTakesTrainsStudentAndInputOptions) {
+  // fkd distill has train's options for the student and the images' input options for
+  // teacher and student (it once had no --channels, which its own hint told the user to pass).
+  const auto h = run_fkd("distill --help");
+  ASSERT_EQ(h.status, 0) << h.out;
+  for (const char* flag :
+       {"--model", "--limit-train", "--limit-val", "--channels", "--mean", "--std",
+        "--interpolation", "--stop-after", "--strict-data", "--channels-last"}) {
+    EXPECT_TRUE(std::regex_search(h.out, std::regex(std::string("\n  ") + flag + "[ =,]"))) << flag;
+  }
+  TempDir d;
+  const std::string teacher = d.file("rgb.pt"), out = d.file("out");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "3", "10"}).status, 0);
+  const std::string cmd =
+      "distill --teacher " + teacher +
+      " --limit-train 64 --limit-val 32 --epochs 2 --num-crops 1 --batch-size 32 --channels 3 "
+      "--mean 0.5 0.5 0.5 --std 0.25 0.25 0.25 --interpolation bicubic --strict-data "
+      "--threads 1 --out " +
+      out;
+  const auto first = run_fkd(cmd + " --model tiny --stop-after 1");
+  ASSERT_EQ(first.status, 0) << first.out;
+  const std::string ckpt = out + "/student/checkpoint.pt";
+  const fkd::CheckpointMeta meta = fkd::read_checkpoint_meta(ckpt);
+  EXPECT_EQ(meta.epochs_done, 1);  // --stop-after 1 of 2 epochs
+  EXPECT_EQ(meta.config.limit_val, 32u);
+  EXPECT_EQ(meta.config.channels, 3);
+  EXPECT_EQ(meta.config.interp, "bicubic");
+  EXPECT_EQ(meta.config.mean, (std::vector<float>{0.5f, 0.5f, 0.5f}));
+  EXPECT_EQ(meta.config.std, (std::vector<float>{0.25f, 0.25f, 0.25f}));
+  EXPECT_TRUE(meta.config.strict_data);
+  // The teacher saw the same input.
+  const fkd::Manifest m = fkd::read_manifest(out + "/labels");
+  EXPECT_EQ(m.interpolation, "bicubic");
+  EXPECT_EQ(m.mean, (std::vector<float>{0.5f, 0.5f, 0.5f}));
+  EXPECT_EQ(m.std, (std::vector<float>{0.25f, 0.25f, 0.25f}));
+  // The same command goes on (--student is --model's other name), to the end.
+  const auto rest = run_fkd(cmd + " --student tiny");
+  ASSERT_EQ(rest.status, 0) << rest.out;
+  EXPECT_EQ(fkd::read_checkpoint_meta(ckpt).epochs_done, 2);
+  const auto both = run_fkd(cmd + " --model tiny --student tiny");
+  EXPECT_EQ(both.status, 2) << both.out;
+  EXPECT_EQ(count_lines(both.out), 1) << both.out;
 }
 
 TEST(Cli, CountsAndRangesAreCheckedBeforeAnyWork) {

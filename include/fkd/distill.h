@@ -10,7 +10,9 @@ namespace fkd {
 
 struct DistillConfig {
   LabelConfig label;  ///< teacher, data, crops (0 = as many as the epochs use), sampler, ...
-  TrainConfig train;  ///< the student's run (model, epochs, num_crops, optimizer, ...)
+  /// The student's run (model, epochs, num_crops, optimizer, ...). Its channels, interp,
+  /// mean and std are the teacher's input too (an empty mean/std: a checkpoint teacher's own).
+  TrainConfig train;
   std::string out = "runs/distill";  ///< labels in out/labels, the student in out/student
 
   /// fkd distill's defaults where they differ from label's and train's: the tiny student,

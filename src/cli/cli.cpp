@@ -294,6 +294,41 @@ void add_precision(CLI::App* app, TrainConfig& c) {
       ->capture_default_str();
 }
 
+/// How images become model input: resampling, normalization and channels (train, label;
+/// distill, for teacher and student alike). `auto_source` says where unset ones come from.
+void add_image_input(CLI::App* app, std::string& interp, std::vector<float>& mean,
+                     std::vector<float>& std, int& channels, const std::string& auto_source) {
+  app->add_option("--interpolation", interp, "bilinear or bicubic")
+      ->check(one_of({"bilinear", "bicubic"}))
+      ->capture_default_str();
+  app->add_option("--mean", mean,
+                  fmt::format("Normalization mean per channel (default: {})", auto_source))
+      ->check(kMean);
+  app->add_option("--std", std,
+                  fmt::format("Normalization std per channel (default: {})", auto_source))
+      ->check(kStd);
+  app->add_option("--channels", channels,
+                  fmt::format("Image channels: 1 or 3 (0 = {})", auto_source))
+      ->check(one_of({"0", "1", "3"}))
+      ->capture_default_str();
+}
+
+/// The run of a student after its data and recipe (train, distill): what it evaluates on,
+/// how it computes and where an invocation stops.
+void add_student_run(CLI::App* app, TrainConfig& c, const std::string& continue_with) {
+  app->add_option("--limit-val", c.limit_val, "Use only this many val images")
+      ->check(kImageCount)
+      ->capture_default_str();
+  add_switch(app, "channels-last", c.channels_last,
+             "NHWC activations (usually faster convolutions)");
+  app->add_flag("--strict-data", c.strict_data, "Abort on an unreadable image instead of skipping");
+  app->add_option("--stop-after", c.stop_after,
+                  fmt::format("Stop after this many passes of this invocation (a pass is one "
+                              "epoch, FKD: --num-crops epochs); {}",
+                              continue_with))
+      ->check(count_check(1, kMaxEpochs));
+}
+
 // --- subcommands ---------------------------------------------------------------------------
 
 void add_train(CLI::App& root, TrainConfig& c) {
@@ -311,19 +346,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   add_optimization(app, c);
   add_crop_sampler(app, c.crop,
                    "Model input side (0 = auto: the images' size up to 224, Fashion-MNIST 28)");
-  app->add_option("--interpolation", c.interp, "bilinear or bicubic")
-      ->check(one_of({"bilinear", "bicubic"}))
-      ->capture_default_str();
-  app->add_option("--mean", c.mean, "Normalization mean per channel (default: dataset's)")
-      ->check(kMean);
-  app->add_option("--std", c.std, "Normalization std per channel (default: dataset's)")
-      ->check(kStd);
-  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = dataset's)")
-      ->check(one_of({"0", "1", "3"}))
-      ->capture_default_str();
-  app->add_option("--limit-val", c.limit_val, "Use only this many val images")
-      ->check(kImageCount)
-      ->capture_default_str();
+  add_image_input(app, c.interp, c.mean, c.std, c.channels, "the dataset's");
   app->add_option_function<std::string>(
          "--mode", [&c](const std::string& name) { c.mode = parse_mode(name); },
          "supervised, fkd or kd; auto = fkd with --labels, kd with --teacher, else "
@@ -336,9 +359,7 @@ void add_train(CLI::App& root, TrainConfig& c) {
   add_soft_loss(app, c);
   add_precision(app, c);
   add_execution(app, c.threads, c.workers, c.device);
-  add_switch(app, "channels-last", c.channels_last,
-             "NHWC activations (usually faster convolutions)");
-  app->add_flag("--strict-data", c.strict_data, "Abort on an unreadable image instead of skipping");
+  add_student_run(app, c, "continue with --resume");
   app->add_flag("--skip-damaged-labels", c.skip_damaged_labels,
                 "FKD: skip images whose label record is damaged instead of stopping (fkd label "
                 "verify lists them, fkd label repair remakes them)");
@@ -346,10 +367,6 @@ void add_train(CLI::App& root, TrainConfig& c) {
   app->add_option("--out,-o", c.out, "Run directory (checkpoint.pt, metrics.jsonl)")
       ->capture_default_str();
   app->add_flag("--resume", c.resume, "Continue the run in --out from its last checkpoint");
-  app->add_option("--stop-after", c.stop_after,
-                  "Stop after this many passes of this invocation (a pass is one epoch, FKD: "
-                  "--num-crops epochs); continue with --resume")
-      ->check(count_check(1, kMaxEpochs));
 }
 
 void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
@@ -478,13 +495,8 @@ void add_label(CLI::App& root, LabelArgs& a) {
       ->capture_default_str();
   add_crop_sampler(app, c.crop,
                    "Teacher input side (0 = a checkpoint teacher's, else from the images)");
-  app->add_option("--interpolation", c.interp, "bilinear or bicubic")
-      ->check(one_of({"bilinear", "bicubic"}))
-      ->capture_default_str();
-  app->add_option("--mean", c.mean, "Normalization mean per channel")->check(kMean);
-  app->add_option("--std", c.std, "Normalization std per channel")->check(kStd);
-  app->add_option("--channels", c.channels, "Image channels: 1 or 3 (0 = auto)")
-      ->check(one_of({"0", "1", "3"}));
+  add_image_input(app, c.interp, c.mean, c.std, c.channels,
+                  "a checkpoint teacher's, else the dataset's");
   app->add_option("--batch", c.batch, "Crops per teacher forward")
       ->check(kBatch)
       ->capture_default_str();
@@ -582,10 +594,18 @@ void add_distill(CLI::App& root, DistillConfig& d) {
                   "TorchScript file (torch.jit.trace/script output) or a checkpoint.pt")
       ->required();
   app->add_option("--data", d.train.data, "Dataset (as for train)")->capture_default_str();
-  app->add_option("--student,-s", d.train.model,
-                  zoo_help("Student zoo model") + kScriptedStudentHelp)
-      ->check(model_check())
-      ->capture_default_str();
+  // The student is --model, as in train; --student (-s) is its other name.
+  CLI::Option* model = app->add_option("--model", d.train.model,
+                                       zoo_help("Student: zoo model") + kScriptedStudentHelp)
+                           ->check(model_check())
+                           ->capture_default_str();
+  CLI::Option* student =
+      app->add_option("--student,-s", d.train.model, "The same as --model")->check(model_check());
+  app->final_callback([model, student] {
+    if (model->count() && student->count()) {
+      throw CLI::ValidationError("--model and --student both name the student: give one");
+    }
+  });
   add_optimization(app, d.train);
   app->add_option("--crops", d.label.crops,
                   "Crops labeled per image (0 = as many as the epochs use)")
@@ -593,6 +613,8 @@ void add_distill(CLI::App& root, DistillConfig& d) {
       ->capture_default_str();
   add_quantization(app, d.label);
   add_crop_sampler(app, d.label.crop, "Input side of teacher and student (0 = auto, as for label)");
+  add_image_input(app, d.train.interp, d.train.mean, d.train.std, d.train.channels,
+                  "the dataset's; a checkpoint teacher keeps its own");
   app->add_option("--label-temperature", d.label.temperature,
                   "Softmax temperature of the stored labels")
       ->check(kTemperature)
@@ -601,6 +623,7 @@ void add_distill(CLI::App& root, DistillConfig& d) {
   add_precision(app, d.train);
   app->add_option("--out,-o", d.out, "Output directory (labels/, student/)")->capture_default_str();
   add_execution(app, d.train.threads, d.train.workers, d.train.device);
+  add_student_run(app, d.train, "the same command continues");
   add_data_parallel(app, d.train);
 }
 

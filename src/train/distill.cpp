@@ -34,7 +34,11 @@ TrainResult run_distill(DistillConfig cfg) {
   t.resume = true;
   l.data = t.data;
   l.limit = t.limit_train;
+  // The images' input options are the teacher's and the student's.
   l.channels = t.channels;
+  l.interp = t.interp;
+  l.mean = t.mean;
+  l.std = t.std;
   // --input-size is the teacher's and the student's.
   if (t.crop.size) l.crop.size = t.crop.size;
   t.crop.size = l.crop.size;
