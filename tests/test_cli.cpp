@@ -543,6 +543,66 @@ TEST(Cli, InspectSummarizesPrintsAndDrawsAnImage) {
   }
 }
 
+TEST(Cli, FinishedStoreCommandsRerunToExitZero) {
+  // Run again, a finished label, merge or ensemble is found done (exit 0, nothing written),
+  // as a script that reruns a pipeline expects.
+  TempDir d;
+  const std::string teacher = d.file("t.pt"), store = d.file("store");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "10"}).status, 0);
+  const std::string label =
+      "label --teacher " + teacher + " --out " + store + " --limit 16 --crops 2 --threads 1";
+  for (const auto& [cmd, out] : std::vector<std::pair<std::string, std::string>>{
+           {label, store},
+           {"label merge " + store + " --out " + d.file("merged"), d.file("merged")},
+           {"label ensemble " + store + " " + store + " --out " + d.file("ens"), d.file("ens")}}) {
+    const auto first = run_fkd(cmd);
+    ASSERT_EQ(first.status, 0) << cmd << "\n" << first.out;
+    const std::string shard = out + "/shard-00000-of-00001.fkdl";
+    const std::string bytes = fkd::test::read_file(shard);
+    const auto again = run_fkd(cmd);
+    EXPECT_EQ(again.status, 0) << cmd << "\n" << again.out;
+    EXPECT_EQ(fkd::test::read_file(shard), bytes) << cmd;
+  }
+  // Into a directory that holds another store: refused, nothing lost.
+  const std::string merged = fkd::test::read_file(d.file("merged/shard-00000-of-00001.fkdl"));
+  const auto other =
+      run_fkd("label ensemble " + store + " " + store + " --out " + d.file("merged"));
+  EXPECT_EQ(other.status, 1) << other.out;
+  EXPECT_NE(other.out.find("already holds another label store"), std::string::npos) << other.out;
+  EXPECT_EQ(fkd::test::read_file(d.file("merged/shard-00000-of-00001.fkdl")), merged);
+}
+
+TEST(Cli, OutNamingAFileIsOneClearLine) {
+  TempDir d;
+  const std::string file = d.file("afile"), teacher = d.file("t.pt"), store = d.file("store");
+  fkd::test::write_file(file, "not a directory");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "10"}).status, 0);
+  ASSERT_EQ(run_fkd("label --teacher " + teacher + " --out " + store +
+                    " --limit 16 --crops 2 --threads 1")
+                .status,
+            0);
+  const std::string tiny = " --model tiny --limit-train 64 --limit-val 32 --epochs 1 --threads 1";
+  for (const std::string& cmd :
+       {"train" + tiny + " --out " + file, "train" + tiny + " --out " + file + "/run",
+        "label --teacher " + teacher + " --limit 16 --crops 2 --threads 1 --out " + file,
+        "label merge " + store + " --out " + file,
+        "label ensemble " + store + " " + store + " --out " + file,
+        "distill --teacher " + teacher + " --limit-train 64 --epochs 1 --threads 1 --out " + file,
+        "demo --quick --out " + file}) {
+    const auto r = run_fkd(cmd);
+    EXPECT_EQ(r.status, 1) << cmd << "\n" << r.out;
+    EXPECT_EQ(count_lines(r.out.substr(r.out.find("fkd: error:"))), 1) << cmd << "\n" << r.out;
+    EXPECT_EQ(r.out.find("filesystem error"), std::string::npos) << cmd << "\n" << r.out;
+    EXPECT_TRUE(r.out.find("fkd: error: " + file + ": --out names a file, not a directory") !=
+                    std::string::npos ||
+                r.out.find(": --out cannot be created: " + file + " is a file, not a directory") !=
+                    std::string::npos)
+        << cmd << "\n"
+        << r.out;
+  }
+  EXPECT_EQ(fkd::test::read_file(file), "not a directory");
+}
+
 TEST(Cli, TeacherThatCannotRunOnTheDataIsNamedInOneLine) {
   TempDir d;
   const std::string teacher = d.file("rgb.pt"), store = d.file("store");

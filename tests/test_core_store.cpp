@@ -1689,7 +1689,16 @@ TEST(StoreMerge, ShardsPlusMergeEqualsSingleShardWrite) {
   EXPECT_TRUE(manifest_differences(mm, one).empty());
   StoreReader rm(merged.path() + "/out");
   EXPECT_EQ(rm.shard_bytes(), ra.shard_bytes());
-  EXPECT_THROW(merge_store(b.path(), merged.path() + "/out"), ConfigError);  // never overwrites
+  // Run again, the finished merge is found done: nothing is written, nothing is refused.
+  const std::string shard = read_file(shard_path(merged.path() + "/out", 0, 1));
+  EXPECT_FALSE(merge_store(b.path(), merged.path() + "/out"));
+  EXPECT_EQ(read_file(shard_path(merged.path() + "/out", 0, 1)), shard);
+  // Another store there is never overwritten.
+  TempDir c;
+  write_store(c.path(),
+              make_manifest(LabelType::kMarginalSmoothing, 4, Precision::kU8, C, 9, 12, 1));
+  EXPECT_THROW(merge_store(c.path(), merged.path() + "/out"), ConfigError);
+  EXPECT_EQ(read_file(shard_path(merged.path() + "/out", 0, 1)), shard);
 }
 
 TEST(StoreMerge, VersionOneStoreComesOutInTheCurrentVersion) {

@@ -82,4 +82,9 @@ void write_file_durably(const std::string& path, std::string_view bytes);
 /// fsync of a directory, which makes a rename into it durable. IoError naming it on failure.
 void fsync_directory(const std::string& dir);
 
+/// Creates a directory and its parents (mkdir -p) that a flag names (`flag`: "--out").
+/// IoError naming the directory and the flag when a file stands in its place or in a
+/// parent's ("runs/x: --out names a file, not a directory"), or the system refuses.
+void make_directories(const std::string& dir, const char* flag);
+
 }  // namespace fkd

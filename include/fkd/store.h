@@ -220,8 +220,10 @@ StoreProgress store_progress(const std::string& store_dir);
 /// Averages the dense labels of several stores made on identical crops (same dataset,
 /// sampler, seed and crop count, e.g. with --reference-crops; every record's crop hash is
 /// compared) and writes them, quantized as the first store, to `out_dir`. A killed run
-/// resumes when run again; the manifest is written last.
-void ensemble_stores(const std::vector<std::string>& stores, const std::string& out_dir);
+/// resumes when run again; the manifest is written last. Returns false, writing nothing,
+/// when `out_dir` already holds this ensemble (the same command, finished before); refuses
+/// any other store there.
+bool ensemble_stores(const std::vector<std::string>& stores, const std::string& out_dir);
 /// What verify_store found: every damaged record and every shard that cannot be read.
 struct StoreVerification {
   /// A record whose block or content is damaged (its labels are lost).
@@ -268,7 +270,9 @@ void replace_records(const std::string& store_dir, uint32_t shard_index,
 
 /// Packs all shards of a complete store into one shard (shard-00000-of-00001.fkdl) in
 /// `out_dir`; the records are identical. A store of an older format version comes out in
-/// the current one, with the same labels.
-void merge_store(const std::string& store_dir, const std::string& out_dir);
+/// the current one, with the same labels. Returns false, writing nothing, when `out_dir`
+/// already holds this merge (the same command, finished before); refuses any other store
+/// there.
+bool merge_store(const std::string& store_dir, const std::string& out_dir);
 
 }  // namespace fkd

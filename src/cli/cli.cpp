@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 #include <algorithm>
 #include <charconv>
+#include <filesystem>
 #include <limits>
 #include <optional>
 
@@ -689,13 +690,31 @@ std::string quiet_other_ranks() {
 
 // --- running ---------------------------------------------------------------------------------
 
+/// What a filesystem_error was doing ("cannot create directories"), without the "filesystem
+/// error: " before it and the reason and paths after it.
+std::string filesystem_operation(const std::filesystem::filesystem_error& e) {
+  std::string what = e.what();
+  const std::string prefix = "filesystem error: ";
+  if (what.rfind(prefix, 0) == 0) what = what.substr(prefix.size());
+  const std::string reason = ": " + e.code().message();
+  if (const size_t at = what.find(reason); at != std::string::npos) what.resize(at);
+  return what;
+}
+
 int run_label(LabelArgs& a) {
   if (a.merge->parsed()) {
-    merge_store(a.store, a.out);
-    fmt::print("merged {} into {}\n", a.store, a.out);
+    if (merge_store(a.store, a.out)) {
+      fmt::print("merged {} into {}\n", a.store, a.out);
+    } else {
+      fmt::print("{}: already holds the merge of {}; nothing to do\n", a.out, a.store);
+    }
   } else if (a.ensemble->parsed()) {
-    ensemble_stores(a.members, a.out);
-    fmt::print("wrote the ensemble of {} stores to {}\n", a.members.size(), a.out);
+    if (ensemble_stores(a.members, a.out)) {
+      fmt::print("wrote the ensemble of {} stores to {}\n", a.members.size(), a.out);
+    } else {
+      fmt::print("{}: already holds the ensemble of these {} stores; nothing to do\n", a.out,
+                 a.members.size());
+    }
   } else if (a.verify->parsed()) {
     return print_verification(a.store) ? 0 : 1;
   } else if (a.import_app->parsed()) {
@@ -800,6 +819,11 @@ int run_cli(int argc, char** argv) {
     return 1;
   } catch (const c10::Error& e) {
     fmt::print(stderr, "fkd: error: {}{}\n", who, one_line(e.what_without_backtrace()));
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // "PATH: what failed: reason", like fkd's own messages.
+    fmt::print(stderr, "fkd: error: {}{}: {}: {}\n", who, e.path1().string(),
+               filesystem_operation(e), e.code().message());
     return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "fkd: error: {}{}\n", who, one_line(e.what()));

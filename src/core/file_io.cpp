@@ -1,6 +1,7 @@
 #include "fkd/file_io.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -195,6 +196,28 @@ void write_file_durably(const std::string& path, std::string_view bytes) {
 void fsync_directory(const std::string& dir) {
   const int e = sync_dir(dir);
   FKD_CHECK(e == 0, IoError, "{}: cannot fsync the directory: {}", dir, std::strerror(e));
+}
+
+// --- directories -----------------------------------------------------------------------
+
+void make_directories(const std::string& dir, const char* flag) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(dir, ec)) return;
+  // The nearest thing that exists on the way: a file there is named, not a raw errno.
+  for (fs::path p = dir; !p.empty(); p = p.parent_path()) {
+    struct stat st;
+    if (::stat(p.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) break;
+      const char* kind = S_ISREG(st.st_mode) ? "a file" : kind_of(st.st_mode);
+      FKD_CHECK(p != fs::path(dir), IoError, "{}: {} names {}, not a directory", dir, flag, kind);
+      fail<IoError>("{}: {} cannot be created: {} is {}, not a directory", dir, flag, p.string(),
+                    kind);
+    }
+    if (p == p.parent_path()) break;
+  }
+  fs::create_directories(dir, ec);
+  FKD_CHECK(!ec, IoError, "{}: {} cannot be created: {}", dir, flag, ec.message());
 }
 
 }  // namespace fkd

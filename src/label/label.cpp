@@ -14,6 +14,7 @@
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/hash.h"
 #include "fkd/loader.h"
 #include "fkd/models.h"
@@ -370,7 +371,7 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
   if (!fs::exists(shard_path) && !fs::exists(shard_path + ".partial")) {
     check_images_readable(*ds, cfg.data, range_begin, range_end);
   }
-  fs::create_directories(cfg.out);
+  make_directories(cfg.out, "--out");
   if (!have_manifest) write_manifest(cfg.out, m);
 
   ShardWriter writer(cfg.out, m, shard_index);

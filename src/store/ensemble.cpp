@@ -6,8 +6,10 @@
 #include <fmt/ranges.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/progress.h"
 #include "fkd/store.h"
+#include "store/manifest.h"
 
 namespace fs = std::filesystem;
 
@@ -68,16 +70,17 @@ Manifest ensemble_manifest(const std::vector<std::unique_ptr<StoreReader>>& read
 
 }  // namespace
 
-void ensemble_stores(const std::vector<std::string>& stores, const std::string& out) {
+bool ensemble_stores(const std::vector<std::string>& stores, const std::string& out) {
   FKD_CHECK(stores.size() >= 2, ConfigError, "ensemble needs at least two stores, got {}",
             stores.size());
   std::vector<std::unique_ptr<StoreReader>> readers;
   for (const auto& s : stores) readers.push_back(std::make_unique<StoreReader>(s));
   check_same_crops(readers, stores);
   const Manifest m = ensemble_manifest(readers);
+  if (store::finished_store_of(out, m)) return false;
   FKD_CHECK(!fs::exists(fs::path(out) / "manifest.json"), ConfigError,
-            "{}: already holds a label store; write the ensemble into a new directory", out);
-  fs::create_directories(out);
+            "{}: already holds another label store; write the ensemble into a new directory", out);
+  make_directories(out, "--out");
   // Like any shard, a killed run resumes from the .partial; the manifest comes last.
   ShardWriter writer(out, m, 0);
   const int C = int(m.classes.size());
@@ -122,6 +125,7 @@ void ensemble_stores(const std::vector<std::string>& stores, const std::string& 
   bar.finish();
   writer.finish();
   write_manifest(out, m);  // last: a store without its manifest is not a store
+  return true;
 }
 
 }  // namespace fkd

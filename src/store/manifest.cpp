@@ -435,6 +435,16 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   return d;
 }
 
+bool store::finished_store_of(const std::string& dir, const Manifest& m) {
+  if (!fs::exists(fs::path(dir) / kManifestName)) return false;
+  const Manifest have = read_manifest(dir);
+  if (have.num_shards != m.num_shards || !manifest_differences(have, m).empty()) return false;
+  for (uint32_t i = 0; i < m.num_shards; ++i) {
+    if (!fs::is_regular_file(fs::path(dir) / shard_file_name(i, m.num_shards))) return false;
+  }
+  return true;
+}
+
 std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count) {
   FKD_CHECK(count >= 1 && index < count, ConfigError, "shard {} of {} does not exist", index,
             count);

@@ -26,6 +26,11 @@ uint32_t crops_hash(const CropPlan* crops, size_t n);
 /// "" when k is valid for the label type and class count, else what is wrong.
 std::string k_problem(LabelType t, int64_t k, uint64_t num_classes);
 
+/// True when `dir` holds a finished store made as `m` says (its manifest, written last, has
+/// no difference from `m`, and every shard is finished): what a rerun of the command that
+/// writes `m` there finds done.
+bool finished_store_of(const std::string& dir, const Manifest& m);
+
 /// Checks a manifest's values (ranges, k for the label type, record size limit).
 /// Returns the first problem as "field: what is wrong", or "" when valid.
 std::string manifest_problem(const Manifest& m);

@@ -191,13 +191,16 @@ bool StoreReader::verify_crops(uint64_t image_id) const {
   return l.crop_hash == label_crop_hash(impl_->store.manifest, image_id, l.height, l.width);
 }
 
-void merge_store(const std::string& store_dir, const std::string& out_dir) {
+bool merge_store(const std::string& store_dir, const std::string& out_dir) {
   const store::OpenStore src = store::open_store(store_dir);
   Manifest m = src.manifest;
   m.num_shards = 1;
-  fs::create_directories(out_dir);
+  make_directories(out_dir, "--out");
+  Manifest written = m;
+  written.version = kStoreFormatVersion;  // an older store comes out in the current version
+  if (store::finished_store_of(out_dir, written)) return false;
   FKD_CHECK(!fs::exists(fs::path(out_dir) / "manifest.json"), ConfigError,
-            "{}: already holds a label store; merge into a new directory", out_dir);
+            "{}: already holds another label store; merge into a new directory", out_dir);
   // A crashed merge resumes from the .partial like any shard.
   if (m.version < kStoreFormatVersion) {
     // An older format version comes out in the current one: the same labels, re-encoded.
@@ -221,6 +224,7 @@ void merge_store(const std::string& store_dir, const std::string& out_dir) {
     out.finish();
   }
   write_manifest(out_dir, m);  // last: a store without its manifest is not a store
+  return true;
 }
 
 }  // namespace fkd

@@ -220,7 +220,7 @@ DemoResult run_demo(const DemoOptions& opts) {
   const auto t_all = std::chrono::steady_clock::now();
   const DemoRun run{opts, recipe(opts.quick), fs::path(opts.out) / (opts.quick ? "quick" : "full"),
                     opts.seed ? fmt::format("-seed{}", opts.seed) : std::string()};
-  fs::create_directories(run.out);
+  make_directories(run.out.string(), "--out");
   DemoResult d;
   bool redo = false;  // a stage was started over: every later one is too
   const TrainResult teacher = train_teacher(run, redo, d);

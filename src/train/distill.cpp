@@ -76,6 +76,7 @@ TrainResult run_distill(DistillConfig cfg) {
   // then trains on its slice of every batch.
   const DistEnv env = dist_env_from_environment();
   Distributed dist(env, t.dist_timeout, rank_device(parse_device(t.device), env.local_rank));
+  make_directories(cfg.out, "--out");
   fmt::print("== 1/2 label: {} crops per image of {} with {}\n", l.crops, t.data, l.teacher);
   std::fflush(stdout);
   LabelResult lr;

@@ -456,7 +456,7 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   auto source = make_crop_source(cfg, *train_set, plan);
   const Objective objective(cfg, num_classes, device);
 
-  if (dist.leader()) fs::create_directories(cfg.out);
+  if (dist.leader()) make_directories(cfg.out, "--out");
   const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
   const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
   std::optional<CheckpointFile> saved = open_resumed(cfg, *train_set, ckpt_path);
