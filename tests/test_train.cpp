@@ -2,9 +2,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <signal.h>
+
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -201,6 +205,68 @@ TEST(Train, FullDiskWhileSavingACheckpointIsOneLineAndResumes) {
   ASSERT_EQ(resumed.status, 0) << resumed.out;
   EXPECT_EQ(read_checkpoint_meta(ckpt).epochs_done, 2);
   EXPECT_EQ(count_lines(out + "/metrics.jsonl"), 2u);
+}
+
+/// The fkd train command line of the fault tests below: 256 images, 2 epochs of 4 steps.
+std::string small_train_command(const std::string& out) {
+  return "FKD_PROGRESS=off OMP_WAIT_POLICY=passive " + std::string(FKD_BINARY_DIR) +
+         "/fkd train --data fashion-mnist --model tiny --limit-train 256 --limit-val 64 "
+         "--batch-size 64 --epochs 2 --threads 1 --workers 1 --seed 3 --out " +
+         out;
+}
+
+/// The state letter of a process in /proc (R, S, T, Z, ...; 0 once it is gone).
+char process_state(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(f, stat)) return 0;
+  const size_t paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() ? 0 : stat[paren + 2];
+}
+
+/// Waits until `done(state)` for process `pid`; false after a minute.
+template <typename F>
+bool wait_for_state(pid_t pid, F done) {
+  for (int i = 0; i < 1200; ++i) {
+    if (done(process_state(pid))) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+TEST(Train, ASecondRunOnTheSameOutIsRefusedWhileTheFirstHoldsIt) {
+  // Two runs (or two --resume) on one --out once both exited 0, the folder holding only one
+  // of them. Run A stops itself (SIGSTOP, the fault hook's controlled point) after its first
+  // step, holding the run directory; B is refused, naming the folder and A.
+  TempDir d;
+  const std::string out = d.file("run");
+  const std::string fkd = small_train_command(out);
+  const auto a =
+      fkd::test::run_command("FKD_TEST_RANK_FAULT=stop:0:1 " + fkd + " >/dev/null 2>&1 & echo $!");
+  const pid_t pid = pid_t(std::stol(a.out));
+  ASSERT_TRUE(wait_for_state(pid, [](char s) { return s == 'T' || s == 0; }));
+  ASSERT_EQ(process_state(pid), 'T');
+  for (const char* how : {"", " --resume"}) {
+    const auto b = fkd::test::run_command(fkd + how + " 2>&1");
+    EXPECT_EQ(b.status, 1) << how << "\n" << b.out;
+    EXPECT_EQ(b.out, "fkd: error: " + out +
+                         ": the run directory (--out) is in use by another fkd process (pid " +
+                         std::to_string(pid) +
+                         fmt::format(" on {}); wait for it to end or use another directory\n",
+                                     [] {
+                                       char host[256] = {0};
+                                       gethostname(host, sizeof host - 1);
+                                       return std::string(host);
+                                     }()))
+        << how;
+  }
+  EXPECT_FALSE(std::filesystem::exists(out + "/checkpoint.pt"));
+  // A killed holder holds nothing: the next run goes ahead, and leaves no lock file.
+  ::kill(pid, SIGKILL);
+  ASSERT_TRUE(wait_for_state(pid, [](char s) { return s == 'Z' || s == 0; }));
+  const auto c = fkd::test::run_command(fkd + " 2>&1");
+  EXPECT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(fkd::test::list_dir(out), (std::vector<std::string>{"checkpoint.pt", "metrics.jsonl"}));
 }
 
 TEST(Train, FullDiskWhileExportingIsOneLineAndLeavesNoFile) {

@@ -87,4 +87,22 @@ void fsync_directory(const std::string& dir);
 /// parent's ("runs/x: --out names a file, not a directory"), or the system refuses.
 void make_directories(const std::string& dir, const char* flag);
 
+/// An exclusive claim of one process on a directory (fkd train's run directory): flock(2)
+/// on DIR/NAME, a file that holds the claimant's pid and host while the claim lasts and is
+/// removed when it ends (a killed process leaves the file, but not the lock). The kernel
+/// releases the lock when the process dies, however it dies.
+class DirectoryLock {
+ public:
+  /// IoError naming the directory and, when known, the holder ("pid 12 on host"), when
+  /// another process holds it; `what` says what the directory is ("the run directory").
+  DirectoryLock(const std::string& dir, const std::string& name, const std::string& what);
+  ~DirectoryLock();
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
 }  // namespace fkd

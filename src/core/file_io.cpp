@@ -220,4 +220,52 @@ void make_directories(const std::string& dir, const char* flag) {
   FKD_CHECK(!ec, IoError, "{}: {} cannot be created: {}", dir, flag, ec.message());
 }
 
+DirectoryLock::DirectoryLock(const std::string& dir, const std::string& name,
+                             const std::string& what)
+    : path_((std::filesystem::path(dir) / name).string()) {
+  for (int attempt = 0;; ++attempt) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    FKD_CHECK(fd_ >= 0, IoError, "{}: cannot open its lock file {}: {}", dir, path_,
+              std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int e = errno;
+      char holder[256] = {0};
+      const ssize_t n = ::pread(fd_, holder, sizeof holder - 1, 0);
+      std::string who = n > 0 ? std::string(holder, size_t(n)) : "";
+      while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+      ::close(fd_);
+      fd_ = -1;
+      FKD_CHECK(e != EWOULDBLOCK, IoError,
+                "{}: {} is in use by another fkd process{}; wait for it to end or use another "
+                "directory",
+                dir, what, who.empty() ? "" : " (" + who + ")");
+      fail<IoError>("{}: cannot lock {}: {}", dir, path_, std::strerror(e));
+    }
+    // The holder before us removes the file as it ends: a lock on a file no longer in the
+    // directory is no claim on it.
+    struct stat held, named;
+    if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &named) == 0 &&
+        held.st_ino == named.st_ino && held.st_dev == named.st_dev) {
+      break;
+    }
+    ::close(fd_);
+    fd_ = -1;
+    FKD_CHECK(attempt < 100, IoError, "{}: cannot lock {}: it keeps being replaced", dir, path_);
+  }
+  // Who holds it, for the message of the next one to try (best effort: a full disk only
+  // loses the name).
+  char host[256] = {0};
+  if (::gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+  const std::string me = "pid " + std::to_string(::getpid()) + (host[0] ? " on " : "") + host;
+  if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, me.data(), me.size(), 0) < 0) {
+    (void)::ftruncate(fd_, 0);
+  }
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ < 0) return;
+  ::unlink(path_.c_str());  // while still held: no other process can hold this file
+  ::close(fd_);
+}
+
 }  // namespace fkd

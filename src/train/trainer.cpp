@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
@@ -65,6 +66,9 @@ void adopt_store_subset(TrainConfig& cfg) {
       "training on that subset (--limit-train {})\n",
       cfg.labels, subset, subset);
 }
+
+/// The lock file of a run directory while a run holds it (DirectoryLock).
+constexpr const char* kRunLockName = "train.lock";
 
 /// The fields of a TrainConfig that say how a run executes, not what it computes.
 constexpr const char* kExecutionKeys[] = {"threads",      "workers",     "device",
@@ -456,7 +460,13 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   auto source = make_crop_source(cfg, *train_set, plan);
   const Objective objective(cfg, num_classes, device);
 
-  if (dist.leader()) make_directories(cfg.out, "--out");
+  // Rank 0 writes the run directory, and holds it: a second run on the same --out (or a
+  // second --resume) stops here instead of overwriting this one's checkpoints.
+  std::optional<DirectoryLock> out_lock;
+  if (dist.leader()) {
+    make_directories(cfg.out, "--out");
+    out_lock.emplace(cfg.out, kRunLockName, "the run directory (--out)");
+  }
   const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
   const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
   std::optional<CheckpointFile> saved = open_resumed(cfg, *train_set, ckpt_path);
