@@ -572,6 +572,27 @@ TEST(Cli, FinishedStoreCommandsRerunToExitZero) {
   EXPECT_EQ(fkd::test::read_file(d.file("merged/shard-00000-of-00001.fkdl")), merged);
 }
 
+TEST(Cli, FileSizeLimitStopsLabelingWithOneLine) {
+  // ulimit -f is a full disk, not a kill by SIGXFSZ: one line naming the shard and the
+  // reason, the blocks written so far kept, and the same command finishes the store.
+  TempDir d;
+  const std::string teacher = d.file("t.pt"), store = d.file("store");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "10"}).status, 0);
+  const std::string cmd = fkd_bin() + " label --teacher " + teacher + " --out " + store +
+                          " --limit 64 --crops 50 --threads 1";
+  const auto full = run_command("ulimit -f 4; FKD_PROGRESS=off " + cmd + " 2>&1");
+  EXPECT_EQ(full.status, 1) << full.out;
+  EXPECT_EQ(count_lines(full.out), 1) << full.out;
+  EXPECT_NE(
+      full.out.find("fkd: error: " + store + "/shard-00000-of-00001.fkdl.partial: cannot write"),
+      std::string::npos)
+      << full.out;
+  EXPECT_NE(full.out.find(": File too large\n"), std::string::npos) << full.out;
+  const auto again = run_command("FKD_PROGRESS=off " + cmd + " 2>&1");
+  EXPECT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(again.out.find("the store is complete"), std::string::npos) << again.out;
+}
+
 TEST(Cli, OutNamingAFileIsOneClearLine) {
   TempDir d;
   const std::string file = d.file("afile"), teacher = d.file("t.pt"), store = d.file("store");

@@ -215,6 +215,50 @@ std::string small_train_command(const std::string& out) {
          out;
 }
 
+TEST(Train, FileSizeLimitIsAFullDiskNotAKill) {
+  // Under ulimit -f the kernel sends SIGXFSZ, which once killed fkd mid-write with no word
+  // and left checkpoint.pt.tmp.<pid>.<n> behind. Unlike the test above, the shell does not
+  // ignore the signal for fkd here.
+  TempDir d;
+  const std::string out = d.file("run"), ckpt = out + "/checkpoint.pt";
+  const std::string fkd = small_train_command(out);
+  ASSERT_EQ(fkd::test::run_command(fkd + " --stop-after 1 >/dev/null 2>&1").status, 0);
+  const std::string saved = fkd::test::read_file(ckpt);
+  const std::vector<std::string> files = fkd::test::list_dir(out);
+  const auto full = fkd::test::run_command("ulimit -f 128; " + fkd + " --resume 2>&1 >/dev/null");
+  EXPECT_EQ(full.status, 1);
+  EXPECT_EQ(full.out, "fkd: error: " + ckpt + ": cannot write: File too large\n");
+  EXPECT_EQ(fkd::test::read_file(ckpt), saved);
+  EXPECT_EQ(fkd::test::list_dir(out), files);
+}
+
+TEST(Train, StaleTemporariesOfAKilledRunAreRemovedWhenARunStarts) {
+  // A run killed while writing leaves NAME.tmp.PID.N files; the next run on the directory
+  // (which holds it alone, see below) removes them, and nothing else.
+  TempDir d;
+  const std::string out = d.file("run");
+  const std::string fkd = small_train_command(out);
+  ASSERT_EQ(fkd::test::run_command(fkd + " --stop-after 1 >/dev/null 2>&1").status, 0);
+  const std::vector<std::string> files = fkd::test::list_dir(out);
+  for (const char* stale :
+       {"checkpoint.pt.tmp.4242.0", "checkpoint.pt.tmp.999999.17", "metrics.jsonl.tmp.4242.1"}) {
+    fkd::test::write_file(out + "/" + stale, "torn");
+  }
+  for (const char* mine : {"notes.txt", "checkpoint.pt.tmp.backup", "other.pt.tmp.4242.0"}) {
+    fkd::test::write_file(out + "/" + mine, "the user's");
+  }
+  const auto r = fkd::test::run_command(fkd + " --resume 2>&1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find(out + ": removed 3 temporary file(s) a killed run left"), std::string::npos)
+      << r.out;
+  std::vector<std::string> want = files;
+  for (const char* mine : {"notes.txt", "checkpoint.pt.tmp.backup", "other.pt.tmp.4242.0"}) {
+    want.push_back(mine);
+  }
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(fkd::test::list_dir(out), want);
+}
+
 /// The state letter of a process in /proc (R, S, T, Z, ...; 0 once it is gone).
 char process_state(pid_t pid) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/stat");

@@ -105,4 +105,10 @@ class DirectoryLock {
   int fd_ = -1;
 };
 
+/// Removes the temporary files DurableFile leaves when its process is killed
+/// ("NAME.tmp.PID.N" for each of `names`) from `dir`; returns how many. Only for a directory
+/// whose every writer holds its DirectoryLock, held by the caller: no other process can be
+/// writing one of them then.
+size_t remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names);
+
 }  // namespace fkd

@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 #include <algorithm>
 #include <charconv>
+#include <csignal>
 #include <filesystem>
 #include <limits>
 #include <optional>
@@ -751,6 +752,10 @@ int run_label(LabelArgs& a) {
 }  // namespace
 
 int run_cli(int argc, char** argv) {
+  // A file size limit (ulimit -f) is a full disk: without this, the kernel kills the process
+  // with SIGXFSZ mid-write, leaving a temporary file and no word; ignored, the write fails
+  // with EFBIG and the writer's error path removes its file and says so in one line.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"fkd: fast knowledge distillation for vision models"};
   app.formatter(std::make_shared<HelpFormatter>());  // before the subcommands, which copy it
   app.require_subcommand(1);

@@ -268,4 +268,29 @@ DirectoryLock::~DirectoryLock() {
   ::close(fd_);
 }
 
+size_t remove_stale_temporaries(const std::string& dir, const std::vector<std::string>& names) {
+  size_t removed = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    for (const std::string& name : names) {
+      // NAME.tmp.PID.N, as DurableFile names them.
+      const std::string prefix = name + ".tmp.";
+      if (file.rfind(prefix, 0) != 0) continue;
+      const std::string rest = file.substr(prefix.size());
+      const size_t dot = rest.find('.');
+      const auto digits = [](const std::string& t) {
+        return !t.empty() &&
+               std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; });
+      };
+      if (dot == std::string::npos || !digits(rest.substr(0, dot)) ||
+          !digits(rest.substr(dot + 1))) {
+        continue;
+      }
+      if (::unlink(entry.path().c_str()) == 0) ++removed;
+    }
+  }
+  return removed;
+}
+
 }  // namespace fkd

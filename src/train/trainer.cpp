@@ -466,6 +466,10 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   if (dist.leader()) {
     make_directories(cfg.out, "--out");
     out_lock.emplace(cfg.out, kRunLockName, "the run directory (--out)");
+    // Only a holder of the lock writes these: any left now are from a run that was killed.
+    if (const size_t n = remove_stale_temporaries(cfg.out, {"checkpoint.pt", "metrics.jsonl"})) {
+      fmt::print("{}: removed {} temporary file(s) a killed run left\n", cfg.out, n);
+    }
   }
   const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
   const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
