@@ -280,13 +280,16 @@ bool wait_for_state(pid_t pid, F done) {
 
 TEST(Train, ASecondRunOnTheSameOutIsRefusedWhileTheFirstHoldsIt) {
   // Two runs (or two --resume) on one --out once both exited 0, the folder holding only one
-  // of them. Run A stops itself (SIGSTOP, the fault hook's controlled point) after its first
-  // step, holding the run directory; B is refused, naming the folder and A.
+  // of them. Run A resumes a run and stops itself (SIGSTOP, the fault hook's controlled
+  // point) in its second epoch, holding the run directory; B is refused, naming the folder
+  // and A.
   TempDir d;
   const std::string out = d.file("run");
   const std::string fkd = small_train_command(out);
-  const auto a =
-      fkd::test::run_command("FKD_TEST_RANK_FAULT=stop:0:1 " + fkd + " >/dev/null 2>&1 & echo $!");
+  ASSERT_EQ(fkd::test::run_command(fkd + " --stop-after 1 >/dev/null 2>&1").status, 0);
+  const std::string saved = fkd::test::read_file(out + "/checkpoint.pt");
+  const auto a = fkd::test::run_command("FKD_TEST_RANK_FAULT=stop:0:5 " + fkd +
+                                        " --resume >/dev/null 2>&1 & echo $!");
   const pid_t pid = pid_t(std::stol(a.out));
   ASSERT_TRUE(wait_for_state(pid, [](char s) { return s == 'T' || s == 0; }));
   ASSERT_EQ(process_state(pid), 'T');
@@ -304,13 +307,89 @@ TEST(Train, ASecondRunOnTheSameOutIsRefusedWhileTheFirstHoldsIt) {
                                      }()))
         << how;
   }
-  EXPECT_FALSE(std::filesystem::exists(out + "/checkpoint.pt"));
+  EXPECT_EQ(fkd::test::read_file(out + "/checkpoint.pt"), saved);
   // A killed holder holds nothing: the next run goes ahead, and leaves no lock file.
   ::kill(pid, SIGKILL);
   ASSERT_TRUE(wait_for_state(pid, [](char s) { return s == 'Z' || s == 0; }));
-  const auto c = fkd::test::run_command(fkd + " 2>&1");
+  const auto c = fkd::test::run_command(fkd + " --resume 2>&1");
   EXPECT_EQ(c.status, 0) << c.out;
+  EXPECT_EQ(read_checkpoint_meta(out + "/checkpoint.pt").epochs_done, 2);
   EXPECT_EQ(fkd::test::list_dir(out), (std::vector<std::string>{"checkpoint.pt", "metrics.jsonl"}));
+}
+
+TEST(Train, ResumeWithNothingToResumeIsRefused) {
+  // A mistyped --out with --resume once started a fresh full run without a word. Refused now,
+  // before any work, unless the run may start (--resume-or-start).
+  TempDir d;
+  const std::string out = d.file("run"), fkd = small_train_command(out);
+  const auto r = fkd::test::run_command(fkd + " --resume 2>&1");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_EQ(r.out, "fkd: error: --resume: " + out +
+                       " holds no run to resume (no such directory); check --out, or start a new "
+                       "run without --resume (--resume-or-start does either)\n");
+  EXPECT_FALSE(std::filesystem::exists(out));
+  std::filesystem::create_directories(out);  // an empty directory holds no run either
+  const auto e = fkd::test::run_command(fkd + " --resume 2>&1");
+  EXPECT_EQ(e.status, 1) << e.out;
+  EXPECT_NE(e.out.find("(no checkpoint.pt)"), std::string::npos) << e.out;
+  const auto s = fkd::test::run_command(fkd + " --resume-or-start --stop-after 1 2>&1");
+  ASSERT_EQ(s.status, 0) << s.out;
+  EXPECT_EQ(read_checkpoint_meta(out + "/checkpoint.pt").epochs_done, 1);
+  const auto c = fkd::test::run_command(fkd + " --resume-or-start 2>&1");  // continues it
+  ASSERT_EQ(c.status, 0) << c.out;
+  EXPECT_NE(c.out.find("resuming"), std::string::npos) << c.out;
+  EXPECT_EQ(read_checkpoint_meta(out + "/checkpoint.pt").epochs_done, 2);
+}
+
+TEST(Train, ResumingAFinishedRunSaysSoAndExtendingItRecomputesTheSchedule) {
+  TempDir d;
+  const std::string out = d.file("run"), ckpt = out + "/checkpoint.pt";
+  // small_train_command without its --epochs 2, which each call gives.
+  std::string fkd = small_train_command(out);
+  fkd.replace(fkd.find(" --epochs 2"), 11, "");
+  ASSERT_EQ(fkd::test::run_command(fkd + " --epochs 2 >/dev/null 2>&1").status, 0);
+  const std::string saved = fkd::test::read_file(ckpt);
+  const std::string metrics = fkd::test::read_file(out + "/metrics.jsonl");
+  // Finished: said, nothing trained, nothing written.
+  const auto f = fkd::test::run_command(fkd + " --epochs 2 --resume 2>&1");
+  EXPECT_EQ(f.status, 0) << f.out;
+  EXPECT_NE(f.out.find(ckpt + ": the run is finished (2 epochs, top-1 "), std::string::npos)
+      << f.out;
+  EXPECT_EQ(f.out.find("epoch   "), std::string::npos) << f.out;
+  EXPECT_EQ(fkd::test::read_file(ckpt), saved);
+  EXPECT_EQ(fkd::test::read_file(out + "/metrics.jsonl"), metrics);
+  // More epochs change the run: refused without --extend-epochs, which the message names.
+  const auto more = fkd::test::run_command(fkd + " --epochs 4 --resume 2>&1");
+  EXPECT_EQ(more.status, 1) << more.out;
+  EXPECT_NE(more.out.find("--extend-epochs"), std::string::npos) << more.out;
+  EXPECT_EQ(fkd::test::read_file(ckpt), saved);
+  for (const char* bad :
+       {" --epochs 2 --resume --extend-epochs", " --epochs 1 --resume --extend-epochs"}) {
+    const auto b = fkd::test::run_command(fkd + bad + " 2>&1");
+    EXPECT_EQ(b.status, 1) << bad << "\n" << b.out;
+    EXPECT_NE(b.out.find("--extend-epochs: --epochs"), std::string::npos) << b.out;
+  }
+  EXPECT_EQ(fkd::test::run_command(fkd + " --epochs 4 --extend-epochs 2>&1").status, 2);
+  // Extended: the cosine horizon is the new count; the next steps take the longer
+  // schedule's rates (4 steps per epoch, no warm-up).
+  const auto x = fkd::test::run_command(fkd + " --epochs 4 --resume --extend-epochs 2>&1");
+  ASSERT_EQ(x.status, 0) << x.out;
+  EXPECT_NE(x.out.find(fmt::format("extending the run from 2 to 4 epochs: the cosine schedule "
+                                   "now ends at epoch 4, so the learning rate goes on at {:.4g}",
+                                   lr_at(0.1, 8, 0, 16))),
+            std::string::npos)
+      << x.out;
+  const CheckpointMeta m = read_checkpoint_meta(ckpt);
+  EXPECT_EQ(m.epochs_done, 4);
+  EXPECT_EQ(m.config.epochs, 4);
+  ASSERT_EQ(m.history.size(), 4u);
+  EXPECT_DOUBLE_EQ(m.history[2].lr, lr_at(0.1, 11, 0, 16));
+  EXPECT_DOUBLE_EQ(m.history[3].lr, lr_at(0.1, 15, 0, 16));
+  EXPECT_EQ(count_lines(out + "/metrics.jsonl"), 4u);
+  // Later resumes of the extended run name its new count.
+  const auto again = fkd::test::run_command(fkd + " --epochs 4 --resume 2>&1");
+  EXPECT_EQ(again.status, 0) << again.out;
+  EXPECT_NE(again.out.find("the run is finished (4 epochs"), std::string::npos) << again.out;
 }
 
 TEST(Train, FullDiskWhileExportingIsOneLineAndLeavesNoFile) {

@@ -95,7 +95,17 @@ struct TrainConfig {
   /// before the run stops naming the rank that failed.
   double dist_timeout = 600;
   std::string out = "runs/train";  ///< run directory: checkpoint.pt, metrics.jsonl
-  bool resume = false;             ///< continue from out/checkpoint.pt
+  /// Continue from out/checkpoint.pt: ConfigError when there is none (a mistyped --out must
+  /// not start hours of training over), unless resume_or_start; a finished run trains nothing.
+  bool resume = false;
+  /// With resume: start the run when out holds no checkpoint yet (a job that may be started
+  /// again from the top: fkd distill, the demo, --resume-or-start).
+  bool resume_or_start = false;
+  /// With resume: continue a run to a larger `epochs` than it was started with. The schedule
+  /// is recomputed over the new count: warm-up unchanged, the cosine decay now ends at the new
+  /// last epoch, so the learning rate goes on at that longer schedule's value for the steps
+  /// taken (half the peak when 15 epochs become 30).
+  bool extend_epochs = false;
   int stop_after = 0;  ///< stop (as if interrupted) after this many passes (FKD: a pass is
                        ///< num_crops epochs) of this invocation; 0 = run to the end
 };

@@ -368,7 +368,27 @@ void add_train(CLI::App& root, TrainConfig& c) {
   add_data_parallel(app, c);
   app->add_option("--out,-o", c.out, "Run directory (checkpoint.pt, metrics.jsonl)")
       ->capture_default_str();
-  app->add_flag("--resume", c.resume, "Continue the run in --out from its last checkpoint");
+  app->add_flag(
+      "--resume", c.resume,
+      "Continue the run in --out from its last checkpoint; refused when --out holds none, "
+      "and a finished run trains nothing");
+  app->add_flag_callback(
+      "--resume-or-start",
+      [&c] {
+        c.resume = true;
+        c.resume_or_start = true;
+      },
+      "Continue the run in --out if it has a checkpoint, else start it (a job that may be "
+      "started again)");
+  app->add_flag("--extend-epochs", c.extend_epochs,
+                "With --resume: continue the run to a larger --epochs; the cosine schedule is "
+                "recomputed to end at the new last epoch, so the learning rate goes on at that "
+                "schedule's value for the steps taken (half the peak when 15 epochs become 30)");
+  app->final_callback([&c] {
+    if (c.extend_epochs && !c.resume) {
+      throw CLI::ValidationError("--extend-epochs continues a run: it goes with --resume");
+    }
+  });
 }
 
 void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {

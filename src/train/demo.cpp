@@ -94,6 +94,7 @@ struct DemoRun {
     c.device = opts.device;
     c.out = (out / dir).string();
     c.resume = true;  // re-running the demo continues (or reuses) finished runs
+    c.resume_or_start = true;
     return c;
   }
 };

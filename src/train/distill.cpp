@@ -31,7 +31,8 @@ TrainResult run_distill(DistillConfig cfg) {
   t.labels = (fs::path(cfg.out) / "labels").string();
   t.teacher.clear();
   t.out = (fs::path(cfg.out) / "student").string();
-  t.resume = true;
+  t.resume = true;  // the same command continues, or starts, the student's run
+  t.resume_or_start = true;
   l.data = t.data;
   l.limit = t.limit_train;
   // The images' input options are the teacher's and the student's.

@@ -88,8 +88,9 @@ void check_resume_compatible(const TrainConfig& now, const TrainConfig& saved,
   for (auto it = a.begin(); it != a.end(); ++it) {
     FKD_CHECK(b.contains(it.key()) && b[it.key()] == it.value(), WorkMismatch,
               "--resume: option '{}' is {} but the run in {} used {}; use the same options "
-              "or a new --out",
-              it.key(), it.value().dump(), path, b.contains(it.key()) ? b[it.key()].dump() : "?");
+              "or a new --out{}",
+              it.key(), it.value().dump(), path, b.contains(it.key()) ? b[it.key()].dump() : "?",
+              it.key() == "epochs" ? " (--extend-epochs continues a run to more epochs)" : "");
   }
 }
 
@@ -112,13 +113,53 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
   return store_crop_source(cfg, train_set, store);
 }
 
+/// --resume with nothing to resume is refused before any work (unless resume_or_start).
+void check_resume_target(const TrainConfig& cfg) {
+  FKD_CHECK(!cfg.extend_epochs || cfg.resume, ConfigError,
+            "--extend-epochs continues a run: it goes with --resume");
+  if (!cfg.resume || cfg.resume_or_start) return;
+  const fs::path ckpt = fs::path(cfg.out) / "checkpoint.pt";
+  std::error_code ec;
+  FKD_CHECK(fs::exists(ckpt, ec), ConfigError,
+            "--resume: {} holds no run to resume ({}); check --out, or start a new run without "
+            "--resume (--resume-or-start does either)",
+            cfg.out, fs::exists(cfg.out, ec) ? "no checkpoint.pt" : "no such directory");
+}
+
+/// --extend-epochs: a larger --epochs than the run's, from the end of a whole pass.
+void check_extension(const TrainConfig& cfg, const CheckpointMeta& saved, const std::string& path) {
+  const TrainConfig& was = saved.config;
+  if (!cfg.extend_epochs || cfg.epochs == was.epochs) {
+    FKD_CHECK(!cfg.extend_epochs, ConfigError,
+              "--extend-epochs: --epochs {} is the run's own count in {}; give the larger "
+              "count to continue to",
+              cfg.epochs, path);
+    return;
+  }
+  FKD_CHECK(cfg.epochs > was.epochs, ConfigError,
+            "--extend-epochs: --epochs {} is fewer than the {} of the run in {}; a run can only "
+            "be extended",
+            cfg.epochs, was.epochs, path);
+  // A last, partial FKD pass has counted fewer epochs than it used crops: passes after it
+  // would not line up with the effective epochs.
+  const PassPlan plan{was.epochs, was.num_crops};
+  FKD_CHECK(saved.epochs_done < was.epochs || plan.epochs_in(plan.passes() - 1) == was.num_crops,
+            ConfigError,
+            "--extend-epochs: the run in {} ended on a partial pass ({} epochs at --num-crops {}); "
+            "only a run whose --epochs is a multiple of --num-crops can be extended once finished",
+            path, was.epochs, was.num_crops);
+}
+
 /// The checkpoint a --resume run continues from (nullopt for a new run), checked against
-/// the run: the same options and classes.
+/// the run: the same options (but a larger --epochs with --extend-epochs) and classes.
 std::optional<CheckpointFile> open_resumed(const TrainConfig& cfg, const Dataset& train_set,
                                            const std::string& ckpt_path) {
   if (!cfg.resume || !fs::exists(ckpt_path)) return std::nullopt;
   std::optional<CheckpointFile> saved = open_checkpoint(ckpt_path);
-  check_resume_compatible(cfg, saved->meta.config, ckpt_path);
+  check_extension(cfg, saved->meta, ckpt_path);
+  TrainConfig same = cfg;
+  if (cfg.extend_epochs) same.epochs = saved->meta.config.epochs;
+  check_resume_compatible(same, saved->meta.config, ckpt_path);
   FKD_CHECK(saved->meta.classes == train_set.classes(), WorkMismatch,
             "--resume: the classes of {} differ from those in {}", cfg.data, ckpt_path);
   return saved;
@@ -474,6 +515,22 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
   const std::string ckpt_path = (fs::path(cfg.out) / "checkpoint.pt").string();
   const std::string metrics_path = (fs::path(cfg.out) / "metrics.jsonl").string();
   std::optional<CheckpointFile> saved = open_resumed(cfg, *train_set, ckpt_path);
+  if (saved && saved->meta.epochs_done >= cfg.epochs) {
+    const CheckpointMeta& m = saved->meta;
+    fmt::print(
+        "{}: the run is finished ({}, top-1 {:.2f}%); nothing to train (--extend-epochs "
+        "with a larger --epochs continues it)\n",
+        ckpt_path, count_of(m.epochs_done, "epoch"),
+        m.history.empty() ? 0.0 : m.history.back().top1);
+    TrainResult done;
+    done.history = m.history;
+    done.checkpoint = ckpt_path;
+    return done;
+  }
+  // An extended run: where its schedule stood, to say where it goes on.
+  const int epochs_before = saved ? saved->meta.config.epochs : cfg.epochs;
+  const double lr_before =
+      saved && !saved->meta.history.empty() ? saved->meta.history.back().lr : 0.0;
   torch::manual_seed(cfg.seed);
   std::shared_ptr<Net> net = make_student(cfg, num_classes, saved);
   FKD_CHECK(!(cfg.sync_bn && dist.active() && scripted_archive(*net)), ConfigError,
@@ -523,6 +580,13 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
                         cfg.batch_size / size_t(dist.world()), cfg.sync_bn ? ", SyncBatchNorm" : "")
           : "",
       objective.amp() == AmpMode::kOff ? "" : fmt::format(", amp {}", amp_name(objective.amp())));
+  if (epochs_before != cfg.epochs) {
+    fmt::print(
+        "extending the run from {} to {} epochs: the cosine schedule now ends at epoch {}, so "
+        "the learning rate goes on at {:.4g} (it had decayed to {:.4g})\n",
+        epochs_before, cfg.epochs, cfg.epochs,
+        lr_at(cfg.lr, meta.step, trainer.warmup_steps, trainer.total_steps), lr_before);
+  }
   std::fflush(stdout);
 
   int passes_this_call = 0;
@@ -564,6 +628,7 @@ TrainResult train_rank(TrainConfig cfg, std::shared_ptr<const Dataset> train_set
 
 TrainResult train(TrainConfig cfg) {
   validate_config(cfg);
+  check_resume_target(cfg);  // before the data is read: a mistyped --out is named at once
   adopt_store_subset(cfg);
   return train(cfg, open_train_set(cfg));
 }
@@ -577,6 +642,7 @@ TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set) {
 
 TrainResult train(TrainConfig cfg, std::shared_ptr<const Dataset> train_set, Distributed& dist) {
   try {
+    check_resume_target(cfg);
     return train_rank(std::move(cfg), std::move(train_set), dist);
   } catch (const std::exception& e) {
     dist.record_failure(one_line(e.what()));
