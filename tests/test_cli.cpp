@@ -648,6 +648,104 @@ TEST(Cli, TeacherThatCannotRunOnTheDataIsNamedInOneLine) {
   EXPECT_EQ(ok.status, 0) << ok.out;
 }
 
+/// A checkpoint of a 1-epoch tiny run on 64 images, made once for the tests below.
+const std::string& small_checkpoint() {
+  static TempDir dir;
+  static const std::string ckpt = [] {
+    const std::string out = dir.file("run");
+    const auto r = run_fkd(
+        "train --model tiny --limit-train 64 --limit-val 32 --epochs 1 "
+        "--threads 1 --out " +
+        out);
+    EXPECT_EQ(r.status, 0) << r.out;
+    return out + "/checkpoint.pt";
+  }();
+  return ckpt;
+}
+
+TEST(Cli, EmptyOrTruncatedModelFilesAreCalledSo) {
+  // A checkpoint or TorchScript file cut short once read as "not a loadable TorchScript
+  // archive ... failed finding central directory" or "not an fkd checkpoint".
+  TempDir d;
+  const std::string whole = fkd::test::read_file(small_checkpoint());
+  const std::string teacher = d.file("t.pt");
+  ASSERT_EQ(fkd::test::run_python("label_teacher.py", {"make", teacher, "1", "10"}).status, 0);
+  const std::string scripted = fkd::test::read_file(teacher);
+  fkd::test::write_file(d.file("empty.pt"), "");
+  fkd::test::write_file(d.file("cut.pt"), whole.substr(0, whole.size() / 2));
+  fkd::test::write_file(d.file("cut-ts.pt"), scripted.substr(0, scripted.size() - 30));
+  const std::string tiny = " --limit-train 64 --limit-val 32 --epochs 1 --threads 1";
+  for (const auto& [file, what] : std::vector<std::pair<std::string, std::string>>{
+           {d.file("empty.pt"), ": is empty (0 bytes)"},
+           {d.file("cut.pt"), ": is truncated: a zip archive of "},
+           {d.file("cut-ts.pt"), ": is truncated: a zip archive of "}}) {
+    for (const std::string& cmd :
+         {"eval " + file, "export " + file + " " + d.file("x.pt"),
+          "label --teacher " + file + " --out " + d.file("s") + " --limit 8 --crops 2",
+          "train --model tiny --teacher " + file + tiny + " --out " + d.file("kd"),
+          "train --model " + file + tiny + " --out " + d.file("stu")}) {
+      const auto r = run_fkd(cmd);
+      EXPECT_EQ(r.status, 1) << cmd << "\n" << r.out;
+      EXPECT_EQ(count_lines(r.out), 1) << cmd << "\n" << r.out;
+      EXPECT_NE(r.out.find("fkd: error: " + file + what), std::string::npos) << cmd << "\n"
+                                                                             << r.out;
+    }
+  }
+  // A run whose checkpoint was cut short: --resume says so.
+  const std::string run = d.file("run");
+  std::filesystem::create_directories(run);
+  fkd::test::write_file(run + "/checkpoint.pt", whole.substr(0, whole.size() - 100));
+  const auto r = run_fkd("train --model tiny" + tiny + " --out " + run + " --resume");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("fkd: error: " + run + "/checkpoint.pt: is truncated"), std::string::npos)
+      << r.out;
+}
+
+TEST(Cli, ScriptedFunctionAsModelIsNamedForWhatItIs) {
+  // A torch.jit.script'ed function has no weights: once "teacher returned logits of shape
+  // [1, 1, 28, 28]".
+  TempDir d;
+  const std::string fn = d.file("fn.pt");
+  ASSERT_EQ(fkd::test::run_python("cli_scripted_function.py", {fn}).status, 0);
+  const auto r = run_fkd("train --model " + fn +
+                         " --limit-train 64 --limit-val 32 --epochs 1 --out " + d.file("run"));
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_EQ(r.out, "fkd: error: " + fn +
+                       ": a TorchScript module without parameters (a scripted function?), "
+                       "nothing to train; a student is a torch.jit.script'ed nn.Module with "
+                       "weights\n");
+}
+
+TEST(Cli, UnknownSubcommandIsNamed) {
+  const auto r = run_fkd("trian --epochs 2");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_EQ(count_lines(r.out), 1) << r.out;
+  EXPECT_NE(r.out.find("fkd: error: unknown subcommand 'trian': expected one of train, eval"),
+            std::string::npos)
+      << r.out;
+}
+
+TEST(Cli, MissingTemporaryDirectoryIsOneClearLine) {
+  // TMPDIR naming no directory once gave a raw ": temp_directory_path: No such file or
+  // directory". Each command works without it or says which directory is missing.
+  TempDir d;
+  const std::string ckpt = small_checkpoint();
+  for (const std::string& cmd :
+       {"label --teacher " + ckpt + " --out " + d.file("s") + " --limit 8 --crops 2 --threads 1",
+        "train --model tiny --teacher " + ckpt +
+            " --limit-train 64 --limit-val 32 --epochs 1 --threads 1 --out " + d.file("kd"),
+        "eval " + ckpt + " --limit 32", "export " + ckpt + " " + d.file("x.pt")}) {
+    const auto r =
+        run_fkd("timeout 300 env TMPDIR=" + d.file("none") + " " + fkd_bin() + " " + cmd);
+    if (r.status == 0) continue;
+    EXPECT_EQ(r.status, 1) << cmd << "\n" << r.out;
+    EXPECT_EQ(r.out.substr(r.out.find("fkd: error:")),
+              "fkd: error: the temporary directory (TMPDIR=" + d.file("none") +
+                  "): No such file or directory\n")
+        << cmd;
+  }
+}
+
 TEST(Cli, LaunchRunsTheCommandInEveryRankAndNamesAFailedOne) {
   TempDir d;
   const std::string launch = "timeout 120 " + fkd_bin() + " launch --nproc-per-node 2 -- ";

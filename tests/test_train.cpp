@@ -474,10 +474,15 @@ TEST(Checkpoint, MetricsFileIsReplacedWholeAndDurably) {
 
 TEST(Checkpoint, CorruptFileIsFormatError) {
   TempDir d;
-  fkd::test::write_file(d.file("bad.pt"), "PK\x03\x04 this is not a checkpoint");
+  fkd::test::write_file(d.file("bad.pt"), "this is not a checkpoint");
   EXPECT_THROW(read_checkpoint_meta(d.file("bad.pt")), FormatError);
   EXPECT_THROW(read_checkpoint_meta(d.file("missing.pt")), IoError);
   EXPECT_FALSE(try_open_checkpoint(d.file("bad.pt")).has_value());
+  // A zip archive cut short is no TorchScript file either: refused, saying so.
+  fkd::test::write_file(d.file("cut.pt"), "PK\x03\x04 this is not a checkpoint");
+  const std::string msg =
+      fkd::test::error_message<FormatError>([&] { try_open_checkpoint(d.file("cut.pt")); });
+  EXPECT_NE(msg.find("cut.pt: is truncated"), std::string::npos) << msg;
 }
 
 TEST(Train, LossThatIsNotFiniteStopsTheRun) {

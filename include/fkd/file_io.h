@@ -82,6 +82,14 @@ void write_file_durably(const std::string& path, std::string_view bytes);
 /// fsync of a directory, which makes a rename into it durable. IoError naming it on failure.
 void fsync_directory(const std::string& dir);
 
+/// What makes a file that should be a zip archive (checkpoints and TorchScript files are)
+/// unreadable as one before any parsing: "is empty (0 bytes)", or "is truncated: ..." for a
+/// file that starts as a zip archive but lacks the end record every complete one has (a copy
+/// or a save cut short). "" otherwise, including for a file that is no zip archive at all.
+/// zip_damage reads only the file's first bytes and its last 64 KiB.
+std::string zip_damage(const std::string& path);
+std::string zip_damage(const uint8_t* data, size_t size);
+
 /// Creates a directory and its parents (mkdir -p) that a flag names (`flag`: "--out").
 /// IoError naming the directory and the flag when a file stands in its place or in a
 /// parent's ("runs/x: --out names a file, not a directory"), or the system refuses.

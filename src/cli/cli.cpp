@@ -800,6 +800,16 @@ int run_cli(int argc, char** argv) {
   std::vector<std::string> launch_command;
   add_launch(app, launch_opts, launch_command);
 
+  // A first word that names no subcommand: CLI11 would only say that one is required.
+  std::vector<std::string> names;
+  for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+  if (argc > 1 && argv[1][0] != '-' &&
+      std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+    fmt::print(stderr, "fkd: error: unknown subcommand '{}': expected one of {} (see --help)\n",
+               argv[1], fmt::join(names, ", "));
+    return 2;
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -847,8 +857,13 @@ int run_cli(int argc, char** argv) {
     return 1;
   } catch (const std::filesystem::filesystem_error& e) {
     // "PATH: what failed: reason", like fkd's own messages.
-    fmt::print(stderr, "fkd: error: {}{}: {}: {}\n", who, e.path1().string(),
-               filesystem_operation(e), e.code().message());
+    if (e.path1().empty()) {  // the temporary directory's errors name no path
+      fmt::print(stderr, "fkd: error: {}the temporary directory (TMPDIR={}): {}\n", who,
+                 std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "unset: /tmp", e.code().message());
+    } else {
+      fmt::print(stderr, "fkd: error: {}{}: {}: {}\n", who, e.path1().string(),
+                 filesystem_operation(e), e.code().message());
+    }
     return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "fkd: error: {}{}\n", who, one_line(e.what()));

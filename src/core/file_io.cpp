@@ -198,6 +198,46 @@ void fsync_directory(const std::string& dir) {
   FKD_CHECK(e == 0, IoError, "{}: cannot fsync the directory: {}", dir, std::strerror(e));
 }
 
+// --- zip archives ----------------------------------------------------------------------
+
+namespace {
+
+/// The zip format's local file header and end of central directory signatures.
+constexpr char kZipStart[] = {'P', 'K', 3, 4};
+constexpr char kZipEnd[] = {'P', 'K', 5, 6};
+constexpr size_t kZipEndRecord = 22;                ///< the end record without its comment
+constexpr size_t kZipTail = kZipEndRecord + 65535;  ///< the end record with the longest comment
+
+/// The damage of a file of `size` bytes that begins with `head` and ends with `tail`.
+std::string zip_damage_of(uint64_t size, const char* head, size_t head_size, const char* tail,
+                          size_t tail_size) {
+  if (size == 0) return "is empty (0 bytes): a copy or save that never finished?";
+  if (head_size < 4 || std::memcmp(head, kZipStart, 4) != 0) return "";
+  for (size_t i = tail_size >= kZipEndRecord ? tail_size - kZipEndRecord + 1 : 0; i-- > 0;) {
+    if (std::memcmp(tail + i, kZipEnd, 4) == 0) return "";
+  }
+  return "is truncated: a zip archive of " + std::to_string(size) +
+         " bytes without the end record a complete one has (a copy or save cut short?)";
+}
+
+}  // namespace
+
+std::string zip_damage(const uint8_t* data, size_t size) {
+  const char* p = reinterpret_cast<const char*>(data);
+  const size_t tail = std::min(size, kZipTail);
+  return zip_damage_of(size, p, size, p + size - tail, tail);
+}
+
+std::string zip_damage(const std::string& path) {
+  ReadableFile f(path);
+  char head[4] = {0};
+  const ssize_t h = ::pread(f.fd(), head, sizeof head, 0);
+  std::vector<char> tail(size_t(std::min<uint64_t>(f.size(), kZipTail)));
+  const ssize_t t = ::pread(f.fd(), tail.data(), tail.size(), off_t(f.size() - tail.size()));
+  FKD_CHECK(h >= 0 && t >= 0, IoError, "{}: cannot read: {}", path, std::strerror(errno));
+  return zip_damage_of(f.size(), head, size_t(h), tail.data(), size_t(t));
+}
+
 // --- directories -----------------------------------------------------------------------
 
 void make_directories(const std::string& dir, const char* flag) {

@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/models.h"
 #include "models/zoo_internal.h"
 
@@ -153,6 +154,9 @@ bool is_model_file(const std::string& model) {
 
 std::shared_ptr<Net> load_scripted_model(std::vector<uint8_t> archive, const std::string& source,
                                          int in_channels, int num_classes) {
+  if (const std::string damage = zip_damage(archive.data(), archive.size()); !damage.empty()) {
+    fail<FormatError>("{}: {}", source, damage);
+  }
   torch::jit::Module module;
   try {
     std::istringstream in(std::string(archive.begin(), archive.end()));
@@ -160,6 +164,10 @@ std::shared_ptr<Net> load_scripted_model(std::vector<uint8_t> archive, const std
   } catch (const std::exception& e) {
     fail_torchscript_load(source, e, "torch.jit.script(model).save(path)");
   }
+  FKD_CHECK(module.parameters().size() > 0, FormatError,
+            "{}: a TorchScript module without parameters (a scripted function?), nothing to "
+            "train; a student is a torch.jit.script'ed nn.Module with weights",
+            source);
   refuse_traced(module, source);
   return std::make_shared<ScriptedNet>(std::move(module), std::move(archive), source, in_channels,
                                        num_classes);

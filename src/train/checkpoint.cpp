@@ -142,6 +142,11 @@ void write_metrics_file(const std::string& path, const std::vector<EpochMetrics>
 
 std::optional<CheckpointFile> try_open_checkpoint(const std::string& path) {
   FKD_CHECK(std::filesystem::exists(path), IoError, "{}: no such file", path);
+  // Neither a checkpoint nor a TorchScript file then: say why, not what the zip reader
+  // stumbles on.
+  if (const std::string damage = zip_damage(path); !damage.empty()) {
+    fail<FormatError>("{}: {}", path, damage);
+  }
   CheckpointFile f;
   f.path = path;
   try {

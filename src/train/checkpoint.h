@@ -59,7 +59,8 @@ struct CheckpointFile {
 };
 
 /// Opens `path` as an fkd checkpoint; nullopt when it is something else (a TorchScript
-/// file, say). Throws FormatError when it is a checkpoint with bad metadata.
+/// file, say). Throws FormatError when it is a checkpoint with bad metadata, and when it is
+/// empty or a truncated zip archive (zip_damage), which no reader can use.
 std::optional<CheckpointFile> try_open_checkpoint(const std::string& path);
 /// Opens an fkd checkpoint; IoError when the file is missing, FormatError when it is no
 /// checkpoint, naming the file.
