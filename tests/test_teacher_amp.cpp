@@ -38,20 +38,19 @@ class KernelDtypes {
  public:
   KernelDtypes() {
     handle_ = at::addThreadLocalCallback(
-        at::RecordFunctionCallback(
-            [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-              const std::string name = fn.name();
-              if (name.find("conv") == std::string::npos && name != "aten::linear" &&
-                  name != "aten::addmm" && name != "aten::mm" && name != "aten::matmul")
-                return nullptr;
-              for (const c10::IValue& v : fn.inputs()) {
-                if (!v.isTensor()) continue;
-                seen().insert(name + ":" + c10::toString(v.toTensor().scalar_type()));
-                break;
-              }
-              return nullptr;
-            })
-            .needsInputs(true));
+        at::RecordFunctionCallback([](const at::RecordFunction& fn)
+                                       -> std::unique_ptr<at::ObserverContext> {
+          const std::string name = fn.name();
+          if (name.find("conv") == std::string::npos && name != "aten::linear" &&
+              name != "aten::addmm" && name != "aten::mm" && name != "aten::matmul")
+            return nullptr;
+          for (const c10::IValue& v : fn.inputs()) {
+            if (!v.isTensor()) continue;
+            seen().insert(name + ":" + c10::toString(v.toTensor().scalar_type()));
+            break;
+          }
+          return nullptr;
+        }).needsInputs(true));
   }
   ~KernelDtypes() { at::removeCallback(handle_); }
   static std::set<std::string>& seen() {
@@ -254,8 +253,9 @@ TEST(TeacherAmp, EnsemblesOfMixedPrecisionsOnlyWhenAsked) {
   LabelConfig b = fx.config(fx.dir.file("b"), "off");
   b.reference_crops = a.out;
   generate_labels(b);
-  const std::string msg = fkd::test::error_message<ConfigError>(
-      [&] { ensemble_stores({a.out, b.out}, fx.dir.file("e")); });
+  const std::string msg = fkd::test::error_message<ConfigError>([&] {
+    ensemble_stores({a.out, b.out}, fx.dir.file("e"));
+  });
   EXPECT_NE(msg.find("teacher_amp bf16 vs off"), std::string::npos) << msg;
   EXPECT_NE(msg.find("--mixed-amp"), std::string::npos) << msg;
   EXPECT_FALSE(fs::exists(fx.dir.file("e")));

@@ -28,10 +28,14 @@ inline AmpMode parse_amp(const std::string& name) { return kAmpNames.parse(name,
 /// The dtype a resolved mode computes in: "float32" (kOff), "bfloat16", "float16".
 inline const char* amp_dtype_name(AmpMode m) {
   switch (m) {
-    case AmpMode::kOff: return "float32";
-    case AmpMode::kBf16: return "bfloat16";
-    case AmpMode::kFp16: return "float16";
-    default: return "unresolved";
+    case AmpMode::kOff:
+      return "float32";
+    case AmpMode::kBf16:
+      return "bfloat16";
+    case AmpMode::kFp16:
+      return "float16";
+    default:
+      return "unresolved";
   }
 }
 
