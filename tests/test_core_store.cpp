@@ -1069,6 +1069,11 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
          edit_manifest(d, [](nlohmann::json& j) { j["teacher_hash"] = "ff"; });
        },
        {s0, "store key"}},
+      {"manifest teacher_amp edited",
+       [&](const std::string& d) {
+         edit_manifest(d, [](nlohmann::json& j) { j["teacher_amp"] = "bf16"; });
+       },
+       {s0, "store key"}},
       {"manifest num_shards differs",
        [&](const std::string& d) {
          edit_manifest(d, [](nlohmann::json& j) { j["num_shards"] = 3; });
@@ -1136,6 +1141,37 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
     for (const auto& s : c.expect)
       EXPECT_NE(msg.find(s), std::string::npos) << "'" << s << "' not in: " << msg;
   }
+}
+
+TEST(StoreManifest, TeacherAmpIsPartOfTheIdentity) {
+  TempDir dir;
+  Manifest m = make_manifest(LabelType::kMarginalRenorm, 3, Precision::kU8, 10, 7, 100, 4);
+  EXPECT_EQ(m.teacher_amp, AmpMode::kOff);
+  const uint64_t off_key = store::store_key(m);
+  // Stores of earlier versions have no teacher_amp: they read as float32 with the same key.
+  write_manifest(dir.path(), m);
+  EXPECT_NE(read_file(dir.file("manifest.json")).find("\"teacher_amp\": \"off\""),
+            std::string::npos);
+  edit_manifest(dir.path(), [](nlohmann::json& j) { j.erase("teacher_amp"); });
+  const Manifest old = read_manifest(dir.path());
+  EXPECT_EQ(old.teacher_amp, AmpMode::kOff);
+  EXPECT_EQ(store::store_key(old), off_key);
+
+  Manifest bf16 = m;
+  bf16.teacher_amp = AmpMode::kBf16;
+  EXPECT_NE(store::store_key(bf16), off_key);
+  EXPECT_EQ(manifest_differences(m, bf16), std::vector<std::string>{"teacher_amp (off vs bf16)"});
+  write_manifest(dir.path(), bf16);
+  EXPECT_EQ(read_manifest(dir.path()).teacher_amp, AmpMode::kBf16);
+
+  for (const char* bad : {"auto", "half"}) {
+    edit_manifest(dir.path(), [&](nlohmann::json& j) { j["teacher_amp"] = bad; });
+    const std::string msg = test::error_message<FormatError>([&] { read_manifest(dir.path()); });
+    EXPECT_NE(msg.find("manifest.json: key 'teacher_amp'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(bad), std::string::npos) << msg;
+  }
+  bf16.teacher_amp = AmpMode::kAuto;
+  EXPECT_THROW(write_manifest(dir.path(), bf16), ConfigError);
 }
 
 TEST(StoreCorrupt, PackedRecordsOnlyWhereTheFormatAllowsThem) {

@@ -361,7 +361,7 @@ TEST(Models, ExportTorchScriptRunsInPython) {
   // convolutions changes rounding (measured up to 3e-5 on mobilenetv2), hence 5e-4 here.
   for (size_t i : {size_t{0}, size_t{2}}) {
     const auto tag = specs[i].name + std::to_string(i);
-    auto teacher = fkd::load_torchscript_teacher(dir.file(tag + ".ts"), torch::kCPU, true);
+    auto teacher = fkd::load_torchscript_teacher(dir.file(tag + ".ts"), torch::kCPU, {true});
     const double d = max_abs_diff(teacher->logits(inputs[i]), expected[i]);
     std::cout << "[ info ] exported " << specs[i].str() << " as optimized teacher: max |diff| " << d
               << "\n";
@@ -376,7 +376,7 @@ TEST(Models, TorchScriptTeacher) {
   const auto x = load_tensor(dir.file("input.pt"));
   const auto expected = load_tensor(dir.file("logits.pt"));
   for (bool optimize : {false, true}) {
-    auto teacher = fkd::load_torchscript_teacher(dir.file("teacher.pt"), torch::kCPU, optimize);
+    auto teacher = fkd::load_torchscript_teacher(dir.file("teacher.pt"), torch::kCPU, {optimize});
     EXPECT_NE(teacher->describe().find(dir.file("teacher.pt")), std::string::npos);
     auto y = teacher->logits(x);
     EXPECT_EQ(y.scalar_type(), torch::kFloat);
@@ -388,23 +388,23 @@ TEST(Models, TorchScriptTeacher) {
 
   fkd::test::write_file(dir.file("junk.pt"), "not a TorchScript archive");
   auto msg = error_message<fkd::FormatError>(
-      [&] { fkd::load_torchscript_teacher(dir.file("junk.pt"), torch::kCPU, false); });
+      [&] { fkd::load_torchscript_teacher(dir.file("junk.pt"), torch::kCPU, {false}); });
   EXPECT_NE(msg.find(dir.file("junk.pt")), std::string::npos) << msg;
   EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
 
   // A zip archive that is a state-dict pickle, not a module.
   fkd::save_state_dict_pickle(*fkd::make_model("tiny", 1, 10), dir.file("sd.pt"));
   msg = error_message<fkd::FormatError>(
-      [&] { fkd::load_torchscript_teacher(dir.file("sd.pt"), torch::kCPU, true); });
+      [&] { fkd::load_torchscript_teacher(dir.file("sd.pt"), torch::kCPU, {true}); });
   EXPECT_NE(msg.find(dir.file("sd.pt")), std::string::npos) << msg;
   EXPECT_NE(msg.find("a torch.save() file"), std::string::npos) << msg;
   // PyTorch's own torch.save file (here of a tensor) gets the same advice.
   msg = error_message<fkd::FormatError>(
-      [&] { fkd::load_torchscript_teacher(dir.file("input.pt"), torch::kCPU, true); });
+      [&] { fkd::load_torchscript_teacher(dir.file("input.pt"), torch::kCPU, {true}); });
   EXPECT_NE(msg.find("torch.jit.trace(model.eval(), example_input).save(path)"), std::string::npos)
       << msg;
 
-  EXPECT_THROW(fkd::load_torchscript_teacher(dir.file("absent.pt"), torch::kCPU, false),
+  EXPECT_THROW(fkd::load_torchscript_teacher(dir.file("absent.pt"), torch::kCPU, {false}),
                fkd::IoError);
 }
 

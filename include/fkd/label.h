@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "fkd/amp.h"
 #include "fkd/transforms.h"
 
 namespace fkd {
@@ -44,18 +45,20 @@ struct LabelConfig {
   std::string shard;            ///< "i/n"; empty = RANK/WORLD_SIZE or 0/1
   std::string reference_crops;  ///< label exactly the crops of this existing store
   bool optimize = true;         ///< freeze + optimize_for_inference a TorchScript teacher
-  /// The teacher's forward precision: auto (bf16 on a GPU that runs it natively, else off),
-  /// off, bf16, fp16 (CUDA). The softmax and quantization run in float32.
+  /// The teacher's forward precision: auto (an existing store's; else bf16 where the device
+  /// runs it natively, else off), off, bf16, fp16 (CUDA). The softmax and quantization run
+  /// in float32. Recorded in the manifest (teacher_amp).
   std::string amp = "auto";
 };
 
 struct LabelResult {
   std::string store;
-  uint64_t images = 0;         ///< images labeled by this call
-  uint64_t crops = 0;          ///< crops labeled by this call
-  double seconds = 0;          ///< wall time
-  double teacher_seconds = 0;  ///< wall time inside the teacher's forward pass
-  bool complete = false;       ///< every shard of the store is finished
+  uint64_t images = 0;                  ///< images labeled by this call
+  uint64_t crops = 0;                   ///< crops labeled by this call
+  double seconds = 0;                   ///< wall time
+  double teacher_seconds = 0;           ///< wall time inside the teacher's forward pass
+  bool complete = false;                ///< every shard of the store is finished
+  AmpMode teacher_amp = AmpMode::kOff;  ///< the precision the teacher ran in
 };
 
 /// Labels this process's shard of the dataset into cfg.out, resuming a partial run of the

@@ -11,6 +11,8 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include "fkd/amp.h"
+
 namespace fkd {
 
 /// Base of all zoo models. Parameter and buffer names follow torchvision where a
@@ -89,6 +91,8 @@ std::vector<std::pair<std::string, torch::Tensor>> load_state_dict_pickle(const 
 /// in Python returns a module whose forward gives the same logits. A TorchScript student
 /// (load_scripted_model) is written as its own module, with the weights it holds now.
 void export_torchscript(Net& m, const std::string& path);
+/// The bytes export_torchscript would write, in memory.
+std::vector<uint8_t> torchscript_bytes(Net& m);
 
 // --- TorchScript students -----------------------------------------------------------------
 
@@ -116,20 +120,44 @@ const std::vector<uint8_t>* scripted_archive(const Net& net);
 class Teacher {
  public:
   virtual ~Teacher() = default;
-  /// [N, C_in, H, W] float32 on the teacher's device -> [N, num_classes] float32 logits.
-  /// Runs without autograd.
+  /// [N, C_in, H, W] float32 on any device -> [N, num_classes] float32 logits on the
+  /// teacher's device, computed in the teacher's precision (amp()). Runs without autograd.
   virtual torch::Tensor logits(const torch::Tensor& x) = 0;
-  /// Human-readable identity (file path or zoo name).
+  /// Human-readable identity (file path or zoo name) and how it runs.
   virtual std::string describe() const = 0;
+  /// The precision its convolutions and matrix products run in: kOff (float32), kBf16 or
+  /// kFp16.
+  virtual AmpMode amp() const = 0;
+};
+
+/// How a teacher is prepared and run.
+struct TeacherOptions {
+  /// Freeze it (BatchNorm folded into convolutions, constants propagated) and, in float32,
+  /// optimize it for inference (oneDNN convolutions with prepacked weights on a CPU).
+  bool optimize = true;
+  /// kOff, kBf16 or kFp16 (a resolved mode; kAuto is refused). In bf16/fp16 the teacher runs
+  /// under autocast, as torch.autocast runs a TorchScript model in Python: convolutions and
+  /// matrix products in the reduced precision with their weights cast once, on channels-last
+  /// input. An optimized float32 graph would bypass autocast (its prepacked oneDNN
+  /// convolutions are float32 only), so reduced precision freezes without that step.
+  AmpMode amp = AmpMode::kOff;
 };
 
 /// Loads a TorchScript teacher (torch.jit.trace / torch.jit.script output, saved by
-/// torch.jit.save). With optimize=true it is frozen and optimized for inference.
-/// Throws FormatError naming the file when it is not a loadable TorchScript archive.
+/// torch.jit.save) onto `device`. Throws FormatError naming the file when it is not a
+/// loadable TorchScript archive.
 std::unique_ptr<Teacher> load_torchscript_teacher(const std::string& path,
-                                                  const torch::Device& device, bool optimize);
+                                                  const torch::Device& device,
+                                                  const TeacherOptions& o);
+/// The same from a TorchScript archive's bytes; `source` names it in messages.
+std::unique_ptr<Teacher> load_torchscript_teacher(const std::vector<uint8_t>& archive,
+                                                  const std::string& source,
+                                                  const torch::Device& device,
+                                                  const TeacherOptions& o);
 
-/// Wraps a trained zoo model (put in eval mode, moved to `device`) as a teacher.
-std::unique_ptr<Teacher> make_zoo_teacher(std::shared_ptr<Net> net, const torch::Device& device);
+/// Wraps a trained zoo model (put in eval mode, moved to `device`) as a teacher, run eagerly
+/// in precision `amp` (resolved).
+std::unique_ptr<Teacher> make_zoo_teacher(std::shared_ptr<Net> net, const torch::Device& device,
+                                          AmpMode amp = AmpMode::kOff);
 
 }  // namespace fkd

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "fkd/amp.h"
 #include "fkd/transforms.h"
 
 namespace fkd {
@@ -105,6 +106,10 @@ struct Manifest {
   std::string teacher;       ///< file name or zoo name, for people
   std::string teacher_hash;  ///< hex xxh128 (XXH3) of the teacher file's bytes
   float temperature = 1.0f;
+  /// The precision the teacher ran in (--amp, resolved: kOff = float32, kBf16, kFp16); key
+  /// teacher_amp, "off" when absent (stores of earlier versions). Part of the identity: the
+  /// same crops labeled in bf16 and float32 are different stores.
+  AmpMode teacher_amp = AmpMode::kOff;
   // labels
   LabelType label_type = LabelType::kMarginalSmoothing;
   int k = 5;  ///< top-k (marginal types); 1 for hard/smoothing
@@ -222,8 +227,10 @@ StoreProgress store_progress(const std::string& store_dir);
 /// compared) and writes them, quantized as the first store, to `out_dir`. A killed run
 /// resumes when run again; the manifest is written last. Returns false, writing nothing,
 /// when `out_dir` already holds this ensemble (the same command, finished before); refuses
-/// any other store there.
-bool ensemble_stores(const std::vector<std::string>& stores, const std::string& out_dir);
+/// any other store there. Members whose teachers ran in different precisions (teacher_amp)
+/// are refused unless `mixed_amp`; the ensemble then records the reduced one.
+bool ensemble_stores(const std::vector<std::string>& stores, const std::string& out_dir,
+                     bool mixed_amp = false);
 /// What verify_store found: every damaged record and every shard that cannot be read.
 struct StoreVerification {
   /// A record whose block or content is damaged (its labels are lost).

@@ -447,6 +447,7 @@ struct LabelArgs {
   LabelConfig label;
   std::string store, out;            ///< merge, verify: the store; merge: the output
   std::vector<std::string> members;  ///< ensemble
+  bool mixed_amp = false;            ///< ensemble: members of different teacher precisions
   RepairConfig repair;
   std::string format;  ///< import, export: the foreign layout
   ReferenceImportConfig import;
@@ -534,8 +535,9 @@ void add_label(CLI::App& root, LabelArgs& a) {
   add_switch(app, "optimize", c.optimize,
              "Freeze and optimize a TorchScript teacher for inference");
   app->add_option("--amp", c.amp,
-                  "Teacher precision: auto (bf16 on a GPU that runs it natively, off on the "
-                  "CPU), off, bf16 or fp16 (CUDA); labels are quantized from float32 softmax")
+                  "Teacher precision: auto (an existing store's; else bf16 where the CPU or GPU "
+                  "runs it natively, else off), off, bf16 or fp16 (CUDA); labels are quantized "
+                  "from float32 softmax; the store records it")
       ->check(one_of({"auto", "off", "bf16", "fp16"}))
       ->capture_default_str();
   add_execution(app, c.threads, c.workers, c.device);
@@ -550,6 +552,8 @@ void add_label(CLI::App& root, LabelArgs& a) {
       ->required()
       ->expected(2, -1);
   a.ensemble->add_option("--out,-o", a.out, "Output store directory")->required();
+  a.ensemble->add_flag("--mixed-amp", a.mixed_amp,
+                       "Average stores whose teachers ran in different precisions (--amp)");
   a.verify = app->add_subcommand(
       "verify", "Check every shard and record of a store; list the damaged ones (exit 1 if any)");
   a.verify->add_option("store", a.store, "Store directory")->required();
@@ -730,7 +734,7 @@ int run_label(LabelArgs& a) {
       fmt::print("{}: already holds the merge of {}; nothing to do\n", a.out, a.store);
     }
   } else if (a.ensemble->parsed()) {
-    if (ensemble_stores(a.members, a.out)) {
+    if (ensemble_stores(a.members, a.out, a.mixed_amp)) {
       fmt::print("wrote the ensemble of {} stores to {}\n", a.members.size(), a.out);
     } else {
       fmt::print("{}: already holds the ensemble of these {} stores; nothing to do\n", a.out,
@@ -760,10 +764,10 @@ int run_label(LabelArgs& a) {
   } else {
     const LabelResult r = generate_labels(a.label);
     fmt::print(
-        "{}: labeled {} images ({} crops) in {:.1f} s, {:.0f} crops/s, teacher busy "
+        "{}: labeled {} images ({} crops) in {:.1f} s, {:.0f} crops/s, teacher in {} busy "
         "{:.0f}% of the time{}\n",
         r.store, r.images, r.crops, r.seconds, r.seconds > 0 ? double(r.crops) / r.seconds : 0.0,
-        r.seconds > 0 ? 100.0 * r.teacher_seconds / r.seconds : 0.0,
+        amp_dtype_name(r.teacher_amp), r.seconds > 0 ? 100.0 * r.teacher_seconds / r.seconds : 0.0,
         r.complete ? "; the store is complete" : "; other shards are still missing");
   }
   return 0;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include <fmt/core.h>
@@ -24,7 +25,7 @@
 #include "fkd/transforms.h"
 #include "label/labeler.h"
 #include "label/teacher_batcher.h"
-#include "train/amp.h"
+#include "models/autocast.h"
 #include "train/device.h"
 #include "train/input.h"
 #include "train/teachers.h"
@@ -273,17 +274,13 @@ LabelStats label_images(const LabelJob& job, uint64_t begin, uint64_t end, const
   const int n_val = stored_values(m.label_type, m.k, num_classes);
   ImageLabels labels;
   Progress bar(title, end - begin, "img");
-  const AmpMode amp = resolve_amp(parse_amp(job.cfg.amp), job.device);
+  FKD_CHECK(job.teacher.amp() == m.teacher_amp, ConfigError,
+            "internal: the teacher runs in {} but the store records {}",
+            amp_name(job.teacher.amp()), amp_name(m.teacher_amp));
   auto forward = [&](const torch::Tensor& x) {
     const auto t0 = std::chrono::steady_clock::now();
-    torch::Tensor logits;
-    {
-      const Autocast autocast(amp, job.device);
-      // On a GPU the teacher's convolutions run fastest on NHWC input (tensor cores).
-      torch::Tensor xd = x.to(job.device, /*non_blocking=*/true);
-      if (job.device.is_cuda()) xd = xd.contiguous(at::MemoryFormat::ChannelsLast);
-      logits = job.teacher.logits(xd);
-    }
+    // The teacher runs in the store's precision, on the layout that suits it.
+    const torch::Tensor logits = job.teacher.logits(x);
     // The softmax and the quantization in float32, whatever the teacher computed in.
     torch::Tensor p = torch::softmax(logits.to(torch::kFloat32) / job.cfg.temperature, 1);
     p = p.to(torch::kCPU);
@@ -335,6 +332,13 @@ LabelStats label_images(const LabelJob& job, uint64_t begin, uint64_t end, const
   return st;
 }
 
+AmpMode label_teacher_amp(AmpMode requested, const torch::Device& device,
+                          const std::optional<Manifest>& existing) {
+  if (requested != AmpMode::kAuto) return resolve_amp(requested, device);
+  if (existing) return existing->teacher_amp;  // resuming or adding a shard: as it was made
+  return native_bf16(device) ? AmpMode::kBf16 : AmpMode::kOff;
+}
+
 LabelResult generate_labels(const LabelConfig& cfg) {
   validate_label_config(cfg);
   DatasetOptions dopt;
@@ -353,7 +357,11 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
   // The teacher, and the input it takes: a checkpoint's own transform, else the dataset's
   // defaults, options taking precedence. Checked before anything is written, so a refused
   // run leaves no store behind that would block the corrected one.
-  OpenedTeacher teacher = open_teacher(cfg.teacher, device, cfg.optimize);
+  const bool have_manifest = fs::exists(fs::path(cfg.out) / "manifest.json");
+  const std::optional<Manifest> existing =
+      have_manifest ? std::optional<Manifest>(read_manifest(cfg.out)) : std::nullopt;
+  const AmpMode amp = label_teacher_amp(parse_amp(cfg.amp), device, existing);
+  OpenedTeacher teacher = open_teacher(cfg.teacher, device, {cfg.optimize, amp});
   std::vector<std::string> notes;
   const TrainConfig input = model_input(teacher.recorded ? &*teacher.recorded : nullptr,
                                         input_overrides(cfg), cfg.data, *ds, &notes);
@@ -363,7 +371,7 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
                         num_classes, cfg.data);
 
   Manifest m = build_manifest(cfg, *ds, input, shard_count);
-  const bool have_manifest = fs::exists(fs::path(cfg.out) / "manifest.json");
+  m.teacher_amp = amp;
   if (have_manifest) check_existing_store(cfg.out, m);
   const auto [range_begin, range_end] = shard_range(m.num_images, shard_index, shard_count);
   const std::string shard_path =
@@ -377,6 +385,7 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
   ShardWriter writer(cfg.out, m, shard_index);
   LabelResult result;
   result.store = cfg.out;
+  result.teacher_amp = amp;
   if (!writer.finished()) {
     const uint64_t first = writer.next_image();
     if (first > range_begin) {

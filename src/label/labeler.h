@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include <torch/torch.h>
 
@@ -21,9 +22,15 @@ struct LabelJob {
   std::shared_ptr<const Dataset> ds;  ///< the labeled split
   const Manifest& m;                  ///< crops, quantization
   const TrainConfig& input;           ///< the teacher's input: channels, size, norm, interp
-  Teacher& teacher;
+  Teacher& teacher;                   ///< runs in the manifest's teacher_amp
   torch::Device device;
 };
+
+/// The teacher's precision for labeling: --amp as given (resolve_amp); auto takes the
+/// existing store's (`existing`: its manifest, if there is one), else bf16 where `device`
+/// runs it natively (native_bf16), else off (float32).
+AmpMode label_teacher_amp(AmpMode requested, const torch::Device& device,
+                          const std::optional<Manifest>& existing);
 
 /// What labeling a range measured.
 struct LabelStats {

@@ -68,7 +68,12 @@ RepairResult repair_store(const RepairConfig& cfg) {
   FKD_CHECK(hash_file_hex(cfg.teacher) == m.teacher_hash, ConfigError,
             "{}: was labeled by {} (xxh128 {}); {} is another teacher: repair with the same one",
             cfg.store, m.teacher, m.teacher_hash, cfg.teacher);
-  OpenedTeacher teacher = open_teacher(cfg.teacher, device, cfg.optimize);
+  // The teacher in the precision the store was labeled in, or the labels would differ.
+  FKD_CHECK(m.teacher_amp != AmpMode::kFp16 || device.is_cuda(), ConfigError,
+            "{}: was labeled with the teacher in fp16, which runs on CUDA devices only: repair "
+            "it with --device cuda",
+            cfg.store);
+  OpenedTeacher teacher = open_teacher(cfg.teacher, device, {cfg.optimize, m.teacher_amp});
   // The input exactly as the store records it.
   InputOverrides over;
   over.channels = int(m.mean.size());

@@ -100,18 +100,21 @@ torch::jit::Module to_script(const nn::Module& m, const std::string& where,
   return jm;
 }
 
+/// The model in eval mode as a TorchScript module. A TorchScript student is its own module,
+/// holding the trained tensors; a copy is put in eval mode, so the caller's net keeps its mode.
+torch::jit::Module script_of(Net& m) {
+  if (torch::jit::Module* scripted = scripted_module(m)) {
+    torch::jit::Module jm = scripted->deepcopy();
+    jm.eval();
+    return jm;
+  }
+  return to_script(m, m.zoo_name(), std::make_shared<torch::jit::CompilationUnit>());
+}
+
 }  // namespace
 
 void export_torchscript(Net& m, const std::string& path) {
-  // A TorchScript student is its own module, holding the trained tensors; a copy is put in
-  // eval mode, so the caller's net keeps its mode.
-  torch::jit::Module jm;
-  if (torch::jit::Module* scripted = scripted_module(m)) {
-    jm = scripted->deepcopy();
-    jm.eval();
-  } else {
-    jm = to_script(m, m.zoo_name(), std::make_shared<torch::jit::CompilationUnit>());
-  }
+  const torch::jit::Module jm = script_of(m);
   // As Module::save(path) does, but through a writer that never fails (see save_checkpoint).
   DurableFile file(path);
   try {
@@ -122,6 +125,17 @@ void export_torchscript(Net& m, const std::string& path) {
                   one_line(e.what_without_backtrace()));
   }
   file.commit();
+}
+
+std::vector<uint8_t> torchscript_bytes(Net& m) {
+  const torch::jit::Module jm = script_of(m);
+  std::vector<uint8_t> bytes;
+  torch::jit::ExportModule(jm, [&bytes](const void* data, size_t size) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    bytes.insert(bytes.end(), p, p + size);
+    return size;
+  });
+  return bytes;
 }
 
 }  // namespace fkd

@@ -316,6 +316,8 @@ void run_inspect(const InspectOptions& o) {
       precision_name(m.precision), m.classes.size());
   fmt::print("teacher          {} (xxh128 {}), temperature {}\n", m.teacher, m.teacher_hash,
              m.temperature);
+  fmt::print("teacher amp      {} (the teacher ran in {})\n", amp_name(m.teacher_amp),
+             amp_dtype_name(m.teacher_amp));
   if (m.crop_origin == CropOrigin::kExplicit) {
     fmt::print(
         "crop origin      explicit: each record's pixel boxes and flips (teacher input {} "

@@ -53,7 +53,22 @@ bool same_boxes(const std::vector<CropPlan>& a, const std::vector<CropPlan>& b) 
       });
 }
 
-/// The manifest of the ensemble: the first member's, naming every member's teacher.
+/// Members whose teachers ran in different precisions give labels of different fidelity:
+/// refused unless asked for.
+void check_same_amp(const std::vector<std::unique_ptr<StoreReader>>& readers,
+                    const std::vector<std::string>& stores, bool mixed_amp) {
+  const AmpMode a = readers[0]->manifest().teacher_amp;
+  for (size_t i = 1; i < readers.size(); ++i) {
+    const AmpMode b = readers[i]->manifest().teacher_amp;
+    FKD_CHECK(mixed_amp || a == b, ConfigError,
+              "{} and {} were labeled with the teacher in different precisions (teacher_amp {} vs "
+              "{}); label both with the same --amp, or pass --mixed-amp to average them anyway",
+              stores[0], stores[i], amp_name(a), amp_name(b));
+  }
+}
+
+/// The manifest of the ensemble: the first member's, naming every member's teacher, with
+/// the reduced precision of any member that ran in one.
 Manifest ensemble_manifest(const std::vector<std::unique_ptr<StoreReader>>& readers) {
   Manifest m = readers[0]->manifest();
   m.version = Manifest{}.version;  // a new store: the current format
@@ -62,6 +77,7 @@ Manifest ensemble_manifest(const std::vector<std::unique_ptr<StoreReader>>& read
   for (const auto& r : readers) {
     names += (names.empty() ? "" : "+") + r->manifest().teacher;
     hashes += r->manifest().teacher_hash;
+    if (r->manifest().teacher_amp != AmpMode::kOff) m.teacher_amp = r->manifest().teacher_amp;
   }
   m.teacher = "ensemble(" + names + ")";
   m.teacher_hash = hashes;  // the members' identities, in order
@@ -70,12 +86,14 @@ Manifest ensemble_manifest(const std::vector<std::unique_ptr<StoreReader>>& read
 
 }  // namespace
 
-bool ensemble_stores(const std::vector<std::string>& stores, const std::string& out) {
+bool ensemble_stores(const std::vector<std::string>& stores, const std::string& out,
+                     bool mixed_amp) {
   FKD_CHECK(stores.size() >= 2, ConfigError, "ensemble needs at least two stores, got {}",
             stores.size());
   std::vector<std::unique_ptr<StoreReader>> readers;
   for (const auto& s : stores) readers.push_back(std::make_unique<StoreReader>(s));
   check_same_crops(readers, stores);
+  check_same_amp(readers, stores, mixed_amp);
   const Manifest m = ensemble_manifest(readers);
   if (store::finished_store_of(out, m)) return false;
   FKD_CHECK(!fs::exists(fs::path(out) / "manifest.json"), ConfigError,

@@ -168,6 +168,7 @@ std::string manifest_problem(const Manifest& m) {
   const uint64_t C = m.classes.size();
   if (!(std::isfinite(m.temperature) && m.temperature > 0))
     return fmt::format("temperature: {} is not > 0", m.temperature);
+  if (m.teacher_amp == AmpMode::kAuto) return "teacher_amp: auto is not a precision";
   if (int(m.label_type) > int(LabelType::kFull))
     return fmt::format("label_type: unknown value {}", int(m.label_type));
   if (int(m.precision) > int(Precision::kU8))
@@ -262,7 +263,8 @@ uint64_t store_key(const Manifest& m) {
   }
   w.floats(m.mean);
   w.floats(m.std);
-  if (m.crop_origin != CropOrigin::kDerived) w.str(kExplicitCrops);  // absent for derived crops
+  if (m.crop_origin != CropOrigin::kDerived) w.str(kExplicitCrops);    // absent for derived crops
+  if (m.teacher_amp != AmpMode::kOff) w.str(amp_name(m.teacher_amp));  // absent for float32
   return XXH3_64bits(w.b.data(), w.b.size());
 }
 
@@ -319,6 +321,13 @@ Manifest read_manifest(const std::string& store_dir) {
   m.teacher = f.str("teacher", false, "");
   m.teacher_hash = f.str("teacher_hash", true, "");
   m.temperature = f.f32("temperature", true, 1.0f);
+  const std::string amp = f.str("teacher_amp", false, amp_name(AmpMode::kOff));
+  FKD_CHECK(amp == amp_name(AmpMode::kOff) || amp == amp_name(AmpMode::kBf16) ||
+                amp == amp_name(AmpMode::kFp16),
+            FormatError,
+            "{}: key 'teacher_amp': expected \"off\", \"bf16\" or \"fp16\", found \"{}\"", file,
+            amp);
+  m.teacher_amp = parse_amp(amp);
   try {
     m.label_type = parse_label_type(f.str("label_type", true, ""));
     m.precision = parse_precision(f.str("precision", true, ""));
@@ -372,6 +381,7 @@ void write_manifest(const std::string& store_dir, const Manifest& m) {
   j["teacher"] = m.teacher;
   j["teacher_hash"] = m.teacher_hash;
   j["temperature"] = float_json(m.temperature);
+  j["teacher_amp"] = amp_name(m.teacher_amp);
   j["label_type"] = label_type_name(m.label_type);
   j["k"] = m.k;
   j["precision"] = precision_name(m.precision);
@@ -416,6 +426,7 @@ std::vector<std::string> manifest_differences(const Manifest& a, const Manifest&
   }
   cmp("teacher_hash", a.teacher_hash, b.teacher_hash);
   cmp("temperature", a.temperature, b.temperature);
+  cmp("teacher_amp", std::string(amp_name(a.teacher_amp)), std::string(amp_name(b.teacher_amp)));
   cmp("label_type", std::string(label_type_name(a.label_type)),
       std::string(label_type_name(b.label_type)));
   cmp("k", a.k, b.k);

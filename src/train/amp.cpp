@@ -1,71 +1,8 @@
 #include "amp.h"
 
-#include <ATen/autocast_mode.h>
-#include <ATen/detail/CUDAHooksInterface.h>
-
-#include "fkd/enum_names.h"
 #include "fkd/error.h"
 
 namespace fkd {
-namespace {
-
-constexpr EnumNames<AmpMode, 4> kAmpNames({{{AmpMode::kAuto, "auto"},
-                                            {AmpMode::kOff, "off"},
-                                            {AmpMode::kBf16, "bf16"},
-                                            {AmpMode::kFp16, "fp16"}}});
-
-}  // namespace
-
-const char* amp_name(AmpMode m) { return kAmpNames.name(m); }
-AmpMode parse_amp(const std::string& name) { return kAmpNames.parse(name, "--amp mode"); }
-
-AmpMode resolve_amp(AmpMode m, const torch::Device& device) {
-  if (m == AmpMode::kAuto) {
-    // Compute capability 8.0 (Ampere) and later run bfloat16 natively; before it, bf16
-    // matrix products are emulated and slower than float32.
-    const bool native_bf16 =
-        device.is_cuda() && at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8();
-    return native_bf16 ? AmpMode::kBf16 : AmpMode::kOff;
-  }
-  FKD_CHECK(!(m == AmpMode::kFp16 && !device.is_cuda()), ConfigError,
-            "--amp fp16 needs a CUDA device (LibTorch's CPU autocast runs bfloat16 only): use "
-            "--amp bf16 on {}",
-            device.str());
-  return m;
-}
-
-Autocast::Autocast(AmpMode mode, const torch::Device& device) {
-  if (mode != AmpMode::kBf16 && mode != AmpMode::kFp16) return;
-  active_ = true;
-  cuda_ = device.is_cuda();
-  const at::ScalarType dtype = mode == AmpMode::kBf16 ? at::kBFloat16 : at::kHalf;
-  if (cuda_) {
-    was_enabled_ = at::autocast::is_enabled();
-    was_dtype_ = at::autocast::get_autocast_gpu_dtype();
-    at::autocast::set_autocast_gpu_dtype(dtype);
-    at::autocast::set_enabled(true);
-  } else {
-    was_enabled_ = at::autocast::is_cpu_enabled();
-    was_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_autocast_cpu_dtype(dtype);
-    at::autocast::set_cpu_enabled(true);
-  }
-  at::autocast::increment_nesting();
-}
-
-Autocast::~Autocast() {
-  if (!active_) return;
-  // As torch.autocast's exit: the cache of casted weights lives for the outermost region.
-  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  if (cuda_) {
-    at::autocast::set_enabled(was_enabled_);
-    at::autocast::set_autocast_gpu_dtype(was_dtype_);
-  } else {
-    at::autocast::set_cpu_enabled(was_enabled_);
-    at::autocast::set_autocast_cpu_dtype(was_dtype_);
-  }
-}
-
 LossScaler::LossScaler(bool enabled, const torch::Device& device, Options o)
     : enabled_(enabled), device_(device), o_(o), scale_(o.init_scale) {
   FKD_CHECK(o.init_scale > 0 && o.growth_factor > 1 && o.backoff_factor > 0 &&

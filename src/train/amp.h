@@ -1,6 +1,6 @@
-// Mixed precision: autocast regions and dynamic loss scaling, as PyTorch's torch.autocast and
-// torch.cuda.amp.GradScaler do them, for LibTorch (which has the ATen operations but neither
-// Python class).
+// Mixed precision in training: dynamic loss scaling, as PyTorch's torch.cuda.amp.GradScaler
+// does it, for LibTorch (which has the ATen operations but not the Python class); the
+// autocast regions are models/autocast.h.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -8,36 +8,9 @@
 
 #include <torch/torch.h>
 
+#include "models/autocast.h"
+
 namespace fkd {
-
-/// --amp: the precision of the forward pass's matrix products and convolutions.
-enum class AmpMode : uint8_t {
-  kAuto,  ///< bf16 on a CUDA device that runs it natively, else off (resolve_amp)
-  kOff,   ///< float32 everywhere
-  kBf16,  ///< bfloat16 autocast (CUDA and CPU); no loss scaling needed
-  kFp16,  ///< float16 autocast with dynamic loss scaling (CUDA only)
-};
-const char* amp_name(AmpMode m);             ///< "auto", "off", "bf16", "fp16"
-AmpMode parse_amp(const std::string& name);  ///< throws ConfigError naming the choices
-/// kAuto resolved for `device`: kBf16 on a CUDA device of compute capability 8.0 or more,
-/// kOff otherwise. Throws ConfigError for kFp16 on a CPU (LibTorch's CPU autocast runs
-/// bfloat16 only).
-AmpMode resolve_amp(AmpMode m, const torch::Device& device);
-
-/// Autocast for the device's type while alive (the region of a forward pass), restoring
-/// the previous state after; kOff does nothing. Losses computed inside should be cast to
-/// float32 before use (soft_cross_entropy does).
-class Autocast {
- public:
-  Autocast(AmpMode mode, const torch::Device& device);
-  ~Autocast();
-  Autocast(const Autocast&) = delete;
-  Autocast& operator=(const Autocast&) = delete;
-
- private:
-  bool active_ = false, cuda_ = false, was_enabled_ = false;
-  at::ScalarType was_dtype_ = at::kFloat;
-};
 
 /// Dynamic loss scaling for fp16 (torch.cuda.amp.GradScaler's semantics and defaults): the
 /// loss is multiplied by `scale` before backward; before the step the gradients are divided

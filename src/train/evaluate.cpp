@@ -76,7 +76,7 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   if (ckpt) {
     net = checkpoint_model(*ckpt);
   } else {
-    scripted = load_torchscript_teacher(model_path, device, /*optimize=*/true);
+    scripted = load_torchscript_teacher(model_path, device, {/*optimize=*/true});
   }
   InputOverrides over;
   over.channels = opts.channels;

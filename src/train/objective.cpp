@@ -12,7 +12,7 @@ Objective::Objective(const TrainConfig& cfg, int num_classes, const torch::Devic
       device_(device),
       amp_(resolve_amp(parse_amp(cfg.amp), device)) {
   if (cfg.mode == TrainMode::kKd)
-    teacher_ = std::make_unique<OnlineTeacher>(cfg, num_classes, device);
+    teacher_ = std::make_unique<OnlineTeacher>(cfg, num_classes, device, amp_);
 }
 
 std::pair<torch::Tensor, torch::Tensor> Objective::operator()(const Batch& b, torch::Tensor x,
@@ -42,10 +42,7 @@ std::pair<torch::Tensor, torch::Tensor> Objective::operator()(const Batch& b, to
         sample_mix(rng, cfg_.mixup, cfg_.cutmix, cfg_.mix_prob, cfg_.switch_prob, b.h, b.w);
     x = apply_mix(plan, x, {&q, &hard});
   }
-  if (teacher_) {
-    const Autocast autocast(amp_, device_);
-    q = teacher_->soft_targets(x);
-  }
+  if (teacher_) q = teacher_->soft_targets(x);  // in the run's precision
   torch::Tensor logits = student(x).to(torch::kFloat32);
   if (!soft) return {soft_cross_entropy(logits, hard, 1.0), logits};
   torch::Tensor loss = soft_cross_entropy(logits, q, cfg_.temperature);

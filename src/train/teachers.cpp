@@ -1,9 +1,5 @@
 #include "teachers.h"
 
-#include <unistd.h>
-
-#include <filesystem>
-
 #include <fmt/core.h>
 
 #include "checkpoint.h"
@@ -11,32 +7,23 @@
 
 namespace fkd {
 
-OpenedTeacher open_teacher(const std::string& path, const torch::Device& device, bool optimize) {
+OpenedTeacher open_teacher(const std::string& path, const torch::Device& device,
+                           const TeacherOptions& o) {
   OpenedTeacher t;
   std::optional<CheckpointFile> ckpt = try_open_checkpoint(path);
   if (!ckpt) {
-    t.net = load_torchscript_teacher(path, device, optimize);
+    t.net = load_torchscript_teacher(path, device, o);
     return t;
   }
   t.recorded = ckpt->meta.config;
   std::shared_ptr<Net> net = checkpoint_model(*ckpt);
-  if (!optimize) {
-    t.net = make_zoo_teacher(net, device);
+  if (!o.optimize) {
+    t.net = make_zoo_teacher(net, device, o.amp);
     return t;
   }
   // Through TorchScript, so that the teacher is frozen and optimized like a traced one.
-  namespace fs = std::filesystem;
-  const fs::path tmp = fs::temp_directory_path() / fmt::format("fkd-teacher-{}-{}.pt", ::getpid(),
-                                                               fs::path(path).stem().string());
   net->eval();
-  export_torchscript(*net, tmp.string());
-  try {
-    t.net = load_torchscript_teacher(tmp.string(), device, /*optimize=*/true);
-  } catch (...) {
-    fs::remove(tmp);
-    throw;
-  }
-  fs::remove(tmp);
+  t.net = load_torchscript_teacher(torchscript_bytes(*net), path, device, o);
   return t;
 }
 
@@ -65,9 +52,10 @@ void check_teacher_classes(Teacher& teacher, const std::string& teacher_path,
             teacher_path, c10::str(out.sizes()), channels, size, size, data, num_classes);
 }
 
-OnlineTeacher::OnlineTeacher(const TrainConfig& s, int num_classes, const torch::Device& device)
+OnlineTeacher::OnlineTeacher(const TrainConfig& s, int num_classes, const torch::Device& device,
+                             AmpMode amp)
     : temperature_(s.temperature) {
-  OpenedTeacher t = open_teacher(s.teacher, device, /*optimize=*/true);
+  OpenedTeacher t = open_teacher(s.teacher, device, {/*optimize=*/true, amp});
   teacher_ = std::move(t.net);
   check_teacher_classes(*teacher_, s.teacher, device, s.channels, s.crop.size, num_classes, s.data);
   // A checkpoint teacher trained with another normalization gets its own: the student's

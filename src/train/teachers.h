@@ -20,9 +20,11 @@ struct OpenedTeacher {
   std::optional<TrainConfig> recorded;  ///< the checkpoint's configuration
 };
 
-/// Opens a teacher (the file is read once). With optimize, either kind is frozen and
-/// optimized for inference (a checkpoint through its TorchScript export).
-OpenedTeacher open_teacher(const std::string& path, const torch::Device& device, bool optimize);
+/// Opens a teacher (the file is read once), prepared and run as `o` says; with o.optimize
+/// either kind is frozen and optimized for inference (a checkpoint through its TorchScript
+/// export, made in memory).
+OpenedTeacher open_teacher(const std::string& path, const torch::Device& device,
+                           const TeacherOptions& o);
 
 /// Runs the teacher once on a zero [1, channels, size, size] input and throws ConfigError
 /// (naming the teacher and the dataset) unless it outputs num_classes logits.
@@ -39,8 +41,10 @@ void check_student_fits(const std::shared_ptr<Net>& net, const TrainConfig& cfg,
 /// normalization where its checkpoint recorded another, through the frozen teacher.
 class OnlineTeacher {
  public:
-  /// `student` is the student's resolved configuration (its teacher, input, temperature).
-  OnlineTeacher(const TrainConfig& student, int num_classes, const torch::Device& device);
+  /// `student` is the student's resolved configuration (its teacher, input, temperature);
+  /// the teacher runs in `amp`, the run's resolved precision.
+  OnlineTeacher(const TrainConfig& student, int num_classes, const torch::Device& device,
+                AmpMode amp);
   /// softmax(teacher(x) / T) as float32 [n, num_classes], without autograd, for the
   /// student-normalized images x [n, c, h, w].
   torch::Tensor soft_targets(const torch::Tensor& x) const;

@@ -2,9 +2,11 @@
 
 usage: label_teacher.py make OUT.pt IN_CHANNELS NUM_CLASSES
          traces a seeded conv net (any input size) with torch.jit.trace and saves it
-       label_teacher.py softmax TEACHER.pt INPUT.pt OUTPUT.pt TEMPERATURE
+       label_teacher.py softmax TEACHER.pt INPUT.pt OUTPUT.pt TEMPERATURE [AMP]
          INPUT.pt holds a [N, C, H, W] float tensor (torch::pickle_save from C++);
-         writes softmax(teacher(x) / T) as a [N, num_classes] float tensor
+         writes softmax(teacher(x) / T) as a [N, num_classes] float tensor; with AMP bf16
+         the teacher runs under torch.autocast("cpu", dtype=torch.bfloat16) on
+         channels-last input and the softmax in float32
 """
 import sys
 
@@ -25,11 +27,16 @@ def make(out, in_ch, classes):
     traced.save(out)
 
 
-def softmax(teacher, inp, out, temperature):
+def softmax(teacher, inp, out, temperature, amp="off"):
     model = torch.jit.load(teacher).eval()
     x = torch.load(inp)
+    bf16 = amp == "bf16"
+    if bf16:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        p = torch.softmax(model(x) / temperature, dim=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        p = torch.softmax(logits.float() / temperature, dim=1)
     torch.save(p.contiguous(), out)
 
 
@@ -37,4 +44,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        softmax(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+        softmax(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), *sys.argv[6:7])
