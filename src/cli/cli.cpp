@@ -577,6 +577,21 @@ int run_label(LabelArgs& a) {
     return print_verification(a.store) ? 0 : 1;
   } else if (a.import_app->parsed()) {
     const ReferenceImportResult r = import_reference_labels(a.import);
+    if (r.ignored_count) {
+      const size_t named = std::min<size_t>(r.ignored.size(), 3);
+      fmt::print(stderr, "warning: {}: ignored {} file(s) that label no image of {}: {}{}\n",
+                 a.import.src, r.ignored_count, a.import.data,
+                 fmt::join(r.ignored.begin(), r.ignored.begin() + ptrdiff_t(named), ", "),
+                 r.ignored.size() > named ? ", ..." : "");
+    }
+    if (r.shared_count) {
+      fmt::print(stderr,
+                 "warning: {}: {} image(s) share a label file with another image (the reference "
+                 "names a file by the image name up to its first dot, so both got one file's "
+                 "labels): {}{}\n",
+                 a.import.src, r.shared_count, fmt::join(r.shared_files, "; "),
+                 r.shared_count > r.shared_files.size() ? "; ..." : "");
+    }
     fmt::print("{}: imported {} images ({} crops each) from {} in {:.2f} s, {:.0f} images/s\n",
                a.import.out, r.images, r.crops, a.import.src, r.seconds,
                r.seconds > 0 ? double(r.images) / r.seconds : 0.0);
