@@ -9,8 +9,11 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
@@ -739,6 +742,44 @@ TEST(Label, VerifyListsDamageAndRepairRestoresTheStoreByteForByte) {
       fkd::test::run_command(bin + " label repair " + bad + " --teacher " + other + " 2>&1");
   EXPECT_EQ(o.status, 1) << o.out;
   EXPECT_NE(o.out.find("is another teacher"), std::string::npos) << o.out;
+}
+
+TEST(Label, AnEditedDatasetLimitMisleadsNeitherInspectNorRepair) {
+  // dataset_limit is informational: the store's num_images selects its subset.
+  Fixture fx;
+  const std::string store = fx.dir.file("subset");
+  LabelConfig c = fx.config(store);
+  c.limit = 20;
+  generate_labels(c);
+  nlohmann::json m = nlohmann::json::parse(fkd::test::read_file(store + "/manifest.json"));
+  ASSERT_EQ(m["dataset_limit"], 20);
+  m["dataset_limit"] = 30;
+  fkd::test::write_file(store + "/manifest.json", m.dump(2));
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const auto i = fkd::test::run_command(bin + " inspect " + store + " 2>&1");
+  EXPECT_EQ(i.status, 0) << i.out;
+  EXPECT_NE(i.out.find("images           20\n"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("% of crops' top class is the image's label"), std::string::npos) << i.out;
+  // Another dataset is still named as such.
+  const std::string other = fx.dir.file("other");
+  fs::create_directories(other);
+  fkd::test::write_idx_split(other, "train", 50, 28, 28, 10);
+  const auto o = fkd::test::run_command(bin + " inspect " + store + " --data " + other + " 2>&1");
+  EXPECT_EQ(o.status, 1) << o.out;
+  EXPECT_NE(o.out.find("--data " + other + ": not the dataset " + store + " labels"),
+            std::string::npos)
+      << o.out;
+  // A damaged record is repaired, the dataset found by num_images.
+  const std::string shard = store + "/" + shard_file_name(0, 1);
+  const std::string whole = fkd::test::read_file(shard);
+  std::string bytes = whole;
+  bytes[bytes.find("FKDB") + 40] ^= 0x5a;
+  fkd::test::write_file(shard, bytes);
+  const auto r =
+      fkd::test::run_command("FKD_PROGRESS=off " + bin + " label repair " + store + " --teacher " +
+                             fx.teacher + " --batch 32 --threads 1 " + "--workers 2 2>&1");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(fkd::test::read_file(shard), whole);
 }
 
 TEST(Label, EnsembleKilledMidRunResumes) {

@@ -133,6 +133,12 @@ void write_manifest(const std::string& store_dir, const Manifest& m);
 /// a store together (everything but num_shards and teacher name): "temperature (1 vs 2)", ...
 std::vector<std::string> manifest_differences(const Manifest& a, const Manifest& b);
 
+/// The DatasetOptions::limit that selects the images a store labels from its dataset: its
+/// image count. `fkd label --limit L` labels every k-th image, L of them (num_images), and
+/// the same limit selects them again; a store of a whole split labels num_images = all of
+/// them. The manifest's dataset_limit is informational: an edited one changes nothing.
+inline size_t labeled_subset_limit(const Manifest& m) { return size_t(m.num_images); }
+
 /// Images [begin, end) of shard `index` of `count` over `num_images` images.
 std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count);
 /// "shard-00003-of-00008.fkdl"

@@ -28,7 +28,7 @@ std::shared_ptr<const Dataset> store_dataset(const Manifest& m, const RepairConf
   const std::string data = cfg.data.empty() ? m.dataset : cfg.data;
   DatasetOptions dopt;
   dopt.channels = int(m.mean.size());
-  dopt.limit = size_t(m.dataset_limit);
+  dopt.limit = labeled_subset_limit(m);
   auto ds = open_dataset(data, Split::kTrain, dopt);
   FKD_CHECK(ds->size() == m.num_images && dataset_fingerprint(*ds) == m.dataset_fingerprint,
             ConfigError,

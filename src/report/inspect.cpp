@@ -255,11 +255,14 @@ void run_inspect(const InspectOptions& o) {
   if (!data.empty() &&
       (!o.data.empty() || data == "fashion-mnist" || std::filesystem::is_directory(data))) {
     DatasetOptions dopt;
-    dopt.limit = size_t(m.dataset_limit);
+    dopt.limit = labeled_subset_limit(m);
     ds = open_dataset(data, Split::kTrain, dopt);
-    FKD_CHECK(ds->size() == m.num_images, ConfigError,
-              "--data {}: has {} training images, the store labels {}", data, ds->size(),
-              m.num_images);
+    const std::string fingerprint = dataset_fingerprint(*ds);
+    FKD_CHECK(ds->size() == m.num_images && fingerprint == m.dataset_fingerprint, ConfigError,
+              "{} {}: not the dataset {} labels ({} training images of fingerprint {}, the store "
+              "{} of {}): pass the one it was made from as --data",
+              o.data.empty() ? "dataset (named by manifest.json)" : "--data", data, o.store,
+              ds->size(), fingerprint, m.num_images, m.dataset_fingerprint);
   }
   if (!o.render.empty()) {
     FKD_CHECK(ds != nullptr, ConfigError, "--render needs --data (the images to draw)");

@@ -488,7 +488,7 @@ ReferenceExportResult export_reference_labels(const ReferenceExportConfig& cfg) 
   StoreReader reader(cfg.store);
   const Manifest& m = reader.manifest();
   const std::string data = cfg.data.empty() ? m.dataset : cfg.data;
-  const auto ds = open_image_folder(data, m.dataset_limit, "exporting to reference files");
+  const auto ds = open_image_folder(data, labeled_subset_limit(m), "exporting to reference files");
   FKD_CHECK(ds->size() == m.num_images && dataset_fingerprint(*ds) == m.dataset_fingerprint,
             ConfigError,
             "--data {}: not the dataset {} was made from (other files, names or sizes than "
