@@ -744,6 +744,72 @@ TEST(Label, VerifyListsDamageAndRepairRestoresTheStoreByteForByte) {
   EXPECT_NE(o.out.find("is another teacher"), std::string::npos) << o.out;
 }
 
+TEST(Label, RepairSuspectsAnEditedManifestAndChangesNothing) {
+  Fixture fx;
+  const std::string good = fx.dir.file("good");
+  for (uint32_t s = 0; s < 2; ++s) {
+    LabelConfig c = fx.config(good);
+    c.shard = fmt::format("{}/2", s);
+    generate_labels(c);
+  }
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const std::vector<std::string> files = {"manifest.json", shard_file_name(0, 2),
+                                          shard_file_name(1, 2)};
+  // Each identity key edited alone: every shard disagrees with the manifest, whole and
+  // consistent among themselves, so the manifest is what is wrong.
+  const std::vector<std::pair<nlohmann::json, std::string>> edits = {
+      {{{"label_type", "marginal_renorm"}},
+       "label_type: manifest.json says marginal_renorm, the shards marginal_smoothing"},
+      {{{"k", 3}}, "k: manifest.json says 3, the shards 5"},
+      {{{"precision", "fp32"}}, "precision: manifest.json says fp32, the shards fp16"},
+      {{{"scale", {0.5, 1.0}}}, "the store key"},
+      {{{"input_size", 32}}, "the store key"},
+      {{{"seed", 6}}, "the store key"},
+      {{{"dataset_fingerprint", "0123456789abcdef"}}, "the store key"},
+      {{{"teacher_hash", std::string(32, '0')}}, "the store key"},
+      {{{"num_images", 39}}, "num_images: manifest.json says 39, the shards 40"},
+      {{{"num_shards", 3}}, "num_shards: manifest.json says 3, the shards 2"},
+  };
+  for (const auto& [edit, expected] : edits) {
+    SCOPED_TRACE(edit.dump());
+    const std::string store = fx.dir.file("edited");
+    fs::remove_all(store);
+    fs::copy(good, store, fs::copy_options::recursive);
+    nlohmann::json m = nlohmann::json::parse(fkd::test::read_file(store + "/manifest.json"));
+    m.update(edit);
+    fkd::test::write_file(store + "/manifest.json", m.dump(2));
+    std::map<std::string, std::string> before;
+    for (const auto& f : fs::directory_iterator(store))
+      before[f.path().filename().string()] = fkd::test::read_file(f.path().string());
+    const auto r =
+        fkd::test::run_command("FKD_PROGRESS=off " + bin + " label repair " + store +
+                               " --teacher " + fx.teacher + " --batch 32 --threads 1 2>&1");
+    EXPECT_EQ(r.status, 1) << r.out;
+    const std::string line = r.out.substr(0, r.out.find('\n'));
+    EXPECT_EQ(r.out, line + "\n");
+    EXPECT_EQ(line.rfind("fkd: error: " + store +
+                             "/manifest.json: disagrees with all 2 shard "
+                             "file(s), which are intact and agree with one another (",
+                         0),
+              0u)
+        << line;
+    EXPECT_NE(line.find(expected), std::string::npos) << line;
+    EXPECT_NE(line.find("repair changed nothing"), std::string::npos) << line;
+    EXPECT_EQ(line.find("is another dataset"), std::string::npos) << line;
+    EXPECT_EQ(line.find("is another teacher"), std::string::npos) << line;
+    std::map<std::string, std::string> after;
+    for (const auto& f : fs::directory_iterator(store))
+      after[f.path().filename().string()] = fkd::test::read_file(f.path().string());
+    EXPECT_TRUE(before == after) << "the store changed";
+    // fkd label verify says the same.
+    const auto v = fkd::test::run_command("FKD_PROGRESS=off " + bin + " label verify " + store);
+    EXPECT_NE(v.status, 0);
+    EXPECT_NE(v.out.find(store + "/manifest.json: disagrees with all 2 shard file(s)"),
+              std::string::npos)
+        << v.out;
+  }
+}
+
 TEST(Label, AnEditedDatasetLimitMisleadsNeitherInspectNorRepair) {
   // dataset_limit is informational: the store's num_images selects its subset.
   Fixture fx;

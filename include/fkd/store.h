@@ -250,6 +250,11 @@ struct StoreVerification {
   uint64_t records_checked = 0;  ///< records read: the images of the readable shards
   std::vector<Record> records;   ///< damaged records, in image order
   std::vector<Shard> shards;     ///< unreadable shards, in shard order
+  /// When no shard opens because every one disagrees with manifest.json, while the shard
+  /// files are intact and agree with one another: one line naming manifest.json and each
+  /// difference. The manifest is then the suspect (edited, or another store's), and
+  /// relabeling the shards to match it would be wrong. "" otherwise.
+  std::string manifest_problem;
   bool ok() const { return records.empty() && shards.empty(); }
   /// Ids of every image whose labels are lost (damaged records and the ranges of
   /// unreadable shards), ascending: what must be labeled again.

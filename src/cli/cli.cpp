@@ -454,7 +454,9 @@ bool print_verification(const std::string& store) {
   }
   for (const auto& r : v.records) fmt::print("{}\n", r.problem);
   const uint64_t lost = v.damaged_images().size();
-  if (v.ok()) {
+  if (!v.manifest_problem.empty()) {
+    fmt::print("{}\n", v.manifest_problem);
+  } else if (v.ok()) {
     fmt::print("{}: all {} records of {} verified\n", store, v.records_checked, v.images);
   } else {
     fmt::print(

@@ -56,6 +56,10 @@ RepairResult repair_store(const RepairConfig& cfg) {
   RepairResult result;
   const StoreVerification before = verify_store(cfg.store);
   if (before.ok()) return result;
+  // Shards that are whole but all disagree with manifest.json: relabeling them to match an
+  // edited manifest would destroy the labels; the manifest is what needs repair.
+  FKD_CHECK(before.manifest_problem.empty(), FormatError, "{}; repair changed nothing",
+            before.manifest_problem);
   result.needed = true;
 
   const Manifest m = read_manifest(cfg.store);
