@@ -848,6 +848,41 @@ TEST(Label, AnEditedDatasetLimitMisleadsNeitherInspectNorRepair) {
   EXPECT_EQ(fkd::test::read_file(shard), whole);
 }
 
+TEST(Label, OutputSaysWhatTheStoreHoldsAndHowFast) {
+  Fixture fx;
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const std::string store = fx.dir.file("full");
+  // Progress lines name the shard, and give no rate before there is one to measure.
+  const auto l = fkd::test::run_command(
+      "FKD_PROGRESS=plain " + bin + " label --teacher " + fx.teacher + " --data " + fx.data +
+      " --crops 2 --label-type full --out " + store + " --threads 1 2>&1 >/dev/null");
+  ASSERT_EQ(l.status, 0) << l.out;
+  EXPECT_NE(l.out.find("label shard 0/1 100% (40/40) "), std::string::npos) << l.out;
+  const auto v =
+      fkd::test::run_command("FKD_PROGRESS=plain " + bin + " label verify " + store + " 2>&1");
+  ASSERT_EQ(v.status, 0) << v.out;
+  const size_t at = v.out.find("verify 100% (40/40) ");
+  ASSERT_NE(at, std::string::npos) << v.out;
+  const std::string rate = v.out.substr(at + 20, v.out.find(' ', at + 20) - at - 20);
+  // A rate is given from 0.5 s on: at most 40 images / 0.5 s.
+  EXPECT_TRUE(rate == "?" || std::stod(rate) <= 80) << v.out;
+  // A full-label store is described as full labels, with no top-k.
+  const auto i = fkd::test::run_command(bin + " inspect " + store);
+  EXPECT_NE(i.out.find("labels           full in fp16, 10 classes\n"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("mean probability of a crop's most probable class"), std::string::npos)
+      << i.out;
+  const auto t = fkd::test::run_command(
+      "FKD_PROGRESS=off " + bin + " train --model tiny --data " + fx.data + " --labels " + store +
+      " --epochs 1 --num-crops 2 --batch-size 16 --threads 1 --out " + fx.dir.file("run"));
+  ASSERT_EQ(t.status, 0) << t.out;
+  EXPECT_NE(t.out.find("labels " + store +
+                       ": 2 crops per image by teacher.pt, full in fp16; 2 "
+                       "crops per image per pass"),
+            std::string::npos)
+      << t.out;
+  EXPECT_EQ(t.out.find("top-1"), std::string::npos) << t.out;
+}
+
 TEST(Label, EnsembleKilledMidRunResumes) {
   // Killed after 10 of its 40 records (the writer's fault hook stands in for kill -9 at a
   // chosen point), the ensemble once could not be run again ("already holds a store"). Now

@@ -125,6 +125,10 @@ struct Manifest {
   uint32_t num_shards = 1;  ///< shard files that make up the store
 };
 
+/// What a store's labels are, for people: "marginal_smoothing top-5 in fp16", "full in fp32",
+/// "smoothing in u8", "hard" (a class id per crop: no probabilities, no precision).
+std::string describe_labels(const Manifest& m);
+
 /// Reads and validates manifest.json (FormatError naming the file and field).
 Manifest read_manifest(const std::string& store_dir);
 /// Writes manifest.json atomically.

@@ -441,14 +441,14 @@ void add_label(CLI::App& root, LabelArgs& a) {
 
 /// `fkd label verify`: every problem on a line of its own; true when the store is sound.
 bool print_verification(const std::string& store) {
-  std::optional<Progress> bar;
+  // The bar starts with the work, so that its rate is over the time verification took.
+  Progress bar("verify", read_manifest(store).num_images, "img");
   uint64_t shown = 0;
-  const StoreVerification v = verify_store(store, [&](uint64_t done, uint64_t total) {
-    if (!bar) bar.emplace("verify", total, "img");
-    bar->advance(done - shown);
+  const StoreVerification v = verify_store(store, [&](uint64_t done, uint64_t) {
+    bar.advance(done - shown);
     shown = done;
   });
-  if (bar) bar->finish();
+  bar.finish();
   for (const auto& s : v.shards) {
     fmt::print("{}: images [{}, {}) lost: {}\n", s.shard, s.image_begin, s.image_end, s.problem);
   }

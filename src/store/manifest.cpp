@@ -442,6 +442,19 @@ std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, u
   return {edge(index), edge(uint64_t(index) + 1)};
 }
 
+std::string describe_labels(const Manifest& m) {
+  switch (m.label_type) {
+    case LabelType::kHard:
+      return "hard";
+    case LabelType::kMarginalSmoothing:
+    case LabelType::kMarginalRenorm:
+      return fmt::format("{} top-{} in {}", label_type_name(m.label_type), m.k,
+                         precision_name(m.precision));
+    default:
+      return fmt::format("{} in {}", label_type_name(m.label_type), precision_name(m.precision));
+  }
+}
+
 std::string shard_file_name(uint32_t index, uint32_t count) {
   return fmt::format("shard-{:05d}-of-{:05d}.fkdl", index, count);
 }

@@ -98,9 +98,8 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
   auto store = std::make_shared<StoreReader>(cfg.labels);
   const Manifest& mf = store->manifest();
   const int m = cfg.num_crops;
-  fmt::print("labels {}: {} per image by {}, {} top-{} {}; {} per image per pass, {}{}\n",
-             cfg.labels, count_of(mf.crops_per_image, "crop"), mf.teacher,
-             label_type_name(mf.label_type), mf.k, precision_name(mf.precision),
+  fmt::print("labels {}: {} per image by {}, {}; {} per image per pass, {}{}\n", cfg.labels,
+             count_of(mf.crops_per_image, "crop"), mf.teacher, describe_labels(mf),
              count_of(m, "crop"), count_of(plan.passes(), "pass", "passes"),
              uint64_t(plan.crops_used()) > mf.crops_per_image
                  ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
