@@ -674,9 +674,10 @@ int run_cli(int argc, char** argv) {
                  r.top1, r.top5, r.loss);
       if (r.bad_samples) fmt::print(stderr, "warning: {} image(s) skipped\n", r.bad_samples);
     } else if (app.got_subcommand("export")) {
-      export_model(export_args.checkpoint, export_args.out, export_args.format, export_args.ema);
-      fmt::print("wrote {} ({}{})\n", export_args.out, export_args.format,
-                 export_args.ema ? ", weight EMA" : "");
+      const ExportMetadata meta = export_model(export_args.checkpoint, export_args.out,
+                                               export_args.format, export_args.ema);
+      fmt::print("wrote {} ({}{}): {}\n", export_args.out, export_args.format,
+                 export_args.ema ? ", weight EMA" : "", describe_export(meta));
     } else if (label_args.app->parsed()) {
       return run_label(label_args);
     } else if (app.got_subcommand("inspect")) {
