@@ -154,8 +154,6 @@ class PyLoader {
            const std::string& interpolation, std::vector<float> mean, std::vector<float> std,
            size_t limit, bool strict, bool skip_damaged_labels, int rank, int world)
       : epoch_(epoch) {
-    FKD_CHECK(channels == 0 || channels == 1 || channels == 3, ConfigError,
-              "channels {}: expected 1 or 3 (0 = the dataset's)", channels);
     FKD_CHECK(epoch >= 0, ConfigError, "epoch {}: expected >= 0", epoch);
     TrainConfig& c = cfg_;
     c.mode = TrainMode::kFkd;
@@ -173,6 +171,9 @@ class PyLoader {
     c.limit_train = limit;
     c.strict_data = strict;
     c.skip_damaged_labels = skip_damaged_labels;
+    // The checks fkd train makes of the same options, before any work.
+    validate_input_options(c);
+    validate_rank_split(c, rank, world);
     py::gil_scoped_release nogil;
     // As fkd train: a store made for a subset trains on that subset.
     if (c.limit_train == 0) c.limit_train = store_subset_size(c.labels);
@@ -478,7 +479,9 @@ PYBIND11_MODULE(fkd, m) {
            "as fkd train (Fashion-MNIST 28 px, else the images' median shorter side up to "
            "224). limit: train on the first `limit` images (default: the subset the store "
            "was made for). strict: an unreadable image raises instead of being skipped. "
-           "rank/world: this process's slice of every batch in data-parallel training.")
+           "rank/world: this process's slice of every batch in data-parallel training (world "
+           "must split a batch into whole images). Options are checked as fkd train checks "
+           "them.")
       .def(
           "__len__", [](const PyLoader& l) { return l.loader().num_batches(); },
           "Batches per epoch (pass).")

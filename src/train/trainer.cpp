@@ -405,10 +405,7 @@ void report_skipped(const Loader& l, const char* split) {
 /// store and where it resumes. A difference is named at start, not found as a hang.
 void check_ranks_agree(Distributed& dist, const TrainConfig& cfg, const CheckpointMeta& meta) {
   if (!dist.active()) return;
-  FKD_CHECK(cfg.batch_size % (size_t(cfg.num_crops) * size_t(dist.world())) == 0, ConfigError,
-            "--batch-size {} over {} ranks: each rank takes whole images ({} crops each), so the "
-            "batch must be a multiple of {}",
-            cfg.batch_size, dist.world(), cfg.num_crops, cfg.num_crops * dist.world());
+  validate_rank_split(cfg, dist.rank(), dist.world());
   auto run = nlohmann::json::parse(config_to_json(cfg));
   for (const char* k : kExecutionKeys) run.erase(k);
   dist.check_same("configuration", run.dump());

@@ -126,8 +126,9 @@ class LoaderTest(unittest.TestCase):
     def test_errors_are_exceptions_with_fkd_messages(self):
         with self.assertRaises(fkd.ConfigError) as e:
             fkd.Loader("fashion-mnist", FMNIST, batch_size=10, num_crops=4)
-        self.assertEqual(str(e.exception),
-                         "batch size 10 is not a multiple of the 4 crops per image")
+        self.assertEqual(str(e.exception), cli_error(
+            FKD, "train", "--model", "tiny", "--labels", FMNIST, "--batch-size", "10",
+            "--num-crops", "4", "--out", os.path.join(WORK, "never")))
         with self.assertRaises(fkd.ConfigError) as e:
             fkd.Loader("fashion-mnist", FMNIST, batch_size=18, num_crops=9)
         self.assertIn("--num-crops 9 must be in [1, 8]", str(e.exception))
@@ -142,6 +143,27 @@ class LoaderTest(unittest.TestCase):
             fkd.Loader(os.path.join(WORK, "no-data"), FMNIST)
         with self.assertRaises(fkd.FormatError):
             fkd.Loader("fashion-mnist", os.path.join(WORK, "no-store"))
+
+
+    def test_values_the_cli_refuses_are_refused(self):
+        # A std of 0 made batches of infinities, a negative one passed; three ranks split a
+        # batch of 32 images unevenly.
+        for std, shown in (([0.0], "0"), ([-1], "-1"), ([float("inf")], "inf")):
+            with self.assertRaises(fkd.ConfigError) as e:
+                fkd.Loader("fashion-mnist", FMNIST, batch_size=16, num_crops=2, std=std)
+            self.assertEqual(str(e.exception),
+                             "--std %s: values must be positive and finite" % shown)
+        with self.assertRaises(fkd.ConfigError) as e:
+            fkd.Loader("fashion-mnist", FMNIST, batch_size=128, num_crops=4, world=3)
+        self.assertEqual(str(e.exception),
+                         "--batch-size 128 over 3 ranks: each rank takes whole images (4 crops "
+                         "each), so the batch must be a multiple of 12")
+        with self.assertRaises(fkd.ConfigError) as e:
+            fkd.Loader("fashion-mnist", FMNIST, batch_size=16, num_crops=2, rank=2, world=2)
+        self.assertEqual(str(e.exception), "rank 2 of a world of 2: expected 0 <= rank < world")
+        with self.assertRaises(fkd.ConfigError) as e:
+            fkd.Loader("fashion-mnist", FMNIST, channels=2)
+        self.assertEqual(str(e.exception), "--channels 2: expected 1 or 3 (0 = the dataset's)")
 
 
 if __name__ == "__main__":
