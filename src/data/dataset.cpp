@@ -317,6 +317,10 @@ std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
     ds = std::make_shared<IdxDataset>(kFashionMnistDir, split, opts.channels,
                                       &fashion_mnist_classes());
   } else {
+    FKD_CHECK(fs::exists(spec), NotFoundError,
+              "{}: no such dataset directory (expected 'fashion-mnist', an IDX folder or an "
+              "ImageFolder root with train/ and val/)",
+              spec);
     FKD_CHECK(fs::is_directory(spec), DataError,
               "{}: no such dataset directory (expected 'fashion-mnist', an IDX folder or an "
               "ImageFolder root with train/ and val/)",

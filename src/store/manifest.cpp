@@ -287,6 +287,8 @@ std::string why_no_manifest(const std::string& store_dir) {
 
 Manifest read_manifest(const std::string& store_dir) {
   const std::string file = (fs::path(store_dir) / kManifestName).string();
+  FKD_CHECK(fs::exists(store_dir), NotFoundError, "{}: cannot open the store's manifest ({})", file,
+            why_no_manifest(store_dir));
   FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
             why_no_manifest(store_dir));
   const std::vector<uint8_t> text = read_whole_file(file);
