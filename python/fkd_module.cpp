@@ -361,7 +361,7 @@ class PyLoader {
            const Arg<std::string>& interpolation, const Arg<std::vector<float>>& mean,
            const Arg<std::vector<float>>& std, const Arg<int64_t>& limit, const Arg<bool>& strict,
            const Arg<bool>& skip_damaged_labels, const Arg<int64_t>& rank,
-           const Arg<int64_t>& world) {
+           const Arg<int64_t>& world, const Arg<bool>& with_ids) {
     constexpr const char* kWhere = "Loader()";
     constexpr int64_t kInt = std::numeric_limits<int>::max();
     TrainConfig& c = cfg_;
@@ -383,6 +383,7 @@ class PyLoader {
     c.skip_damaged_labels = bool_arg(skip_damaged_labels, kWhere, "skip_damaged_labels");
     const int r = int(int_arg(rank, kWhere, "rank", 0, kInt));
     const int w = int(int_arg(world, kWhere, "world", 1, kInt));
+    with_ids_ = bool_arg(with_ids, kWhere, "with_ids");
     with_python_names([&] {
       // The checks fkd train makes of the same options, before any work.
       validate_input_options(c);
@@ -399,6 +400,7 @@ class PyLoader {
     });
   }
 
+  bool with_ids() const { return with_ids_; }
   const TrainConfig& config() const { return cfg_; }
   const Loader& loader() const { return *loader_; }
   int64_t epoch() const { return epoch_; }
@@ -428,19 +430,31 @@ class PyLoader {
   TrainConfig cfg_;
   std::unique_ptr<Loader> loader_;
   int64_t epoch_ = 0;
+  bool with_ids_ = false;
   std::mutex mu_;  ///< one consumer at a time
   uint64_t generation_ = 0;
 };
 
 /// (images [n, c, h, w] float32, soft labels [n, C] float32, targets [n] int64) over the
-/// batch's own buffers; the batch lives as long as any of the three arrays.
-py::tuple batch_arrays(std::unique_ptr<Batch> b) {
+/// batch's own buffers; the batch lives as long as any of the three arrays. With ids, also
+/// (indices [n] int64: each row's image in the whole split, crops [n] int64: its crop's id
+/// in the store's record of that image).
+py::tuple batch_arrays(std::unique_ptr<Batch> b, const Dataset& ds, bool with_ids) {
+  std::vector<int64_t> indices, crops;
+  if (with_ids) {
+    for (uint32_t s : b->sample) indices.push_back(int64_t(ds.split_index(s)));
+    crops.assign(b->crop.begin(), b->crop.end());
+  }
   Batch* held = b.release();
   py::capsule owner(held, [](void* p) { delete static_cast<Batch*>(p); });
   const py::ssize_t n = held->n;
-  return py::make_tuple(view<float>({n, held->c, held->h, held->w}, held->images.get(), owner),
-                        view<float>({n, held->soft_classes}, held->soft.data(), owner),
-                        view<int64_t>({n}, held->targets.data(), owner));
+  py::tuple t =
+      py::make_tuple(view<float>({n, held->c, held->h, held->w}, held->images.get(), owner),
+                     view<float>({n, held->soft_classes}, held->soft.data(), owner),
+                     view<int64_t>({n}, held->targets.data(), owner));
+  if (!with_ids) return t;
+  return py::make_tuple(t[0], t[1], t[2], array_of(std::move(indices), {n}),
+                        array_of(std::move(crops), {n}));
 }
 
 struct LoaderIterator {
@@ -695,32 +709,37 @@ PYBIND11_MODULE(fkd, m) {
       "The batches are those `fkd train --data DATA --labels LABELS` trains on with the same "
       "options: iterating yields (images (n, c, h, w) float32 normalized, soft labels (n, C) "
       "float32, targets (n,) int64) numpy arrays over the loader's own buffers (no copy; "
-      "torch.from_numpy wraps them). Rows are grouped by image: image k's crops are rows "
-      "k*m .. k*m+m-1. An epoch of the loader is a pass over the images, which counts as "
-      "num_crops epochs; set_epoch(p) picks pass p, as torch's DistributedSampler.set_epoch.")
+      "torch.from_numpy wraps them), and with with_ids=True also (indices (n,) int64, crop "
+      "ids (n,) int64). Rows are grouped by image: image k's crops are rows k*m .. k*m+m-1. "
+      "An epoch of the loader is a pass over the images, which counts as num_crops epochs; "
+      "set_epoch(p) picks pass p, as torch's DistributedSampler.set_epoch.")
       .def(py::init<const Arg<PathArg>&, const Arg<PathArg>&, const Arg<int64_t>&,
                     const Arg<int64_t>&, const Arg<int64_t>&, const Arg<uint64_t>&,
                     const Arg<int64_t>&, const Arg<int64_t>&, const Arg<int64_t>&,
                     const Arg<std::string>&, const Arg<std::vector<float>>&,
                     const Arg<std::vector<float>>&, const Arg<int64_t>&, const Arg<bool>&,
-                    const Arg<bool>&, const Arg<int64_t>&, const Arg<int64_t>&>(),
+                    const Arg<bool>&, const Arg<int64_t>&, const Arg<int64_t>&, const Arg<bool>&>(),
            py::arg("data"), py::arg("labels"), py::arg("batch_size") = 128,
            py::arg("num_crops") = 4, py::arg("workers") = 1, py::arg("seed") = 0,
            py::arg("epoch") = 0, py::arg("input_size") = 0, py::arg("channels") = 0,
            py::arg("interpolation") = "bilinear", py::arg("mean") = std::vector<float>{},
            py::arg("std") = std::vector<float>{}, py::arg("limit") = 0, py::arg("strict") = false,
            py::arg("skip_damaged_labels") = false, py::arg("rank") = 0, py::arg("world") = 1,
+           py::arg("with_ids") = false,
            "data: fashion-mnist, an IDX folder or an ImageFolder root (train/, val/); labels: "
            "the store (paths as str or pathlib.Path). batch_size crops per batch (a multiple "
            "of num_crops, the crops of each image per pass); workers: decoding threads; seed: "
            "sample order and crop picks; epoch: the first pass. input_size, channels, mean, "
            "std: 0/empty = from the data, as fkd train (Fashion-MNIST 28 px, else the images' "
-           "median shorter side up to 224). limit: train on the first `limit` images (default: "
-           "the subset the store was made for). strict: an "
+           "median shorter side up to 224). limit: train on `limit` images spread evenly over "
+           "the training split, fkd's --limit-train (subset_indices(n, limit) lists them; not "
+           "the first `limit`); default: the subset the store was made for. strict: an "
            "unreadable image raises instead of being skipped. rank/world: this process's "
            "slice of every batch in data-parallel training (world must split a batch into "
-           "whole images). Options are checked as fkd train checks them, and messages name "
-           "these arguments.")
+           "whole images). with_ids: batches also carry, per row, the image's index in the "
+           "whole training split (torchvision's ImageFolder order) and the crop's id in the "
+           "store's record of that image. Options are checked as fkd train checks them, and "
+           "messages name these arguments.")
       .def(
           "__len__", [](const PyLoader& l) { return l.loader().num_batches(); },
           "Batches per epoch (pass).")
@@ -758,12 +777,30 @@ PYBIND11_MODULE(fkd, m) {
       });
   m.attr("FKDLoader") = m.attr("Loader");
 
+  m.def(
+      "subset_indices",
+      [](const Arg<int64_t>& n, const Arg<int64_t>& limit) {
+        const auto all = size_t(int_arg(n, "subset_indices()", "n", 0));
+        const auto keep = size_t(int_arg(limit, "subset_indices()", "limit", 0));
+        std::vector<int64_t> out;
+        for (size_t i : subset_indices(all, keep)) out.push_back(int64_t(i));
+        const auto rows = py::ssize_t(out.size());
+        return array_of(std::move(out), {rows});
+      },
+      py::arg("n"), py::arg("limit"),
+      "The indices of the samples fkd keeps of a split of n with a limit (fkd's --limit, "
+      "--limit-train, --limit-val and Loader's limit): floor(k * n / limit) for k < limit, "
+      "spread evenly over the split (an ImageFolder's first images would be its first "
+      "classes only); all n when limit is 0 or at least n. (n,) int64 numpy array. "
+      "torch.utils.data.Subset(dataset, fkd.subset_indices(len(dataset), limit)) is the "
+      "subset fkd evaluates or trains on.");
+
   py::class_<LoaderIterator>(m, "_LoaderIterator")
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__", [](LoaderIterator& it) {
         std::unique_ptr<Batch> b = it.loader->next(it.generation);
         if (!b) throw py::stop_iteration();
-        return batch_arrays(std::move(b));
+        return batch_arrays(std::move(b), it.loader->loader().dataset(), it.loader->with_ids());
       });
 
   py::class_<PyStoreWriter>(

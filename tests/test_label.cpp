@@ -18,6 +18,7 @@
 #include "fkd/dataset.h"
 #include "fkd/error.h"
 #include "fkd/image.h"
+#include "fkd/inspect.h"
 #include "fkd/label.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
@@ -881,6 +882,36 @@ TEST(Label, OutputSaysWhatTheStoreHoldsAndHowFast) {
             std::string::npos)
       << t.out;
   EXPECT_EQ(t.out.find("top-1"), std::string::npos) << t.out;
+}
+
+TEST(Label, InspectLimitTakesImagesSpreadOverTheStore) {
+  // fkd inspect --limit 10 summarizes images 0, 4, 8, ..., 36 of 40 (the subset every limit
+  // of fkd keeps), not the first ten.
+  Fixture fx;
+  const std::string store = fx.dir.file("store");
+  generate_labels(fx.config(store));
+  const StoreReader r(store);
+  const auto ds = open_dataset(fx.data, Split::kTrain);
+  const Manifest& m = r.manifest();
+  uint64_t agree = 0, crops = 0;
+  ImageLabels l;
+  std::vector<float> dense(m.classes.size());
+  const int ni = stored_indices(m.label_type, m.k), nv = stored_values(m.label_type, m.k, 10);
+  for (uint64_t i = 0; i < 40; i += 4) {
+    r.read(i, l);
+    for (uint32_t c = 0; c < l.num_crops; ++c) {
+      recover_dense(m.label_type, m.k, 10, l.indices.data() + c * ni, l.values.data() + c * nv,
+                    dense.data());
+      const auto top = std::max_element(dense.begin(), dense.end()) - dense.begin();
+      agree += top == ds->label(size_t(i));
+      ++crops;
+    }
+  }
+  const StoreSummary s = summarize_store(r, ds.get(), 10);
+  EXPECT_DOUBLE_EQ(s.agreement, 100.0 * double(agree) / double(crops));
+  const auto out =
+      fkd::test::run_command(std::string(FKD_BINARY_DIR) + "/fkd inspect " + store + " --limit 10");
+  EXPECT_NE(out.out.find("(over 10 images spread evenly)"), std::string::npos) << out.out;
 }
 
 TEST(Label, EnsembleKilledMidRunResumes) {

@@ -206,13 +206,12 @@ StoreSummary summarize_store(const StoreReader& store, const Dataset* ds, size_t
   s.crops = s.images * m.crops_per_image;
   s.bytes = store.shard_bytes();
   s.bytes_per_crop = s.crops ? double(s.bytes) / double(s.crops) : 0;
-  const uint64_t n = limit ? std::min<uint64_t>(limit, s.images) : s.images;
   const int k = std::max(1, m.k);
   uint64_t agree = 0, counted = 0;
   double entropy = 0, mass = 0;
   ImageLabels l;
   std::vector<float> dense;
-  for (uint64_t i = 0; i < n; ++i) {
+  for (const size_t i : subset_indices(size_t(s.images), limit)) {
     store.read(i, l);
     for (uint32_t c = 0; c < l.num_crops; ++c) {
       dense_of(m, l, c, dense);
@@ -441,7 +440,8 @@ void run_inspect(const InspectOptions& o) {
   } else {
     fmt::print("crop origin      derived: {}, seed {}\n", describe_crops(m.crop), m.seed);
   }
-  const std::string over = o.limit ? fmt::format(" (first {} images)", o.limit) : "";
+  const std::string over =
+      o.limit && o.limit < s.images ? fmt::format(" (over {} images spread evenly)", o.limit) : "";
   if (s.agreement >= 0) {
     fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n", s.agreement,
                over);

@@ -228,6 +228,61 @@ class LoaderTest(unittest.TestCase):
             self.assertIn("no-", str(e.exception))
             self.assertEqual(len(str(e.exception).splitlines()), 1)
 
+    def test_batches_carry_their_image_and_crop_ids_on_request(self):
+        # fmnist-store labels 96 images spread over the 60,000 of the training split.
+        subset = fkd.subset_indices(60000, 96)
+        self.assertEqual(subset.tolist(), [k * 60000 // 96 for k in range(96)])
+        with gzip.open(os.path.join(FMNIST_DIR, "train-labels-idx1-ubyte.gz")) as f:
+            train_labels = np.frombuffer(f.read(), np.uint8, offset=8)
+        store = fkd.Store(FMNIST)
+        plain = fkd.Loader("fashion-mnist", FMNIST, batch_size=16, num_crops=4, seed=3)
+        loader = fkd.Loader("fashion-mnist", FMNIST, batch_size=16, num_crops=4, seed=3,
+                            with_ids=True)
+        seen = 0
+        for (x, q, y, index, crop), (x0, q0, y0) in zip(loader, plain):
+            np.testing.assert_array_equal(x, x0)  # the same batches, with their ids
+            self.assertEqual((index.dtype, crop.dtype, index.shape), (np.int64, np.int64, y.shape))
+            self.assertTrue(np.isin(index, subset).all())
+            np.testing.assert_array_equal(y, train_labels[index])
+            for row in range(len(y)):
+                image = int(np.searchsorted(subset, index[row]))  # the store's image id
+                np.testing.assert_array_equal(q[row], store.labels(image, dense=True)[crop[row]])
+            # An image's rows are its 4 crops of this pass, each once.
+            self.assertTrue((crop.reshape(-1, 4) < 8).all())
+            self.assertTrue(all(len(set(r)) == 4 for r in crop.reshape(-1, 4).tolist()))
+            seen += len(y)
+        self.assertEqual(seen, 96 * 4)
+
+    def test_subset_indices_are_the_images_fkd_eval_takes(self):
+        # `fkd eval --limit 300` evaluates the 300 test images fkd.subset_indices lists,
+        # spread over the split, not the first 300: Python gets its accuracy on those.
+        run = os.path.join(WORK, "eval-run")
+        shutil.rmtree(run, ignore_errors=True)
+        env = dict(os.environ, FKD_PROGRESS="off")
+        subprocess.run([FKD, "train", "--model", "tiny", "--data", "fashion-mnist",
+                        "--limit-train", "512", "--limit-val", "64", "--epochs", "1",
+                        "--threads", "1", "--out", run], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        out = subprocess.run([FKD, "eval", os.path.join(run, "checkpoint.pt"), "--limit", "300"],
+                             check=True, env=env, capture_output=True, text=True).stdout
+        fkd_top1 = float(out.split("top1 ")[1].split("%")[0])
+        model_path = os.path.join(run, "tiny.pt")
+        subprocess.run([FKD, "export", os.path.join(run, "checkpoint.pt"), model_path],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
+        extra = {"fkd.json": ""}
+        model = torch.jit.load(model_path, _extra_files=extra).eval()
+        meta = json.loads(extra["fkd.json"])
+        with gzip.open(os.path.join(FMNIST_DIR, "t10k-images-idx3-ubyte.gz")) as f:
+            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+        with gzip.open(os.path.join(FMNIST_DIR, "t10k-labels-idx1-ubyte.gz")) as f:
+            labels = np.frombuffer(f.read(), np.uint8, offset=8)
+        subset = fkd.subset_indices(len(labels), 300)
+        x = torch.from_numpy(images[subset].astype(np.float32)) / 255.0
+        x = (x - torch.tensor(meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(
+            meta["std"]).view(1, -1, 1, 1)
+        with torch.no_grad():
+            hits = (model(x).argmax(1).numpy() == labels[subset]).sum()
+        self.assertLessEqual(abs(100.0 * hits / 300 - fkd_top1), 100.0 / 300 + 0.01)
 
 if __name__ == "__main__":
     unittest.main(argv=sys.argv[:1])
