@@ -463,6 +463,14 @@ TEST(Cli, TrainEvalExportRoundTrip) {
   // Python loads both export formats and gets the same accuracy on the same images.
   const auto x = run_fkd("export " + run + "/checkpoint.pt " + d.file("tiny.pt"));
   ASSERT_EQ(x.status, 0) << x.out;
+  // The output line says what input the model expects.
+  EXPECT_NE(x.out.find("wrote " + d.file("tiny.pt") +
+                       " (torchscript): tiny takes 1x28x28 input: pixels / 255, mean [0.286], "
+                       "std [0.353]; shorter side resized to 28, then center crop 28 (bilinear); "
+                       "trained on RandomCrop(28, padding 4) + flip 0.5; 10 classes (T-shirt/top, "
+                       "Trouser, ..., Ankle boot); in fkd.json"),
+            std::string::npos)
+      << x.out;
   const auto py =
       fkd::test::run_python("cli_check_export.py", {"torchscript", d.file("tiny.pt"), top1});
   EXPECT_EQ(py.status, 0) << "python top-1 " << py.out << " vs fkd " << top1;

@@ -163,8 +163,10 @@ TEST(ImageFolder, StructuralErrorsBeforeWork) {
   EXPECT_NE(msg.find("empty class folder"), std::string::npos) << msg;
   msg = fkd::test::error_message<DataError>([&] { open_dataset(d.path(), Split::kVal); });
   EXPECT_NE(msg.find("missing split folder 'val'"), std::string::npos) << msg;
-  msg = fkd::test::error_message<DataError>([&] { open_dataset(d.file("nope"), Split::kTrain); });
-  EXPECT_NE(msg.find("nope"), std::string::npos) << msg;
+  // A folder that does not exist: an IoError that says it is not found.
+  msg =
+      fkd::test::error_message<NotFoundError>([&] { open_dataset(d.file("nope"), Split::kTrain); });
+  EXPECT_NE(msg.find("nope: no such dataset directory"), std::string::npos) << msg;
   // The split folder itself (what torchvision's ImageFolder is given) is named as such.
   msg = fkd::test::error_message<DataError>([&] { open_dataset(d.file("train"), Split::kTrain); });
   EXPECT_NE(msg.find("is a split, not a dataset root: pass its parent"), std::string::npos) << msg;

@@ -192,6 +192,87 @@ TEST_F(ReferenceFiles, DamagedStorageIsNamed) {
   EXPECT_NE(msg.find("CRC-32"), std::string::npos) << msg;
 }
 
+namespace {
+
+/// Opcodes of a hand-made protocol-2 pickle.
+struct PickleText {
+  std::string b = std::string("\x80\x02", 2);
+  PickleText& op(char c) {
+    b.push_back(c);
+    return *this;
+  }
+  PickleText& text(const std::string& s) {  // BINUNICODE
+    op('X');
+    for (int k = 0; k < 4; ++k) b.push_back(char((s.size() >> (8 * k)) & 0xff));
+    b += s;
+    return *this;
+  }
+  PickleText& int32(int32_t v) {  // BININT
+    op('J');
+    for (int k = 0; k < 4; ++k) b.push_back(char((uint32_t(v) >> (8 * k)) & 0xff));
+    return *this;
+  }
+  PickleText& global(const std::string& module, const std::string& name) {
+    op('c');
+    b += module + "\n" + name + "\n";
+    return *this;
+  }
+};
+
+/// The FormatError message of parsing `pkl` as the data.pkl of an archive that also holds
+/// one 8-byte storage, "0".
+std::string hostile_message(const std::string& pkl) {
+  const std::string bytes = store::write_zip_stored(
+      {{"a/data.pkl", pkl}, {"a/data/0", std::string(8, '\0')}, {"a/version", "3\n"}});
+  const std::string msg = fkd::test::error_message<FormatError>([&] {
+    parse_reference_file(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "F.tar");
+  });
+  EXPECT_EQ(msg.rfind("F.tar: ", 0), 0u) << msg;
+  EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+  return msg;
+}
+
+}  // namespace
+
+TEST(ReferenceReader, DeepNestingIsRefusedInOneLine) {
+  // Lists each appended into the one before: a chain that freeing (or walking) one value at
+  // a time would follow to the bottom of the stack. 300,000 of them outgrow the memory a file
+  // of their size may take; 100 are within it, and nest too deep.
+  auto chain = [](int lists) {
+    PickleText p;
+    for (int k = 0; k < lists; ++k) p.op(']');
+    for (int k = 0; k + 1 < lists; ++k) p.op('a');
+    return p.op('.').b;
+  };
+  EXPECT_NE(hostile_message(chain(300000)).find("the pickle builds more than"), std::string::npos);
+  EXPECT_NE(hostile_message(chain(100)).find("values nested more than 64 levels deep"),
+            std::string::npos);
+  // The same chain made of memoized lists filled after they were placed: each list's depth
+  // is known only if a placed list is never changed again.
+  PickleText memo;
+  for (int k = 0; k < 100; ++k) memo.op(']').op('q').op(char(k));
+  for (int k = 0; k + 1 < 100; ++k) memo.op('h').op(char(k)).op('h').op(char(k + 1)).op('a');
+  memo.op('.');
+  EXPECT_NE(hostile_message(memo.b).find("a list is changed after it was placed in another value"),
+            std::string::npos);
+}
+
+TEST(ReferenceReader, MemoryIsBoundedByTheFileSize) {
+  // A 256 KiB string joined with itself again and again (6 bytes of pickle per 512 KiB).
+  PickleText joins;
+  joins.text(std::string(256 << 10, 'a')).op('q').op(0);
+  for (int k = 0; k < 200; ++k) joins.op('h').op(0).op('h').op(0).op(char(0x93));
+  joins.op('.');
+  EXPECT_NE(hostile_message(joins.b).find("the pickle builds more than"), std::string::npos);
+  // A tensor of 2^24 doubles whose stride 0 repeats the one element of its storage.
+  PickleText wide;
+  wide.op(']').op('(').global("torch._utils", "_rebuild_tensor_v2").op('(').op('(');
+  wide.text("storage").global("torch", "DoubleStorage").text("0").text("cpu").int32(1).op('t');
+  wide.op('Q').int32(0).op('(').int32(1 << 24).op('t').op('(').int32(0).op('t').op(char(0x89));
+  wide.global("collections", "OrderedDict").op(')').op('R').op('t').op('R').op('e').op('.');
+  EXPECT_NE(hostile_message(wide.b).find("the pickle builds more than"), std::string::npos);
+}
+
 TEST(ReferenceWriter, RoundTripsAndTorchLoadReadsIt) {
   TempDir dir;
   ReferenceFile f;

@@ -4,8 +4,11 @@
 
 #include <sys/wait.h>
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <regex>
@@ -13,9 +16,14 @@
 #include <string>
 #include <vector>
 
+#include "fkd/dataset.h"
 #include "fkd/error.h"
+#include "fkd/image.h"
+#include "fkd/inspect.h"
 #include "fkd/plot.h"
 #include "fkd/progress.h"
+#include "fkd/store.h"
+#include "fkd/transforms.h"
 #include "testutil.h"
 
 namespace fkd {
@@ -444,5 +452,153 @@ TEST(Progress, NoEstimateBeforeThereIsARateToBaseItOn) {
   EXPECT_EQ(format_duration(-1), "?");
   unsetenv("FKD_PROGRESS");
 }
+TEST(Progress, NoRateFromATimeTooShortToMeasureIt) {
+  // Work done right after the bar started (a store verified before the first line) once
+  // printed "229902675 img/s": a rate is given only from kMinRateSeconds on.
+  setenv("FKD_PROGRESS", "plain", 1);
+  testing::internal::CaptureStderr();
+  {
+    Progress p("verify", 230, "img");
+    p.advance(230);
+  }
+  const std::string out = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(out, "verify 100% (230/230) ? img/s ETA ?\n");
+  setenv("FKD_PROGRESS", "off", 1);
+  Progress q("work", 100, "img");
+  const auto start = std::chrono::steady_clock::now();
+  q.advance(50);
+  EXPECT_EQ(q.rate(start), -1);
+  EXPECT_NEAR(q.rate(start + std::chrono::seconds(10)), 5.0, 0.01);
+  unsetenv("FKD_PROGRESS");
+}
+
+// --- fkd inspect --render -----------------------------------------------------------------
+
+/// A small ImageFolder of `count` 32x32 PPM images in two classes named `classes`, none of
+/// whose pixels is black or red, and a store of one derived RandomCrop(32, padding 8) crop per
+/// image (crops reach up to 8 px past the image).
+struct RenderFixture {
+  test::TempDir dir;
+  std::string data, store;
+  RenderFixture(const std::array<std::string, 2>& classes, int count) {
+    data = dir.file("data");
+    for (const char* split : {"train", "val"}) {
+      for (int c = 0; c < 2; ++c) {
+        const std::string folder = data + "/" + split + "/" + classes[size_t(c)];
+        std::filesystem::create_directories(folder);
+        for (int k = 0; k < count / 2; ++k) {
+          std::string ppm = "P6\n32 32\n255\n";
+          for (int p = 0; p < 32 * 32; ++p) {
+            ppm += char(60 + (p * 7 + k) % 120);
+            ppm += char(60 + (p * 3 + c * 40) % 120);
+            ppm += char(60 + (p + k * 11) % 120);
+          }
+          test::write_file(folder + "/img" + std::to_string(k) + ".ppm", ppm);
+        }
+      }
+    }
+    const auto ds = open_dataset(data, Split::kTrain);
+    Manifest m;
+    m.num_images = ds->size();
+    m.dataset_fingerprint = dataset_fingerprint(*ds);
+    m.classes = ds->classes();
+    m.dataset = data;
+    m.teacher = "teacher.pt";
+    m.teacher_hash = "00112233445566778899aabbccddeeff";
+    m.label_type = LabelType::kMarginalSmoothing;
+    m.k = 2;
+    m.precision = Precision::kFp32;
+    m.crops_per_image = 1;
+    m.seed = 3;
+    m.crop = {CropKind::kPadded, 32, {0.08f, 1.0f}, {3.f / 4.f, 4.f / 3.f}, 8, 0.5f};
+    m.mean = {0.5f, 0.5f, 0.5f};
+    m.std = {0.25f, 0.25f, 0.25f};
+    store = dir.file("store");
+    std::filesystem::create_directories(store);
+    ShardWriter w(store, m, 0);
+    for (uint64_t i = 0; i < m.num_images; ++i) {
+      ImageLabels l;
+      l.height = l.width = 32;
+      l.num_crops = 1;
+      l.crop_hash = label_crop_hash(m, i, 32, 32);
+      const float probs[2] = {0.75f, 0.25f};
+      l.indices.resize(2);
+      l.values.resize(2);
+      quantize_crop(probs, 2, m.label_type, m.k, l.indices.data(), l.values.data());
+      w.append(i, l);
+    }
+    w.finish();
+    write_manifest(store, m);
+  }
+  /// The PNG of image `i`, decoded.
+  Image render(uint64_t i) const {
+    const StoreReader r(store);
+    const auto ds = open_dataset(data, Split::kTrain);
+    const std::string png = dir.file("render-" + std::to_string(i) + ".png");
+    render_image_crops(r, *ds, i, png);
+    return read_image(png, 3);
+  }
+};
+
+bool is(const Image& img, int x, int y, uint8_t r, uint8_t g, uint8_t b) {
+  const uint8_t* p = img.row(y) + size_t(x) * 3;
+  return p[0] == r && p[1] == g && p[2] == b;
+}
+
+TEST(Render, BoxesReachingThePaddingAreWholeAndLeftOfTheLegend) {
+  RenderFixture fx({"cat", "dog"}, 24);
+  const StoreReader r(fx.store);
+  // An image whose crop reaches above the image and past its right side (RandomCrop's
+  // padding): once clipped at the canvas' top and drawn through the legend.
+  int64_t pick = -1;
+  ImageLabels l;
+  for (uint64_t i = 0; i < r.num_images() && pick < 0; ++i) {
+    r.read(i, l);
+    const PixelBox b = store_crop(r.manifest(), l, i, 0).box;
+    if (b.top < 0 && b.left > 0) pick = int64_t(i);
+  }
+  ASSERT_GE(pick, 0);
+  const Image img = fx.render(uint64_t(pick));
+  // Crop 0's color (230, 25, 75): its box is the only long run of it, 2 px thick. Rows
+  // holding a horizontal run of at least 20 px are its top and bottom edges; columns
+  // holding a vertical one its left and right edges.
+  auto groups = [](const std::vector<int>& lines) {
+    int n = 0;
+    for (size_t k = 0; k < lines.size(); ++k) n += k == 0 || lines[k] != lines[k - 1] + 1;
+    return n;
+  };
+  std::vector<int> rows, cols;
+  for (int y = 0; y < img.height; ++y) {
+    int run = 0, best = 0;
+    for (int x = 0; x < img.width; ++x)
+      best = std::max(best, run = is(img, x, y, 230, 25, 75) ? run + 1 : 0);
+    if (best >= 20) rows.push_back(y);
+  }
+  for (int x = 0; x < img.width; ++x) {
+    int run = 0, best = 0;
+    for (int y = 0; y < img.height; ++y)
+      best = std::max(best, run = is(img, x, y, 230, 25, 75) ? run + 1 : 0);
+    if (best >= 20) cols.push_back(x);
+  }
+  EXPECT_EQ(groups(rows), 2) << "the box's top or bottom edge is missing";
+  EXPECT_EQ(groups(cols), 2) << "the box's left or right edge is missing";
+  ASSERT_FALSE(cols.empty());
+  // The legend's text (black) lies right of the box, never across it.
+  int text_left = img.width;
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x)
+      if (is(img, x, y, 0, 0, 0)) text_left = std::min(text_left, x);
+  EXPECT_GT(text_left, cols.back());
+}
+
+TEST(Render, TextKeepsItsLowerCase) {
+  // Two datasets alike but for the case of their class names: the legends name them apart.
+  RenderFixture lower({"cat", "dog"}, 2), upper({"CAT", "DOG"}, 2);
+  const Image a = lower.render(0), b = upper.render(0);
+  ASSERT_EQ(a.width, b.width);
+  ASSERT_EQ(a.height, b.height);
+  EXPECT_TRUE(a.pixels != b.pixels) << "the legends differ only in case and render alike";
+}
+
 }  // namespace
 }  // namespace fkd

@@ -9,12 +9,16 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <thread>
+
+#include <nlohmann/json.hpp>
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
 #include "fkd/image.h"
+#include "fkd/inspect.h"
 #include "fkd/label.h"
 #include "fkd/store.h"
 #include "fkd/train.h"
@@ -757,6 +761,175 @@ TEST(Label, VerifyListsDamageAndRepairRestoresTheStoreByteForByte) {
       fkd::test::run_command(bin + " label repair " + bad + " --teacher " + other + " 2>&1");
   EXPECT_EQ(o.status, 1) << o.out;
   EXPECT_NE(o.out.find("is another teacher"), std::string::npos) << o.out;
+}
+
+TEST(Label, RepairSuspectsAnEditedManifestAndChangesNothing) {
+  Fixture fx;
+  const std::string good = fx.dir.file("good");
+  for (uint32_t s = 0; s < 2; ++s) {
+    LabelConfig c = fx.config(good);
+    c.shard = fmt::format("{}/2", s);
+    generate_labels(c);
+  }
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const std::vector<std::string> files = {"manifest.json", shard_file_name(0, 2),
+                                          shard_file_name(1, 2)};
+  // Each identity key edited alone: every shard disagrees with the manifest, whole and
+  // consistent among themselves, so the manifest is what is wrong.
+  const std::vector<std::pair<nlohmann::json, std::string>> edits = {
+      {{{"label_type", "marginal_renorm"}},
+       "label_type: manifest.json says marginal_renorm, the shards marginal_smoothing"},
+      {{{"k", 3}}, "k: manifest.json says 3, the shards 5"},
+      {{{"precision", "fp32"}}, "precision: manifest.json says fp32, the shards fp16"},
+      {{{"scale", {0.5, 1.0}}}, "the store key"},
+      {{{"input_size", 32}}, "the store key"},
+      {{{"seed", 6}}, "the store key"},
+      {{{"dataset_fingerprint", "0123456789abcdef"}}, "the store key"},
+      {{{"teacher_hash", std::string(32, '0')}}, "the store key"},
+      {{{"num_images", 39}}, "num_images: manifest.json says 39, the shards 40"},
+      {{{"num_shards", 3}}, "num_shards: manifest.json says 3, the shards 2"},
+  };
+  for (const auto& [edit, expected] : edits) {
+    SCOPED_TRACE(edit.dump());
+    const std::string store = fx.dir.file("edited");
+    fs::remove_all(store);
+    fs::copy(good, store, fs::copy_options::recursive);
+    nlohmann::json m = nlohmann::json::parse(fkd::test::read_file(store + "/manifest.json"));
+    m.update(edit);
+    fkd::test::write_file(store + "/manifest.json", m.dump(2));
+    std::map<std::string, std::string> before;
+    for (const auto& f : fs::directory_iterator(store))
+      before[f.path().filename().string()] = fkd::test::read_file(f.path().string());
+    const auto r =
+        fkd::test::run_command("FKD_PROGRESS=off " + bin + " label repair " + store +
+                               " --teacher " + fx.teacher + " --batch 32 --threads 1 2>&1");
+    EXPECT_EQ(r.status, 1) << r.out;
+    const std::string line = r.out.substr(0, r.out.find('\n'));
+    EXPECT_EQ(r.out, line + "\n");
+    EXPECT_EQ(line.rfind("fkd: error: " + store +
+                             "/manifest.json: disagrees with all 2 shard "
+                             "file(s), which are intact and agree with one another (",
+                         0),
+              0u)
+        << line;
+    EXPECT_NE(line.find(expected), std::string::npos) << line;
+    EXPECT_NE(line.find("repair changed nothing"), std::string::npos) << line;
+    EXPECT_EQ(line.find("is another dataset"), std::string::npos) << line;
+    EXPECT_EQ(line.find("is another teacher"), std::string::npos) << line;
+    std::map<std::string, std::string> after;
+    for (const auto& f : fs::directory_iterator(store))
+      after[f.path().filename().string()] = fkd::test::read_file(f.path().string());
+    EXPECT_TRUE(before == after) << "the store changed";
+    // fkd label verify says the same.
+    const auto v = fkd::test::run_command("FKD_PROGRESS=off " + bin + " label verify " + store);
+    EXPECT_NE(v.status, 0);
+    EXPECT_NE(v.out.find(store + "/manifest.json: disagrees with all 2 shard file(s)"),
+              std::string::npos)
+        << v.out;
+  }
+}
+
+TEST(Label, AnEditedDatasetLimitMisleadsNeitherInspectNorRepair) {
+  // dataset_limit is informational: the store's num_images selects its subset.
+  Fixture fx;
+  const std::string store = fx.dir.file("subset");
+  LabelConfig c = fx.config(store);
+  c.limit = 20;
+  generate_labels(c);
+  nlohmann::json m = nlohmann::json::parse(fkd::test::read_file(store + "/manifest.json"));
+  ASSERT_EQ(m["dataset_limit"], 20);
+  m["dataset_limit"] = 30;
+  fkd::test::write_file(store + "/manifest.json", m.dump(2));
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const auto i = fkd::test::run_command(bin + " inspect " + store + " 2>&1");
+  EXPECT_EQ(i.status, 0) << i.out;
+  EXPECT_NE(i.out.find("images           20\n"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("% of crops' top class is the image's label"), std::string::npos) << i.out;
+  // Another dataset is still named as such.
+  const std::string other = fx.dir.file("other");
+  fs::create_directories(other);
+  fkd::test::write_idx_split(other, "train", 50, 28, 28, 10);
+  const auto o = fkd::test::run_command(bin + " inspect " + store + " --data " + other + " 2>&1");
+  EXPECT_EQ(o.status, 1) << o.out;
+  EXPECT_NE(o.out.find("--data " + other + ": not the dataset " + store + " labels"),
+            std::string::npos)
+      << o.out;
+  // A damaged record is repaired, the dataset found by num_images.
+  const std::string shard = store + "/" + shard_file_name(0, 1);
+  const std::string whole = fkd::test::read_file(shard);
+  std::string bytes = whole;
+  bytes[bytes.find("FKDB") + 40] ^= 0x5a;
+  fkd::test::write_file(shard, bytes);
+  const auto r =
+      fkd::test::run_command("FKD_PROGRESS=off " + bin + " label repair " + store + " --teacher " +
+                             fx.teacher + " --batch 32 --threads 1 " + "--workers 2 2>&1");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(fkd::test::read_file(shard), whole);
+}
+
+TEST(Label, OutputSaysWhatTheStoreHoldsAndHowFast) {
+  Fixture fx;
+  const std::string bin = std::string(FKD_BINARY_DIR) + "/fkd";
+  const std::string store = fx.dir.file("full");
+  // Progress lines name the shard, and give no rate before there is one to measure.
+  const auto l = fkd::test::run_command(
+      "FKD_PROGRESS=plain " + bin + " label --teacher " + fx.teacher + " --data " + fx.data +
+      " --crops 2 --label-type full --out " + store + " --threads 1 2>&1 >/dev/null");
+  ASSERT_EQ(l.status, 0) << l.out;
+  EXPECT_NE(l.out.find("label shard 0/1 100% (40/40) "), std::string::npos) << l.out;
+  const auto v =
+      fkd::test::run_command("FKD_PROGRESS=plain " + bin + " label verify " + store + " 2>&1");
+  ASSERT_EQ(v.status, 0) << v.out;
+  const size_t at = v.out.find("verify 100% (40/40) ");
+  ASSERT_NE(at, std::string::npos) << v.out;
+  const std::string rate = v.out.substr(at + 20, v.out.find(' ', at + 20) - at - 20);
+  // A rate is given from 0.5 s on: at most 40 images / 0.5 s.
+  EXPECT_TRUE(rate == "?" || std::stod(rate) <= 80) << v.out;
+  // A full-label store is described as full labels, with no top-k.
+  const auto i = fkd::test::run_command(bin + " inspect " + store);
+  EXPECT_NE(i.out.find("labels           full in fp16, 10 classes\n"), std::string::npos) << i.out;
+  EXPECT_NE(i.out.find("mean probability of a crop's most probable class"), std::string::npos)
+      << i.out;
+  const auto t = fkd::test::run_command(
+      "FKD_PROGRESS=off " + bin + " train --model tiny --data " + fx.data + " --labels " + store +
+      " --epochs 1 --num-crops 2 --batch-size 16 --threads 1 --out " + fx.dir.file("run"));
+  ASSERT_EQ(t.status, 0) << t.out;
+  EXPECT_NE(t.out.find("labels " + store +
+                       ": 2 crops per image by teacher.pt, full in fp16; 2 "
+                       "crops per image per pass"),
+            std::string::npos)
+      << t.out;
+  EXPECT_EQ(t.out.find("top-1"), std::string::npos) << t.out;
+}
+
+TEST(Label, InspectLimitTakesImagesSpreadOverTheStore) {
+  // fkd inspect --limit 10 summarizes images 0, 4, 8, ..., 36 of 40 (the subset every limit
+  // of fkd keeps), not the first ten.
+  Fixture fx;
+  const std::string store = fx.dir.file("store");
+  generate_labels(fx.config(store));
+  const StoreReader r(store);
+  const auto ds = open_dataset(fx.data, Split::kTrain);
+  const Manifest& m = r.manifest();
+  uint64_t agree = 0, crops = 0;
+  ImageLabels l;
+  std::vector<float> dense(m.classes.size());
+  const int ni = stored_indices(m.label_type, m.k), nv = stored_values(m.label_type, m.k, 10);
+  for (uint64_t i = 0; i < 40; i += 4) {
+    r.read(i, l);
+    for (uint32_t c = 0; c < l.num_crops; ++c) {
+      recover_dense(m.label_type, m.k, 10, l.indices.data() + c * ni, l.values.data() + c * nv,
+                    dense.data());
+      const auto top = std::max_element(dense.begin(), dense.end()) - dense.begin();
+      agree += top == ds->label(size_t(i));
+      ++crops;
+    }
+  }
+  const StoreSummary s = summarize_store(r, ds.get(), 10);
+  EXPECT_DOUBLE_EQ(s.agreement, 100.0 * double(agree) / double(crops));
+  const auto out =
+      fkd::test::run_command(std::string(FKD_BINARY_DIR) + "/fkd inspect " + store + " --limit 10");
+  EXPECT_NE(out.out.find("(over 10 images spread evenly)"), std::string::npos) << out.out;
 }
 
 TEST(Label, EnsembleKilledMidRunResumes) {

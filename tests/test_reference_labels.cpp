@@ -4,7 +4,10 @@
 // exported and read back by torch.load; refusals and a resumed import.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -267,6 +270,124 @@ TEST(ImportReference, ProblemsAreOneLineNamingTheFileAndNothingIsWritten) {
   msg = import_message([](ReferenceImportConfig&) {}, DataError(""));
   EXPECT_NE(msg.find("no label file for 2 of the 20 images"), std::string::npos) << msg;
   EXPECT_NE(msg.find(f3 + ", " + f7), std::string::npos) << msg;
+}
+
+TEST(ImportReference, WhatCannotRoundTripIsRefusedInOneLine) {
+  Generated g({"marginal", false, false});
+  TempDir work;
+  const std::string store = work.file("store");
+  const std::string f3 = g.labels + "/class00/img03.tar";
+  const std::string good3 = fkd::test::read_file(f3);
+  auto refused = [&](auto expect_type) {
+    using E = decltype(expect_type);
+    const std::string msg = fkd::test::error_message<E>(
+        [&] { import_reference_labels(import_config(g.labels, store)); });
+    EXPECT_FALSE(fs::exists(store)) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    EXPECT_EQ(msg.rfind(f3 + ": ", 0), 0u) << msg;
+    fs::remove_all(f3);
+    fkd::test::write_file(f3, good3);
+    return msg;
+  };
+  // Crop 0 of img03, changed: labels [6, 2, 4] float32 (row 1 the probabilities), coords
+  // [6, 4] float32 (i, j, h, w).
+  auto edit = [&](auto change) {
+    ReferenceFile f = read_reference_file(f3);
+    change(f);
+    fkd::test::write_file(f3, serialize_reference_file(f, "img03"));
+  };
+  auto set_f32 = [](RefArray& a, size_t flat, float v) {
+    std::memcpy(a.bytes.data() + 4 * flat, &v, 4);
+  };
+  // Probabilities out of order.
+  edit([&](ReferenceFile& f) {
+    const float first = float(f.labels.at(4)), second = float(f.labels.at(5));
+    set_f32(f.labels, 4, second);
+    set_f32(f.labels, 5, first);
+  });
+  std::string msg = refused(DataError(""));
+  EXPECT_NE(msg.find("crop 0: top-4 probabilities not in descending order"), std::string::npos)
+      << msg;
+  // Probabilities in order that sum to 1.4.
+  edit([&](ReferenceFile& f) {
+    const float v[4] = {0.9f, 0.5f, 0.0f, 0.0f};
+    for (int j = 0; j < 4; ++j) set_f32(f.labels, 4 + size_t(j), v[j]);
+  });
+  msg = refused(DataError(""));
+  EXPECT_NE(msg.find("crop 0: top-4 probabilities sum to 1.4"), std::string::npos) << msg;
+  // A crop of no height: PIL's crop is empty, a store's box would be one pixel.
+  edit([&](ReferenceFile& f) { set_f32(f.coords, 2, 0.0f); });
+  msg = refused(DataError(""));
+  EXPECT_NE(msg.find("crop 0 (i="), std::string::npos) << msg;
+  EXPECT_NE(msg.find("is an empty box (0 rows"), std::string::npos) << msg;
+  // A label file that is no regular file: a folder, a FIFO, a link to /dev/zero.
+  fs::remove(f3);
+  fs::create_directory(f3);
+  msg = refused(IoError(""));
+  EXPECT_EQ(msg, f3 + ": is a directory, not a reference label file");
+  fs::remove(f3);
+  ASSERT_EQ(::mkfifo(f3.c_str(), 0600), 0);
+  msg = refused(IoError(""));
+  EXPECT_EQ(msg, f3 + ": is a FIFO, not a reference label file");
+  fs::remove(f3);
+  fs::create_symlink("/dev/zero", f3);
+  msg = refused(IoError(""));
+  EXPECT_EQ(msg, f3 + ": is a character device, not a reference label file");
+  // Restored, the import goes through.
+  import_reference_labels(import_config(g.labels, store));
+  EXPECT_TRUE(fs::exists(store + "/manifest.json"));
+}
+
+TEST(ImportReference, IgnoredFilesAreCountedAndNamed) {
+  Generated g({"marginal", true, false});
+  TempDir work;
+  const std::string some = fkd::test::read_file(g.labels + "/class01/img02.tar");
+  fkd::test::write_file(g.labels + "/class00/stray.tar", some);  // a file of no image
+  fkd::test::write_file(g.labels + "/notes.txt", "notes");       // not a label file
+  fs::create_directories(g.labels + "/class99");                 // a folder of no class
+  fkd::test::write_file(g.labels + "/class99/img00.tar", some);
+  fkd::test::write_file(g.labels + "/class99/img01.tar", some);
+  const ReferenceImportResult r = import_reference_labels(import_config(g.labels, work.file("s")));
+  EXPECT_EQ(r.images, uint64_t(kClasses * kPerClass));
+  EXPECT_EQ(r.ignored_count, 4u);
+  EXPECT_EQ(r.ignored,
+            (std::vector<std::string>{"class00/stray.tar",
+                                      "class99/ (2 files; no class of the dataset)", "notes.txt"}));
+  EXPECT_EQ(r.shared_count, 0u);
+  // fkd label import says so on stderr.
+  const auto cli = fkd::test::run_command(
+      std::string(FKD_BINARY_DIR) + "/fkd label import --format reference " + g.labels +
+      " --data " + dataset() + " --out " + work.file("cli") + " --input-size 16 2>&1 >/dev/null");
+  EXPECT_EQ(cli.status, 0) << cli.out;
+  EXPECT_NE(cli.out.find("warning: " + g.labels + ": ignored 4 file(s) that label no image of " +
+                         dataset() +
+                         ": class00/stray.tar, class99/ (2 files; no class of the "
+                         "dataset), notes.txt\n"),
+            std::string::npos)
+      << cli.out;
+}
+
+TEST(ImportReference, ImagesSharingALabelFileAreNamed) {
+  // class00/img00.png and class00/img00.v2.jpg: the reference names both files img00.tar.
+  TempDir work;
+  const std::string data = work.file("data");
+  fs::copy(dataset(), data, fs::copy_options::recursive);
+  fs::copy_file(data + "/train/class00/img01.v1.jpg", data + "/train/class00/img00.v2.jpg");
+  const std::string labels = work.file("labels");
+  ASSERT_EQ(fkd::test::run_python("reference_labels.py",
+                                  {"generate", data, labels, "marginal", std::to_string(kCrops),
+                                   std::to_string(kClasses)})
+                .status,
+            0);
+  ReferenceImportConfig c = import_config(labels, work.file("store"));
+  c.data = data;
+  const ReferenceImportResult r = import_reference_labels(c);
+  EXPECT_EQ(r.images, uint64_t(kClasses * kPerClass + 1));
+  EXPECT_EQ(r.shared_count, 1u);
+  EXPECT_EQ(r.shared_files,
+            (std::vector<std::string>{"class00/img00.tar for train/class00/img00.png and "
+                                      "train/class00/img00.v2.jpg"}));
+  EXPECT_EQ(r.ignored_count, 0u);
 }
 
 TEST(ImportReference, KilledImportResumesToTheSameStore) {

@@ -38,6 +38,8 @@ class Dataset {
   virtual std::string item_name(size_t i) const = 0;
   /// Bytes of the sample's encoded file (IDX: bytes of one image), for fingerprints.
   virtual uint64_t item_bytes(size_t i) const = 0;
+  /// The index of sample i in the whole split: i itself, except in a subset (limit).
+  virtual size_t split_index(size_t i) const { return i; }
   /// Class names, index = class id.
   const std::vector<std::string>& classes() const { return classes_; }
   /// Channels of the images load() returns (1 or 3).
@@ -56,10 +58,16 @@ struct DatasetOptions {
   /// Image channels to produce: 0 = the dataset's natural choice (IDX: 1, ImageFolder: 3,
   /// as torchvision converts to RGB), or 1 / 3 to force grayscale / RGB.
   int channels = 0;
-  /// Keep only the first `limit` samples of a deterministic, class-balanced-ish subset
-  /// (every k-th sample); 0 = all. For quick experiments and tests.
+  /// Keep only `limit` samples spread evenly over the split: sample k of the subset is
+  /// sample subset_indices(n, limit)[k] (every n/limit-th; 0 or >= n = all). Not the first
+  /// `limit`: those of an ImageFolder would be its first classes only.
   size_t limit = 0;
 };
+
+/// The samples a limit keeps of a split of n: floor(k * n / limit) for k in [0, limit), the
+/// subset every `--limit`, `--limit-train` and `--limit-val` of fkd selects (and
+/// fkd.subset_indices in Python); all n when limit is 0 or at least n.
+std::vector<size_t> subset_indices(size_t n, size_t limit);
 
 /// Opens a split of the dataset named by `spec`: "fashion-mnist", a directory holding IDX
 /// files, or an ImageFolder root with train/ and val/. Checks everything that can be

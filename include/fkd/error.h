@@ -47,6 +47,12 @@ class IoError : public Error {
   using Error::Error;
 };
 
+/// A file or directory that was named does not exist (a kind of IoError).
+class NotFoundError : public IoError {
+ public:
+  using IoError::IoError;
+};
+
 /// The one line of an exception's message to show: the first, except for errors raised inside
 /// a TorchScript model, whose first line only says so and whose last names the failure
 /// ("RuntimeError: Given groups=1, weight of size [64, 3, 7, 7], expected input ...").

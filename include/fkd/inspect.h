@@ -14,7 +14,7 @@ struct InspectOptions {
   std::string data;    ///< dataset for ground truth and images; default: the manifest's
   int64_t image = -1;  ///< print this image's crops and labels
   std::vector<std::string> render;  ///< {ID, OUT.png}: draw an image with its crops
-  size_t limit = 0;                 ///< summarize only the first images (0 = all)
+  size_t limit = 0;                 ///< summarize only this many images, spread evenly (0 = all)
 };
 
 struct StoreSummary {
@@ -27,7 +27,8 @@ struct StoreSummary {
   double mean_topk_mass = 0;  ///< probability mass in the stored values (marginal types)
 };
 
-/// Statistics over the first `limit` images (0 = all); `ds` may be null.
+/// Statistics over `limit` images spread evenly over the store (subset_indices; 0 = all);
+/// `ds` may be null.
 StoreSummary summarize_store(const StoreReader& store, const Dataset* ds, size_t limit);
 
 /// Runs the inspect command, printing to stdout.

@@ -4,6 +4,7 @@
 // accepts any H, W (global average pooling before the classifier).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -80,8 +81,11 @@ void load_state_dict(torch::nn::Module& m,
                      const std::string& source);
 
 /// Writes the state dict as a Python pickle (torch.load reads it as a dict of tensors,
-/// which torchvision's model of the same name accepts in load_state_dict).
-void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path);
+/// which torchvision's model of the same name accepts in load_state_dict). The file is a
+/// torch.save ZIP archive; `extra_files` (name -> bytes) are added to it as
+/// <archive>/extra/<name>, which torch.load ignores and zipfile reads.
+void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path,
+                            const std::map<std::string, std::string>& extra_files = {});
 
 /// Reads a dict-of-tensors pickle written by save_state_dict_pickle or by Python's
 /// torch.save(dict(model.state_dict()), path).
@@ -90,8 +94,11 @@ std::vector<std::pair<std::string, torch::Tensor>> load_state_dict_pickle(const 
 /// Writes a TorchScript file equivalent to the model in eval mode: torch.jit.load(path)
 /// in Python returns a module whose forward gives the same logits. A TorchScript student
 /// (load_scripted_model) is written as its own module, with the weights it holds now.
-void export_torchscript(Net& m, const std::string& path);
-/// The bytes export_torchscript would write, in memory.
+/// `extra_files` (name -> bytes) go into the archive's extra/ folder, which Python reads with
+/// torch.jit.load(path, _extra_files={name: ""}).
+void export_torchscript(Net& m, const std::string& path,
+                        const std::map<std::string, std::string>& extra_files = {});
+/// The bytes export_torchscript would write (without extra files), in memory.
 std::vector<uint8_t> torchscript_bytes(Net& m);
 
 // --- TorchScript students -----------------------------------------------------------------

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace fkd {
 
@@ -25,12 +26,26 @@ struct ReferenceImportResult {
   uint64_t crops = 0;      ///< crops per image
   uint64_t src_bytes = 0;  ///< bytes of all the source files
   double seconds = 0;
+  /// Files below the source folder that label no image of the dataset (a .tar of no image,
+  /// a folder of no class, any other file): how many, and their names in name order,
+  /// relative to the folder (a folder of no class named once, with its count of files).
+  uint64_t ignored_count = 0;
+  std::vector<std::string> ignored;
+  /// Label files named for more than one image (images of one class whose names agree up
+  /// to their first dot, such as a.jpg and a.png): the reference wrote one file for them,
+  /// so they were imported with the same labels. How many images share a file with an
+  /// earlier one, and the first few as "FILE for IMAGE and IMAGE".
+  uint64_t shared_count = 0;
+  std::vector<std::string> shared_files;
 };
 
 /// Imports every train image's file into an explicit-crop store (resumable: run again after
 /// an interruption; the result equals an uninterrupted run's byte for byte). Every file is
 /// read and checked before the first record is written: a missing, unreadable or
-/// inconsistent file is one line naming it (DataError / FormatError) and nothing is written.
+/// inconsistent file, one that is not a regular file, a crop whose box is empty, top-k
+/// probabilities out of order or summing above 1 is one line naming it (DataError /
+/// FormatError / IoError) and nothing is written. Files that label no image, and label
+/// files shared by several images, are counted and named in the result.
 ReferenceImportResult import_reference_labels(const ReferenceImportConfig& cfg);
 
 struct ReferenceExportConfig {

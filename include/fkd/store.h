@@ -130,6 +130,10 @@ struct Manifest {
   uint32_t num_shards = 1;  ///< shard files that make up the store
 };
 
+/// What a store's labels are, for people: "marginal_smoothing top-5 in fp16", "full in fp32",
+/// "smoothing in u8", "hard" (a class id per crop: no probabilities, no precision).
+std::string describe_labels(const Manifest& m);
+
 /// Reads and validates manifest.json (FormatError naming the file and field).
 Manifest read_manifest(const std::string& store_dir);
 /// Writes manifest.json atomically.
@@ -137,6 +141,12 @@ void write_manifest(const std::string& store_dir, const Manifest& m);
 /// Lists the fields in which two manifests differ that matter for appending to / reading
 /// a store together (everything but num_shards and teacher name): "temperature (1 vs 2)", ...
 std::vector<std::string> manifest_differences(const Manifest& a, const Manifest& b);
+
+/// The DatasetOptions::limit that selects the images a store labels from its dataset: its
+/// image count. `fkd label --limit L` labels every k-th image, L of them (num_images), and
+/// the same limit selects them again; a store of a whole split labels num_images = all of
+/// them. The manifest's dataset_limit is informational: an edited one changes nothing.
+inline size_t labeled_subset_limit(const Manifest& m) { return size_t(m.num_images); }
 
 /// Images [begin, end) of shard `index` of `count` over `num_images` images.
 std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, uint32_t count);
@@ -253,6 +263,11 @@ struct StoreVerification {
   uint64_t records_checked = 0;  ///< records read: the images of the readable shards
   std::vector<Record> records;   ///< damaged records, in image order
   std::vector<Shard> shards;     ///< unreadable shards, in shard order
+  /// When no shard opens because every one disagrees with manifest.json, while the shard
+  /// files are intact and agree with one another: one line naming manifest.json and each
+  /// difference. The manifest is then the suspect (edited, or another store's), and
+  /// relabeling the shards to match it would be wrong. "" otherwise.
+  std::string manifest_problem;
   bool ok() const { return records.empty() && shards.empty(); }
   /// Ids of every image whose labels are lost (damaged records and the ranges of
   /// unreadable shards), ascending: what must be labeled again.

@@ -197,11 +197,32 @@ struct EvalOptions {
 /// Evaluates a checkpoint written by train() or a TorchScript model file.
 EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts);
 
+/// What an exported model takes and gives: the input the run trained and evaluated it on.
+/// Every export records it as the JSON file fkd.json of its archive (docs/checkpoint.md).
+struct ExportMetadata {
+  std::string format;                ///< "torchscript" or "state_dict"
+  std::string model;                 ///< zoo name, or the TorchScript student's file
+  bool ema = false;                  ///< the weights' EMA (--model-ema) rather than the weights
+  int channels = 0;                  ///< input channels (1 gray, 3 RGB)
+  int input_size = 0;                ///< side of the square input, pixels
+  std::vector<float> mean, std;      ///< per channel, applied to pixels / 255: (x - mean) / std
+  std::string interpolation;         ///< of every resize: bilinear or bicubic
+  int eval_resize = 0;               ///< evaluation: the shorter side resized to this (0: not)...
+  CropSampler train_crop;            ///< training: the crop recipe
+  std::vector<std::string> classes;  ///< output k is classes[k]
+};
+/// fkd.json: the metadata as a JSON object (docs/checkpoint.md, "Exports").
+std::string export_metadata_json(const ExportMetadata& m);
+/// One line for people: the input it expects (size, channels, mean/std, resize and crop)
+/// and its classes.
+std::string describe_export(const ExportMetadata& m);
+
 /// Writes a checkpoint's model as a TorchScript file ("torchscript") or a state-dict
 /// pickle ("state_dict") that Python can load; with `ema`, the EMA of its weights
-/// (--model-ema) instead of the weights.
-void export_model(const std::string& checkpoint, const std::string& out, const std::string& format,
-                  bool ema = false);
+/// (--model-ema) instead of the weights. Either archive holds fkd.json (ExportMetadata),
+/// which the result returns.
+ExportMetadata export_model(const std::string& checkpoint, const std::string& out,
+                            const std::string& format, bool ema = false);
 
 /// Sets torch's intra-op threads (0 = all cores; in a distributed run, this node's cores
 /// divided among its ranks) and returns the count in use.

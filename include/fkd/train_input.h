@@ -25,6 +25,18 @@ inline constexpr int kDefaultInputSize = 224;
 /// the whole dataset or has no manifest (yet).
 size_t store_subset_size(const std::string& store_dir);
 
+/// Checks the options of a run's input and loader, those the fkd binary and the Python
+/// module share: channels, input size, crop sampler, interpolation, eval resize, mean and
+/// std (as many of each; every mean finite, every std positive and finite), batch size,
+/// crops per image (an FKD batch a multiple of them) and workers. ConfigError naming the
+/// option as the fkd binary spells it (--num-crops); the Python module names its own
+/// arguments instead (num_crops).
+void validate_input_options(const TrainConfig& cfg);
+
+/// Checks that `world` ranks can split every batch of `cfg` into whole images, as a
+/// data-parallel run does (rank r of world takes its share; ConfigError otherwise).
+void validate_rank_split(const TrainConfig& cfg, int rank, int world);
+
 /// The training split a config names, with its channels and limit_train applied.
 std::shared_ptr<Dataset> open_train_set(const TrainConfig& cfg);
 

@@ -577,20 +577,22 @@ void add_label(CLI::App& root, LabelArgs& a) {
 
 /// `fkd label verify`: every problem on a line of its own; true when the store is sound.
 bool print_verification(const std::string& store) {
-  std::optional<Progress> bar;
+  // The bar starts with the work, so that its rate is over the time verification took.
+  Progress bar("verify", read_manifest(store).num_images, "img");
   uint64_t shown = 0;
-  const StoreVerification v = verify_store(store, [&](uint64_t done, uint64_t total) {
-    if (!bar) bar.emplace("verify", total, "img");
-    bar->advance(done - shown);
+  const StoreVerification v = verify_store(store, [&](uint64_t done, uint64_t) {
+    bar.advance(done - shown);
     shown = done;
   });
-  if (bar) bar->finish();
+  bar.finish();
   for (const auto& s : v.shards) {
     fmt::print("{}: images [{}, {}) lost: {}\n", s.shard, s.image_begin, s.image_end, s.problem);
   }
   for (const auto& r : v.records) fmt::print("{}\n", r.problem);
   const uint64_t lost = v.damaged_images().size();
-  if (v.ok()) {
+  if (!v.manifest_problem.empty()) {
+    fmt::print("{}\n", v.manifest_problem);
+  } else if (v.ok()) {
     fmt::print("{}: all {} records of {} verified\n", store, v.records_checked, v.images);
   } else {
     fmt::print(
@@ -744,6 +746,21 @@ int run_label(LabelArgs& a) {
     return print_verification(a.store) ? 0 : 1;
   } else if (a.import_app->parsed()) {
     const ReferenceImportResult r = import_reference_labels(a.import);
+    if (r.ignored_count) {
+      const size_t named = std::min<size_t>(r.ignored.size(), 3);
+      fmt::print(stderr, "warning: {}: ignored {} file(s) that label no image of {}: {}{}\n",
+                 a.import.src, r.ignored_count, a.import.data,
+                 fmt::join(r.ignored.begin(), r.ignored.begin() + ptrdiff_t(named), ", "),
+                 r.ignored.size() > named ? ", ..." : "");
+    }
+    if (r.shared_count) {
+      fmt::print(stderr,
+                 "warning: {}: {} image(s) share a label file with another image (the reference "
+                 "names a file by the image name up to its first dot, so both got one file's "
+                 "labels): {}{}\n",
+                 a.import.src, r.shared_count, fmt::join(r.shared_files, "; "),
+                 r.shared_count > r.shared_files.size() ? "; ..." : "");
+    }
     fmt::print("{}: imported {} images ({} crops each) from {} in {:.2f} s, {:.0f} images/s\n",
                a.import.out, r.images, r.crops, a.import.src, r.seconds,
                r.seconds > 0 ? double(r.images) / r.seconds : 0.0);
@@ -839,9 +856,10 @@ int run_cli(int argc, char** argv) {
                  r.top1, r.top5, r.loss);
       if (r.bad_samples) fmt::print(stderr, "warning: {} image(s) skipped\n", r.bad_samples);
     } else if (app.got_subcommand("export")) {
-      export_model(export_args.checkpoint, export_args.out, export_args.format, export_args.ema);
-      fmt::print("wrote {} ({}{})\n", export_args.out, export_args.format,
-                 export_args.ema ? ", weight EMA" : "");
+      const ExportMetadata meta = export_model(export_args.checkpoint, export_args.out,
+                                               export_args.format, export_args.ema);
+      fmt::print("wrote {} ({}{}): {}\n", export_args.out, export_args.format,
+                 export_args.ema ? ", weight EMA" : "", describe_export(meta));
     } else if (label_args.app->parsed()) {
       return run_label(label_args);
     } else if (app.got_subcommand("inspect")) {

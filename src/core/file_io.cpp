@@ -48,6 +48,8 @@ int sync_dir(const std::string& dir) {
 ReadableFile::ReadableFile(const std::string& path, const char* what) : path_(path) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
   fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd_ < 0 && errno == ENOENT)
+    fail<NotFoundError>("{}: cannot open: {}", path, std::strerror(errno));
   FKD_CHECK(fd_ >= 0, IoError, "{}: cannot open: {}", path, std::strerror(errno));
   struct stat st;
   const bool stat_ok = ::fstat(fd_, &st) == 0;

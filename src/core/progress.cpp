@@ -66,6 +66,11 @@ double Progress::eta_seconds(std::chrono::steady_clock::time_point now) const {
   return double(total_ - std::min(done_, total_)) / rate;
 }
 
+double Progress::rate(std::chrono::steady_clock::time_point now) const {
+  const double el = std::chrono::duration<double>(now - start_).count();
+  return el < kMinRateSeconds ? -1 : double(done_) / el;
+}
+
 void Progress::draw(bool force) {
   if (off_ || finished_) return;
   const auto now = std::chrono::steady_clock::now();
@@ -78,20 +83,20 @@ void Progress::draw(bool force) {
   }
   last_draw_ = now;
   last_decile_ = decile;
-  const double el = elapsed_seconds();
-  const double rate = el > 0 ? double(done_) / el : 0;
+  const double per_s = rate(now);
+  const std::string speed = per_s < 0 ? "?" : fmt::format("{:.0f}", per_s);
   const std::string eta = format_duration(eta_seconds(now));
   const double frac = total_ ? double(done_) / double(total_) : 1;
   std::string line;
   if (live_) {
     constexpr int kWidth = 24;
     const int fill = int(frac * kWidth);
-    line = fmt::format("\r{} [{}{}] {:3.0f}% {:.0f} {}/s ETA {}{}{}\033[K", label_,
+    line = fmt::format("\r{} [{}{}] {:3.0f}% {} {}/s ETA {}{}{}\033[K", label_,
                        std::string(size_t(fill), '#'), std::string(size_t(kWidth - fill), '.'),
-                       100 * frac, rate, unit_, eta, extra_.empty() ? "" : "  ", extra_);
+                       100 * frac, speed, unit_, eta, extra_.empty() ? "" : "  ", extra_);
   } else {
-    line = fmt::format("{} {:3.0f}% ({}/{}) {:.0f} {}/s ETA {}{}{}\n", label_, 100 * frac, done_,
-                       total_, rate, unit_, eta, extra_.empty() ? "" : "  ", extra_);
+    line = fmt::format("{} {:3.0f}% ({}/{}) {} {}/s ETA {}{}{}\n", label_, 100 * frac, done_,
+                       total_, speed, unit_, eta, extra_.empty() ? "" : "  ", extra_);
   }
   std::fputs(line.c_str(), stderr);
   std::fflush(stderr);

@@ -249,8 +249,7 @@ class SubsetDataset final : public Dataset {
     classes_ = base_->classes();
     channels_ = base_->channels();
     root_ = base_->root();
-    const size_t n = base_->size();
-    for (size_t k = 0; k < limit; ++k) index_.push_back(k * n / limit);
+    index_ = subset_indices(base_->size(), limit);
   }
   size_t size() const override { return index_.size(); }
   int64_t label(size_t i) const override { return base_->label(index_[i]); }
@@ -260,6 +259,7 @@ class SubsetDataset final : public Dataset {
   }
   std::string item_name(size_t i) const override { return base_->item_name(index_[i]); }
   uint64_t item_bytes(size_t i) const override { return base_->item_bytes(index_[i]); }
+  size_t split_index(size_t i) const override { return base_->split_index(index_[i]); }
 
  private:
   std::shared_ptr<Dataset> base_;
@@ -304,6 +304,13 @@ std::vector<UnreadableImage> find_unreadable_images(
   return bad;
 }
 
+std::vector<size_t> subset_indices(size_t n, size_t limit) {
+  if (limit == 0 || limit > n) limit = n;
+  std::vector<size_t> index(limit);
+  for (size_t k = 0; k < limit; ++k) index[k] = k * n / limit;
+  return index;
+}
+
 std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
                                       const DatasetOptions& opts) {
   FKD_CHECK(opts.channels == 0 || opts.channels == 1 || opts.channels == 3, ConfigError,
@@ -317,6 +324,10 @@ std::shared_ptr<Dataset> open_dataset(const std::string& spec, Split split,
     ds = std::make_shared<IdxDataset>(kFashionMnistDir, split, opts.channels,
                                       &fashion_mnist_classes());
   } else {
+    FKD_CHECK(fs::exists(spec), NotFoundError,
+              "{}: no such dataset directory (expected 'fashion-mnist', an IDX folder or an "
+              "ImageFolder root with train/ and val/)",
+              spec);
     FKD_CHECK(fs::is_directory(spec), DataError,
               "{}: no such dataset directory (expected 'fashion-mnist', an IDX folder or an "
               "ImageFolder root with train/ and val/)",

@@ -394,7 +394,7 @@ LabelResult generate_labels(const LabelConfig& cfg, std::shared_ptr<const Datase
     }
     const LabelJob job{cfg, ds, m, input, *teacher.net, device};
     const LabelStats st = label_images(
-        job, first, range_end, fmt::format("label {}/{}", shard_index, shard_count),
+        job, first, range_end, fmt::format("label shard {}/{}", shard_index, shard_count),
         [&](uint64_t image, const ImageLabels& labels) { writer.append(image, labels); });
     writer.finish();
     result.images = st.images;

@@ -28,7 +28,7 @@ std::shared_ptr<const Dataset> store_dataset(const Manifest& m, const RepairConf
   const std::string data = cfg.data.empty() ? m.dataset : cfg.data;
   DatasetOptions dopt;
   dopt.channels = int(m.mean.size());
-  dopt.limit = size_t(m.dataset_limit);
+  dopt.limit = labeled_subset_limit(m);
   auto ds = open_dataset(data, Split::kTrain, dopt);
   FKD_CHECK(ds->size() == m.num_images && dataset_fingerprint(*ds) == m.dataset_fingerprint,
             ConfigError,
@@ -56,6 +56,10 @@ RepairResult repair_store(const RepairConfig& cfg) {
   RepairResult result;
   const StoreVerification before = verify_store(cfg.store);
   if (before.ok()) return result;
+  // Shards that are whole but all disagree with manifest.json: relabeling them to match an
+  // edited manifest would destroy the labels; the manifest is what needs repair.
+  FKD_CHECK(before.manifest_problem.empty(), FormatError, "{}; repair changed nothing",
+            before.manifest_problem);
   result.needed = true;
 
   const Manifest m = read_manifest(cfg.store);

@@ -113,13 +113,17 @@ torch::jit::Module script_of(Net& m) {
 
 }  // namespace
 
-void export_torchscript(Net& m, const std::string& path) {
+void export_torchscript(Net& m, const std::string& path,
+                        const std::map<std::string, std::string>& extra_files) {
   const torch::jit::Module jm = script_of(m);
   // As Module::save(path) does, but through a writer that never fails (see save_checkpoint).
   DurableFile file(path);
+  torch::jit::ExtraFilesMap extra;
+  for (const auto& [name, bytes] : extra_files) extra[name] = bytes;
   try {
     torch::jit::ExportModule(
-        jm, [&file](const void* data, size_t size) { return file.write_deferred(data, size); });
+        jm, [&file](const void* data, size_t size) { return file.write_deferred(data, size); },
+        extra);
   } catch (const c10::Error& e) {
     fail<IoError>("{}: cannot write TorchScript archive: {}", path,
                   one_line(e.what_without_backtrace()));

@@ -10,6 +10,7 @@
 #include "fkd/error.h"
 #include "fkd/file_io.h"
 #include "models/zoo_internal.h"
+#include "store/zip_stored.h"
 
 namespace fkd {
 namespace {
@@ -135,11 +136,26 @@ void load_state_dict(torch::nn::Module& m,
   }
 }
 
-void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path) {
+void save_state_dict_pickle(const torch::nn::Module& m, const std::string& path,
+                            const std::map<std::string, std::string>& extra_files) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& [name, t] : state_dict(m)) dict.insert(name, t.detach().to(torch::kCPU));
   const std::vector<char> bytes = torch::pickle_save(dict);
-  write_file_durably(path, std::string_view(bytes.data(), bytes.size()));
+  if (extra_files.empty()) {
+    write_file_durably(path, std::string_view(bytes.data(), bytes.size()));
+    return;
+  }
+  // The archive's entries again, with the extra files after them under the archive's folder.
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  std::vector<std::pair<std::string, std::string>> entries;
+  std::string folder;
+  for (const store::ZipEntry& e : store::read_zip_stored(data, bytes.size(), path)) {
+    entries.emplace_back(e.name, std::string(reinterpret_cast<const char*>(e.data), e.size));
+    if (folder.empty()) folder = e.name.substr(0, e.name.find('/') + 1);
+  }
+  for (const auto& [name, content] : extra_files)
+    entries.emplace_back(folder + "extra/" + name, content);
+  write_file_durably(path, store::write_zip_stored(entries));
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> load_state_dict_pickle(const std::string& path) {

@@ -47,37 +47,113 @@ CropPlan crop_of(const Manifest& m, uint64_t image, uint32_t c, const ImageLabel
   return store_crop(m, l, image, c);
 }
 
-// --- a small raster canvas with a 5x7 bitmap font, for --render -----------------------
+// --- a small raster canvas with a bitmap font, for --render ------------------------------
 
+// Printable ASCII in cells 5 pixels wide and 9 high: capitals and digits stand on rows 0-6,
+// lower case has its x-height on rows 2-6 and descenders (g, j, p, q, y) on rows 7-8. Each
+// row is 5 bits, the leftmost pixel the highest.
 struct Glyph {
   char c;
-  uint8_t rows[7];
+  uint8_t rows[9];
 };
 constexpr Glyph kFont[] = {
-    {'A', {14, 17, 17, 31, 17, 17, 17}}, {'B', {30, 17, 17, 30, 17, 17, 30}},
-    {'C', {14, 17, 16, 16, 16, 17, 14}}, {'D', {30, 17, 17, 17, 17, 17, 30}},
-    {'E', {31, 16, 16, 30, 16, 16, 31}}, {'F', {31, 16, 16, 30, 16, 16, 16}},
-    {'G', {14, 17, 16, 23, 17, 17, 15}}, {'H', {17, 17, 17, 31, 17, 17, 17}},
-    {'I', {14, 4, 4, 4, 4, 4, 14}},      {'J', {7, 2, 2, 2, 2, 18, 12}},
-    {'K', {17, 18, 20, 24, 20, 18, 17}}, {'L', {16, 16, 16, 16, 16, 16, 31}},
-    {'M', {17, 27, 21, 21, 17, 17, 17}}, {'N', {17, 17, 25, 21, 19, 17, 17}},
-    {'O', {14, 17, 17, 17, 17, 17, 14}}, {'P', {30, 17, 17, 30, 16, 16, 16}},
-    {'Q', {14, 17, 17, 17, 21, 18, 13}}, {'R', {30, 17, 17, 30, 20, 18, 17}},
-    {'S', {15, 16, 16, 14, 1, 1, 30}},   {'T', {31, 4, 4, 4, 4, 4, 4}},
-    {'U', {17, 17, 17, 17, 17, 17, 14}}, {'V', {17, 17, 17, 17, 17, 10, 4}},
-    {'W', {17, 17, 17, 21, 21, 21, 10}}, {'X', {17, 17, 10, 4, 10, 17, 17}},
-    {'Y', {17, 17, 17, 10, 4, 4, 4}},    {'Z', {31, 1, 2, 4, 8, 16, 31}},
-    {'0', {14, 17, 19, 21, 25, 17, 14}}, {'1', {4, 12, 4, 4, 4, 4, 14}},
-    {'2', {14, 17, 1, 2, 4, 8, 31}},     {'3', {31, 2, 4, 2, 1, 17, 14}},
-    {'4', {2, 6, 10, 18, 31, 2, 2}},     {'5', {31, 16, 30, 1, 1, 17, 14}},
-    {'6', {6, 8, 16, 30, 17, 17, 14}},   {'7', {31, 1, 2, 4, 8, 8, 8}},
-    {'8', {14, 17, 17, 14, 17, 17, 14}}, {'9', {14, 17, 17, 15, 1, 2, 12}},
-    {'.', {0, 0, 0, 0, 0, 12, 12}},      {'%', {24, 25, 2, 4, 8, 19, 3}},
-    {':', {0, 12, 12, 0, 12, 12, 0}},    {'-', {0, 0, 0, 31, 0, 0, 0}},
-    {'/', {0, 1, 2, 4, 8, 16, 0}},       {'(', {2, 4, 8, 8, 8, 4, 2}},
-    {')', {8, 4, 2, 2, 2, 4, 8}},        {',', {0, 0, 0, 0, 12, 4, 8}},
-    {'=', {0, 0, 31, 0, 31, 0, 0}},      {'#', {10, 10, 31, 10, 31, 10, 10}},
+    {'A', {14, 17, 17, 31, 17, 17, 17}},
+    {'B', {30, 17, 17, 30, 17, 17, 30}},
+    {'C', {14, 17, 16, 16, 16, 17, 14}},
+    {'D', {30, 17, 17, 17, 17, 17, 30}},
+    {'E', {31, 16, 16, 30, 16, 16, 31}},
+    {'F', {31, 16, 16, 30, 16, 16, 16}},
+    {'G', {14, 17, 16, 23, 17, 17, 15}},
+    {'H', {17, 17, 17, 31, 17, 17, 17}},
+    {'I', {14, 4, 4, 4, 4, 4, 14}},
+    {'J', {7, 2, 2, 2, 2, 18, 12}},
+    {'K', {17, 18, 20, 24, 20, 18, 17}},
+    {'L', {16, 16, 16, 16, 16, 16, 31}},
+    {'M', {17, 27, 21, 21, 17, 17, 17}},
+    {'N', {17, 17, 25, 21, 19, 17, 17}},
+    {'O', {14, 17, 17, 17, 17, 17, 14}},
+    {'P', {30, 17, 17, 30, 16, 16, 16}},
+    {'Q', {14, 17, 17, 17, 21, 18, 13}},
+    {'R', {30, 17, 17, 30, 20, 18, 17}},
+    {'S', {15, 16, 16, 14, 1, 1, 30}},
+    {'T', {31, 4, 4, 4, 4, 4, 4}},
+    {'U', {17, 17, 17, 17, 17, 17, 14}},
+    {'V', {17, 17, 17, 17, 17, 10, 4}},
+    {'W', {17, 17, 17, 21, 21, 21, 10}},
+    {'X', {17, 17, 10, 4, 10, 17, 17}},
+    {'Y', {17, 17, 17, 10, 4, 4, 4}},
+    {'Z', {31, 1, 2, 4, 8, 16, 31}},
+    {'a', {0, 0, 14, 1, 15, 17, 15}},
+    {'b', {16, 16, 22, 25, 17, 17, 30}},
+    {'c', {0, 0, 14, 16, 16, 17, 14}},
+    {'d', {1, 1, 13, 19, 17, 17, 15}},
+    {'e', {0, 0, 14, 17, 31, 16, 14}},
+    {'f', {6, 9, 8, 28, 8, 8, 8}},
+    {'g', {0, 0, 15, 17, 17, 17, 15, 1, 14}},
+    {'h', {16, 16, 22, 25, 17, 17, 17}},
+    {'i', {4, 0, 12, 4, 4, 4, 14}},
+    {'j', {2, 0, 6, 2, 2, 2, 2, 18, 12}},
+    {'k', {16, 16, 18, 20, 24, 20, 18}},
+    {'l', {12, 4, 4, 4, 4, 4, 14}},
+    {'m', {0, 0, 26, 21, 21, 21, 21}},
+    {'n', {0, 0, 22, 25, 17, 17, 17}},
+    {'o', {0, 0, 14, 17, 17, 17, 14}},
+    {'p', {0, 0, 30, 17, 17, 17, 30, 16, 16}},
+    {'q', {0, 0, 15, 17, 17, 17, 15, 1, 1}},
+    {'r', {0, 0, 22, 25, 16, 16, 16}},
+    {'s', {0, 0, 15, 16, 14, 1, 30}},
+    {'t', {8, 8, 28, 8, 8, 9, 6}},
+    {'u', {0, 0, 17, 17, 17, 19, 13}},
+    {'v', {0, 0, 17, 17, 17, 10, 4}},
+    {'w', {0, 0, 17, 17, 21, 21, 10}},
+    {'x', {0, 0, 17, 10, 4, 10, 17}},
+    {'y', {0, 0, 17, 17, 17, 17, 15, 1, 14}},
+    {'z', {0, 0, 31, 2, 4, 8, 31}},
+    {'0', {14, 17, 19, 21, 25, 17, 14}},
+    {'1', {4, 12, 4, 4, 4, 4, 14}},
+    {'2', {14, 17, 1, 2, 4, 8, 31}},
+    {'3', {31, 2, 4, 2, 1, 17, 14}},
+    {'4', {2, 6, 10, 18, 31, 2, 2}},
+    {'5', {31, 16, 30, 1, 1, 17, 14}},
+    {'6', {6, 8, 16, 30, 17, 17, 14}},
+    {'7', {31, 1, 2, 4, 8, 8, 8}},
+    {'8', {14, 17, 17, 14, 17, 17, 14}},
+    {'9', {14, 17, 17, 15, 1, 2, 12}},
+    {'.', {0, 0, 0, 0, 0, 12, 12}},
+    {',', {0, 0, 0, 0, 12, 4, 8}},
+    {':', {0, 12, 12, 0, 12, 12, 0}},
+    {';', {0, 12, 12, 0, 12, 4, 8}},
+    {'!', {4, 4, 4, 4, 4, 0, 4}},
+    {'?', {14, 17, 1, 2, 4, 0, 4}},
+    {'-', {0, 0, 0, 31, 0, 0, 0}},
+    {'+', {0, 4, 4, 31, 4, 4, 0}},
+    {'=', {0, 0, 31, 0, 31, 0, 0}},
+    {'_', {0, 0, 0, 0, 0, 0, 0, 31}},
+    {'/', {0, 1, 2, 4, 8, 16, 0}},
+    {'\\', {0, 16, 8, 4, 2, 1, 0}},
+    {'(', {2, 4, 8, 8, 8, 4, 2}},
+    {')', {8, 4, 2, 2, 2, 4, 8}},
+    {'[', {14, 8, 8, 8, 8, 8, 14}},
+    {']', {14, 2, 2, 2, 2, 2, 14}},
+    {'{', {2, 4, 4, 8, 4, 4, 2}},
+    {'}', {8, 4, 4, 2, 4, 4, 8}},
+    {'<', {2, 4, 8, 16, 8, 4, 2}},
+    {'>', {8, 4, 2, 1, 2, 4, 8}},
+    {'%', {24, 25, 2, 4, 8, 19, 3}},
+    {'#', {10, 10, 31, 10, 31, 10, 10}},
+    {'&', {12, 18, 20, 8, 21, 18, 13}},
+    {'*', {0, 4, 21, 14, 21, 4, 0}},
+    {'@', {14, 17, 1, 13, 21, 21, 14}},
+    {'$', {4, 15, 20, 14, 5, 30, 4}},
+    {'\'', {4, 4, 8, 0, 0, 0, 0}},
+    {'"', {10, 10, 0, 0, 0, 0, 0}},
+    {'`', {8, 4, 2, 0, 0, 0, 0}},
+    {'^', {4, 10, 17, 0, 0, 0, 0}},
+    {'~', {0, 0, 8, 21, 2, 0, 0}},
+    {'|', {4, 4, 4, 4, 4, 4, 4, 4, 4}},
 };
+constexpr int kGlyphRows = 9;
+constexpr int kGlyphAdvance = 6;  // columns per character, the space between included
 
 struct Canvas {
   int w, h;
@@ -97,16 +173,23 @@ struct Canvas {
     fill(x0, y0, t, hh, c);
     fill(x0 + ww - t, y0, t, hh, c);
   }
+  /// Draws `s` (UTF-8) from (x, y), `scale` pixels per font pixel; a character the font
+  /// lacks is an empty box, one per code point.
   void text(int x, int y, const std::string& s, int scale, const uint8_t* c) {
     for (char ch : s) {
-      const char u = char(std::toupper(static_cast<unsigned char>(ch)));
-      for (const Glyph& g : kFont) {
-        if (g.c != u) continue;
-        for (int r = 0; r < 7; ++r)
+      if ((static_cast<unsigned char>(ch) & 0xc0) == 0x80) continue;  // inside a code point
+      const Glyph* glyph = nullptr;
+      for (const Glyph& g : kFont)
+        if (g.c == ch) glyph = &g;
+      if (glyph) {
+        for (int r = 0; r < kGlyphRows; ++r)
           for (int b = 0; b < 5; ++b)
-            if (g.rows[r] & (1 << (4 - b))) fill(x + b * scale, y + r * scale, scale, scale, c);
+            if (glyph->rows[r] & (1 << (4 - b)))
+              fill(x + b * scale, y + r * scale, scale, scale, c);
+      } else if (ch != ' ') {
+        rect(x, y + scale, 5 * scale, 6 * scale, std::max(1, scale / 2), c);
       }
-      x += 6 * scale;
+      x += kGlyphAdvance * scale;
     }
   }
 };
@@ -123,13 +206,12 @@ StoreSummary summarize_store(const StoreReader& store, const Dataset* ds, size_t
   s.crops = s.images * m.crops_per_image;
   s.bytes = store.shard_bytes();
   s.bytes_per_crop = s.crops ? double(s.bytes) / double(s.crops) : 0;
-  const uint64_t n = limit ? std::min<uint64_t>(limit, s.images) : s.images;
   const int k = std::max(1, m.k);
   uint64_t agree = 0, counted = 0;
   double entropy = 0, mass = 0;
   ImageLabels l;
   std::vector<float> dense;
-  for (uint64_t i = 0; i < n; ++i) {
+  for (const size_t i : subset_indices(size_t(s.images), limit)) {
     store.read(i, l);
     for (uint32_t c = 0; c < l.num_crops; ++c) {
       dense_of(m, l, c, dense);
@@ -168,20 +250,38 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
       std::fill_n(&rgb.pixels[p * 3], 3, src.pixels[p]);
     src = std::move(rgb);
   }
-  // Show the image at about 448 px on its longer side.
-  const double f = 448.0 / std::max(src.height, src.width);
-  const int dh = std::max(1, int(std::lround(src.height * f)));
-  const int dw = std::max(1, int(std::lround(src.width * f)));
+  // What is drawn: the image and every box, which may reach past the image into the
+  // padding of RandomCrop (the area replay fills with zeros). Their extent, in image pixels,
+  // is shown at about 448 px on its longer side, the padding the boxes reach in gray.
+  const int crops = int(std::min<uint32_t>(8, l.num_crops));
+  std::vector<CropPlan> plans;
+  int x0 = 0, y0 = 0, x1 = src.width, y1 = src.height;
+  for (int c = 0; c < crops; ++c) {
+    plans.push_back(crop_of(m, image, uint32_t(c), l));
+    const PixelBox& b = plans.back().box;
+    x0 = std::min(x0, b.left);
+    y0 = std::min(y0, b.top);
+    x1 = std::max(x1, b.left + b.width);
+    y1 = std::max(y1, b.top + b.height);
+  }
+  const double f = 448.0 / std::max(x1 - x0, y1 - y0);
+  const int pad = 16, line = 22, scale = 2;
+  // Canvas x of image column x (and y of row y): an edge at x lands on px(x).
+  auto px = [&](int x) { return pad + int(std::lround((x - x0) * f)); };
+  auto py = [&](int y) { return pad + int(std::lround((y - y0) * f)); };
+  const int dw = std::max(1, px(src.width) - px(0)), dh = std::max(1, py(src.height) - py(0));
   std::vector<uint8_t> shown(size_t(dh) * size_t(dw) * 3), scratch;
   resized_crop(src, {0, 0, src.width, src.height}, false, dh, dw, Interp::kBilinear, shown.data(),
                scratch);
 
-  const int crops = int(std::min<uint32_t>(8, l.num_crops));
-  const int pad = 16, legend_w = 700, line = 22;
-  Canvas cv(pad * 3 + dw + legend_w, std::max(dh, 40 + crops * 2 * line) + 2 * pad);
-  for (int y = 0; y < dh; ++y)
-    for (int x = 0; x < dw; ++x) cv.put(pad + x, pad + y, &shown[(size_t(y) * dw + x) * 3]);
-  const uint8_t black[3] = {0, 0, 0};
+  // The legend beside the drawing, never over it: the title, two lines per crop (beside its
+  // color) and a note on the padding, each cut to at most 58 characters.
+  struct Text {
+    int x, y;  ///< from the legend's top left
+    std::string s;
+  };
+  std::vector<Text> legend;
+  constexpr size_t kLegendChars = 58;
   std::string title = fmt::format("image {} ({}x{})", image, l.width, l.height);
   if (size_t(ds.label(size_t(image))) < m.classes.size()) {
     title += " label " + m.classes[size_t(ds.label(size_t(image)))];
@@ -189,26 +289,44 @@ void render_image_crops(const StoreReader& store, const Dataset& ds, uint64_t im
   if (uint32_t(crops) < l.num_crops) {
     title += fmt::format(", crops 0-{} of {}", crops - 1, l.num_crops);
   }
-  const int lx = pad * 2 + dw;
-  cv.text(lx, pad, title, 2, black);
+  legend.push_back({0, 0, title});
   std::vector<float> dense;
-  const double sx = double(dw) / l.width, sy = double(dh) / l.height;
   for (int c = 0; c < crops; ++c) {
-    const CropPlan p = crop_of(m, image, uint32_t(c), l);
-    cv.rect(pad + int(p.box.left * sx), pad + int(p.box.top * sy),
-            std::max(3, int(p.box.width * sx)), std::max(3, int(p.box.height * sy)), 2, kColors[c]);
     dense_of(m, l, uint32_t(c), dense);
-    const auto top = top_classes(dense, 2);
-    const int y = pad + 30 + c * 2 * line;
-    cv.fill(lx, y, 14, 14, kColors[c]);
-    cv.text(lx + 22, y, fmt::format("crop {}{}", c, p.flip ? " flip" : ""), 2, black);
     std::string cls;
-    for (const auto& t : top) {
+    for (const auto& t : top_classes(dense, 2)) {
       cls += fmt::format("{}{} {:.0f}%", cls.empty() ? "" : ", ", m.classes[size_t(t.first)],
                          100 * t.second);
     }
-    cv.text(lx + 22, y + line, cls.substr(0, 54), 2, black);
+    const int y = 30 + c * 2 * line;
+    legend.push_back({22, y, fmt::format("crop {}{}", c, plans[size_t(c)].flip ? " flip" : "")});
+    legend.push_back({22, y + line, cls});
   }
+  const bool padded = x0 < 0 || y0 < 0 || x1 > src.width || y1 > src.height;
+  if (padded) legend.push_back({0, 30 + crops * 2 * line, "gray: padding the crops reach"});
+  int legend_w = 0;
+  for (Text& t : legend) {
+    const size_t room = kLegendChars - size_t(t.x / (kGlyphAdvance * scale));
+    if (t.s.size() > room) t.s.resize(room);
+    legend_w = std::max(legend_w, t.x + int(t.s.size()) * kGlyphAdvance * scale);
+  }
+  const int lx = px(x1) + pad, legend_h = legend.back().y + line;
+  Canvas cv(lx + legend_w + pad, std::max(py(y1) + pad, legend_h + 2 * pad));
+  if (padded) {
+    const uint8_t gray[3] = {96, 96, 96};
+    cv.fill(px(x0), py(y0), px(x1) - px(x0), py(y1) - py(y0), gray);
+  }
+  for (int y = 0; y < dh; ++y)
+    for (int x = 0; x < dw; ++x) cv.put(px(0) + x, py(0) + y, &shown[(size_t(y) * dw + x) * 3]);
+  for (int c = 0; c < crops; ++c) {
+    const PixelBox& b = plans[size_t(c)].box;
+    const int left = px(b.left), top = py(b.top);
+    cv.rect(left, top, std::max(3, px(b.left + b.width) - left),
+            std::max(3, py(b.top + b.height) - top), 2, kColors[c]);
+    cv.fill(lx, pad + 30 + c * 2 * line, 14, 14, kColors[c]);
+  }
+  const uint8_t black[3] = {0, 0, 0};
+  for (const Text& t : legend) cv.text(lx + t.x, pad + t.y, t.s, scale, black);
 
   png_image img{};
   img.version = PNG_IMAGE_VERSION;
@@ -255,11 +373,14 @@ void run_inspect(const InspectOptions& o) {
   if (!data.empty() &&
       (!o.data.empty() || data == "fashion-mnist" || std::filesystem::is_directory(data))) {
     DatasetOptions dopt;
-    dopt.limit = size_t(m.dataset_limit);
+    dopt.limit = labeled_subset_limit(m);
     ds = open_dataset(data, Split::kTrain, dopt);
-    FKD_CHECK(ds->size() == m.num_images, ConfigError,
-              "--data {}: has {} training images, the store labels {}", data, ds->size(),
-              m.num_images);
+    const std::string fingerprint = dataset_fingerprint(*ds);
+    FKD_CHECK(ds->size() == m.num_images && fingerprint == m.dataset_fingerprint, ConfigError,
+              "{} {}: not the dataset {} labels ({} training images of fingerprint {}, the store "
+              "{} of {}): pass the one it was made from as --data",
+              o.data.empty() ? "dataset (named by manifest.json)" : "--data", data, o.store,
+              ds->size(), fingerprint, m.num_images, m.dataset_fingerprint);
   }
   if (!o.render.empty()) {
     FKD_CHECK(ds != nullptr, ConfigError, "--render needs --data (the images to draw)");
@@ -308,12 +429,7 @@ void run_inspect(const InspectOptions& o) {
   fmt::print("crops            {} ({} per image)\n", s.crops, m.crops_per_image);
   fmt::print("bytes            {} ({:.2f} per crop, crop coordinates {})\n", s.bytes,
              s.bytes_per_crop, m.crop_origin == CropOrigin::kExplicit ? "stored" : "derived");
-  fmt::print(
-      "labels           {}{} in {}, {} classes\n", label_type_name(m.label_type),
-      (m.label_type == LabelType::kMarginalSmoothing || m.label_type == LabelType::kMarginalRenorm)
-          ? fmt::format(" top-{}", m.k)
-          : "",
-      precision_name(m.precision), m.classes.size());
+  fmt::print("labels           {}, {} classes\n", describe_labels(m), m.classes.size());
   fmt::print("teacher          {} (xxh128 {}), temperature {}\n", m.teacher, m.teacher_hash,
              m.temperature);
   fmt::print("teacher amp      {} (the teacher ran in {})\n", amp_name(m.teacher_amp),
@@ -326,7 +442,8 @@ void run_inspect(const InspectOptions& o) {
   } else {
     fmt::print("crop origin      derived: {}, seed {}\n", describe_crops(m.crop), m.seed);
   }
-  const std::string over = o.limit ? fmt::format(" (first {} images)", o.limit) : "";
+  const std::string over =
+      o.limit && o.limit < s.images ? fmt::format(" (over {} images spread evenly)", o.limit) : "";
   if (s.agreement >= 0) {
     fmt::print("top-1 agreement  {:.2f}% of crops' top class is the image's label{}\n", s.agreement,
                over);
@@ -335,8 +452,13 @@ void run_inspect(const InspectOptions& o) {
         "top-1 agreement  (dataset not found: pass --data to compare with the ground truth)\n");
   }
   fmt::print("mean entropy     {:.4f} nats{}\n", s.mean_entropy, over);
-  fmt::print("top-{} mass       {:.4f} mean probability kept by the top {} classes{}\n",
-             std::max(1, m.k), s.mean_topk_mass, std::max(1, m.k), over);
+  if (m.label_type == LabelType::kMarginalSmoothing || m.label_type == LabelType::kMarginalRenorm) {
+    fmt::print("top-{} mass       {:.4f} mean probability the stored top {} classes hold{}\n", m.k,
+               s.mean_topk_mass, m.k, over);
+  } else {
+    fmt::print("top-1 mass       {:.4f} mean probability of a crop's most probable class{}\n",
+               s.mean_topk_mass, over);
+  }
 }
 
 }  // namespace fkd

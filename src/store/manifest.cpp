@@ -289,6 +289,8 @@ std::string why_no_manifest(const std::string& store_dir) {
 
 Manifest read_manifest(const std::string& store_dir) {
   const std::string file = (fs::path(store_dir) / kManifestName).string();
+  FKD_CHECK(fs::exists(store_dir), NotFoundError, "{}: cannot open the store's manifest ({})", file,
+            why_no_manifest(store_dir));
   FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
             why_no_manifest(store_dir));
   const std::vector<uint8_t> text = read_whole_file(file);
@@ -461,6 +463,19 @@ std::pair<uint64_t, uint64_t> shard_range(uint64_t num_images, uint32_t index, u
             count);
   auto edge = [&](uint64_t i) { return uint64_t((unsigned __int128)num_images * i / count); };
   return {edge(index), edge(uint64_t(index) + 1)};
+}
+
+std::string describe_labels(const Manifest& m) {
+  switch (m.label_type) {
+    case LabelType::kHard:
+      return "hard";
+    case LabelType::kMarginalSmoothing:
+    case LabelType::kMarginalRenorm:
+      return fmt::format("{} top-{} in {}", label_type_name(m.label_type), m.k,
+                         precision_name(m.precision));
+    default:
+      return fmt::format("{} in {}", label_type_name(m.label_type), precision_name(m.precision));
+  }
 }
 
 std::string shard_file_name(uint32_t index, uint32_t count) {

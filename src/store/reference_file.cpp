@@ -4,6 +4,7 @@
 // plain scalars and strings, memo operations), and the matching writer.
 #include "fkd/reference_file.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <unordered_map>
@@ -99,9 +100,23 @@ namespace {
 // 1,000-class full labels is 5e7), low enough that a forged shape cannot exhaust memory.
 constexpr uint64_t kMaxElements = uint64_t(1) << 28;
 
+// How deep values may nest. A reference file nests three levels (the list of arrays, a
+// tensor's arguments, its size tuple); the bound keeps a forged file from building chains
+// that no reader of these files would walk.
+constexpr uint32_t kMaxDepth = 64;
+
+// The memory the values of one file may take, as a multiple of the file's size plus a fixed
+// allowance. A reference file's arrays take about its size once decoded (protocol 2's bytes
+// twice: as text, then as bytes); a forged file could otherwise make each few-byte opcode
+// copy a large string again, or create objects far bigger than the bytes that make them.
+constexpr uint64_t kBytesPerFileByte = 4;
+constexpr uint64_t kFixedAllowance = uint64_t(16) << 20;
+
 // --- pickle values ------------------------------------------------------------------------
+// Values live in the machine's arena and refer to each other by plain pointers: freeing
+// them is one flat loop whatever the file nests (and a value placed inside itself is no leak).
 struct Obj;
-using Ref = std::shared_ptr<Obj>;
+using Ref = Obj*;
 struct Obj {
   enum Kind {
     kNone,
@@ -127,18 +142,14 @@ struct Obj {
   bool pending = false;                 // kArray: a numpy array still waiting for its BUILD state
   RefDType dtype = RefDType::kFloat32;  // kStorage, kDType
   const store::ZipEntry* storage = nullptr;  // kStorage
+  uint32_t depth = 0;      // nesting levels below: 0 for a scalar, 1 + the deepest item's
+  bool contained = false;  // placed inside a list, tuple or dict (then no longer changed)
 };
 
 const char* kind_name(Obj::Kind k) {
   static const char* names[] = {"None",  "bool", "int",    "float", "str",     "bytes", "list",
                                 "tuple", "dict", "global", "array", "storage", "dtype"};
   return names[k];
-}
-
-Ref make(Obj::Kind k) {
-  auto o = std::make_shared<Obj>();
-  o->kind = k;
-  return o;
 }
 
 // numpy's dtype codes ("f4", "<f2", "|b1") and torch's storage classes.
@@ -204,9 +215,15 @@ const char* storage_class(RefDType t) {
 // --- the pickle machine ---------------------------------------------------------------------
 class Unpickler {
  public:
+  /// `file_size`: the whole file's, which bounds the memory its values may take.
   Unpickler(const uint8_t* data, size_t size, const std::string& file, const std::string& prefix,
-            const std::vector<store::ZipEntry>& entries)
-      : p_(data), size_(size), file_(file), prefix_(prefix), entries_(entries) {}
+            const std::vector<store::ZipEntry>& entries, uint64_t file_size)
+      : p_(data),
+        size_(size),
+        file_(file),
+        prefix_(prefix),
+        entries_(entries),
+        budget_(kFixedAllowance + kBytesPerFileByte * file_size) {}
 
   Ref run() {
     for (;;) {
@@ -226,33 +243,34 @@ class Unpickler {
           return stack_.back();
         }
         case ']':  // EMPTY_LIST
-          push(make(Obj::kList));
+          push(make(Obj::kList, at));
           break;
         case ')':  // EMPTY_TUPLE
-          push(make(Obj::kTuple));
+          push(make(Obj::kTuple, at));
           break;
         case '}':  // EMPTY_DICT
-          push(make(Obj::kDict));
+          push(make(Obj::kDict, at));
           break;
         case '(':  // MARK
+          charge(sizeof(size_t), at);
           marks_.push_back(stack_.size());
           break;
         case 'a': {  // APPEND
           Ref v = pop();
-          list_at_top()->items.push_back(std::move(v));
+          place(list_at_top(), v, at);
           break;
         }
         case 'e': {  // APPENDS
           std::vector<Ref> vs = pop_mark();
           Ref l = list_at_top();
-          for (Ref& v : vs) l->items.push_back(std::move(v));
+          for (Ref v : vs) place(l, v, at);
           break;
         }
         case 's': {  // SETITEM
           Ref v = pop(), k = pop();
           Ref d = dict_at_top();
-          d->items.push_back(std::move(k));
-          d->items.push_back(std::move(v));
+          place(d, k, at);
+          place(d, v, at);
           break;
         }
         case 'u': {  // SETITEMS
@@ -260,29 +278,29 @@ class Unpickler {
           FKD_CHECK(kvs.size() % 2 == 0, FormatError,
                     "{}: data.pkl offset {}: SETITEMS with an odd number of values", file_, at);
           Ref d = dict_at_top();
-          for (Ref& v : kvs) d->items.push_back(std::move(v));
+          for (Ref v : kvs) place(d, v, at);
           break;
         }
         case 't':  // TUPLE
-          tuple(pop_mark());
+          tuple(pop_mark(), at);
           break;
         case 0x85:  // TUPLE1
-          tuple_n(1);
+          tuple_n(1, at);
           break;
         case 0x86:  // TUPLE2
-          tuple_n(2);
+          tuple_n(2, at);
           break;
         case 0x87:  // TUPLE3
-          tuple_n(3);
+          tuple_n(3, at);
           break;
         case 'q':  // BINPUT
-          memo_put(u8());
+          memo_put(u8(), at);
           break;
         case 'r':  // LONG_BINPUT
-          memo_put(uint32(4));
+          memo_put(uint32(4), at);
           break;
         case 0x94:  // MEMOIZE
-          memo_put(memo_.size());
+          memo_put(memo_.size(), at);
           break;
         case 'h':  // BINGET
           memo_get(u8(), at);
@@ -291,67 +309,69 @@ class Unpickler {
           memo_get(uint32(4), at);
           break;
         case 'N':  // NONE
-          push(make(Obj::kNone));
+          push(make(Obj::kNone, at));
           break;
         case 0x88:  // NEWTRUE
-          push_bool(true);
+          push_bool(true, at);
           break;
         case 0x89:  // NEWFALSE
-          push_bool(false);
+          push_bool(false, at);
           break;
         case 'K':  // BININT1
-          push_int(int64_t(u8()));
+          push_int(int64_t(u8()), at);
           break;
         case 'M':  // BININT2
-          push_int(int64_t(uint32(2)));
+          push_int(int64_t(uint32(2)), at);
           break;
         case 'J':  // BININT
-          push_int(int64_t(int32_t(uint32(4))));
+          push_int(int64_t(int32_t(uint32(4))), at);
           break;
         case 0x8a:  // LONG1
-          push_int(long1(at));
+          push_int(long1(at), at);
           break;
         case 'G': {  // BINFLOAT, big-endian
           const uint8_t* b = take(8);
           uint64_t u = 0;
           for (int k = 0; k < 8; ++k) u = u << 8 | b[k];
-          Ref o = make(Obj::kFloat);
+          Ref o = make(Obj::kFloat, at);
           std::memcpy(&o->f, &u, 8);
-          push(std::move(o));
+          push(o);
           break;
         }
         case 0x8c:  // SHORT_BINUNICODE
-          push_text(Obj::kStr, u8());
+          push_text(Obj::kStr, u8(), at);
           break;
         case 'X':  // BINUNICODE
-          push_text(Obj::kStr, uint32(4));
+          push_text(Obj::kStr, uint32(4), at);
           break;
         case 0x8d:  // BINUNICODE8
-          push_text(Obj::kStr, uint64(at));
+          push_text(Obj::kStr, uint64(at), at);
           break;
         case 'C':  // SHORT_BINBYTES
-          push_text(Obj::kBytes, u8());
+          push_text(Obj::kBytes, u8(), at);
           break;
         case 'B':  // BINBYTES
-          push_text(Obj::kBytes, uint32(4));
+          push_text(Obj::kBytes, uint32(4), at);
           break;
         case 0x8e:  // BINBYTES8
-          push_text(Obj::kBytes, uint64(at));
+          push_text(Obj::kBytes, uint64(at), at);
           break;
         case 'c': {  // GLOBAL "module\nname\n"
-          Ref g = make(Obj::kGlobal);
+          Ref g = make(Obj::kGlobal, at);
           g->s = line(at);  // the module, then the name: two statements, in this order
           g->s += "." + line(at);
-          push(std::move(g));
+          charge(g->s.size(), at);
+          push(g);
           break;
         }
         case 0x93: {  // STACK_GLOBAL
           Ref name = pop(), module = pop();
           FKD_CHECK(name->kind == Obj::kStr && module->kind == Obj::kStr, FormatError,
                     "{}: data.pkl offset {}: STACK_GLOBAL expects two strings", file_, at);
-          Ref g = make(Obj::kGlobal);
+          Ref g = make(Obj::kGlobal, at);
+          charge(module->s.size() + name->s.size() + 1, at);
           g->s = module->s + "." + name->s;
-          push(std::move(g));
+          push(g);
           break;
         }
         case 'Q':  // BINPERSID
@@ -416,32 +436,67 @@ class Unpickler {
     return s;
   }
 
+  // --- memory ---
+  /// Counts `bytes` more of values against the file's budget; FormatError past it.
+  void charge(uint64_t bytes, size_t at) {
+    FKD_CHECK(bytes <= budget_ - used_, FormatError,
+              "{}: data.pkl offset {}: the pickle builds more than {} bytes of values (at most "
+              "{} per byte of the file and {} more): not a reference label file",
+              file_, at, budget_, kBytesPerFileByte, kFixedAllowance);
+    used_ += bytes;
+  }
+  /// A new value of kind `k`, owned by the arena.
+  Ref make(Obj::Kind k, size_t at) {
+    charge(sizeof(Obj) + sizeof(std::unique_ptr<Obj>), at);
+    arena_.push_back(std::make_unique<Obj>());
+    arena_.back()->kind = k;
+    return arena_.back().get();
+  }
+  /// Puts `v` into the list or dict `c` (APPEND, SETITEM), or into a tuple being built.
+  void place(Ref c, Ref v, size_t at) {
+    FKD_CHECK(!c->contained, FormatError,
+              "{}: data.pkl offset {}: a {} is changed after it was placed in another value", file_,
+              at, kind_name(c->kind));
+    charge(sizeof(Ref), at);
+    v->contained = true;
+    c->depth = std::max(c->depth, v->depth + 1);
+    FKD_CHECK(c->depth <= kMaxDepth, FormatError,
+              "{}: data.pkl offset {}: values nested more than {} levels deep (a reference "
+              "label file nests 3)",
+              file_, at, kMaxDepth);
+    c->items.push_back(v);
+  }
+
   // --- stack ---
-  void push(Ref o) { stack_.push_back(std::move(o)); }
-  void push_bool(bool b) {
-    Ref o = make(Obj::kBool);
+  void push(Ref o) {
+    charge(sizeof(Ref), pos_);
+    stack_.push_back(o);
+  }
+  void push_bool(bool b, size_t at) {
+    Ref o = make(Obj::kBool, at);
     o->i = b;
-    push(std::move(o));
+    push(o);
   }
-  void push_int(int64_t v) {
-    Ref o = make(Obj::kInt);
+  void push_int(int64_t v, size_t at) {
+    Ref o = make(Obj::kInt, at);
     o->i = v;
-    push(std::move(o));
+    push(o);
   }
-  void push_text(Obj::Kind k, uint64_t n) {
-    Ref o = make(k);
+  void push_text(Obj::Kind k, uint64_t n, size_t at) {
+    Ref o = make(k, at);
     const uint8_t* b = take(n);
+    charge(n, at);
     o->s.assign(reinterpret_cast<const char*>(b), n);
-    push(std::move(o));
+    push(o);
   }
   Ref pop() {
     FKD_CHECK(!stack_.empty() && (marks_.empty() || stack_.size() > marks_.back()), FormatError,
               "{}: data.pkl offset {}: pickle stack underflow", file_, pos_);
-    Ref o = std::move(stack_.back());
+    Ref o = stack_.back();
     stack_.pop_back();
     return o;
   }
-  Ref& top(size_t at) {
+  Ref top(size_t at) {
     FKD_CHECK(!stack_.empty(), FormatError, "{}: data.pkl offset {}: pickle stack underflow", file_,
               at);
     return stack_.back();
@@ -451,41 +506,40 @@ class Unpickler {
               pos_);
     const size_t m = marks_.back();
     marks_.pop_back();
-    std::vector<Ref> vs(std::make_move_iterator(stack_.begin() + m),
-                        std::make_move_iterator(stack_.end()));
+    std::vector<Ref> vs(stack_.begin() + ptrdiff_t(m), stack_.end());
     stack_.resize(m);
     return vs;
   }
   Ref list_at_top() {
-    Ref& l = top(pos_);
+    Ref l = top(pos_);
     FKD_CHECK(l->kind == Obj::kList, FormatError,
               "{}: data.pkl offset {}: APPEND to a {}, expected a list", file_, pos_,
               kind_name(l->kind));
     return l;
   }
   Ref dict_at_top() {
-    Ref& d = top(pos_);
+    Ref d = top(pos_);
     FKD_CHECK(d->kind == Obj::kDict, FormatError,
               "{}: data.pkl offset {}: SETITEM on a {}, expected a dict", file_, pos_,
               kind_name(d->kind));
     return d;
   }
-  void tuple(std::vector<Ref> items) {
-    Ref t = make(Obj::kTuple);
-    t->items = std::move(items);
-    push(std::move(t));
+  void tuple(const std::vector<Ref>& items, size_t at) {
+    Ref t = make(Obj::kTuple, at);
+    for (Ref v : items) place(t, v, at);
+    push(t);
   }
-  void tuple_n(size_t n) {
+  void tuple_n(size_t n, size_t at) {
     FKD_CHECK(stack_.size() >= n && (marks_.empty() || stack_.size() - n >= marks_.back()),
               FormatError, "{}: data.pkl offset {}: pickle stack underflow", file_, pos_);
-    std::vector<Ref> items(std::make_move_iterator(stack_.end() - n),
-                           std::make_move_iterator(stack_.end()));
+    const std::vector<Ref> items(stack_.end() - ptrdiff_t(n), stack_.end());
     stack_.resize(stack_.size() - n);
-    tuple(std::move(items));
+    tuple(items, at);
   }
-  void memo_put(uint64_t key) {
+  void memo_put(uint64_t key, size_t at) {
     FKD_CHECK(!stack_.empty(), FormatError, "{}: data.pkl offset {}: memo put on an empty stack",
               file_, pos_);
+    charge(64, at);  // a hash map node
     memo_[key] = stack_.back();
   }
   void memo_get(uint64_t key, size_t at) {
@@ -533,15 +587,16 @@ class Unpickler {
   // Copies the elements of an array laid out with element `strides` from `offset` in `src`
   // (`src_elems` elements) into C order; every index is checked against `src_elems`.
   void gather(RefArray& a, const uint8_t* src, uint64_t src_elems, uint64_t offset,
-              const std::vector<int64_t>& strides, size_t at) const {
+              const std::vector<int64_t>& strides, size_t at) {
     const size_t item = ref_dtype_size(a.dtype), n = a.numel(), dims = a.shape.size();
-    a.bytes.resize(n * item);
     if (n == 0) return;
     uint64_t last = offset;  // the highest element the array touches
     for (size_t d = 0; d < dims; ++d) last += uint64_t(a.shape[d] - 1) * uint64_t(strides[d]);
     FKD_CHECK(last < src_elems, FormatError,
               "{}: data.pkl offset {}: a {} reaches element {} of a storage of {}", file_, at,
               a.describe(), last, src_elems);
+    charge(uint64_t(n) * item, at);
+    a.bytes.resize(n * item);
     std::vector<int64_t> idx(dims, 0);
     uint64_t from = offset;
     for (size_t k = 0; k < n; ++k) {
@@ -557,9 +612,10 @@ class Unpickler {
     }
   }
 
-  std::string latin1(const std::string& utf8, size_t at) const {
+  std::string latin1(const std::string& utf8, size_t at) {
     // Protocol 2 has no bytes type: Python pickles bytes b as _codecs.encode(b.decode('latin1'),
     // 'latin1'), the string UTF-8 encoded; every code point is below 256.
+    charge(utf8.size(), at);
     std::string out;
     out.reserve(utf8.size());
     for (size_t k = 0; k < utf8.size(); ++k) {
@@ -580,7 +636,7 @@ class Unpickler {
     const auto& t = tuple_of(pid, 5, 5, "persistent id", at);
     FKD_CHECK(t[0]->kind == Obj::kStr && t[0]->s == "storage", FormatError,
               "{}: data.pkl offset {}: a persistent id that is not a torch storage", file_, at);
-    Ref st = make(Obj::kStorage);
+    Ref st = make(Obj::kStorage, at);
     const Obj& cls = expect(t[1], Obj::kGlobal, "storage class", at);
     FKD_CHECK(parse_storage_class(cls.s, st->dtype), FormatError,
               "{}: data.pkl offset {}: storage class {} is not one of Bool, Byte, Int, Long, "
@@ -602,7 +658,7 @@ class Unpickler {
       const std::string& enc = expect(a[1], Obj::kStr, "encoding", at).s;
       FKD_CHECK(enc == "latin1" || enc == "latin-1", FormatError,
                 "{}: data.pkl offset {}: _codecs.encode to {}, expected latin1", file_, at, enc);
-      Ref b = make(Obj::kBytes);
+      Ref b = make(Obj::kBytes, at);
       b->s = latin1(expect(a[0], Obj::kStr, "_codecs.encode text", at).s, at);
       return b;
     }
@@ -611,13 +667,13 @@ class Unpickler {
       FKD_CHECK(a[0]->kind == Obj::kGlobal && a[0]->s == "numpy.ndarray", FormatError,
                 "{}: data.pkl offset {}: _reconstruct of a {}, expected numpy.ndarray", file_, at,
                 a[0]->kind == Obj::kGlobal ? a[0]->s : kind_name(a[0]->kind));
-      Ref o = make(Obj::kArray);
+      Ref o = make(Obj::kArray, at);
       o->pending = true;
       return o;
     }
     if (g == "numpy.dtype") {
       const auto& a = tuple_of(args, 1, 3, "numpy.dtype arguments", at);
-      Ref d = make(Obj::kDType);
+      Ref d = make(Obj::kDType, at);
       const std::string& code = expect(a[0], Obj::kStr, "dtype code", at).s;
       FKD_CHECK(parse_numpy_code(code, d->dtype), FormatError,
                 "{}: data.pkl offset {}: numpy dtype '{}' is not bool, uint8, int32, int64, "
@@ -629,7 +685,7 @@ class Unpickler {
       const auto& a = tuple_of(args, 6, 7, "_rebuild_tensor_v2 arguments", at);
       const Obj& st = expect(a[0], Obj::kStorage, "tensor storage", at);
       const int64_t offset = expect(a[1], Obj::kInt, "storage offset", at).i;
-      Ref o = make(Obj::kArray);
+      Ref o = make(Obj::kArray, at);
       o->array.torch = true;
       o->array.dtype = st.dtype;
       o->array.shape = ints(a[2], "tensor size", at);
@@ -645,11 +701,11 @@ class Unpickler {
     }
     if (g == "__builtin__.bytes" || g == "builtins.bytes") {  // protocol 2's empty bytes
       tuple_of(args, 0, 0, "bytes arguments", at);
-      return make(Obj::kBytes);
+      return make(Obj::kBytes, at);
     }
     if (g == "collections.OrderedDict") {
       tuple_of(args, 0, 0, "OrderedDict arguments", at);
-      return make(Obj::kDict);
+      return make(Obj::kDict, at);
     }
     fkd::fail<FormatError>(
         "{}: data.pkl offset {}: the pickle calls {}, which a reference label file does not hold",
@@ -701,9 +757,11 @@ class Unpickler {
   const std::string& file_;
   const std::string& prefix_;
   const std::vector<store::ZipEntry>& entries_;
+  std::vector<std::unique_ptr<Obj>> arena_;  ///< every value, freed together
   std::vector<Ref> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Ref> memo_;
+  uint64_t budget_, used_ = 0;  ///< bytes of values allowed and taken
 };
 
 }  // namespace
@@ -731,7 +789,7 @@ ReferenceFile parse_reference_file(const uint8_t* data, size_t size, const std::
     FKD_CHECK(order == "little", FormatError,
               "{}: storages of byte order '{}', only little-endian files are read", name, order);
   }
-  Unpickler vm(pkl->data, pkl->size, name, prefix, entries);
+  Unpickler vm(pkl->data, pkl->size, name, prefix, entries, size);
   const Ref top = vm.run();
   FKD_CHECK(top->kind == Obj::kList || top->kind == Obj::kTuple, FormatError,
             "{}: holds a {}, expected a list [coords, flips, labels]", name, kind_name(top->kind));

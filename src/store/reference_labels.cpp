@@ -10,8 +10,10 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -84,6 +86,11 @@ std::string label_kind(const RefArray& labels, int classes) {
   return "";
 }
 
+/// How far above 1 the sum of a crop's top-k probabilities may be: float16 rounding of the
+/// values (relative 2^-11 of the sum, within 0.001) and, for the export of a u8 store, each
+/// value's rounding to the nearest 1/255 (at most 1/510 each).
+double marginal_sum_tolerance(int k) { return 1e-3 + double(k) / 510.0; }
+
 /// What every file of one import shares, from the first file (or the options).
 struct Layout {
   LabelType type = LabelType::kMarginalSmoothing;
@@ -130,6 +137,16 @@ void to_record(const ReferenceFile& f, const std::string& file, const Layout& la
     } catch (const DataError& e) {
       fail<DataError>("{}: crop {}: {}", file, c, e.what());
     }
+    // PIL's crop of a box whose rounded corners meet is empty, and the reference's training
+    // cannot resize it; a store keeps boxes of at least one pixel, which would replay other
+    // pixels than the file says.
+    const double top = double(b.i) * height, left = double(b.j) * width;
+    const double rows = std::nearbyint(top + double(b.h) * height) - std::nearbyint(top);
+    const double cols = std::nearbyint(left + double(b.w) * width) - std::nearbyint(left);
+    FKD_CHECK(rows >= 1 && cols >= 1, DataError,
+              "{}: crop {} (i={}, j={}, h={}, w={}) of the {}x{} image is an empty box ({} rows, "
+              "{} columns once rounded as PIL crops): it cannot be stored or replayed",
+              file, c, b.i, b.j, b.h, b.w, width, height, rows, cols);
     FKD_CHECK(p.box.left >= 0 && p.box.top >= 0 && p.box.left + p.box.width <= int(width) &&
                   p.box.top + p.box.height <= int(height),
               DataError,
@@ -141,6 +158,8 @@ void to_record(const ReferenceFile& f, const std::string& file, const Layout& la
     p.id = c;
   }
   const int ni = stored_indices(lay.type, lay.k), nv = stored_values(lay.type, lay.k, lay.classes);
+  const bool marginal =
+      lay.type == LabelType::kMarginalSmoothing || lay.type == LabelType::kMarginalRenorm;
   rec.indices.resize(size_t(n) * size_t(ni));
   rec.values.resize(size_t(n) * size_t(nv));
   // Element (crop c, row r, column j) of the labels: [N], [N, 2], [N, 2, k] or [N, C].
@@ -155,12 +174,22 @@ void to_record(const ReferenceFile& f, const std::string& file, const Layout& la
       rec.indices[size_t(c) * ni + j] = int32_t(v);
     }
     const size_t first_value = lay.type == LabelType::kFull ? 0 : row;
+    double sum = 0;
     for (int j = 0; j < nv; ++j) {
       const double v = lb.at(c * per_crop + first_value + size_t(j));
       FKD_CHECK(v >= 0 && v <= 1, DataError, "{}: crop {}: value {} is not a probability in [0, 1]",
                 file, c, v);
+      FKD_CHECK(!marginal || j == 0 || v <= rec.values[size_t(c) * nv + j - 1], DataError,
+                "{}: crop {}: top-{} probabilities not in descending order ({} after {}): the "
+                "reference stores a crop's top k most probable first",
+                file, c, nv, v, rec.values[size_t(c) * nv + j - 1]);
+      sum += v;
       rec.values[size_t(c) * nv + j] = float(v);
     }
+    FKD_CHECK(!marginal || sum <= 1 + marginal_sum_tolerance(nv), DataError,
+              "{}: crop {}: top-{} probabilities sum to {:.6g}, above 1 (by more than the {:.3g} "
+              "their rounding explains)",
+              file, c, nv, sum, marginal_sum_tolerance(nv));
     if (ni > 1) {
       std::vector<int32_t> ids(rec.indices.begin() + ptrdiff_t(c) * ni,
                                rec.indices.begin() + ptrdiff_t(c + 1) * ni);
@@ -251,6 +280,47 @@ std::pair<uint32_t, uint32_t> image_size(const Dataset& ds, uint64_t i) {
   return {uint32_t(h), uint32_t(w)};
 }
 
+/// How many label files shared by several images a result names.
+constexpr size_t kNamed = 3;
+
+/// Every file below `root` that labels no image (`image_of` holds those that do): counted in
+/// `r.ignored_count` and named in `r.ignored` in name order, relative to `root`, a top
+/// folder that is no class of the dataset once with its count of files.
+void list_ignored(const std::string& root,
+                  const std::unordered_map<std::string, uint64_t>& image_of,
+                  const std::vector<std::string>& classes, ReferenceImportResult& r) {
+  std::vector<std::string> files;
+  std::map<std::string, uint64_t> stray_folders;  // top folder that is no class -> files
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(
+           root, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    std::error_code type_ec;
+    if (it->is_directory(type_ec)) continue;
+    const std::string rel = it->path().lexically_relative(root).generic_string();
+    if (image_of.count(rel)) continue;
+    const size_t slash = rel.find('/');
+    const std::string top = slash == std::string::npos ? "" : rel.substr(0, slash);
+    if (!top.empty() && std::find(classes.begin(), classes.end(), top) == classes.end()) {
+      if (stray_folders[top]++ > 0) continue;  // named once, as the folder
+      files.push_back(top + "/");
+    } else {
+      files.push_back(rel);
+    }
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& [folder, count] : stray_folders) r.ignored_count += count;
+  r.ignored_count += files.size() - stray_folders.size();
+  for (const std::string& f : files) {
+    const auto folder =
+        f.back() == '/' ? stray_folders.find(f.substr(0, f.size() - 1)) : stray_folders.end();
+    r.ignored.push_back(folder == stray_folders.end()
+                            ? f
+                            : fmt::format("{} ({} file{}; no class of the dataset)", f,
+                                          folder->second, folder->second == 1 ? "" : "s"));
+  }
+}
+
 }  // namespace
 
 ReferenceImportResult import_reference_labels(const ReferenceImportConfig& cfg) {
@@ -273,16 +343,32 @@ ReferenceImportResult import_reference_labels(const ReferenceImportConfig& cfg) 
   std::vector<std::string> paths(n);
   std::vector<std::string> missing;
   uint64_t missing_count = 0;
+  ReferenceImportResult result;
+  std::unordered_map<std::string, uint64_t> image_of;  // label file (below root) -> image
   for (uint64_t i = 0; i < n; ++i) {
-    paths[i] = root + "/" + label_rel_path(ds->item_name(i));
-    if (!fs::is_regular_file(paths[i])) {
+    const std::string rel = label_rel_path(ds->item_name(i));
+    paths[i] = root + "/" + rel;
+    const auto [at, fresh] = image_of.emplace(rel, i);
+    if (!fresh) {  // the reference writes one file for both, the later image's labels
+      if (result.shared_files.size() < kNamed) {
+        result.shared_files.push_back(
+            fmt::format("{} for {} and {}", rel, ds->item_name(at->second), ds->item_name(i)));
+      }
+      ++result.shared_count;
+    }
+    std::error_code ec;
+    const fs::file_status st = fs::status(paths[i], ec);  // through links
+    if (!fs::exists(st)) {
       if (missing.size() < 3) missing.push_back(paths[i]);
       ++missing_count;
+    } else if (!fs::is_regular_file(st)) {
+      ReadableFile(paths[i], "reference label file");  // "PATH: is a FIFO, not a ..."
     }
   }
   FKD_CHECK(missing_count == 0, DataError, "{}: no label file for {} of the {} images of {}: {}{}",
             cfg.src, missing_count, n, cfg.data, fmt::join(missing, ", "),
             missing_count > missing.size() ? ", ..." : "");
+  list_ignored(root, image_of, ds->classes(), result);
 
   // Pass 1: every file read, hashed and checked, every image's size read, before anything
   // is written; the first file sets the label type and shapes all others must have.
@@ -349,7 +435,6 @@ ReferenceImportResult import_reference_labels(const ReferenceImportConfig& cfg) 
   m.std = {0.229f, 0.224f, 0.225f};
   m.num_shards = cfg.shards;
 
-  ReferenceImportResult result;
   result.crops = lay.crops;
   result.src_bytes = src_bytes;
   if (fs::exists(fs::path(cfg.out) / "manifest.json")) {
@@ -403,7 +488,7 @@ ReferenceExportResult export_reference_labels(const ReferenceExportConfig& cfg) 
   StoreReader reader(cfg.store);
   const Manifest& m = reader.manifest();
   const std::string data = cfg.data.empty() ? m.dataset : cfg.data;
-  const auto ds = open_image_folder(data, m.dataset_limit, "exporting to reference files");
+  const auto ds = open_image_folder(data, labeled_subset_limit(m), "exporting to reference files");
   FKD_CHECK(ds->size() == m.num_images && dataset_fingerprint(*ds) == m.dataset_fingerprint,
             ConfigError,
             "--data {}: not the dataset {} was made from (other files, names or sizes than "

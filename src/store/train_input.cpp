@@ -119,6 +119,42 @@ size_t store_subset_size(const std::string& store_dir) {
   return m.dataset_limit == 0 ? 0 : size_t(m.num_images);
 }
 
+void validate_input_options(const TrainConfig& cfg) {
+  FKD_CHECK(cfg.channels == 0 || cfg.channels == 1 || cfg.channels == 3, ConfigError,
+            "--channels {}: expected 1 or 3 (0 = the dataset's)", cfg.channels);
+  FKD_CHECK(cfg.crop.size == 0 || (cfg.crop.size >= 8 && cfg.crop.size <= 4096), ConfigError,
+            "--input-size {}: expected 8 to 4096 (0 = auto)", cfg.crop.size);
+  CropSampler sized = cfg.crop;
+  if (sized.size == 0) sized.size = kDefaultInputSize;  // checked again once resolved
+  const std::string crop_problem = crop_sampler_problem(sized);
+  FKD_CHECK(crop_problem.empty(), ConfigError, "{}", crop_problem);
+  parse_interp(cfg.interp);
+  FKD_CHECK(cfg.eval_resize >= 0, ConfigError, "--resize {}: expected >= 0 (0 = auto)",
+            cfg.eval_resize);
+  FKD_CHECK(cfg.mean.size() == cfg.std.size() || cfg.mean.empty() || cfg.std.empty(), ConfigError,
+            "--mean has {} values but --std {}", cfg.mean.size(), cfg.std.size());
+  for (float m : cfg.mean) FKD_CHECK(std::isfinite(m), ConfigError, "--mean {}: not finite", m);
+  for (float s : cfg.std) {
+    FKD_CHECK(s > 0 && std::isfinite(s), ConfigError,
+              "--std {}: values must be positive and finite", s);
+  }
+  FKD_CHECK(cfg.batch_size >= 1, ConfigError, "--batch-size {}: expected at least 1",
+            cfg.batch_size);
+  FKD_CHECK(cfg.num_crops >= 1, ConfigError, "--num-crops {}: expected at least 1", cfg.num_crops);
+  FKD_CHECK(cfg.mode != TrainMode::kFkd || cfg.batch_size % size_t(cfg.num_crops) == 0, ConfigError,
+            "--batch-size {} must be a multiple of --num-crops {}", cfg.batch_size, cfg.num_crops);
+  FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers {}: expected >= 0", cfg.workers);
+}
+
+void validate_rank_split(const TrainConfig& cfg, int rank, int world) {
+  FKD_CHECK(world >= 1 && rank >= 0 && rank < world, ConfigError,
+            "rank {} of a world of {}: expected 0 <= rank < world", rank, world);
+  FKD_CHECK(cfg.batch_size % (size_t(cfg.num_crops) * size_t(world)) == 0, ConfigError,
+            "--batch-size {} over {} ranks: each rank takes whole images ({} crops each), so the "
+            "batch must be a multiple of {}",
+            cfg.batch_size, world, cfg.num_crops, cfg.num_crops * world);
+}
+
 std::shared_ptr<Dataset> open_train_set(const TrainConfig& cfg) {
   DatasetOptions dopt;
   dopt.channels = cfg.channels;

@@ -28,20 +28,7 @@ const char* mode_name(TrainMode m) { return kModes.name(m); }
 TrainMode parse_mode(const std::string& name) { return kModes.parse(name, "--mode"); }
 
 void validate_config(const TrainConfig& cfg) {
-  FKD_CHECK(cfg.channels == 0 || cfg.channels == 1 || cfg.channels == 3, ConfigError,
-            "--channels {}: expected 1 or 3 (0 = the dataset's)", cfg.channels);
-  FKD_CHECK(cfg.crop.size == 0 || (cfg.crop.size >= 8 && cfg.crop.size <= 4096), ConfigError,
-            "--input-size {}: expected 8 to 4096 (0 = auto)", cfg.crop.size);
-  CropSampler sized = cfg.crop;
-  if (sized.size == 0) sized.size = kDefaultInputSize;  // checked again once resolved
-  const std::string crop_problem = crop_sampler_problem(sized);
-  FKD_CHECK(crop_problem.empty(), ConfigError, "{}", crop_problem);
-  parse_interp(cfg.interp);
-  FKD_CHECK(cfg.eval_resize >= 0, ConfigError, "--resize {}: expected >= 0 (0 = auto)",
-            cfg.eval_resize);
-  FKD_CHECK(cfg.mean.size() == cfg.std.size() || cfg.mean.empty() || cfg.std.empty(), ConfigError,
-            "--mean has {} values but --std {}", cfg.mean.size(), cfg.std.size());
-  for (float s : cfg.std) FKD_CHECK(s > 0, ConfigError, "--std {}: values must be positive", s);
+  validate_input_options(cfg);  // shared with the Python module
   const auto names = model_names();
   FKD_CHECK(
       std::find(names.begin(), names.end(), cfg.model) != names.end() || is_model_file(cfg.model),
@@ -60,11 +47,6 @@ void validate_config(const TrainConfig& cfg) {
             cfg.epochs);
   FKD_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing < 1, ConfigError,
             "--label-smoothing {}: expected 0 to 1 (exclusive)", cfg.label_smoothing);
-  FKD_CHECK(cfg.batch_size >= 1, ConfigError, "--batch-size {}: expected at least 1",
-            cfg.batch_size);
-  FKD_CHECK(cfg.num_crops >= 1, ConfigError, "--num-crops {}: expected at least 1", cfg.num_crops);
-  FKD_CHECK(cfg.mode != TrainMode::kFkd || cfg.batch_size % size_t(cfg.num_crops) == 0, ConfigError,
-            "--batch-size {} must be a multiple of --num-crops {}", cfg.batch_size, cfg.num_crops);
   FKD_CHECK(cfg.mode != TrainMode::kAuto || cfg.labels.empty() || cfg.teacher.empty(), ConfigError,
             "give --labels (FKD) or --teacher (online KD), not both");
   FKD_CHECK(cfg.mode != TrainMode::kFkd || !cfg.labels.empty(), ConfigError,
@@ -83,7 +65,6 @@ void validate_config(const TrainConfig& cfg) {
             "--switch-prob {}: expected 0 to 1", cfg.switch_prob);
   FKD_CHECK(cfg.threads >= 0, ConfigError, "--threads {}: expected >= 0 (0 = all cores)",
             cfg.threads);
-  FKD_CHECK(cfg.workers >= 0, ConfigError, "--workers {}: expected >= 0", cfg.workers);
   FKD_CHECK(cfg.dist_timeout > 0, ConfigError, "--dist-timeout {}: expected a positive value",
             cfg.dist_timeout);
   parse_amp(cfg.amp);  // throws naming the choices

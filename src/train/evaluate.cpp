@@ -1,5 +1,9 @@
 // `fkd eval` and `fkd export`, and the evaluation pass training runs after every epoch.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
 
 #include "checkpoint.h"
 #include "device.h"
@@ -116,11 +120,84 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   return run_evaluation(forward, loader, device, opts.channels_last && net != nullptr, "eval");
 }
 
-void export_model(const std::string& checkpoint, const std::string& out, const std::string& format,
-                  bool ema) {
+namespace {
+/// A float as the shortest decimal that reads back as it (0.286, not 0.28600001335144043).
+double shortest(float f) { return std::stod(fmt::format("{}", f)); }
+std::vector<double> shortest(const std::vector<float>& v) {
+  std::vector<double> out;
+  for (float f : v) out.push_back(shortest(f));
+  return out;
+}
+}  // namespace
+
+std::string export_metadata_json(const ExportMetadata& m) {
+  const CropSampler& c = m.train_crop;
+  nlohmann::json crop = {
+      {"sampler", c.kind == CropKind::kPadded ? "random_crop" : "random_resized_crop"},
+      {"size", c.size},
+      {"flip", shortest(c.flip)}};
+  if (c.kind == CropKind::kPadded) {
+    crop["padding"] = c.padding;
+  } else {
+    crop["scale"] = {shortest(c.scale[0]), shortest(c.scale[1])};
+    crop["ratio"] = {shortest(c.ratio[0]), shortest(c.ratio[1])};
+  }
+  const nlohmann::json j = {
+      {"format", "fkd-export"},
+      {"version", 1},
+      {"export", m.format},
+      {"model", m.model},
+      {"weights", m.ema ? "ema" : "model"},
+      {"channels", m.channels},
+      {"input_size", m.input_size},
+      {"mean", shortest(m.mean)},
+      {"std", shortest(m.std)},
+      {"interpolation", m.interpolation},
+      {"eval", {{"resize", m.eval_resize}, {"center_crop", m.input_size}}},
+      {"train_crop", crop},
+      {"classes", m.classes},
+  };
+  return j.dump(2) + "\n";
+}
+
+std::string describe_export(const ExportMetadata& m) {
+  const auto floats = [](const std::vector<float>& v) {
+    std::string s;
+    for (float x : v) s += fmt::format("{}{:g}", s.empty() ? "" : ", ", x);
+    return "[" + s + "]";
+  };
+  const size_t n = m.classes.size();
+  const std::string classes =
+      n <= 3 ? fmt::format("{}", fmt::join(m.classes, ", "))
+             : fmt::format("{}, {}, ..., {}", m.classes[0], m.classes[1], m.classes[n - 1]);
+  const std::string resize =
+      m.eval_resize > 0 ? fmt::format("shorter side resized to {}, then ", m.eval_resize) : "";
+  return fmt::format(
+      "{} takes {}x{}x{} input: pixels / 255, mean {}, std {}; {}center crop {} ({}); "
+      "trained on {}; {} classes ({}); in fkd.json",
+      m.model, m.channels, m.input_size, m.input_size, floats(m.mean), floats(m.std), resize,
+      m.input_size, m.interpolation, describe_crops(m.train_crop), n, classes);
+}
+
+ExportMetadata export_model(const std::string& checkpoint, const std::string& out,
+                            const std::string& format, bool ema) {
   FKD_CHECK(format == "torchscript" || format == "state_dict", ConfigError,
             "--format '{}': expected torchscript or state_dict", format);
   CheckpointFile f = open_checkpoint(checkpoint);
+  const TrainConfig& cfg = f.meta.config;
+  ExportMetadata meta;
+  meta.format = format;
+  meta.model = f.meta.model;
+  meta.ema = ema;
+  meta.channels = f.meta.in_channels;
+  meta.input_size = cfg.crop.size;
+  meta.mean = cfg.mean;
+  meta.std = cfg.std;
+  meta.interpolation = cfg.interp;
+  meta.eval_resize = cfg.eval_resize;
+  meta.train_crop = cfg.crop;
+  meta.classes = f.meta.classes;
+  const std::map<std::string, std::string> extra = {{"fkd.json", export_metadata_json(meta)}};
   auto net = checkpoint_model(f);
   if (ema) {
     const auto avg = checkpoint_ema(f);
@@ -130,10 +207,11 @@ void export_model(const std::string& checkpoint, const std::string& out, const s
   }
   net->eval();
   if (format == "torchscript") {
-    export_torchscript(*net, out);
+    export_torchscript(*net, out, extra);
   } else {
-    save_state_dict_pickle(*net, out);
+    save_state_dict_pickle(*net, out, extra);
   }
+  return meta;
 }
 
 }  // namespace fkd

@@ -103,9 +103,8 @@ std::shared_ptr<const CropSource> make_crop_source(const TrainConfig& cfg, const
   auto store = std::make_shared<StoreReader>(cfg.labels);
   const Manifest& mf = store->manifest();
   const int m = cfg.num_crops;
-  fmt::print("labels {}: {} per image by {}, {} top-{} {}; {} per image per pass, {}{}\n",
-             cfg.labels, count_of(mf.crops_per_image, "crop"), mf.teacher,
-             label_type_name(mf.label_type), mf.k, precision_name(mf.precision),
+  fmt::print("labels {}: {} per image by {}, {}; {} per image per pass, {}{}\n", cfg.labels,
+             count_of(mf.crops_per_image, "crop"), mf.teacher, describe_labels(mf),
              count_of(m, "crop"), count_of(plan.passes(), "pass", "passes"),
              uint64_t(plan.crops_used()) > mf.crops_per_image
                  ? fmt::format(" (stored crops are reused after {} epochs)", mf.crops_per_image)
@@ -451,10 +450,7 @@ void report_skipped(const Loader& l, const char* split) {
 /// store and where it resumes. A difference is named at start, not found as a hang.
 void check_ranks_agree(Distributed& dist, const TrainConfig& cfg, const CheckpointMeta& meta) {
   if (!dist.active()) return;
-  FKD_CHECK(cfg.batch_size % (size_t(cfg.num_crops) * size_t(dist.world())) == 0, ConfigError,
-            "--batch-size {} over {} ranks: each rank takes whole images ({} crops each), so the "
-            "batch must be a multiple of {}",
-            cfg.batch_size, dist.world(), cfg.num_crops, cfg.num_crops * dist.world());
+  validate_rank_split(cfg, dist.rank(), dist.world());
   auto run = nlohmann::json::parse(config_to_json(cfg));
   for (const char* k : kExecutionKeys) run.erase(k);
   dist.check_same("configuration", run.dump());

@@ -1,8 +1,9 @@
 """Makes the label stores the Python module's tests read (tests/py/python_*.py).
 
 usage: python_fixture.py WORK FKD
-In WORK (emptied first): a traced 1-channel teacher and `fkd label` of the first 96
-Fashion-MNIST training images (8 crops each, marginal smoothing top-5 fp16) in
+In WORK (emptied first): a traced 1-channel teacher and `fkd label --limit 96` of
+Fashion-MNIST (96 training images spread over the split, fkd.subset_indices(60000, 96);
+8 crops each, marginal smoothing top-5 fp16) in
 WORK/fmnist-store; a small ImageFolder of varied-size RGB JPEGs (3 classes) in WORK/folder
 and a traced 3-channel teacher's full fp32 labels of it (6 crops each, RandomResizedCrop at
 32 px) in WORK/folder-store. The teachers have random weights: the tests compare, they do not learn.

@@ -2,8 +2,10 @@
 
 usage: python_store.py WORK FKD   (WORK made by python_fixture.py; fkd importable)
 """
+import errno
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -101,11 +103,30 @@ class StoreTest(unittest.TestCase):
 
     def test_errors_are_exceptions_with_fkd_messages(self):
         missing = os.path.join(WORK, "no-store")
-        with self.assertRaises(fkd.FormatError) as e:
-            fkd.Store(missing)
+        with self.assertRaises(FileNotFoundError) as e:
+            fkd.Store(pathlib.Path(missing))
         self.assertEqual(str(e.exception), cli_error(FKD, "inspect", missing))
-        self.assertIsInstance(e.exception, ValueError)
+        self.assertEqual(e.exception.errno, errno.ENOENT)
+        self.assertIsInstance(e.exception, fkd.NotFoundError)
+        self.assertIsInstance(e.exception, fkd.IoError)
         self.assertIsInstance(e.exception, fkd.Error)
+        # A folder that is no store: malformed, a ValueError.
+        with self.assertRaises(fkd.FormatError) as e:
+            fkd.Store(os.path.join(WORK, "folder"))
+        self.assertEqual(str(e.exception), cli_error(FKD, "inspect", os.path.join(WORK, "folder")))
+        self.assertIsInstance(e.exception, ValueError)
+        # Arguments of the wrong type: one line naming them.
+        with self.assertRaises(TypeError) as e:
+            fkd.Store(FMNIST, check_crops="no")
+        self.assertEqual(str(e.exception), "Store(): check_crops must be a bool, not str")
+        with self.assertRaises(TypeError) as e:
+            fkd.Store(FMNIST).labels(1.5)
+        self.assertEqual(str(e.exception), "Store.labels(): image must be an int, not float")
+        with self.assertRaises(TypeError) as e:
+            fkd.Store(FMNIST).crops(0, normalized=None)
+        self.assertEqual(str(e.exception),
+                         "Store.crops(): normalized must be a bool, not NoneType")
+        self.assertEqual(fkd.Store(pathlib.Path(FMNIST)).labels(np.int64(3))[0].shape, (8, 5))
 
         s = fkd.Store(FMNIST)
         with self.assertRaises(fkd.ConfigError) as e:

@@ -3,6 +3,7 @@
 usage: python_writer.py WORK FKD   (WORK made by python_fixture.py; fkd importable)
 """
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,31 @@ class WriterTest(unittest.TestCase):
             fkd.StoreWriter(self.fresh("written-bad-k"), dict(src.manifest, k=20))
         self.assertIn("manifest for", str(e.exception))
         self.assertEqual(len(str(e.exception).splitlines()), 1)
+
+    def test_wrong_types_are_one_line_and_paths_may_be_pathlib(self):
+        src = fkd.Store(FMNIST)
+        for args, message in (((self.fresh("w-type"), list(src.manifest.items())),
+                               "StoreWriter(): manifest must be a dict, not list"),
+                              ((3, src.manifest), "StoreWriter(): path must be a str or "
+                               "os.PathLike, not int")):
+            with self.assertRaises(TypeError) as e:
+                fkd.StoreWriter(*args)
+            self.assertEqual(str(e.exception), message)
+        w = fkd.StoreWriter(pathlib.Path(self.fresh("w-path")), src.manifest)
+        idx, val = src.labels(0)
+        with self.assertRaises(TypeError) as e:
+            w.append(0, "28", 28, idx, val)
+        self.assertEqual(str(e.exception), "StoreWriter.append(): height must be an int, not str")
+        with self.assertRaises(TypeError) as e:
+            w.append(0, 28, 28, "indices", val)
+        self.assertEqual(str(e.exception),
+                         "StoreWriter.append(): indices must be an array of int32, not str")
+        with self.assertRaises(fkd.ConfigError) as e:
+            w.append(0, 0, 28, idx, val)
+        self.assertEqual(str(e.exception), "height 0: expected an integer in [1, 4294967295]")
+        copy_records(src, w, src.num_images)
+        w.finish()
+        self.assert_same_store(src, fkd.Store(os.path.join(WORK, "w-path")))
 
 
 if __name__ == "__main__":
