@@ -102,16 +102,19 @@ torch::jit::Module to_script(const nn::Module& m, const std::string& where,
 
 }  // namespace
 
-void export_torchscript(Net& m, const std::string& path) {
+torch::jit::Module script_module_copy(Net& m) {
   // A TorchScript student is its own module, holding the trained tensors; a copy is put in
   // eval mode, so the caller's net keeps its mode.
-  torch::jit::Module jm;
   if (torch::jit::Module* scripted = scripted_module(m)) {
-    jm = scripted->deepcopy();
+    torch::jit::Module jm = scripted->deepcopy();
     jm.eval();
-  } else {
-    jm = to_script(m, m.zoo_name(), std::make_shared<torch::jit::CompilationUnit>());
+    return jm;
   }
+  return to_script(m, m.zoo_name(), std::make_shared<torch::jit::CompilationUnit>());
+}
+
+void export_torchscript(Net& m, const std::string& path) {
+  torch::jit::Module jm = script_module_copy(m);
   // As Module::save(path) does, but through a writer that never fails (see save_checkpoint).
   DurableFile file(path);
   try {
