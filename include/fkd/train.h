@@ -182,9 +182,14 @@ struct EvalOptions {
   int eval_resize = 0;
   std::vector<float> mean, std;
   int channels = 0;
+  /// When set, the logits (float32 [N, classes]) / the model's inputs (float32 [N, C, H, W])
+  /// in dataset order are written to these files, each with a JSON beside it (FILE.json:
+  /// shape, labels); docs/edge.md.
+  std::string save_logits, save_inputs;
 };
 
-/// Evaluates a checkpoint written by train() or a TorchScript model file.
+/// Evaluates a checkpoint written by train(), a TorchScript model file, or an ONNX file
+/// written by export_onnx (fkd/edge.h), float32 or int8.
 EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts);
 
 /// Writes a checkpoint's model as a TorchScript file ("torchscript") or a state-dict

@@ -16,8 +16,11 @@ class Distributed;
 /// with a progress bar titled `label`. With `dist`, each rank's loader holds its slice of
 /// the batches and the counts are summed over the ranks: every rank gets the result of the
 /// whole split.
+/// `each`, when given, sees every batch with its input and logits (fkd eval --save-logits).
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,
-                          const std::string& label, Distributed* dist = nullptr);
+                          const std::string& label, Distributed* dist = nullptr,
+                          const std::function<void(const Batch&, const torch::Tensor& x,
+                                                   const torch::Tensor& logits)>& each = nullptr);
 
 }  // namespace fkd
