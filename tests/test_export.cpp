@@ -7,9 +7,9 @@
 #include <fstream>
 #include <regex>
 
-#include <nlohmann/json.hpp>
 #include <torch/script.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "export/graph_walk.h"
 #include "export/int8_kernels.h"
@@ -113,10 +113,10 @@ std::vector<int32_t> conv_loops(const std::vector<int8_t>& x, int n, int c, int 
                 const int yy = y * int(l.strides[0]) - int(l.pads[0]) + i * int(l.dilations[0]);
                 const int xi = xx * int(l.strides[1]) - int(l.pads[1]) + j * int(l.dilations[1]);
                 const int ch = g * cg + ic;
-                const int32_t v = yy < 0 || yy >= h || xi < 0 || xi >= w
-                                      ? 0
-                                      : int32_t(x[size_t(((b * c + ch) * h + yy) * w + xi)]) -
-                                            l.input.zero_point;
+                const int32_t v =
+                    yy < 0 || yy >= h || xi < 0 || xi >= w
+                        ? 0
+                        : int32_t(x[size_t(((b * c + ch) * h + yy) * w + xi)]) - l.input.zero_point;
                 acc += v * l.weight.values[size_t(((oc * cg + ic) * kh + i) * kw + j)];
               }
           out[size_t(((b * o + oc) * oh + y) * ow + xx)] = acc;
@@ -160,8 +160,10 @@ TEST(Int8, QuantizeLinearFollowsOnnx) {
   const auto x = torch::tensor({0.25f, 0.75f, -0.25f, 100.0f, -100.0f});
   const auto q = quantize_linear(x, torch::tensor(0.5f), torch::tensor(int8_t(1), torch::kInt8), 1);
   // 0.5 -> 0 (half to even) + 1; 1.5 -> 2 + 1; -0.5 -> 0 + 1; saturated.
-  EXPECT_TRUE(torch::equal(q.to(torch::kInt32), torch::tensor({1, 3, 1, 127, -128}, torch::kInt32)));
-  const auto d = dequantize_linear(q, torch::tensor(0.5f), torch::tensor(int8_t(1), torch::kInt8), 1);
+  EXPECT_TRUE(
+      torch::equal(q.to(torch::kInt32), torch::tensor({1, 3, 1, 127, -128}, torch::kInt32)));
+  const auto d =
+      dequantize_linear(q, torch::tensor(0.5f), torch::tensor(int8_t(1), torch::kInt8), 1);
   EXPECT_TRUE(torch::allclose(d, torch::tensor({0.0f, 1.0f, 0.0f, 63.0f, -64.5f})));
 }
 
@@ -215,9 +217,9 @@ TEST_F(OpCases, EachConvertsToWhatTheModuleComputes) {
     // A batch of another size: no shape of the file depends on the batch (Reshape keeps it).
     const auto x5 = torch::randn({5, 3, 8, 8});
     if (name != "view_matmul_addmm" && name != "linear_3d_layer_norm")
-      EXPECT_LT(relative_error(make_onnx_model(w.model, name)->forward(x5),
-                               m.forward({x5}).toTensor()),
-                1e-5);
+      EXPECT_LT(
+          relative_error(make_onnx_model(w.model, name)->forward(x5), m.forward({x5}).toTensor()),
+          1e-5);
   }
 }
 
@@ -233,7 +235,8 @@ TEST_F(OpCases, OpsBecomeTheStatedOnnxOperators) {
   EXPECT_EQ(ops("relu6_hardtanh"), (std::set<std::string>{"Clip", "Add"}));
   EXPECT_TRUE(ops("gelu_erf_tanh").count("Erf"));
   EXPECT_EQ(ops("batch_norm_alone"), (std::set<std::string>{"Relu", "Mul", "Add"}));
-  EXPECT_EQ(ops("mean_flatten_linear"), (std::set<std::string>{"GlobalAveragePool", "Flatten", "Gemm"}));
+  EXPECT_EQ(ops("mean_flatten_linear"),
+            (std::set<std::string>{"GlobalAveragePool", "Flatten", "Gemm"}));
   EXPECT_EQ(ops("dropout_contiguous"), (std::set<std::string>{"Identity"}));
   EXPECT_EQ(ops("static_branch_loop"), (std::set<std::string>{"Mul", "Add", "Relu"}));
 }
@@ -309,10 +312,12 @@ TEST(Quantize, ReluAfterConvFoldsIntoItsRange) {
       calibrate_ranges(*make_onnx_model(w.model, "s"), "input", calib, names, "minmax", 100);
   const QuantPlan plan = make_quant_plan(w.model, w.ops, layout, ranges, true);
   const onnx::ModelProto q = write_qdq(w.model, w.ops, layout, plan);
-  // The stem's Clip and the squeeze-excitation's Relu follow convolutions: both fold.
+  // The stem's ReLU6 (Clip) and the squeeze-excitation's Relu follow convolutions: both
+  // fold.
   auto activations = [](const onnx::ModelProto& m) {
     size_t n = 0;
-    for (const auto& node : m.graph().node()) n += node.op_type() == "Clip" || node.op_type() == "Relu";
+    for (const auto& node : m.graph().node())
+      n += node.op_type() == "Clip" || node.op_type() == "Relu";
     return n;
   };
   EXPECT_EQ(layout.folded.size(), 2u);
@@ -320,7 +325,7 @@ TEST(Quantize, ReluAfterConvFoldsIntoItsRange) {
   EXPECT_EQ(activations(q), 0u);
   for (const auto& [act, layer] : plan.folded) {
     const QParams out = plan.layers.at(layer).output;
-    EXPECT_EQ(out.zero_point, -128) << act;  // the range starts at 0
+    EXPECT_EQ(out.zero_point, -128) << act;           // the range starts at 0
     EXPECT_LE(out.scale * 255, 6.0f + 1e-5f) << act;  // and ends at most at 6
   }
 }
@@ -375,8 +380,8 @@ TEST_F(Checkpoint, ExportsFloatInt8AndCalibrationDeterministically) {
   o.calibration = 40;
   const auto r = fkd::export_onnx(o);
   EXPECT_EQ(r.files, (std::vector<std::string>{d.file("tiny.calibration.f32"),
-                                               d.file("tiny.calibration.json"),
-                                               d.file("tiny.onnx"), d.file("tiny.int8.onnx")}));
+                                               d.file("tiny.calibration.json"), d.file("tiny.onnx"),
+                                               d.file("tiny.int8.onnx")}));
   EXPECT_EQ(r.calibration, 40u);
   EXPECT_LT(r.max_relative_error, 1e-5);
   EXPECT_EQ(fs::file_size(d.file("tiny.calibration.f32")), 40u * 28 * 28 * 4);

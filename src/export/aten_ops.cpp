@@ -33,7 +33,8 @@ double Call::f64(size_t i) const {
 }
 
 bool Call::flag(size_t i) const {
-  if (dynamic(i) || !value(i).isBool()) refuse(fmt::format("argument {} must be a constant bool", i));
+  if (dynamic(i) || !value(i).isBool())
+    refuse(fmt::format("argument {} must be a constant bool", i));
   return value(i).toBool();
 }
 
@@ -68,7 +69,8 @@ std::vector<std::string> Call::tensors(size_t i) {
     return names;
   }
   if (!list.value.isTensorList()) refuse(fmt::format("argument {} must be a list of tensors", i));
-  for (const auto& t : list.value.toTensorVector()) names.push_back(constant(t.to(torch::kFloat32)));
+  for (const auto& t : list.value.toTensorVector())
+    names.push_back(constant(t.to(torch::kFloat32)));
   return names;
 }
 
@@ -112,9 +114,11 @@ std::string conv(Call& c) {
   if (!c.dynamic(0)) c.refuse("its input must depend on the model input");
   const bool generic = c.kind() != "aten::conv2d";
   const torch::Tensor w = c.weight(1, "weight");
-  if (w.dim() != 4) c.refuse(fmt::format("only 2-D convolutions are exported, this one has a "
-                                         "{}-D weight",
-                                         w.dim()));
+  if (w.dim() != 4)
+    c.refuse(
+        fmt::format("only 2-D convolutions are exported, this one has a "
+                    "{}-D weight",
+                    w.dim()));
   if (generic && c.flag(6)) c.refuse("transposed convolutions are not exported");
   const int64_t groups = c.i64(generic ? 8 : 6);
   const auto stride = pair(c.ints(3), c, "stride");
@@ -122,13 +126,13 @@ std::string conv(Call& c) {
   std::vector<int64_t> pads;
   if (c.value(4).isString()) {  // padding="same" (stride 1 only, as PyTorch) or "valid"
     for (int d = 0; d < 2; ++d) {
-      const int64_t total = c.value(4).toStringRef() == "same" ? dilation[d] * (w.size(2 + d) - 1)
-                                                              : 0;
+      const int64_t total =
+          c.value(4).toStringRef() == "same" ? dilation[d] * (w.size(2 + d) - 1) : 0;
       pads.push_back(total / 2);
     }
     for (int d = 0; d < 2; ++d) {
-      const int64_t total = c.value(4).toStringRef() == "same" ? dilation[d] * (w.size(2 + d) - 1)
-                                                              : 0;
+      const int64_t total =
+          c.value(4).toStringRef() == "same" ? dilation[d] * (w.size(2 + d) - 1) : 0;
       pads.push_back(total - total / 2);
     }
   } else {
@@ -221,6 +225,7 @@ std::string batch_norm(Call& c) {
 
 std::string unary(Call& c, const char* op) { return c.emit(op, {c.tensor(0)}); }
 
+/// hardtanh(x, lo, hi) (ReLU6: lo 0, hi 6) as Clip, as torch.onnx writes it at opset 13.
 std::string clip(Call& c, double lo, double hi) {
   c.role = lo <= 0 && hi >= 0 ? QuantRole::kFoldable : QuantRole::kFloat;
   return c.emit("Clip", {c.tensor(0), c.scalar(float(lo)), c.scalar(float(hi))});
@@ -249,7 +254,8 @@ std::string silu(Call& c) {
 /// x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (opset 13 has no Gelu).
 std::string gelu(Call& c) {
   const std::string x = c.tensor(0);
-  const bool tanh = c.num_inputs() > 1 && c.value(1).isString() && c.value(1).toStringRef() == "tanh";
+  const bool tanh =
+      c.num_inputs() > 1 && c.value(1).isString() && c.value(1).toStringRef() == "tanh";
   std::string inner;
   if (tanh) {
     const std::string cube = c.emit("Mul", {x, c.emit("Mul", {x, x})});

@@ -1,7 +1,7 @@
 #include "export/calibration.h"
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "fkd/dataset.h"
 #include "fkd/error.h"
@@ -15,15 +15,16 @@ namespace {
 
 /// The first `count` rows of a shuffled epoch 0 of `loader`: a seeded sample of the set.
 /// Rows go to `out` [count, C, H, W] as the model's input; each row's origin to `samples`.
-void take_rows(Loader& loader, size_t count, bool raw_pixels, const Dataset& ds,
-               torch::Tensor& out, nlohmann::json& samples) {
+void take_rows(Loader& loader, size_t count, bool raw_pixels, const Dataset& ds, torch::Tensor& out,
+               nlohmann::json& samples) {
   loader.start_epoch(0);
   Batch b;
   size_t filled = 0;
   while (filled < count && loader.next(b)) {
     const size_t take = std::min(size_t(b.n), count - filled);
-    torch::Tensor x = raw_pixels ? batch_pixels(b, torch::kCPU).permute({0, 3, 1, 2}).to(torch::kFloat32)
-                                 : batch_images(b, torch::kCPU, /*channels_last=*/false);
+    torch::Tensor x = raw_pixels
+                          ? batch_pixels(b, torch::kCPU).permute({0, 3, 1, 2}).to(torch::kFloat32)
+                          : batch_images(b, torch::kCPU, /*channels_last=*/false);
     out.narrow(0, int64_t(filled), int64_t(take)).copy_(x.narrow(0, 0, int64_t(take)));
     for (size_t i = 0; i < take; ++i) {
       nlohmann::json s = {{"index", b.sample[i]}, {"name", ds.item_name(b.sample[i])}};
@@ -75,8 +76,8 @@ CalibrationSet draw_calibration(const CalibrationRequest& r) {
   std::string transform;
   if (from_store) {
     auto store = std::make_shared<StoreReader>(r.labels);
-    loader = std::make_unique<Loader>(ds, train_transform(cfg), store_crop_source(cfg, *ds, store),
-                                      lo);
+    loader =
+        std::make_unique<Loader>(ds, train_transform(cfg), store_crop_source(cfg, *ds, store), lo);
     transform = fmt::format("the store's crops, resized to {} px", cfg.crop.size);
   } else {
     loader = std::make_unique<Loader>(ds, eval_transform(cfg), lo);
@@ -85,8 +86,8 @@ CalibrationSet draw_calibration(const CalibrationRequest& r) {
                     : fmt::format("CenterCrop({})", cfg.crop.size);
   }
   CalibrationSet set;
-  set.inputs = torch::empty({int64_t(r.count), int64_t(ds->channels()), cfg.crop.size,
-                             cfg.crop.size});
+  set.inputs =
+      torch::empty({int64_t(r.count), int64_t(ds->channels()), cfg.crop.size, cfg.crop.size});
   nlohmann::json samples = nlohmann::json::array();
   if (r.count > 0) take_rows(*loader, r.count, r.raw_pixels, *ds, set.inputs, samples);
 

@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <memory>
 
-#include <nlohmann/json.hpp>
 #include <torch/csrc/jit/api/module.h>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "export/calibration.h"
 #include "export/graph_walk.h"
@@ -96,8 +96,9 @@ void describe_model(onnx::ModelProto& m, const OnnxExportOptions& o, const Check
 }
 
 std::string quantization_json(const edge::QuantPlan& plan, const std::string& calibration) {
-  nlohmann::json j = {{"scheme", "int8 QDQ: activations asymmetric per tensor, weights symmetric "
-                                 "in [-127, 127], bias int32 at input scale x weight scale"},
+  nlohmann::json j = {{"scheme",
+                       "int8 QDQ: activations asymmetric per tensor, weights symmetric "
+                       "in [-127, 127], bias int32 at input scale x weight scale"},
                       {"weights", plan.per_channel ? "per output channel" : "per tensor"},
                       {"method", plan.method},
                       {"calibration", plan.calibration},
@@ -110,7 +111,9 @@ std::string quantization_json(const edge::QuantPlan& plan, const std::string& ca
 /// renamed, so a failure (a full disk) leaves none of them changed.
 class OutputSet {
  public:
-  void add(const std::string& path, std::string bytes) { files_.push_back({path, std::move(bytes)}); }
+  void add(const std::string& path, std::string bytes) {
+    files_.push_back({path, std::move(bytes)});
+  }
   std::vector<std::string> commit() {
     std::vector<std::unique_ptr<DurableFile>> open;
     for (const auto& [path, bytes] : files_) {
@@ -172,8 +175,8 @@ OnnxExportResult export_onnx(const OnnxExportOptions& o) {
   // The walk's example: a fixed random input of the export's shape.
   const std::vector<int64_t> shape{batch > 0 ? batch : 2, spec.channels, side, side};
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
-  torch::Tensor example = o.normalize_inside ? torch::rand(shape, gen) * 255.0f
-                                             : torch::randn(shape, gen);
+  torch::Tensor example =
+      o.normalize_inside ? torch::rand(shape, gen) * 255.0f : torch::randn(shape, gen);
   torch::jit::Module scripted = script_module_copy(*net);
   torch::jit::Module frozen;
   try {
@@ -195,8 +198,8 @@ OnnxExportResult export_onnx(const OnnxExportOptions& o) {
 
   // The file computes what the model computes: checked on the calibration inputs (or the
   // example) with fkd's own evaluator before anything is written.
-  const torch::Tensor check = count > 0 ? calib.inputs.narrow(0, 0, int64_t(std::min<size_t>(count, 256)))
-                                        : example;
+  const torch::Tensor check =
+      count > 0 ? calib.inputs.narrow(0, 0, int64_t(std::min<size_t>(count, 256))) : example;
   auto fp32 = edge::make_onnx_model(walk.model, o.out);
   r.max_relative_error = relative_error(fp32->forward(check), reference_logits(*net, check, spec));
   FKD_CHECK(r.max_relative_error < 1e-3, Error,
@@ -220,10 +223,10 @@ OnnxExportResult export_onnx(const OnnxExportOptions& o) {
     std::set<std::string> names;
     for (const auto& p : layout.points)
       if (!layout.same_as.count(p)) names.insert(p);
-    const auto ranges = edge::calibrate_ranges(*fp32, wo.input_name, calib.inputs, names, o.method,
-                                               o.percentile);
-    edge::QuantPlan plan = edge::make_quant_plan(walk.model, walk.ops, layout, ranges,
-                                                 !o.per_tensor_weights);
+    const auto ranges =
+        edge::calibrate_ranges(*fp32, wo.input_name, calib.inputs, names, o.method, o.percentile);
+    edge::QuantPlan plan =
+        edge::make_quant_plan(walk.model, walk.ops, layout, ranges, !o.per_tensor_weights);
     plan.method = o.method;
     plan.percentile = o.percentile;
     plan.calibration = count;

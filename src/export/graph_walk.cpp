@@ -24,9 +24,9 @@ using torch::jit::Value;
 /// (fixed by the static input shape), never on the values.
 bool shape_only(const std::string& kind) {
   static const std::set<std::string> kinds = {
-      "aten::size", "aten::dim",     "aten::numel", "aten::len",          "prim::dtype",
-      "prim::device", "prim::is_cuda", "aten::is_floating_point", "prim::shape", "aten::__isnot__",
-      "aten::__is__"};
+      "aten::size",  "aten::dim",       "aten::numel",   "aten::len",
+      "prim::dtype", "prim::device",    "prim::is_cuda", "aten::is_floating_point",
+      "prim::shape", "aten::__isnot__", "aten::__is__"};
   return kinds.count(kind) > 0;
 }
 
@@ -134,14 +134,16 @@ void Walker::visit(Node* n) {
   if (kind == "prim::If") return visit_if(n);
   if (kind == "prim::Loop") return visit_loop(n);
   if (kind == "prim::RaiseException")
-    fail<ConfigError>("ONNX export: the model raises an exception at {} on the export's input "
-                      "shape",
-                      where_of(n));
+    fail<ConfigError>(
+        "ONNX export: the model raises an exception at {} on the export's input "
+        "shape",
+        where_of(n));
   if (side_effect_only(kind)) return;
   if (kind == "prim::GetAttr" || kind == "prim::CallMethod" || kind == "prim::CallFunction")
-    fail<ConfigError>("ONNX export: {} at {}: the frozen graph still reads module state or calls "
-                      "a method (a mutated attribute?), which is not exported",
-                      kind, where_of(n));
+    fail<ConfigError>(
+        "ONNX export: {} at {}: the frozen graph still reads module state or calls "
+        "a method (a mutated attribute?), which is not exported",
+        kind, where_of(n));
 
   bool dynamic = false;
   for (const Value* in : n->inputs()) dynamic |= get(in).kind != WalkValue::kConst;
@@ -157,9 +159,8 @@ void Walker::visit(Node* n) {
   if (kind == "prim::ListUnpack" || kind == "prim::TupleUnpack") {
     const WalkValue& list = get(n->input());
     for (size_t i = 0; i < outs.size(); ++i)
-      bind(n->output(i), list.names.at(i).empty()
-                             ? WalkValue::constant(outs[i])
-                             : WalkValue::tensor(outs[i], list.names[i]));
+      bind(n->output(i), list.names.at(i).empty() ? WalkValue::constant(outs[i])
+                                                  : WalkValue::tensor(outs[i], list.names[i]));
     return;
   }
   if (kind == "aten::__getitem__" && get(n->input(0)).kind == WalkValue::kTensorList &&
@@ -168,8 +169,8 @@ void Walker::visit(Node* n) {
     int64_t i = get(n->input(1)).value.toInt();
     if (i < 0) i += int64_t(list.names.size());
     const std::string& name = list.names.at(size_t(i));
-    bind(n->output(), name.empty() ? WalkValue::constant(outs[0])
-                                   : WalkValue::tensor(outs[0], name));
+    bind(n->output(),
+         name.empty() ? WalkValue::constant(outs[0]) : WalkValue::tensor(outs[0], name));
     return;
   }
   convert(n, outs);
@@ -217,9 +218,8 @@ std::vector<c10::IValue> Walker::run_concrete(Node* n) const {
     fail<ConfigError>("ONNX export: {} at {} fails on the export's input: {}",
                       n->kind().toQualString(), where_of(n), torch_failure_line(e));
   }
-  FKD_CHECK(stack.size() == n->outputs().size(), Error,
-            "internal: {} left {} values, expected {}", n->kind().toQualString(), stack.size(),
-            n->outputs().size());
+  FKD_CHECK(stack.size() == n->outputs().size(), Error, "internal: {} left {} values, expected {}",
+            n->kind().toQualString(), stack.size(), n->outputs().size());
   return std::vector<c10::IValue>(stack.begin(), stack.end());
 }
 
@@ -231,13 +231,15 @@ void Walker::convert(Node* n, const std::vector<c10::IValue>& outs) {
   const auto& table = converters();
   auto it = table.find(call.kind());
   if (it == table.end() && !outs.empty() && !outs[0].isTensor())
-    fail<ConfigError>("ONNX export: {} at {} reads a value of the input data: dynamic control "
-                      "flow and shapes computed from data are not exported",
-                      n->kind().toQualString(), where);
+    fail<ConfigError>(
+        "ONNX export: {} at {} reads a value of the input data: dynamic control "
+        "flow and shapes computed from data are not exported",
+        n->kind().toQualString(), where);
   if (it == table.end())
-    fail<ConfigError>("ONNX export: unsupported operator {} at {} (docs/edge.md lists the "
-                      "operators fkd exports)",
-                      n->kind().toQualString(), where);
+    fail<ConfigError>(
+        "ONNX export: unsupported operator {} at {} (docs/edge.md lists the "
+        "operators fkd exports)",
+        n->kind().toQualString(), where);
   if (outs.size() != 1 || !outs[0].isTensor())
     call.refuse("only operators with one tensor result are exported");
   const int first = g_.graph().node_size();
@@ -255,7 +257,8 @@ void Walker::convert(Node* n, const std::vector<c10::IValue>& outs) {
   op.output = out;
   op.weight = call.weight_name;
   op.bias = call.bias_name;
-  for (int i = first; i < g_.graph().node_size(); ++i) op.nodes.push_back(g_.graph().node(i).name());
+  for (int i = first; i < g_.graph().node_size(); ++i)
+    op.nodes.push_back(g_.graph().node(i).name());
   if (!op.nodes.empty()) {
     ops_.push_back(op);
     shapes_[out] = outs[0].toTensor().sizes().vec();
@@ -269,9 +272,10 @@ void Walker::convert(Node* n, const std::vector<c10::IValue>& outs) {
 void Walker::visit_if(Node* n) {
   const WalkValue& cond = get(n->input(0));
   if (cond.kind != WalkValue::kConst)
-    fail<ConfigError>("ONNX export: dynamic control flow at {}: a branch on input data "
-                      "(prim::If) is not exported",
-                      where_of(n));
+    fail<ConfigError>(
+        "ONNX export: dynamic control flow at {}: a branch on input data "
+        "(prim::If) is not exported",
+        where_of(n));
   Block* taken = n->blocks()[cond.value.toBool() ? 0 : 1];
   run_block(taken);
   for (size_t i = 0; i < n->outputs().size(); ++i) bind(n->output(i), get(taken->outputs()[i]));
@@ -282,9 +286,10 @@ void Walker::visit_loop(Node* n) {
   const WalkValue& trips = get(n->input(0));
   const WalkValue& start = get(n->input(1));
   if (trips.kind != WalkValue::kConst || start.kind != WalkValue::kConst)
-    fail<ConfigError>("ONNX export: dynamic control flow at {}: a loop on input data (prim::Loop) "
-                      "is not exported",
-                      where_of(n));
+    fail<ConfigError>(
+        "ONNX export: dynamic control flow at {}: a loop on input data (prim::Loop) "
+        "is not exported",
+        where_of(n));
   const int64_t max_trips = trips.value.toInt();
   FKD_CHECK(max_trips <= 100000, ConfigError,
             "ONNX export: a loop of {} iterations at {} is too long to unroll", max_trips,
@@ -299,9 +304,10 @@ void Walker::visit_loop(Node* n) {
     run_block(body);
     const WalkValue& cond = get(body->outputs()[0]);
     if (cond.kind != WalkValue::kConst)
-      fail<ConfigError>("ONNX export: dynamic control flow at {}: a loop whose condition depends "
-                        "on input data is not exported",
-                        where_of(n));
+      fail<ConfigError>(
+          "ONNX export: dynamic control flow at {}: a loop whose condition depends "
+          "on input data is not exported",
+          where_of(n));
     go = cond.value.toBool();
     for (size_t k = 0; k < carried.size(); ++k) carried[k] = get(body->outputs()[k + 1]);
   }
@@ -388,12 +394,18 @@ WalkResult walk_graph(torch::jit::Module& frozen, const torch::Tensor& example,
   std::string x_name = o.input_name;
   if (!o.mean.empty()) {
     const auto [scale, shift] = pixel_affine(o, o.input_shape.at(1));
-    const std::string scaled = builder.op("Mul", {x_name, builder.constant("normalize/scale", scale)},
-                                          "normalize/Mul");
-    const std::string shifted = builder.op(
-        "Add", {scaled, builder.constant("normalize/shift", shift)}, "normalize/Add");
-    r.ops.push_back(ConvertedOp{"normalize", "the input's normalization", QuantRole::kFloat,
-                                {x_name}, shifted, {g.node(0).name(), g.node(1).name()}, "", ""});
+    const std::string scaled =
+        builder.op("Mul", {x_name, builder.constant("normalize/scale", scale)}, "normalize/Mul");
+    const std::string shifted =
+        builder.op("Add", {scaled, builder.constant("normalize/shift", shift)}, "normalize/Add");
+    r.ops.push_back(ConvertedOp{"normalize",
+                                "the input's normalization",
+                                QuantRole::kFloat,
+                                {x_name},
+                                shifted,
+                                {g.node(0).name(), g.node(1).name()},
+                                "",
+                                ""});
     x = example * scale + shift;
     x_name = shifted;
   }

@@ -17,7 +17,7 @@ namespace fkd::edge {
 /// How an operator's result takes part in int8 quantization (quantize.h).
 enum class QuantRole {
   kLayer,      ///< Conv or Gemm with constant weights: integer kernel, int8 weights, int32 bias
-  kFoldable,   ///< Relu or Clip(lo <= 0 <= hi): folded into its layer's output range
+  kFoldable,   ///< ReLU, ReLU6, hardtanh(lo <= 0 <= hi): folded into its layer's output range
   kSameScale,  ///< MaxPool, Flatten, Reshape: the output keeps the input's parameters
   kFloat,      ///< anything else: computed in float between dequantize and quantize
 };

@@ -105,9 +105,8 @@ torch::Tensor quantize_linear(const torch::Tensor& x, const torch::Tensor& scale
   const bool u8 = zero_point.defined() && zero_point.scalar_type() == torch::kUInt8;
   const int64_t dim = x.dim();
   const torch::Tensor s = along(scale.to(torch::kFloat32), axis, dim);
-  const torch::Tensor zp = zero_point.defined()
-                               ? along(zero_point.to(torch::kFloat32), axis, dim)
-                               : torch::zeros({}, torch::kFloat32);
+  const torch::Tensor zp = zero_point.defined() ? along(zero_point.to(torch::kFloat32), axis, dim)
+                                                : torch::zeros({}, torch::kFloat32);
   torch::Tensor q = (x.to(torch::kFloat32) / s).round() + zp;
   return u8 ? q.clamp(0, 255).to(torch::kUInt8) : q.clamp(-128, 127).to(torch::kInt8);
 }

@@ -5,8 +5,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "export/int8_kernels.h"
 #include "export/onnx_build.h"
@@ -97,7 +97,8 @@ OpFn make_quantize(const onnx::NodeProto& n, bool quantize) {
 
 OpFn make_reshape() {
   return [](const Inputs& in) {
-    std::vector<int64_t> shape(in[1].data_ptr<int64_t>(), in[1].data_ptr<int64_t>() + in[1].numel());
+    std::vector<int64_t> shape(in[1].data_ptr<int64_t>(),
+                               in[1].data_ptr<int64_t>() + in[1].numel());
     for (size_t i = 0; i < shape.size(); ++i)
       if (shape[i] == 0) shape[i] = in[0].size(int64_t(i));
     return in[0].reshape(shape);
@@ -242,9 +243,11 @@ void Runner::find_io() {
   input_ = inputs[0]->name();
   output_ = g.output(0).name();
   const auto& dims = inputs[0]->type().tensor_type().shape().dim();
-  FKD_CHECK(dims.size() == 4, FormatError, "{}: input '{}' has {} dimensions, expected [N, C, H, W]",
-            source_, input_, dims.size());
-  for (int i = 1; i < 4; ++i) input_dims_.push_back(dims[i].has_dim_value() ? dims[i].dim_value() : 0);
+  FKD_CHECK(dims.size() == 4, FormatError,
+            "{}: input '{}' has {} dimensions, expected [N, C, H, W]", source_, input_,
+            dims.size());
+  for (int i = 1; i < 4; ++i)
+    input_dims_.push_back(dims[i].has_dim_value() ? dims[i].dim_value() : 0);
 }
 
 const onnx::NodeProto* Runner::producer(const std::string& name) const {
@@ -418,10 +421,10 @@ std::unique_ptr<OnnxModel> OnnxModel::open(const std::string& path) {
 }
 
 std::string input_spec_json(const OnnxInputSpec& s) {
-  nlohmann::json j = {{"channels", s.channels},     {"size", s.size},
-                      {"eval_resize", s.eval_resize}, {"interp", s.interp},
-                      {"mean", s.mean},             {"std", s.std},
-                      {"raw_pixels", s.raw_pixels}, {"classes", s.classes}};
+  nlohmann::json j = {
+      {"channels", s.channels},     {"size", s.size},      {"eval_resize", s.eval_resize},
+      {"interp", s.interp},         {"mean", s.mean},      {"std", s.std},
+      {"raw_pixels", s.raw_pixels}, {"classes", s.classes}};
   return j.dump();
 }
 

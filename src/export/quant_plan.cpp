@@ -56,10 +56,11 @@ float QuantizedLayer::multiplier(int64_t c) const { return bias_scale(c) / outpu
 
 std::vector<int32_t> quantize_bias(const QuantizedLayer& layer, const std::vector<float>& bias) {
   std::vector<int32_t> q(bias.size());
-  constexpr double lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+  constexpr double lo = std::numeric_limits<int32_t>::min(),
+                   hi = std::numeric_limits<int32_t>::max();
   for (size_t c = 0; c < bias.size(); ++c)
-    q[c] = int32_t(std::clamp(round_even(double(bias[c]) / double(layer.bias_scale(int64_t(c)))),
-                              lo, hi));
+    q[c] = int32_t(
+        std::clamp(round_even(double(bias[c]) / double(layer.bias_scale(int64_t(c)))), lo, hi));
   return q;
 }
 

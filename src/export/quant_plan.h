@@ -14,9 +14,7 @@ namespace fkd::edge {
 struct QParams {
   float scale = 1.0f;
   int32_t zero_point = 0;
-  bool operator==(const QParams& o) const {
-    return scale == o.scale && zero_point == o.zero_point;
-  }
+  bool operator==(const QParams& o) const { return scale == o.scale && zero_point == o.zero_point; }
 };
 
 /// The parameters of an activation whose values lie in [lo, hi]: the range is widened to

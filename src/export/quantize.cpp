@@ -77,17 +77,17 @@ std::string weight_dq(GraphBuilder& b, const std::string& base, const QuantizedW
 /// DequantizeLinear of a layer's int32 bias at input scale x weight scale.
 std::string bias_dq(GraphBuilder& b, const std::string& base, const QuantizedLayer& l) {
   const int64_t o = int64_t(l.bias.size());
-  const std::string q = b.constant(
-      base + "/int32",
-      torch::from_blob(const_cast<int32_t*>(l.bias.data()), {o}, torch::kInt32).clone());
+  const std::string q =
+      b.constant(base + "/int32",
+                 torch::from_blob(const_cast<int32_t*>(l.bias.data()), {o}, torch::kInt32).clone());
   const bool per_channel = l.weight.scales.size() > 1;
   std::vector<float> scales;
   for (int64_t c = 0; c < (per_channel ? o : 1); ++c) scales.push_back(l.bias_scale(c));
   const torch::Tensor st = torch::tensor(scales, torch::kFloat32);
   const std::string s = b.constant(base + "/scale", per_channel ? st : st.reshape({}));
-  const std::string z = b.constant(base + "/zero_point", per_channel
-                                                             ? torch::zeros({o}, torch::kInt32)
-                                                             : torch::zeros({}, torch::kInt32));
+  const std::string z =
+      b.constant(base + "/zero_point",
+                 per_channel ? torch::zeros({o}, torch::kInt32) : torch::zeros({}, torch::kInt32));
   const std::string out = b.fresh(base + "/dequantized");
   auto& n = b.node("DequantizeLinear", {q, s, z}, {out}, base + "/DequantizeLinear");
   if (per_channel) set_attr(n, "axis", int64_t(0));
@@ -108,11 +108,11 @@ QuantLayout quant_layout(const onnx::ModelProto& fp32, const std::vector<Convert
   QuantLayout l;
   std::set<const ConvertedOp*> folded_layers;
   for (const auto& op : ops) {
-    if (op.role != QuantRole::kFoldable || op.inputs.size() != 1 || op.nodes.size() != 1) continue;
+    if (op.role != QuantRole::kFoldable || op.inputs.size() != 1) continue;
     auto it = by_output.find(op.inputs[0]);
     if (it == by_output.end() || it->second->role != QuantRole::kLayer) continue;
     if (readers[op.inputs[0]] != 1 || op.inputs[0] == graph_out) continue;
-    l.folded[op.nodes[0]] = it->second->nodes.at(0);
+    for (const auto& node : op.nodes) l.folded[node] = it->second->nodes.at(0);
     l.layer_out[it->second->nodes.at(0)] = op.output;
     folded_layers.insert(it->second);
   }
@@ -156,7 +156,8 @@ std::map<std::string, std::pair<float, float>> calibrate_ranges(
     auto it = range.find(name);
     if (it == range.end() || it->second.second <= it->second.first) return;
     const torch::Tensor h =
-        torch::histc(t.reshape({-1}), kBins, it->second.first, it->second.second).to(torch::kFloat64);
+        torch::histc(t.reshape({-1}), kBins, it->second.first, it->second.second)
+            .to(torch::kFloat64);
     auto hi = hist.find(name);
     if (hi == hist.end()) {
       hist[name] = h;
