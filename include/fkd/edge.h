@@ -28,7 +28,7 @@ struct OnnxExportOptions {
   bool int8 = false;
   /// How activation ranges are set from the calibration set: "minmax" or "percentile".
   std::string method = "percentile";
-  double percentile = 99.99;  ///< percentile method: the kept share of values, in percent
+  double percentile = 99.99;        ///< percentile method: the kept share of values, in percent
   bool per_tensor_weights = false;  ///< one weight scale per layer instead of per channel
   int threads = 0;
   int workers = 1;
