@@ -430,9 +430,9 @@ TEST_F(Checkpoint, EvalOfTheFilesAgreesWithTheCheckpoint) {
   const auto base = fkd::evaluate_file(ckpt(), e);
   e.save_inputs.clear();
   e.save_logits = d.file("fp32.f32");
-  const auto fp32 = fkd::evaluate_file(d.file("m.onnx"), e);
+  const auto fp32 = fkd::evaluate_onnx_file(d.file("m.onnx"), e);
   e.save_logits = d.file("int8.f32");
-  const auto int8 = fkd::evaluate_file(d.file("m.int8.onnx"), e);
+  const auto int8 = fkd::evaluate_onnx_file(d.file("m.int8.onnx"), e);
   EXPECT_EQ(fp32.samples, 300u);
   EXPECT_NEAR(fp32.top1, base.top1, 0.34);  // at most one image on a near tie
   const auto a = torch::tensor(floats(d.file("ckpt.f32"))).reshape({300, 10});
@@ -445,6 +445,7 @@ TEST_F(Checkpoint, EvalOfTheFilesAgreesWithTheCheckpoint) {
   const auto j = nlohmann::json::parse(fkd::test::read_file(d.file("x.f32.json")));
   EXPECT_EQ(j["shape"], nlohmann::json({300, 1, 28, 28}));
   EXPECT_EQ(j["labels"].size(), 300u);
+  EXPECT_EQ(j["file"], "x.f32");
   EXPECT_EQ(fs::file_size(d.file("x.f32")), 300u * 784 * 4);
 }
 
@@ -463,6 +464,23 @@ TEST_F(Checkpoint, NormalizeInsideTakesRawPixels) {
   EXPECT_GT(calib.max().item<float>(), 100);
   const onnx::ModelProto m = read_model(d.file("raw.onnx"));
   EXPECT_EQ(m.graph().input(0).type().tensor_type().shape().dim(0).dim_param(), "N");
+  // int8: the pixels themselves are the first int8 tensor, scale 1, zero point -128.
+  o.int8 = true;
+  o.out = d.file("raw8.onnx");
+  fkd::export_onnx(o);
+  const onnx::ModelProto q = read_model(d.file("raw8.int8.onnx"));
+  size_t found = 0;
+  for (const auto& init : q.graph().initializer()) {
+    if (init.name() == "input/scale") {
+      EXPECT_EQ(from_proto(init, "q").item<float>(), 1.0f);
+      ++found;
+    }
+    if (init.name() == "input/zero_point") {
+      EXPECT_EQ(from_proto(init, "q").item<int8_t>(), -128);
+      ++found;
+    }
+  }
+  EXPECT_EQ(found, 2u);
   fkd::EvalOptions e;
   e.limit = 100;
   e.threads = 2;
@@ -470,7 +488,7 @@ TEST_F(Checkpoint, NormalizeInsideTakesRawPixels) {
   fkd::evaluate_file(ckpt(), e);
   e.save_logits = d.file("b.f32");
   e.save_inputs = d.file("x.f32");
-  fkd::evaluate_file(d.file("raw.onnx"), e);
+  fkd::evaluate_onnx_file(d.file("raw.onnx"), e);
   EXPECT_LT(relative_error(torch::tensor(floats(d.file("b.f32"))),
                            torch::tensor(floats(d.file("a.f32")))),
             1e-4);

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "fkd/train.h"
+
 namespace fkd {
 
 /// `fkd export CKPT OUT.onnx`.
@@ -56,5 +58,11 @@ OnnxExportResult export_onnx(const OnnxExportOptions& o);
 
 /// True for a path that names an ONNX file (by its extension, ".onnx").
 bool is_onnx_path(const std::string& path);
+
+/// `fkd eval MODEL.onnx`: top-1/top-5 of an ONNX file written by export_onnx (float32 or
+/// int8) on a dataset split, with the input transform the file records (its fkd.input
+/// metadata), computed by fkd's own evaluator on the CPU (docs/edge.md says what is exact).
+/// FormatError for a file that is not such a model.
+EvalResult evaluate_onnx_file(const std::string& path, const EvalOptions& opts);
 
 }  // namespace fkd

@@ -188,8 +188,8 @@ struct EvalOptions {
   std::string save_logits, save_inputs;
 };
 
-/// Evaluates a checkpoint written by train(), a TorchScript model file, or an ONNX file
-/// written by export_onnx (fkd/edge.h), float32 or int8.
+/// Evaluates a checkpoint written by train() or a TorchScript model file (ONNX files:
+/// evaluate_onnx_file, fkd/edge.h).
 EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts);
 
 /// Writes a checkpoint's model as a TorchScript file ("torchscript") or a state-dict

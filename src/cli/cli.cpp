@@ -730,7 +730,8 @@ int run_cli(int argc, char** argv) {
     if (app.got_subcommand("train")) {
       train(train_cfg);
     } else if (app.got_subcommand("eval")) {
-      const EvalResult r = evaluate_file(eval_model, eval_opts);
+      const EvalResult r = is_onnx_path(eval_model) ? evaluate_onnx_file(eval_model, eval_opts)
+                                                    : evaluate_file(eval_model, eval_opts);
       fmt::print("{}: {} images  top1 {:.2f}%  top5 {:.2f}%  loss {:.4f}\n", eval_model, r.samples,
                  r.top1, r.top5, r.loss);
       if (r.bad_samples) fmt::print(stderr, "warning: {} image(s) skipped\n", r.bad_samples);

@@ -223,8 +223,10 @@ OnnxExportResult export_onnx(const OnnxExportOptions& o) {
     std::set<std::string> names;
     for (const auto& p : layout.points)
       if (!layout.same_as.count(p)) names.insert(p);
-    const auto ranges =
+    auto ranges =
         edge::calibrate_ranges(*fp32, wo.input_name, calib.inputs, names, o.method, o.percentile);
+    // Pixels are bytes: scale 1, zero point -128 holds every one exactly.
+    if (o.normalize_inside) ranges[wo.input_name] = {0.0f, 255.0f};
     edge::QuantPlan plan =
         edge::make_quant_plan(walk.model, walk.ops, layout, ranges, !o.per_tensor_weights);
     plan.method = o.method;

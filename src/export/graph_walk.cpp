@@ -40,17 +40,24 @@ bool is_inplace(const Node* n) {
   return k.size() > 1 && k.back() == '_' && k[k.size() - 2] != '_';
 }
 
-/// "features.3.conv.0 (torchvision/models/mobilenetv2.py:64)": the module path the node was
-/// inlined from, and its source line when the model's source had a file.
-std::string where_of(const Node* n) {
+/// "features.3.conv.0": the submodules the node was inlined from (a method a module calls on
+/// itself, named SELF in the call stack, adds nothing).
+std::string module_path(const Node* n) {
   std::string path;
   if (auto cs = n->callstack()) {
     for (const auto& entry : (*cs)->vec()) {
       const auto& info = std::get<2>(entry);
-      if (!info || info->instance_name().empty()) continue;
+      if (!info || info->instance_name().empty() || info->instance_name() == "SELF") continue;
       path += (path.empty() ? "" : ".") + info->instance_name();
     }
   }
+  return path;
+}
+
+/// "features.3.conv.0 (torchvision/models/mobilenetv2.py:64)": the module path the node was
+/// inlined from, and its source line when the model's source had a file.
+std::string where_of(const Node* n) {
+  std::string path = module_path(n);
   std::string line;
   if (auto flc = n->sourceRange().file_line_col())
     line = fmt::format("{}:{}", std::get<0>(*flc), std::get<1>(*flc));
@@ -60,14 +67,7 @@ std::string where_of(const Node* n) {
 
 /// A node-name prefix: the module path, or the operator's name at the top level.
 std::string prefix_of(const Node* n) {
-  std::string path;
-  if (auto cs = n->callstack()) {
-    for (const auto& entry : (*cs)->vec()) {
-      const auto& info = std::get<2>(entry);
-      if (info && !info->instance_name().empty())
-        path += (path.empty() ? "" : ".") + info->instance_name();
-    }
-  }
+  const std::string path = module_path(n);
   return path.empty() ? n->kind().toUnqualString() : path;
 }
 

@@ -52,19 +52,25 @@ torch::Tensor typed_values(const Field& field, torch::ScalarType type) {
 
 GraphBuilder::GraphBuilder(onnx::GraphProto& graph) : graph_(graph) {}
 
-std::string GraphBuilder::fresh(const std::string& hint) {
+namespace {
+
+std::string unique_in(std::unordered_set<std::string>& taken, const std::string& hint) {
   std::string name = hint.empty() ? "t" : hint;
-  for (int i = 1; taken_.count(name); ++i) name = hint + "_" + std::to_string(i);
-  taken_.insert(name);
+  for (int i = 1; taken.count(name); ++i) name = hint + "_" + std::to_string(i);
+  taken.insert(name);
   return name;
 }
+
+}  // namespace
+
+std::string GraphBuilder::fresh(const std::string& hint) { return unique_in(values_, hint); }
 
 onnx::NodeProto& GraphBuilder::node(const std::string& op, const std::vector<std::string>& inputs,
                                     const std::vector<std::string>& outputs,
                                     const std::string& name) {
   onnx::NodeProto* n = graph_.add_node();
   n->set_op_type(op);
-  n->set_name(fresh(name));
+  n->set_name(unique_in(nodes_, name));
   for (const auto& i : inputs) n->add_input(i);
   for (const auto& o : outputs) n->add_output(o);
   return *n;

@@ -22,9 +22,11 @@ class GraphBuilder {
   explicit GraphBuilder(onnx::GraphProto& graph);
   /// A value name not taken yet, made from `hint` ("features.0/Conv" -> "features.0/Conv_3").
   std::string fresh(const std::string& hint);
-  /// Marks a name as taken (graph inputs, names the caller chose).
-  void reserve(const std::string& name) { taken_.insert(name); }
-  /// Appends a node; its name is made unique from `name`.
+  /// Marks a value name as taken (graph inputs, names the caller chose).
+  void reserve(const std::string& name) { values_.insert(name); }
+  /// Marks a node name as taken.
+  void reserve_node(const std::string& name) { nodes_.insert(name); }
+  /// Appends a node; its name is made unique (among nodes) from `name`.
   onnx::NodeProto& node(const std::string& op, const std::vector<std::string>& inputs,
                         const std::vector<std::string>& outputs, const std::string& name);
   /// A node with one fresh output named from `name`; returns the output's name.
@@ -39,7 +41,7 @@ class GraphBuilder {
 
  private:
   onnx::GraphProto& graph_;
-  std::unordered_set<std::string> taken_;
+  std::unordered_set<std::string> values_, nodes_;  ///< names taken (ONNX keeps them apart)
 };
 
 void set_attr(onnx::NodeProto& n, const std::string& name, int64_t v);

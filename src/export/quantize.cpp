@@ -225,7 +225,7 @@ onnx::ModelProto write_qdq(const onnx::ModelProto& fp32, const std::vector<Conve
   g.clear_value_info();
   GraphBuilder b(g);
   for (const auto& n : src.node()) {
-    b.reserve(n.name());
+    b.reserve_node(n.name());
     for (const auto& o : n.output()) b.reserve(o);
   }
   for (const auto& in : src.input()) b.reserve(in.name());

@@ -1,6 +1,8 @@
 // `fkd eval` and `fkd export`, and the evaluation pass training runs after every epoch.
 #include <fmt/core.h>
 
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "checkpoint.h"
@@ -19,56 +21,35 @@
 #include "teachers.h"
 
 namespace fkd {
-namespace {
 
-/// The input transform an ONNX file of fkd export records, as a config's input fields.
-TrainConfig onnx_input_config(const edge::OnnxInputSpec& s) {
-  TrainConfig c;
-  c.channels = s.channels;
-  c.crop.size = s.size;
-  c.eval_resize = s.eval_resize;
-  c.interp = s.interp;
-  c.mean = s.mean;
-  c.std = s.std;
-  return c;
+TensorSink::TensorSink(std::string path, std::string layout)
+    : path_(std::move(path)), layout_(std::move(layout)) {}
+
+void TensorSink::add(const Batch& b, const torch::Tensor& t) {
+  if (!on()) return;
+  parts_.push_back(t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
+  for (int i = 0; i < b.n; ++i) {
+    samples_.push_back(b.sample[size_t(i)]);
+    labels_.push_back(b.targets[size_t(i)]);
+  }
 }
 
-/// Tensors of every batch, in dataset order, for --save-logits / --save-inputs: one raw
-/// float32 file (little-endian, C order) and FILE.json with its shape, layout, and each
-/// row's dataset index and label.
-class TensorSink {
- public:
-  TensorSink(std::string path, std::string layout)
-      : path_(std::move(path)), layout_(std::move(layout)) {}
-  bool on() const { return !path_.empty(); }
-  void add(const Batch& b, const torch::Tensor& t) {
-    if (!on()) return;
-    parts_.push_back(t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
-    for (int i = 0; i < b.n; ++i) {
-      samples_.push_back(b.sample[size_t(i)]);
-      labels_.push_back(b.targets[size_t(i)]);
-    }
-  }
-  void write() const {
-    if (!on()) return;
-    const torch::Tensor all = parts_.empty() ? torch::empty({0}) : torch::cat(parts_).contiguous();
-    write_file_durably(
-        path_, std::string_view(static_cast<const char*>(all.data_ptr()), size_t(all.nbytes())));
-    const nlohmann::json j = {
-        {"format", "fkd-tensors"},    {"version", 1},           {"file", path_},
-        {"dtype", "float32"},         {"byte_order", "little"}, {"layout", layout_},
-        {"shape", all.sizes().vec()}, {"samples", samples_},    {"labels", labels_}};
-    write_file_durably(path_ + ".json", j.dump() + "\n");
-  }
-
- private:
-  std::string path_, layout_;
-  std::vector<torch::Tensor> parts_;
-  std::vector<uint32_t> samples_;
-  std::vector<int64_t> labels_;
-};
-
-}  // namespace
+void TensorSink::write() const {
+  if (!on()) return;
+  const torch::Tensor all = parts_.empty() ? torch::empty({0}) : torch::cat(parts_).contiguous();
+  write_file_durably(
+      path_, std::string_view(static_cast<const char*>(all.data_ptr()), size_t(all.nbytes())));
+  const nlohmann::json j = {{"format", "fkd-tensors"},
+                            {"version", 1},
+                            {"file", std::filesystem::path(path_).filename().string()},
+                            {"dtype", "float32"},
+                            {"byte_order", "little"},
+                            {"layout", layout_},
+                            {"shape", all.sizes().vec()},
+                            {"samples", samples_},
+                            {"labels", labels_}};
+  write_file_durably(path_ + ".json", j.dump() + "\n");
+}
 
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,
@@ -127,21 +108,13 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
             opts.batch_size);
   const Split split = opts.split == "train" ? Split::kTrain : Split::kVal;
 
-  // A checkpoint brings its model and the transform it trained with, an ONNX file of fkd
-  // export the transform it records; a TorchScript model brings neither transform nor classes.
+  // A checkpoint brings its model and the transform it trained with; a TorchScript model
+  // brings neither transform nor classes.
   std::shared_ptr<Net> net;
   std::unique_ptr<Teacher> scripted;
-  std::unique_ptr<edge::OnnxModel> onnx;
-  std::optional<CheckpointFile> ckpt;
-  std::optional<TrainConfig> recorded;
-  if (is_onnx_path(model_path)) {
-    FKD_CHECK(device.is_cpu(), ConfigError, "--device {}: ONNX models are evaluated on the CPU",
-              opts.device);
-    onnx = edge::OnnxModel::open(model_path);
-    recorded = onnx_input_config(onnx->input_spec());
-  } else if ((ckpt = try_open_checkpoint(model_path))) {
+  std::optional<CheckpointFile> ckpt = try_open_checkpoint(model_path);
+  if (ckpt) {
     net = checkpoint_model(*ckpt);
-    recorded = ckpt->meta.config;
   } else {
     scripted = load_torchscript_teacher(model_path, device, /*optimize=*/true);
   }
@@ -152,21 +125,11 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   over.mean = opts.mean;
   over.std = opts.std;
   DatasetOptions dopt;
-  dopt.channels = opts.channels ? opts.channels : recorded ? recorded->channels : 0;
+  dopt.channels = opts.channels ? opts.channels : ckpt ? ckpt->meta.config.channels : 0;
   dopt.limit = opts.limit;
   auto ds = open_dataset(opts.data, split, dopt);
-  TrainConfig cfg = model_input(recorded ? &*recorded : nullptr, over, opts.data, *ds);
-  const bool raw_pixels = onnx && onnx->input_spec().raw_pixels;
-  if (onnx) {
-    FKD_CHECK(onnx->input_spec().classes == ds->classes(), DataError,
-              "{}: its {} classes differ from the {} classes of {}", model_path,
-              onnx->input_spec().classes.size(), ds->classes().size(), opts.data);
-    // A model that normalizes inside takes pixels: the loader gives pixel / 255.
-    if (raw_pixels) {
-      cfg.mean.assign(size_t(cfg.channels), 0.0f);
-      cfg.std.assign(size_t(cfg.channels), 1.0f);
-    }
-  } else if (net) {
+  const TrainConfig cfg = model_input(ckpt ? &ckpt->meta.config : nullptr, over, opts.data, *ds);
+  if (net) {
     FKD_CHECK(ckpt->meta.classes == ds->classes(), DataError,
               "{}: its {} classes differ from the {} classes of {}", model_path,
               ckpt->meta.classes.size(), ds->classes().size(), opts.data);
@@ -183,11 +146,8 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   lopt.workers = opts.workers;
   Loader loader(ds, eval_transform(cfg), lopt);
   const int64_t num_classes = int64_t(ds->classes().size());
-  auto model_x = [&](const torch::Tensor& x) { return raw_pixels ? (x * 255.0f).round() : x; };
   auto forward = [&](const torch::Tensor& x) {
-    torch::Tensor logits = onnx  ? onnx->forward(model_x(x))
-                           : net ? net->forward(x)
-                                 : scripted->logits(x);
+    torch::Tensor logits = net ? net->forward(x) : scripted->logits(x);
     FKD_CHECK(logits.dim() == 2 && logits.size(1) == num_classes, DataError,
               "{}: the model outputs {} but {} has {} classes", model_path,
               c10::str(logits.sizes()), opts.data, num_classes);
@@ -197,7 +157,7 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   std::function<void(const Batch&, const torch::Tensor&, const torch::Tensor&)> each;
   if (inputs.on() || logits.on())
     each = [&](const Batch& b, const torch::Tensor& x, const torch::Tensor& y) {
-      inputs.add(b, model_x(x));
+      inputs.add(b, x);
       logits.add(b, y);
     };
   const EvalResult r = run_evaluation(forward, loader, device, opts.channels_last && net != nullptr,

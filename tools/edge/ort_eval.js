@@ -7,11 +7,11 @@
 //   --compare  fkd's logits of the same inputs (fkd eval --save-logits): prints the largest
 //              difference relative to the largest |logit|, and how often the argmax agrees
 // Prints one JSON line: {"images", "top1", "max_relative_diff", "argmax_agreement", ...}.
-// onnxruntime-node is found through NODE_PATH or a node_modules folder above this file:
-//   npm install --ignore-scripts onnxruntime-node
+// onnxruntime-node is found in a node_modules folder above the current directory or above
+// this file, or through NODE_PATH:  npm install --ignore-scripts onnxruntime-node
 'use strict';
 const fs = require('fs');
-const ort = require('onnxruntime-node');
+const ort = require(require.resolve('onnxruntime-node', {paths: [process.cwd(), __dirname]}));
 
 function readTensors(path) {
   const metaPath = fs.existsSync(path + '.json') ? path + '.json'
