@@ -572,6 +572,50 @@ TEST_F(Checkpoint, FailuresAreOneLineAndWriteNothing) {
   EXPECT_EQ(fkd::test::list_dir(d.path()), (std::vector<std::string>{"notes.txt", "x.onnx"}));
 }
 
+TEST(ExportCommand, UnsupportedOperatorIsOneLineNamingItAndWritesNothing) {
+  TempDir d;
+  const std::string student = d.file("cumsum.pt"), run = d.file("run");
+  ASSERT_EQ(fkd::test::run_python("edge_ops.py", {"refusing-student", student, "1", "10"}).status,
+            0);
+  const auto t = run_fkd("train --model " + student +
+                         " --epochs 1 --limit-train 64 --batch-size 64 --limit-val 64 --threads 2"
+                         " --out " +
+                         run);
+  ASSERT_EQ(t.status, 0) << t.out;
+  const std::string out = d.file("out/m.onnx");
+  fs::create_directory(d.file("out"));
+  const auto r = run_fkd("export " + run + "/checkpoint.pt " + out + " --int8 --calibration 8");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find("unsupported operator aten::cumsum at"), std::string::npos) << r.out;
+  EXPECT_TRUE(fkd::test::list_dir(d.file("out")).empty());
+}
+
+TEST(ExportCommand, EvalRefusesWhatIsNotAnFkdOnnxModel) {
+  TempDir d;
+  fkd::test::write_file(d.file("notes.onnx"), "not a model");
+  const auto r = run_fkd("eval " + d.file("notes.onnx") + " --limit 10");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.out, "fkd: error: " + d.file("notes.onnx") +
+                       ": not an ONNX model (no ModelProto with a graph)\n");
+  // An ONNX model without fkd's metadata: its input transform is unknown.
+  onnx::ModelProto m;
+  m.set_ir_version(7);
+  m.add_opset_import()->set_version(13);
+  onnx::GraphProto& g = *m.mutable_graph();
+  g.set_name("g");
+  set_float_value_info(*g.add_input(), "x", {1, 1, 28, 28});
+  set_float_value_info(*g.add_output(), "y", {1, 784});
+  auto* n = g.add_node();
+  n->set_op_type("Flatten");
+  n->add_input("x");
+  n->add_output("y");
+  fkd::test::write_file(d.file("bare.onnx"), serialize_model(m, "bare"));
+  const auto b = run_fkd("eval " + d.file("bare.onnx") + " --limit 10");
+  EXPECT_EQ(b.status, 1);
+  EXPECT_NE(b.out.find("no fkd.input metadata"), std::string::npos) << b.out;
+}
+
 TEST_F(Checkpoint, CommandLineRefusesBadFlagsBeforeWork) {
   TempDir d;
   const std::string out = d.file("m.onnx");

@@ -8,6 +8,8 @@ usage:
   edge_ops.py student OUT.pt CHANNELS CLASSES
       A small CNN that uses every operator of the supported set at once (scripted, seed 0), as
       a TorchScript student for fkd train.
+  edge_ops.py refusing-student OUT.pt CHANNELS CLASSES
+      A student with an operator the export refuses (torch.cumsum).
 """
 import os
 import sys
@@ -115,6 +117,23 @@ def make_student(out: str, channels: int, classes: int) -> None:
     torch.jit.script(Student()).save(out)
 
 
+def make_refusing_student(out: str, channels: int, classes: int) -> None:
+    """A student fkd trains but cannot export: a cumulative sum in its forward."""
+    torch.manual_seed(0)
+
+    class Refusing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, 8, 3, padding=1)
+            self.fc = nn.Linear(8, classes)
+
+        def forward(self, x):
+            y = torch.cumsum(torch.relu(self.conv(x)), 2)
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+    torch.jit.script(Refusing()).save(out)
+
+
 def main() -> None:
     if sys.argv[1] == "cases":
         out = sys.argv[2]
@@ -127,6 +146,8 @@ def main() -> None:
         os.remove(os.path.join(out, f"edge_case_{os.getpid()}.py"))
     elif sys.argv[1] == "student":
         make_student(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "refusing-student":
+        make_refusing_student(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
         sys.exit(f"unknown command {sys.argv[1]}")
 
