@@ -192,9 +192,14 @@ struct EvalOptions {
   int eval_resize = 0;
   std::vector<float> mean, std;
   int channels = 0;
+  /// When set, the logits (float32 [N, classes]) / the model's inputs (float32 [N, C, H, W])
+  /// in dataset order are written to these files, each with a JSON beside it (FILE.json:
+  /// shape, labels); docs/edge.md.
+  std::string save_logits, save_inputs;
 };
 
-/// Evaluates a checkpoint written by train() or a TorchScript model file.
+/// Evaluates a checkpoint written by train() or a TorchScript model file (ONNX files:
+/// evaluate_onnx_file, fkd/edge.h).
 EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts);
 
 /// What an exported model takes and gives: the input the run trained and evaluated it on.

@@ -16,6 +16,7 @@
 
 #include "fkd/demo.h"
 #include "fkd/distill.h"
+#include "fkd/edge.h"
 #include "fkd/error.h"
 #include "fkd/inspect.h"
 #include "fkd/label.h"
@@ -392,8 +393,11 @@ void add_train(CLI::App& root, TrainConfig& c) {
 }
 
 void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
-  CLI::App* app = root.add_subcommand("eval", "Top-1/top-5 of a checkpoint or TorchScript model");
-  app->add_option("model", model, "checkpoint.pt written by fkd train, or a TorchScript file")
+  CLI::App* app =
+      root.add_subcommand("eval", "Top-1/top-5 of a checkpoint, TorchScript or ONNX model");
+  app->add_option("model", model,
+                  "checkpoint.pt written by fkd train, a TorchScript file, or an .onnx file "
+                  "written by fkd export (float32 or int8)")
       ->required();
   app->add_option("--data", o.data, "Dataset (as for train)")->capture_default_str();
   app->add_option("--split", o.split, "val or train")
@@ -411,35 +415,112 @@ void add_eval(CLI::App& root, std::string& model, EvalOptions& o) {
   app->add_option("--std", o.std, "Override the normalization std")->check(kStd);
   app->add_option("--channels", o.channels, "Override image channels (1 or 3)")
       ->check(one_of({"0", "1", "3"}));
+  app->add_option("--save-logits", o.save_logits,
+                  "Write the logits, float32 [N, classes] in dataset order, to this file (and "
+                  "its shape and labels to FILE.json)");
+  app->add_option("--save-inputs", o.save_inputs,
+                  "Write the model's inputs, float32 [N, C, H, W], to this file (and FILE.json), "
+                  "to run the same images in another runtime");
   add_execution(app, o.threads, o.workers, o.device);
 }
 
 struct ExportArgs {
-  std::string checkpoint, out, out_flag, format = "torchscript";
-  bool ema = false;
+  std::string format;    ///< empty: onnx for an .onnx file, else torchscript
+  std::string out_flag;  ///< -o/--out, the positional OUT's other spelling
+  OnnxExportOptions onnx;
 };
 
+/// --format, or the one OUT's extension implies.
+std::string export_format(const ExportArgs& a) {
+  if (!a.format.empty()) return a.format;
+  return is_onnx_path(a.onnx.out) ? "onnx" : "torchscript";
+}
+
 void add_export(CLI::App& root, ExportArgs& a) {
+  OnnxExportOptions& o = a.onnx;
   CLI::App* app = root.add_subcommand(
-      "export", "Write a trained model for Python: TorchScript (torch.jit.load) or a state dict");
-  app->add_option("checkpoint", a.checkpoint, "checkpoint.pt written by fkd train")->required();
-  app->add_option("out", a.out, "Output file");
+      "export",
+      "Write a trained model: TorchScript or a state dict for Python, ONNX (float32 and int8) "
+      "for onnxruntime and edge toolchains (docs/edge.md)");
+  app->add_option("checkpoint", o.checkpoint, "checkpoint.pt written by fkd train")->required();
+  app->add_option("out", o.out, "Output file");
   // -o/--out is the positional's other spelling, not listed as an option of its own.
   app->add_option("-o,--out", a.out_flag)->group("");
   app->final_callback([&a] {
-    if (!a.out.empty() && !a.out_flag.empty()) {
+    std::string& out = a.onnx.out;
+    if (!out.empty() && !a.out_flag.empty()) {
       throw CLI::ValidationError("the output file is given twice (OUT and --out): give it once");
     }
-    if (a.out.empty()) a.out = a.out_flag;
-    if (a.out.empty()) {
+    if (out.empty()) out = a.out_flag;
+    if (out.empty()) {
       throw CLI::ValidationError("no output file: expected fkd export CHECKPOINT OUT");
     }
   });
   app->add_option("--format", a.format,
-                  "torchscript (torch.jit.load) or state_dict (torch.load + load_state_dict)")
-      ->check(one_of({"torchscript", "state_dict"}))
-      ->capture_default_str();
-  app->add_flag("--ema", a.ema, "Export the EMA of the weights (a run with --model-ema)");
+                  "torchscript (torch.jit.load), state_dict (torch.load + load_state_dict) or "
+                  "onnx (default: onnx for an .onnx file, else torchscript)")
+      ->check(one_of({"torchscript", "state_dict", "onnx"}));
+  app->add_flag("--ema", o.ema, "Export the EMA of the weights (a run with --model-ema)");
+  auto* g = app->add_option_group("ONNX", "ONNX export (--format onnx)");
+  std::vector<CLI::Option*> onnx_only{
+      g->add_option("--batch", o.batch, "Batch dimension: a number (static) or a name (symbolic)")
+          ->capture_default_str(),
+      g->add_flag("--normalize-inside", o.normalize_inside,
+                  "The model takes raw pixels in [0, 255] and normalizes them itself"),
+      g->add_option("--calibration", o.calibration,
+                    "Write N calibration input tensors beside OUT (OUT.calibration.f32 + .json; "
+                    "--int8 draws 512 unless told)")
+          ->check(kAtLeastOne),
+      g->add_option("--labels", o.labels,
+                    "Draw calibration crops from this label store (the crops the student "
+                    "learned from); default: training images with the evaluation transform"),
+      g->add_option("--data", o.data, "Dataset for calibration (default: the checkpoint's)"),
+      g->add_option("--seed", o.seed, "Seed of the calibration draw")->capture_default_str(),
+      g->add_flag("--int8", o.int8,
+                  "Also write OUT's stem + .int8.onnx: int8 QDQ (opset 13), weights per "
+                  "output channel, activations per tensor, ranges from the calibration set"),
+      g->add_option("--calibration-method", o.method,
+                    "int8 activation ranges: percentile (the default: the better int8 "
+                    "accuracy measured, bench/RESULTS.md) or minmax")
+          ->check(one_of({"percentile", "minmax"}))
+          ->capture_default_str(),
+      g->add_option("--percentile", o.percentile,
+                    "Percentile method: the share of values each range keeps, in percent")
+          ->check(number_check(50.0001, 100, "above 50 and at most 100"))
+          ->capture_default_str(),
+      g->add_flag("--per-tensor-weights", o.per_tensor_weights,
+                  "One weight scale per layer (parts like the K210 KPU) instead of per channel"),
+      g->add_option("--threads", o.threads, "Torch threads (0 = all cores)")->check(kNonNegative),
+      g->add_option("--workers", o.workers, "Image decoding threads for calibration")
+          ->check(kNonNegative)};
+  app->callback([&a, onnx_only] {
+    if (export_format(a) == "onnx") {
+      if (a.onnx.per_tensor_weights && !a.onnx.int8)
+        throw CLI::ValidationError("--per-tensor-weights", "applies to --int8 exports only");
+      return;
+    }
+    for (const CLI::Option* opt : onnx_only)
+      if (opt->count() > 0)
+        throw CLI::ValidationError(opt->get_name(), "applies to --format onnx only");
+  });
+}
+
+void run_export(ExportArgs& a) {
+  const std::string format = export_format(a);
+  const OnnxExportOptions& o = a.onnx;
+  if (format != "onnx") {
+    const ExportMetadata meta = export_model(o.checkpoint, o.out, format, o.ema);
+    fmt::print("wrote {} ({}{}): {}\n", o.out, format, o.ema ? ", weight EMA" : "",
+               describe_export(meta));
+    return;
+  }
+  const OnnxExportResult r = export_onnx(o);
+  if (r.calibration) fmt::print("calibration: {}\n", r.calibration_source);
+  for (const auto& f : r.files) fmt::print("wrote {}\n", f);
+  fmt::print(
+      "{} operators converted; float32 logits within {:.2g} (relative) of the model's; "
+      "{:.1f} s\n",
+      r.ops, r.max_relative_error, r.seconds);
 }
 
 /// `fkd label` and its store subcommands.
@@ -851,15 +932,13 @@ int run_cli(int argc, char** argv) {
     if (app.got_subcommand("train")) {
       train(train_cfg);
     } else if (app.got_subcommand("eval")) {
-      const EvalResult r = evaluate_file(eval_model, eval_opts);
+      const EvalResult r = is_onnx_path(eval_model) ? evaluate_onnx_file(eval_model, eval_opts)
+                                                    : evaluate_file(eval_model, eval_opts);
       fmt::print("{}: {} images  top1 {:.2f}%  top5 {:.2f}%  loss {:.4f}\n", eval_model, r.samples,
                  r.top1, r.top5, r.loss);
       if (r.bad_samples) fmt::print(stderr, "warning: {} image(s) skipped\n", r.bad_samples);
     } else if (app.got_subcommand("export")) {
-      const ExportMetadata meta = export_model(export_args.checkpoint, export_args.out,
-                                               export_args.format, export_args.ema);
-      fmt::print("wrote {} ({}{}): {}\n", export_args.out, export_args.format,
-                 export_args.ema ? ", weight EMA" : "", describe_export(meta));
+      run_export(export_args);
     } else if (label_args.app->parsed()) {
       return run_label(label_args);
     } else if (app.got_subcommand("inspect")) {

@@ -100,9 +100,11 @@ torch::jit::Module to_script(const nn::Module& m, const std::string& where,
   return jm;
 }
 
-/// The model in eval mode as a TorchScript module. A TorchScript student is its own module,
-/// holding the trained tensors; a copy is put in eval mode, so the caller's net keeps its mode.
-torch::jit::Module script_of(Net& m) {
+}  // namespace
+
+torch::jit::Module script_module_copy(Net& m) {
+  // A TorchScript student is its own module, holding the trained tensors; a copy is put in
+  // eval mode, so the caller's net keeps its mode.
   if (torch::jit::Module* scripted = scripted_module(m)) {
     torch::jit::Module jm = scripted->deepcopy();
     jm.eval();
@@ -111,11 +113,9 @@ torch::jit::Module script_of(Net& m) {
   return to_script(m, m.zoo_name(), std::make_shared<torch::jit::CompilationUnit>());
 }
 
-}  // namespace
-
 void export_torchscript(Net& m, const std::string& path,
                         const std::map<std::string, std::string>& extra_files) {
-  const torch::jit::Module jm = script_of(m);
+  const torch::jit::Module jm = script_module_copy(m);
   // As Module::save(path) does, but through a writer that never fails (see save_checkpoint).
   DurableFile file(path);
   torch::jit::ExtraFilesMap extra;
@@ -132,7 +132,7 @@ void export_torchscript(Net& m, const std::string& path,
 }
 
 std::vector<uint8_t> torchscript_bytes(Net& m) {
-  const torch::jit::Module jm = script_of(m);
+  const torch::jit::Module jm = script_module_copy(m);
   std::vector<uint8_t> bytes;
   torch::jit::ExportModule(jm, [&bytes](const void* data, size_t size) {
     const auto* p = static_cast<const uint8_t*>(data);

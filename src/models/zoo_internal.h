@@ -16,6 +16,11 @@ namespace fkd {
 /// a zoo model (src/models/scripted.cpp).
 torch::jit::Module* scripted_module(Net& net);
 
+/// The net in eval mode as a TorchScript module of its own (a zoo model rebuilt as
+/// export_torchscript writes it, a TorchScript student deep-copied): what the ONNX export
+/// freezes and converts. The net itself is left as it was.
+torch::jit::Module script_module_copy(Net& net);
+
 /// The line of a torch exception that names the failure (see fkd::one_line).
 std::string torch_failure_line(const std::exception& e);
 

@@ -5,12 +5,19 @@
 
 #include <map>
 
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
 #include "checkpoint.h"
 #include "device.h"
 #include "dist/dist.h"
 #include "evaluation.h"
+#include "export/onnx_model.h"
 #include "fkd/dataset.h"
+#include "fkd/edge.h"
 #include "fkd/error.h"
+#include "fkd/file_io.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
 #include "fkd/train.h"
@@ -19,9 +26,40 @@
 
 namespace fkd {
 
+TensorSink::TensorSink(std::string path, std::string layout)
+    : path_(std::move(path)), layout_(std::move(layout)) {}
+
+void TensorSink::add(const Batch& b, const torch::Tensor& t) {
+  if (!on()) return;
+  parts_.push_back(t.detach().to(torch::kCPU, torch::kFloat32).contiguous());
+  for (int i = 0; i < b.n; ++i) {
+    samples_.push_back(b.sample[size_t(i)]);
+    labels_.push_back(b.targets[size_t(i)]);
+  }
+}
+
+void TensorSink::write() const {
+  if (!on()) return;
+  const torch::Tensor all = parts_.empty() ? torch::empty({0}) : torch::cat(parts_).contiguous();
+  write_file_durably(
+      path_, std::string_view(static_cast<const char*>(all.data_ptr()), size_t(all.nbytes())));
+  const nlohmann::json j = {{"format", "fkd-tensors"},
+                            {"version", 1},
+                            {"file", std::filesystem::path(path_).filename().string()},
+                            {"dtype", "float32"},
+                            {"byte_order", "little"},
+                            {"layout", layout_},
+                            {"shape", all.sizes().vec()},
+                            {"samples", samples_},
+                            {"labels", labels_}};
+  write_file_durably(path_ + ".json", j.dump() + "\n");
+}
+
 EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&)>& forward,
                           Loader& loader, const torch::Device& device, bool channels_last,
-                          const std::string& label, Distributed* dist) {
+                          const std::string& label, Distributed* dist,
+                          const std::function<void(const Batch&, const torch::Tensor& x,
+                                                   const torch::Tensor& logits)>& each) {
   torch::NoGradGuard no_grad;
   loader.start_epoch(0);
   Progress bar(label, loader.dataset().size(), "img");
@@ -33,6 +71,7 @@ EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&
     const auto x = batch_images(b, device, channels_last);
     const auto y = batch_targets(b, device);
     const auto logits = forward(x).to(torch::kFloat32);
+    if (each) each(b, x, logits);
     totals[0] +=
         torch::nn::functional::cross_entropy(
             logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -40,7 +79,8 @@ EvalResult run_evaluation(const std::function<torch::Tensor(const torch::Tensor&
     const int64_t k = std::min<int64_t>(5, logits.size(1));
     const auto pred = std::get<1>(logits.topk(k, /*dim=*/1));
     const auto hit = pred.eq(y.unsqueeze(1));
-    totals[1] += hit.select(1, 0).sum().to(torch::kDouble);
+    // Top-1 is the first largest logit, as argmax everywhere: int8 logits tie often.
+    totals[1] += logits.argmax(1).eq(y).sum().to(torch::kDouble);
     totals[2] += hit.any(1).sum().to(torch::kDouble);
     totals[3] += double(b.n);
     bar.advance(uint64_t(b.global_n));
@@ -117,7 +157,18 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
               c10::str(logits.sizes()), opts.data, num_classes);
     return logits;
   };
-  return run_evaluation(forward, loader, device, opts.channels_last && net != nullptr, "eval");
+  TensorSink inputs(opts.save_inputs, "NCHW"), logits(opts.save_logits, "NC");
+  std::function<void(const Batch&, const torch::Tensor&, const torch::Tensor&)> each;
+  if (inputs.on() || logits.on())
+    each = [&](const Batch& b, const torch::Tensor& x, const torch::Tensor& y) {
+      inputs.add(b, x);
+      logits.add(b, y);
+    };
+  const EvalResult r = run_evaluation(forward, loader, device, opts.channels_last && net != nullptr,
+                                      "eval", nullptr, each);
+  inputs.write();
+  logits.write();
+  return r;
 }
 
 namespace {
