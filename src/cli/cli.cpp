@@ -72,6 +72,7 @@ constexpr uint64_t kMaxImages = 10'000'000'000ull;  ///< image counts and ids (l
 constexpr uint64_t kMaxSide = 4096;                 ///< image sides in pixels
 constexpr uint64_t kMaxTopk = 1u << 20;             ///< --topk
 constexpr uint64_t kMaxRanks = 1024;                ///< --nproc-per-node
+constexpr uint64_t kMaxCalibration = 100000;        ///< calibration tensors of fkd export
 const CLI::Validator kSeed = count_check(0, std::numeric_limits<uint64_t>::max());
 const CLI::Validator kThreadCount = count_check(0, kMaxThreads);
 const CLI::Validator kImageCount = count_check(0, kMaxImages);
@@ -470,12 +471,14 @@ void add_export(CLI::App& root, ExportArgs& a) {
       g->add_option("--calibration", o.calibration,
                     "Write N calibration input tensors beside OUT (OUT.calibration.f32 + .json; "
                     "--int8 draws 512 unless told)")
-          ->check(kAtLeastOne),
+          ->check(count_check(1, kMaxCalibration)),
       g->add_option("--labels", o.labels,
                     "Draw calibration crops from this label store (the crops the student "
                     "learned from); default: training images with the evaluation transform"),
       g->add_option("--data", o.data, "Dataset for calibration (default: the checkpoint's)"),
-      g->add_option("--seed", o.seed, "Seed of the calibration draw")->capture_default_str(),
+      g->add_option("--seed", o.seed, "Seed of the calibration draw")
+          ->check(kSeed)
+          ->capture_default_str(),
       g->add_flag("--int8", o.int8,
                   "Also write OUT's stem + .int8.onnx: int8 QDQ (opset 13), weights per "
                   "output channel, activations per tensor, ranges from the calibration set"),
@@ -490,9 +493,9 @@ void add_export(CLI::App& root, ExportArgs& a) {
           ->capture_default_str(),
       g->add_flag("--per-tensor-weights", o.per_tensor_weights,
                   "One weight scale per layer (parts like the K210 KPU) instead of per channel"),
-      g->add_option("--threads", o.threads, "Torch threads (0 = all cores)")->check(kNonNegative),
+      g->add_option("--threads", o.threads, "Torch threads (0 = all cores)")->check(kThreadCount),
       g->add_option("--workers", o.workers, "Image decoding threads for calibration")
-          ->check(kNonNegative)};
+          ->check(kThreadCount)};
   app->callback([&a, onnx_only] {
     if (export_format(a) == "onnx") {
       if (a.onnx.per_tensor_weights && !a.onnx.int8)
