@@ -6,10 +6,13 @@
 #
 # Teachers: the demo's (resnet20, 2 epochs on all 60,000 Fashion-MNIST images, hard labels,
 # as `fkd demo` trains it) at 28 px, and a 224-px one (resnet18 trained 2 epochs on 2,000
-# Fashion-MNIST images upscaled to 224 px, in bf16 to fit two cores).
+# Fashion-MNIST images upscaled to 224 px by RandomResizedCrop(scale 0.35-1), in bf16 to fit
+# two cores).
 # Stores: the demo's (4,000 images x 16 RandomCrop(28, 4) + flip crops, marginal_smoothing
 # top-5 fp16), and full float32 labels of the same crops (every probability, no
-# quantization) for the agreement figures.
+# quantization) for the agreement figures. The control: the float32 teacher's labels stored
+# with fp32 values instead of fp16 (the same labels, finer by fp16's rounding, ~1e-4), which
+# shows how far students move when their labels change by nothing that matters.
 #
 # usage: bench/run_teacher_precision.sh [BUILD_DIR] [--seeds "0 1 2"] [--no-224]
 # work and logs in bench/out/precision; prints Markdown tables.
@@ -44,15 +47,17 @@ fi
 echo "demo teacher: $(top1 "$out/teacher")% top-1" >&2
 
 # 2. Its labels in both precisions: the demo's store and full float32 labels.
-for amp in off bf16; do
+for amp in off bf16 control; do
   for kind in demo full; do
+    [ "$amp" = control ] && [ "$kind" = full ] && continue
     store=$out/$kind-$amp
     [ -f "$store/manifest.json" ] && "$fkd" label verify "$store" > /dev/null 2>&1 && continue
     rm -rf "$store"
-    extra=()
-    [ "$kind" = full ] && extra=(--label-type full --precision fp32)
+    extra=(--amp "$amp")
+    [ "$kind" = full ] && extra+=(--label-type full --precision fp32)
+    [ "$amp" = control ] && extra=(--amp off --precision fp32)
     "$fkd" label --teacher "$teacher" --data fashion-mnist --limit 4000 --crops 16 --aug crop \
-      --amp "$amp" "${extra[@]}" "${common[@]}" --out "$store" > "$out/label-$kind-$amp.log"
+      "${extra[@]}" "${common[@]}" --out "$store" > "$out/label-$kind-$amp.log"
   done
 done
 echo
@@ -71,11 +76,12 @@ echo
 echo "The demo's FKD student (tiny, 16 effective epochs on the 4,000 images, 5,000 test images) from each store:"
 echo
 row_off="| float32 labels |" row_bf16="| bf16 labels |"
+row_control="| float32 labels, fp32 values (control) |"
 header="| labels |" rule="|---|"
 for seed in $seeds; do
   header+=" seed $seed |"
   rule+="---:|"
-  for amp in off bf16; do
+  for amp in off bf16 control; do
     run=$out/student-$amp-$seed
     if [ ! -f "$run/checkpoint.pt" ]; then
       rm -rf "$run"
@@ -85,20 +91,27 @@ for seed in $seeds; do
     fi
     t=$(top1 "$run")
     echo "student $amp seed $seed: $t%" >&2
-    if [ "$amp" = off ]; then row_off+=" $t% |"; else row_bf16+=" $t% |"; fi
+    case $amp in
+      off) row_off+=" $t% |" ;;
+      bf16) row_bf16+=" $t% |" ;;
+      control) row_control+=" $t% |" ;;
+    esac
   done
 done
-mean() { echo "$1" | tr '|' '\n' | grep -o '[0-9.]*%' | tr -d % | awk '{s+=$1; n++} END {printf "%.2f%%", s/n}'; }
+mean() { echo "$1" | sed 's/^| [^|]* |//' | grep -o '[0-9.]*%' | tr -d % | awk '{s+=$1; n++} END {printf "%.2f%%", s/n}'; }
 echo "$header mean |"
 echo "$rule---:|"
 echo "$row_off $(mean "$row_off") |"
 echo "$row_bf16 $(mean "$row_bf16") |"
+echo "$row_control $(mean "$row_control") |"
+echo
+echo "Agreement of the control's labels with the float32 labels: $("$py" "$root/bench/label_agreement.py" "$out/demo-off" "$out/demo-control")"
 
 # 4. A 224-px teacher.
 if [ "$with224" = 1 ]; then
   t224=$out/teacher224/checkpoint.pt
   if [ ! -f "$t224" ]; then
-    "$fkd" train --data fashion-mnist --model resnet18 --input-size 224 --aug crop --padding 32 \
+    "$fkd" train --data fashion-mnist --model resnet18 --input-size 224 --aug rrc --scale 0.35 1 \
       --limit-train 2000 --limit-val 500 --epochs 2 --batch-size 32 --lr 0.05 --amp bf16 \
       "${common[@]}" --out "$out/teacher224" > "$out/teacher224.log" 2>&1
   fi
