@@ -317,6 +317,20 @@ TEST(Train, ASecondRunOnTheSameOutIsRefusedWhileTheFirstHoldsIt) {
   EXPECT_EQ(fkd::test::list_dir(out), (std::vector<std::string>{"checkpoint.pt", "metrics.jsonl"}));
 }
 
+TEST(Train, APassThatLoadsNoSampleIsAnErrorNotATrainedModel) {
+  // A crop larger than every image (RandomCrop 64 without padding on 28-px images) skips
+  // every sample: the run once saved an untrained checkpoint and exited 0.
+  TempDir d;
+  const std::string out = d.file("run");
+  const auto r = fkd::test::run_command(small_train_command(out) +
+                                        " --aug crop --padding 0 --input-size 64 2>&1");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("no training sample could be loaded, nothing was trained"),
+            std::string::npos)
+      << r.out;
+  EXPECT_FALSE(std::filesystem::exists(out + "/checkpoint.pt"));
+}
+
 TEST(Train, ResumeWithNothingToResumeIsRefused) {
   // A mistyped --out with --resume once started a fresh full run without a word. Refused now,
   // before any work, unless the run may start (--resume-or-start).

@@ -447,16 +447,6 @@ void add_export(CLI::App& root, ExportArgs& a) {
   app->add_option("out", o.out, "Output file");
   // -o/--out is the positional's other spelling, not listed as an option of its own.
   app->add_option("-o,--out", a.out_flag)->group("");
-  app->final_callback([&a] {
-    std::string& out = a.onnx.out;
-    if (!out.empty() && !a.out_flag.empty()) {
-      throw CLI::ValidationError("the output file is given twice (OUT and --out): give it once");
-    }
-    if (out.empty()) out = a.out_flag;
-    if (out.empty()) {
-      throw CLI::ValidationError("no output file: expected fkd export CHECKPOINT OUT");
-    }
-  });
   app->add_option("--format", a.format,
                   "torchscript (torch.jit.load), state_dict (torch.load + load_state_dict) or "
                   "onnx (default: onnx for an .onnx file, else torchscript)")
@@ -496,7 +486,16 @@ void add_export(CLI::App& root, ExportArgs& a) {
       g->add_option("--threads", o.threads, "Torch threads (0 = all cores)")->check(kThreadCount),
       g->add_option("--workers", o.workers, "Image decoding threads for calibration")
           ->check(kThreadCount)};
+  // One callback (CLI11's callback and final_callback are the same slot).
   app->callback([&a, onnx_only] {
+    std::string& out = a.onnx.out;
+    if (!out.empty() && !a.out_flag.empty()) {
+      throw CLI::ValidationError("the output file is given twice (OUT and --out): give it once");
+    }
+    if (out.empty()) out = a.out_flag;
+    if (out.empty()) {
+      throw CLI::ValidationError("no output file: expected fkd export CHECKPOINT OUT");
+    }
     if (export_format(a) == "onnx") {
       if (a.onnx.per_tensor_weights && !a.onnx.int8)
         throw CLI::ValidationError("--per-tensor-weights", "applies to --int8 exports only");

@@ -287,6 +287,14 @@ struct Trainer {
         plan.crops == 1 ? fmt::format("epoch {}/{}", first + 1, cfg.epochs)
                         : fmt::format("epochs {}-{}/{}", first + 1, first + covered, cfg.epochs);
     const PassStats s = run_pass(pass, title, step);
+    if (s.seen == 0) {
+      // Every sample was skipped (a crop larger than every image, undecodable files): saving
+      // this pass would record an untrained model as trained.
+      const auto& bad = loader.bad_samples();
+      fail<DataError>("{}: no training sample could be loaded, nothing was trained{}",
+                      title.empty() ? "training" : title,
+                      bad.empty() ? std::string() : "; the first: " + bad.front().error);
+    }
     grads.sync_buffers();  // rank 0's BatchNorm statistics, as DistributedDataParallel
     net.eval();
     const EvalResult ev = evaluate("  eval");
