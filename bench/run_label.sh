@@ -8,7 +8,7 @@
 # Then the teacher's precision: `fkd label --amp off` and `--amp bf16` on the same crops,
 # beside the bound of each, PyTorch's forward pass alone on the same file (bench/
 # teacher_bound.py: torch.jit.load, channels-last input, torch.autocast for bf16; fkd feeds
-# its bf16 teacher channels-last too), alternating for --rounds rounds, best of each.
+# its bf16 teacher channels-last too), alternating for --rounds rounds, the median of each.
 #
 # usage: bench/run_label.sh [BUILD_DIR] [--model resnet20|tv-resnet50] [--images N]
 #          [--crops N] [--batch B] [--threads T] [--rounds R] [--precision-only]
@@ -36,7 +36,7 @@ export OMP_WAIT_POLICY=passive FKD_PROGRESS=off
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ "$model" = tv-resnet50 ]; then
-  images=${images:-64} crops=${crops:-8} batch=${batch:-32} size=224 channels=3
+  images=${images:-128} crops=${crops:-8} batch=${batch:-32} size=224 channels=3
   precision_only=1
   . "$root/bench/jpegs.sh"
   ensure_jpegs "$root" "$root/bench/out"
@@ -98,26 +98,26 @@ if [ "$precision_only" = 0 ]; then
   echo
 fi
 
-off=0 off_busy=0 bf16=0 bf16_busy=0 bound_off=0 bound_bf16=0
+# Every round's figures; the table takes each one's median over the rounds.
+offs=() off_busys=() bf16s=() bf16_busys=() bounds_off=() bounds_bf16=()
 for r in $(seq "$rounds"); do
   read -r x b < <(fkd_label off)
-  if better "$x" "$off"; then off=$x off_busy=$b; fi
-  read -r x b < <(fkd_label bf16)
-  if better "$x" "$bf16"; then bf16=$x bf16_busy=$b; fi
+  offs+=("$x") off_busys+=("$b")
+  read -r y c < <(fkd_label bf16)
+  bf16s+=("$y") bf16_busys+=("$c")
   for amp in off bf16; do
     j=$(/usr/bin/python3 "$root/bench/teacher_bound.py" "$tmp/teacher.pt" --input-size "$size" \
       --channels "$channels" --batch "$batch" --threads "$threads" --channels-last --amp "$amp" \
       --json)
-    x=$(rate "$j")
-    if [ "$amp" = off ]; then
-      better "$x" "$bound_off" && bound_off=$x
-    else
-      better "$x" "$bound_bf16" && bound_bf16=$x
-    fi
+    if [ "$amp" = off ]; then bounds_off+=("$(rate "$j")"); else bounds_bf16+=("$(rate "$j")"); fi
   done
-  echo "round $r: fkd off $off, bf16 $bf16; PyTorch forward off $bound_off, bf16 $bound_bf16" \
-    "(best so far)" >&2
+  echo "round $r: fkd off $x (busy $b%), bf16 $y (busy $c%); PyTorch forward off" \
+    "${bounds_off[-1]}, bf16 ${bounds_bf16[-1]}" >&2
 done
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+off=$(median "${offs[@]}") off_busy=$(median "${off_busys[@]}")
+bf16=$(median "${bf16s[@]}") bf16_busy=$(median "${bf16_busys[@]}")
+bound_off=$(median "${bounds_off[@]}") bound_bf16=$(median "${bounds_bf16[@]}")
 echo "| teacher | threads | batch | fkd --amp off crops/s (busy) | fkd --amp bf16 crops/s (busy) | bf16 / off | PyTorch forward fp32 / bf16 (channels-last) | fkd off / PyTorch fp32 | fkd bf16 / PyTorch bf16 |"
 echo "|---|---|---|---|---|---|---|---|---|"
 echo "$model $threads $batch $off $off_busy $bf16 $bf16_busy $bound_off $bound_bf16" |
