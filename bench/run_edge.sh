@@ -11,6 +11,7 @@
 # --per-tensor-weights; every file runs on the 10,000 test images in onnxruntime-node
 # (tools/edge/ort_eval.js) and in fkd's own evaluator (fkd eval). Writes one JSON line per
 # student to bench/out/edge/results.jsonl and prints the table of bench/RESULTS.md.
+# Students, teacher and labels are kept in OUT and reused by later runs.
 #
 # usage: bench/run_edge.sh [BUILD_DIR] [--epochs E] [--images N] [--threads T]
 #                          [--calibration N] [--models "tiny resnet20 ..."] [--out DIR]
@@ -86,11 +87,13 @@ for name in $models; do
   fp32_top1=$(grep -o 'top1 [0-9.]*' "$dir/eval.log" | cut -d' ' -f2)
 
   declare -A secs=()
-  for variant in percentile minmax per-tensor; do
+  for variant in percentile minmax per-tensor per-tensor-percentile; do
     flags="--int8 --calibration $calibration --labels $out/labels"
     case $variant in
+      percentile) flags="$flags --calibration-method percentile" ;;
       minmax) flags="$flags --calibration-method minmax" ;;
-      per-tensor) flags="$flags --per-tensor-weights" ;;
+      per-tensor) flags="$flags --per-tensor-weights --calibration-method minmax" ;;
+      per-tensor-percentile) flags="$flags --per-tensor-weights --calibration-method percentile" ;;
     esac
     t0=$(date +%s.%N)
     "$fkd" export "$ck" "$dir/$variant.onnx" $flags $ex > "$dir/export-$variant.log"
@@ -103,7 +106,7 @@ for name in $models; do
   test=$out/teacher/test.f32
   f=$(ort_eval "$dir/float.onnx" "$test" --compare "$dir/ref.f32")
   declare -A top=()
-  for variant in percentile minmax per-tensor; do
+  for variant in percentile minmax per-tensor per-tensor-percentile; do
     e=$("$fkd" eval "$dir/$variant.int8.onnx" $ex --save-logits "$dir/$variant.fkd.f32")
     top[$variant-fkd]=$(echo "$e" | grep -o 'top1 [0-9.]*' | cut -d' ' -f2)
     r=$(ort_eval "$dir/$variant.int8.onnx" "$test" --compare "$dir/$variant.fkd.f32" \
@@ -120,11 +123,12 @@ print(json.dumps({
   "ort_fp32_argmax_agreement": $(json "$f" argmax_agreement),
   "ort_int8_percentile_top1": ${top[percentile]}, "ort_int8_minmax_top1": ${top[minmax]},
   "ort_int8_per_tensor_top1": ${top[per-tensor]},
+  "ort_int8_per_tensor_percentile_top1": ${top[per-tensor-percentile]},
   "fkd_int8_percentile_top1": float("$fkd_int8"), "fkd_int8_minmax_top1": float("$fkd_int8_minmax"),
   "int8_argmax_agreement_percentile": ${top[percentile-agree]},
   "int8_argmax_agreement_minmax": ${top[minmax-agree]},
   "int8_argmax_agreement_per_tensor": ${top[per-tensor-agree]},
-  "fp32_kb": $(size_kb "$dir/float.onnx"), "int8_kb": $(size_kb "$dir/percentile.int8.onnx"),
+  "fp32_kb": $(size_kb "$dir/float.onnx"), "int8_kb": $(size_kb "$dir/minmax.int8.onnx"),
   "calibration": $calibration, "export_float_s": $float_s,
   "export_int8_s": ${secs[percentile]}, "export_int8_minmax_s": ${secs[minmax]}}))
 PY
@@ -132,7 +136,7 @@ PY
   tail -n 1 "$results" >&2
 done
 
-echo "| model | fp32 top-1 (fkd / ORT) | ORT max rel. diff | int8 ORT MinMax | int8 ORT percentile | int8 ORT per-tensor (percentile) | fkd int8 = ORT argmax (MinMax / pct. / per-tensor) | fkd int8 top-1 (MinMax / pct.) | fp32 KiB | int8 KiB | calibration | export s (float / int8 pct. / int8 MinMax) |"
+echo "| model | fp32 top-1 (fkd / ORT) | ORT max rel. diff | int8 ORT MinMax | int8 ORT percentile | int8 ORT per-tensor weights (MinMax / pct.) | fkd int8 = ORT argmax (MinMax / pct. / per-tensor) | fkd int8 top-1 (MinMax / pct.) | fp32 KiB | int8 KiB | calibration | export s (float / int8 pct. / int8 MinMax) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 "$py" - "$results" <<'PY'
 import json, sys
@@ -140,7 +144,8 @@ for l in open(sys.argv[1]):
     r = json.loads(l)
     print(f"| {r['model']} | {r['fkd_fp32_top1']:.2f} / {r['ort_fp32_top1']:.2f} | "
           f"{r['ort_fp32_max_rel_diff']:.1e} | {r['ort_int8_minmax_top1']:.2f} | "
-          f"{r['ort_int8_percentile_top1']:.2f} | {r['ort_int8_per_tensor_top1']:.2f} | "
+          f"{r['ort_int8_percentile_top1']:.2f} | {r['ort_int8_per_tensor_top1']:.2f} / "
+          f"{r['ort_int8_per_tensor_percentile_top1']:.2f} | "
           f"{r['int8_argmax_agreement_minmax']:.2f}% / {r['int8_argmax_agreement_percentile']:.2f}% / "
           f"{r['int8_argmax_agreement_per_tensor']:.2f}% | "
           f"{r['fkd_int8_minmax_top1']:.2f} / {r['fkd_int8_percentile_top1']:.2f} | "

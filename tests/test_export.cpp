@@ -2,6 +2,7 @@
 // against the TorchScript module it came from (PyTorch made them: tests/py/edge_ops.py),
 // refusals, and `fkd export` / `fkd eval` on a trained checkpoint end to end.
 #include <gtest/gtest.h>
+#include <algorithm>
 
 #include <filesystem>
 #include <fstream>
@@ -290,6 +291,33 @@ TEST_F(OpCases, Int8OfEachOpRunsItsLayersInIntegers) {
     const double range = (want.max() - want.min()).item<double>();
     EXPECT_LT((got - want).abs().mean().item<double>(), 0.05 * range);
   }
+}
+
+TEST_F(OpCases, PercentileRangesClipOutliersThatMinMaxKeeps) {
+  // The input's range over a calibration set of values in [0, 1) with one outlier at 1000:
+  // minmax stretches to the outlier; percentile (99.9) keeps the bins that hold the mass.
+  const std::string name = *std::find_if(names_.begin(), names_.end(), [](const auto& n) {
+    return n.rfind("refuse_", 0) != 0 && n != "dropout_contiguous";
+  });
+  torch::manual_seed(3);
+  torch::jit::Module m = frozen(name);
+  WalkOptions o;
+  o.input_shape = {2, 3, 8, 8};
+  auto calib = torch::rand({32, 3, 8, 8});
+  calib[5][1][2][3] = 1000.0f;
+  WalkResult w = walk_graph(m, calib.narrow(0, 0, 2), o);
+  const auto fp32 = make_onnx_model(w.model, name);
+  const auto minmax = calibrate_ranges(*fp32, "input", calib, {"input"}, "minmax", 99.9);
+  const auto pct = calibrate_ranges(*fp32, "input", calib, {"input"}, "percentile", 99.9);
+  ASSERT_EQ(minmax.count("input"), 1u);
+  ASSERT_EQ(pct.count("input"), 1u);
+  EXPECT_FLOAT_EQ(minmax.at("input").second, 1000.0f);
+  EXPECT_GE(minmax.at("input").first, 0.0f);
+  // 2048 bins of 1000/2048 over [min, 1000]: [0, 1) ends in the third bin.
+  const float width = (1000.0f - minmax.at("input").first) / 2048;
+  EXPECT_FLOAT_EQ(pct.at("input").first, minmax.at("input").first);
+  EXPECT_GE(pct.at("input").second, 1.0f);
+  EXPECT_LE(pct.at("input").second, minmax.at("input").first + 3 * width + 1e-4f);
 }
 
 TEST(Quantize, ReluAfterConvFoldsIntoItsRange) {

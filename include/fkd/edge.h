@@ -29,7 +29,7 @@ struct OnnxExportOptions {
   uint64_t seed = 0;
   bool int8 = false;
   /// How activation ranges are set from the calibration set: "minmax" or "percentile".
-  std::string method = "percentile";
+  std::string method = "minmax";
   double percentile = 99.99;        ///< percentile method: the kept share of values, in percent
   bool per_tensor_weights = false;  ///< one weight scale per layer instead of per channel
   int threads = 0;
