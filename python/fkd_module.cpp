@@ -472,22 +472,11 @@ Manifest manifest_from_dict(const py::dict& d, const std::string& store_dir) {
   if (!full.contains("format")) full["format"] = "fkd-label-store";
   if (!full.contains("version")) full["version"] = kStoreFormatVersion;
   const std::string text = py::str(py::module_::import("json").attr("dumps")(full));
-  std::string tmpl = (fs::temp_directory_path() / "fkd-manifest-XXXXXX").string();
-  FKD_CHECK(::mkdtemp(tmpl.data()) != nullptr, IoError, "{}: cannot create a temporary directory",
-            tmpl);
+  // Parsed in memory, by the reader of manifest.json files, naming the store being written.
   try {
-    write_file_durably((fs::path(tmpl) / "manifest.json").string(), text);
-    Manifest m = read_manifest(tmpl);
-    fs::remove_all(tmpl);
-    return m;
+    return parse_manifest(text, "manifest for " + store_dir);
   } catch (const FormatError& e) {
-    fs::remove_all(tmpl);
-    // Name the store being written, not the temporary file.
-    std::string what = e.what();
-    const std::string tmp_file = (fs::path(tmpl) / "manifest.json").string();
-    const size_t at = what.find(tmp_file);
-    if (at != std::string::npos) what.replace(at, tmp_file.size(), "manifest for " + store_dir);
-    throw ConfigError(what);
+    throw ConfigError(e.what());
   }
 }
 

@@ -114,6 +114,13 @@ TEST_F(ReferenceFiles, RefusesOtherContentsInOneLine) {
             two + ": holds a list of 2 values, expected 3: [coords, flips, labels]");
   EXPECT_EQ(fkd::test::error_message<FormatError>([&] { read_reference_file(dict); }),
             dict + ": holds a dict, expected a list [coords, flips, labels]");
+  // An array whose data is shorter than its shape says: the shape is named as a shape.
+  const std::string short_array = file("short_array.tar");
+  const std::string msg =
+      fkd::test::error_message<FormatError>([&] { read_reference_file(short_array); });
+  EXPECT_NE(msg.find("a float32 array of shape [7, 4] holds 100 bytes, expected 112"),
+            std::string::npos)
+      << msg;
   const std::string legacy = file("legacy.tar");
   EXPECT_NE(fkd::test::error_message<FormatError>([&] {
               read_reference_file(legacy);

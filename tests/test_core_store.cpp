@@ -944,7 +944,7 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
        {s0, "format version 4 is newer than this fkd supports (3)"}},
       {"version zero",
        [&](const std::string& d) { edit_file(shard(d, s0), [](std::string& b) { b[8] = 0; }); },
-       {s0, "expected format version 3, found 0"}},
+       {s0, "format version 0: no fkd version wrote it (versions are 1 to 3)"}},
       {"header checksum",
        [&](const std::string& d) { edit_file(shard(d, s1), [](std::string& b) { b[30] ^= 1; }); },
        {s1, "offset 120", "header checksum mismatch"}},
@@ -1096,6 +1096,9 @@ TEST(StoreCorrupt, TableOfHandcraftedStores) {
          });
        },
        {"manifest.json", "version 4 is newer than this fkd supports (3)"}},
+      {"manifest version zero",
+       [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["version"] = 0; }); },
+       {"manifest.json", "format version 0: no fkd version wrote it (versions are 1 to 3)"}},
       {"manifest wrong type",
        [&](const std::string& d) { edit_manifest(d, [](nlohmann::json& j) { j["k"] = "five"; }); },
        {"manifest.json", "key 'k': expected an integer, found string"}},

@@ -271,6 +271,22 @@ TEST(Label, ShardFromEnvironment) {
   unsetenv("WORLD_SIZE");
   EXPECT_EQ(resolve_shard(""), (std::pair<uint32_t, uint32_t>{0, 1}));
   EXPECT_THROW(resolve_shard("3"), ConfigError);
+  // The same parser as fkd train's: RANK without WORLD_SIZE is an error (it once labeled
+  // every image, or took Slurm's variables), and an empty variable counts as unset.
+  {
+    const ScopedEnv half({{"RANK", "1"}, {"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}});
+    EXPECT_EQ(fkd::test::error_message<ConfigError>([] { resolve_shard(""); }),
+              "RANK=1 is set but WORLD_SIZE is not (torchrun sets both)");
+  }
+  {
+    const ScopedEnv empty({{"RANK", ""}, {"WORLD_SIZE", "4"}});
+    EXPECT_EQ(fkd::test::error_message<ConfigError>([] { resolve_shard(""); }),
+              "WORLD_SIZE=4 is set but RANK is not (torchrun sets both)");
+  }
+  {
+    const ScopedEnv cleared({{"RANK", ""}, {"WORLD_SIZE", ""}});
+    EXPECT_EQ(resolve_shard(""), (std::pair<uint32_t, uint32_t>{0, 1}));
+  }
 }
 
 TEST(Label, KilledAndResumedEqualsUninterrupted) {
@@ -437,6 +453,17 @@ TEST(Label, DefaultTopkIsCappedAtTheClassCount) {
               std::string::npos)
         << e.what();
   }
+}
+
+TEST(Label, NegativeTopkIsRefusedSayingWhatZeroMeans) {
+  // The library's check allows 0 (the label type's own k): its message says so.
+  LabelConfig c;
+  c.teacher = "teacher.pt";
+  c.out = "store";
+  c.topk = -1;
+  const std::string msg = fkd::test::error_message<ConfigError>([&] { validate_label_config(c); });
+  EXPECT_NE(msg.find("--topk -1: expected at least 1 (0 = the label type's k)"), std::string::npos)
+      << msg;
 }
 
 TEST(Label, ReferenceCropsAndEnsemble) {

@@ -175,6 +175,24 @@ TEST_P(Import, BoxesAndLabelsAsTheReferenceReplaysThemAndBackAgain) {
   const ReferenceExportResult again = export_reference_labels(e);
   EXPECT_EQ(again.written, 0u);
   EXPECT_EQ(again.skipped, uint64_t(kClasses * kPerClass));
+  // A file cut short (not a reference file) is written again; the others stay.
+  const std::string first = e.out + "/" + loaded.items().begin().key();
+  std::filesystem::resize_file(first, 100);
+  const ReferenceExportResult mended = export_reference_labels(e);
+  EXPECT_EQ(mended.written, 1u);
+  EXPECT_EQ(mended.skipped, uint64_t(kClasses * kPerClass - 1));
+  // Another export (other options) into the same folder once kept these files as "already
+  // there": it is refused, naming a file, and nothing changes.
+  if (!c.fp16) {
+    const std::string before = fkd::test::read_file(first);
+    ReferenceExportConfig other = e;
+    other.fp16 = true;
+    const std::string msg =
+        fkd::test::error_message<WorkMismatch>([&] { export_reference_labels(other); });
+    EXPECT_NE(msg.find("holds other labels for"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("export into a new folder"), std::string::npos) << msg;
+    EXPECT_EQ(fkd::test::read_file(first), before);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

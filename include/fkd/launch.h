@@ -29,6 +29,17 @@ struct DistEnv {
   bool distributed() const { return world > 1; }
 };
 
+/// This process's rank in its job and the job's size, by the first two rules of
+/// dist_env_from_environment below (the same parser): RANK/WORLD_SIZE, else
+/// SLURM_PROCID/SLURM_NTASKS, else {0, 1} with source "". For work that shards without a
+/// rendezvous (fkd label); the same ConfigErrors for the same variables.
+struct JobRank {
+  int rank = 0;        ///< this process, 0..world-1
+  int world = 1;       ///< processes in the job
+  std::string source;  ///< "torchrun", "slurm" or ""
+};
+JobRank job_rank_from_environment();
+
 /// The job this process belongs to, from its environment, first match wins:
 /// - RANK and WORLD_SIZE (torchrun, `fkd launch`), with LOCAL_RANK, LOCAL_WORLD_SIZE,
 ///   MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE and TORCHELASTIC_RESTART_COUNT.

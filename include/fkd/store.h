@@ -136,6 +136,9 @@ std::string describe_labels(const Manifest& m);
 
 /// Reads and validates manifest.json (FormatError naming the file and field).
 Manifest read_manifest(const std::string& store_dir);
+/// The manifest in `text` (manifest.json's contents), checked as read_manifest checks a
+/// file; messages name `file`.
+Manifest parse_manifest(const std::string& text, const std::string& file);
 /// Writes manifest.json atomically.
 void write_manifest(const std::string& store_dir, const Manifest& m);
 /// Lists the fields in which two manifests differ that matter for appending to / reading

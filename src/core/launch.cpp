@@ -105,17 +105,40 @@ void set_rendezvous(DistEnv& e, bool one_node, const std::string& several_nodes)
   e.master_addr = "127.0.0.1";
 }
 
-/// torchrun's variables (also set by fkd launch); nullopt when RANK and WORLD_SIZE are unset.
-std::optional<DistEnv> torchrun_env() {
+}  // namespace
+
+JobRank job_rank_from_environment() {
+  JobRank j;
   const auto rank = env("RANK"), world = env("WORLD_SIZE");
-  if (!rank && !world) return std::nullopt;
-  FKD_CHECK(rank && world, ConfigError, "{} is set but {} is not (torchrun sets both)",
-            rank ? "RANK=" + *rank : "WORLD_SIZE=" + *world, rank ? "WORLD_SIZE" : "RANK");
+  if (rank || world) {
+    FKD_CHECK(rank && world, ConfigError, "{} is set but {} is not (torchrun sets both)",
+              rank ? "RANK=" + *rank : "WORLD_SIZE=" + *world, rank ? "WORLD_SIZE" : "RANK");
+    j.source = "torchrun";
+    j.world = parse_count("WORLD_SIZE", *world, 1);
+    j.rank = parse_count("RANK", *rank, 0);
+    check_below("RANK", j.rank, "WORLD_SIZE", j.world);
+    return j;
+  }
+  // An salloc shell may set one of SLURM_PROCID/SLURM_NTASKS alone, and is one process.
+  const auto procid = env("SLURM_PROCID"), ntasks = env("SLURM_NTASKS");
+  if (procid && ntasks) {
+    j.source = "slurm";
+    j.world = parse_count("SLURM_NTASKS", *ntasks, 1);
+    j.rank = parse_count("SLURM_PROCID", *procid, 0);
+    check_below("SLURM_PROCID", j.rank, "SLURM_NTASKS", j.world);
+  }
+  return j;
+}
+
+namespace {
+
+/// torchrun's variables (also set by fkd launch); nullopt when RANK and WORLD_SIZE are unset.
+std::optional<DistEnv> torchrun_env(const JobRank& j) {
+  if (j.source != "torchrun") return std::nullopt;
   DistEnv e;
-  e.source = "torchrun";
-  e.world = parse_count("WORLD_SIZE", *world, 1);
-  e.rank = parse_count("RANK", *rank, 0);
-  check_below("RANK", e.rank, "WORLD_SIZE", e.world);
+  e.source = j.source;
+  e.world = j.world;
+  e.rank = j.rank;
   const auto local_rank = env("LOCAL_RANK"), local_world = env("LOCAL_WORLD_SIZE");
   if (!local_rank && !local_world) {
     // A launcher that names no node layout (a hand-written script): one node.
@@ -176,14 +199,12 @@ std::optional<int> slurm_tasks_on_this_node(std::string& from) {
 
 /// Slurm's variables in a task of `srun`; nullopt unless SLURM_PROCID and SLURM_NTASKS are both
 /// set (an salloc shell may set one of them alone, and is one process).
-std::optional<DistEnv> slurm_env() {
-  const auto procid = env("SLURM_PROCID"), ntasks = env("SLURM_NTASKS");
-  if (!procid || !ntasks) return std::nullopt;
+std::optional<DistEnv> slurm_env(const JobRank& j) {
+  if (j.source != "slurm") return std::nullopt;
   DistEnv e;
-  e.source = "slurm";
-  e.world = parse_count("SLURM_NTASKS", *ntasks, 1);
-  e.rank = parse_count("SLURM_PROCID", *procid, 0);
-  check_below("SLURM_PROCID", e.rank, "SLURM_NTASKS", e.world);
+  e.source = j.source;
+  e.world = j.world;
+  e.rank = j.rank;
   const auto nnodes = env("SLURM_NNODES");
   const int nodes = nnodes ? parse_count("SLURM_NNODES", *nnodes, 1) : 0;  // 0: unknown
   std::string from;
@@ -220,8 +241,9 @@ std::optional<DistEnv> slurm_env() {
 }  // namespace
 
 DistEnv dist_env_from_environment() {
-  if (auto e = torchrun_env()) return *e;
-  if (auto e = slurm_env()) return *e;
+  const JobRank j = job_rank_from_environment();
+  if (auto e = torchrun_env(j)) return *e;
+  if (auto e = slurm_env(j)) return *e;
   return DistEnv{};
 }
 

@@ -17,6 +17,7 @@
 #include "fkd/error.h"
 #include "fkd/file_io.h"
 #include "fkd/hash.h"
+#include "fkd/launch.h"
 #include "fkd/loader.h"
 #include "fkd/models.h"
 #include "fkd/progress.h"
@@ -201,7 +202,8 @@ void validate_label_config(const LabelConfig& cfg) {
             "--crops {}: expected 1 to {}", cfg.crops, kMaxCropsPerImage);
   FKD_CHECK(cfg.batch >= 1, ConfigError, "--batch {}: expected at least 1", cfg.batch);
   parse_amp(cfg.amp);  // throws naming the choices
-  FKD_CHECK(cfg.topk >= 0, ConfigError, "--topk {}: expected at least 1", cfg.topk);
+  FKD_CHECK(cfg.topk >= 0, ConfigError, "--topk {}: expected at least 1 (0 = the label type's k)",
+            cfg.topk);
   FKD_CHECK(cfg.temperature > 0, ConfigError, "--temperature {}: expected a positive value",
             cfg.temperature);
   FKD_CHECK(cfg.channels == 0 || cfg.channels == 1 || cfg.channels == 3, ConfigError,
@@ -228,16 +230,10 @@ std::pair<uint32_t, uint32_t> resolve_shard(const std::string& spec) {
     FKD_CHECK(slash != std::string::npos, ConfigError, "--shard '{}': expected i/n", spec);
     i = spec.substr(0, slash);
     n = spec.substr(slash + 1);
-  } else if (std::getenv("RANK") && std::getenv("WORLD_SIZE")) {
-    i = std::getenv("RANK");
-    n = std::getenv("WORLD_SIZE");
-    what = "RANK/WORLD_SIZE";
-  } else if (std::getenv("SLURM_PROCID") && std::getenv("SLURM_NTASKS")) {
-    i = std::getenv("SLURM_PROCID");
-    n = std::getenv("SLURM_NTASKS");
-    what = "SLURM_PROCID/SLURM_NTASKS";
   } else {
-    return {0, 1};
+    // The launcher's variables, read by the parser distributed training uses.
+    const JobRank j = job_rank_from_environment();
+    return {uint32_t(j.rank), uint32_t(j.world)};
   }
   const uint32_t a = parse_u32(i, what), b = parse_u32(n, what);
   FKD_CHECK(b >= 1 && a < b, ConfigError, "{}: shard {} of {} is out of range", what, a, b);

@@ -293,7 +293,11 @@ Manifest read_manifest(const std::string& store_dir) {
             why_no_manifest(store_dir));
   FKD_CHECK(fs::exists(file), FormatError, "{}: cannot open the store's manifest ({})", file,
             why_no_manifest(store_dir));
-  const std::vector<uint8_t> text = read_whole_file(file);
+  const std::vector<uint8_t> bytes = read_whole_file(file);
+  return parse_manifest(std::string(bytes.begin(), bytes.end()), file);
+}
+
+Manifest parse_manifest(const std::string& text, const std::string& file) {
   json j;
   try {
     j = json::parse(text.begin(), text.end());
@@ -312,8 +316,9 @@ Manifest read_manifest(const std::string& store_dir) {
   FKD_CHECK(version <= int64_t(kStoreFormatVersion), FormatError,
             "{}: store format version {} is newer than this fkd supports ({}): upgrade fkd", file,
             version, kStoreFormatVersion);
-  FKD_CHECK(version >= 1, FormatError, "{}: key 'version': expected {}, found {}", file,
-            kStoreFormatVersion, version);
+  FKD_CHECK(version >= 1, FormatError,
+            "{}: key 'version': format version {}: no fkd version wrote it (versions are 1 to {})",
+            file, version, kStoreFormatVersion);
   m.version = int(version);
   m.num_images = f.u64("num_images", true, 0, std::numeric_limits<uint64_t>::max());
   m.dataset_fingerprint = f.str("dataset_fingerprint", true, "");

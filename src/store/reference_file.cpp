@@ -738,8 +738,9 @@ class Unpickler {
                                  : expect(s[o + 3], Obj::kBytes, "array data", at).s;
     const uint64_t n = count(a.shape, at);
     FKD_CHECK(raw.size() == n * ref_dtype_size(a.dtype), FormatError,
-              "{}: data.pkl offset {}: a {} array of shape {} holds {} bytes, expected {}", file_,
-              at, ref_dtype_name(a.dtype), a.shape.size(), raw.size(), n * ref_dtype_size(a.dtype));
+              "{}: data.pkl offset {}: a {} array of shape [{}] holds {} bytes, expected {}", file_,
+              at, ref_dtype_name(a.dtype), fmt::join(a.shape, ", "), raw.size(),
+              n * ref_dtype_size(a.dtype));
     std::vector<int64_t> strides(a.shape.size());
     int64_t step = 1;
     for (size_t d = 0; d < a.shape.size(); ++d) {  // the data's own element order

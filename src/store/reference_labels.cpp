@@ -504,15 +504,6 @@ ReferenceExportResult export_reference_labels(const ReferenceExportConfig& cfg) 
   for (uint64_t i = 0; i < m.num_images; ++i) {
     const std::string rel = label_rel_path(ds->item_name(i));
     const std::string path = cfg.out + "/" + rel;
-    if (fs::exists(path)) {
-      try {  // a complete file from an earlier run (each one is renamed into place whole)
-        read_reference_file(path);
-        ++result.skipped;
-        bar.advance(1);
-        continue;
-      } catch (const Error&) {
-      }
-    }
     reader.read(i, rec);
     ReferenceFile f;
     f.coords.dtype = real;
@@ -586,9 +577,31 @@ ReferenceExportResult export_reference_labels(const ReferenceExportConfig& cfg) 
       for (int j = 0; j < nv; ++j) labels.push_back(rec.values[size_t(c) * nv + j]);
     }
     put(f.labels, labels);
-    fs::create_directories(fs::path(path).parent_path());
     const std::string stem = fs::path(path).stem().string();
-    write_file_durably(path, serialize_reference_file(f, stem));
+    const std::string bytes = serialize_reference_file(f, stem);
+    if (fs::is_regular_file(path)) {
+      // A file of an earlier run of this export (each one is renamed into place whole) is
+      // the same bytes; a reference file that differs is another store's or another
+      // option's export, which this one must not mix with. Anything else is rewritten.
+      const std::vector<uint8_t> old = read_whole_file(path);
+      if (old.size() == bytes.size() && std::memcmp(old.data(), bytes.data(), old.size()) == 0) {
+        ++result.skipped;
+        bar.advance(1);
+        continue;
+      }
+      bool parses = true;
+      try {
+        parse_reference_file(old.data(), old.size(), path);
+      } catch (const Error&) {
+        parses = false;
+      }
+      FKD_CHECK(!parses, WorkMismatch,
+                "{}: holds other labels for {} than {} gives (another store's or another "
+                "option's export); export into a new folder",
+                path, ds->item_name(i), cfg.store);
+    }
+    fs::create_directories(fs::path(path).parent_path());
+    write_file_durably(path, bytes);
     ++result.written;
     bar.advance(1);
   }

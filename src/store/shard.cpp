@@ -86,8 +86,9 @@ ShardHeader decode_header(const uint8_t* d, size_t size, const std::string& name
   FKD_CHECK(h.version <= uint32_t(kStoreFormatVersion), FormatError,
             "{}: offset 8: format version {} is newer than this fkd supports ({}): upgrade fkd",
             name, h.version, kStoreFormatVersion);
-  FKD_CHECK(h.version >= 1, FormatError, "{}: offset 8: expected format version {}, found {}", name,
-            kStoreFormatVersion, h.version);
+  FKD_CHECK(h.version >= 1, FormatError,
+            "{}: offset 8: format version {}: no fkd version wrote it (versions are 1 to {})", name,
+            h.version, kStoreFormatVersion);
   FKD_CHECK(size >= kHeaderSize, FormatError,
             "{}: offset 0: expected a {}-byte shard header, found a {}-byte file", name,
             kHeaderSize, size);

@@ -141,6 +141,31 @@ class WriterTest(unittest.TestCase):
         self.assertIn("manifest for", str(e.exception))
         self.assertEqual(len(str(e.exception).splitlines()), 1)
 
+    def test_the_manifest_is_checked_in_memory(self):
+        # A writer's manifest once went through a temporary folder: with TMPDIR unusable the
+        # writer failed, and any error but a FormatError left the folder behind. A child
+        # process, so that TMPDIR is read afresh.
+        tmp = os.path.join(WORK, "tmpdir-writer")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        out = self.fresh("written-tmpdir")
+        script = (
+            "import sys, fkd\n"
+            "src = fkd.Store(sys.argv[1])\n"
+            "w = fkd.StoreWriter(sys.argv[2], src.manifest)\n"
+            "try:\n"
+            "    fkd.StoreWriter(sys.argv[2] + '-k', dict(src.manifest, k=20))\n"
+            "except fkd.ConfigError as e:\n"
+            "    print(e)\n")
+        for tmpdir in (os.path.join(WORK, "no-such-tmpdir"), tmp):
+            env = dict(os.environ, TMPDIR=tmpdir)
+            r = subprocess.run([sys.executable, "-c", script, FMNIST, out], env=env,
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("manifest for " + out + "-k", r.stdout)
+            shutil.rmtree(out, ignore_errors=True)
+        self.assertEqual(os.listdir(tmp), [])
+
     def test_wrong_types_are_one_line_and_paths_may_be_pathlib(self):
         src = fkd.Store(FMNIST)
         for args, message in (((self.fresh("w-type"), list(src.manifest.items())),

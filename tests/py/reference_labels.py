@@ -44,6 +44,14 @@ def describe(x):
             "values": [float(v) for v in arr.astype(np.float64).reshape(-1)]}
 
 
+class ShortArray:
+    """Pickles as a float32 numpy array of shape (7, 4) that holds 100 bytes, not 112."""
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (7, 4), np.dtype(np.float32), False, b"\0" * 100))
+
+
 def samples(out):
     os.makedirs(out, exist_ok=True)
     g = torch.Generator().manual_seed(0)
@@ -74,6 +82,7 @@ def samples(out):
     save("transposed_tensor", [coords, flips, probs.t()])
     save("tuple", (coords, flips, topk.numpy()))
     save("empty", [np.zeros((0, 4), np.float32), np.zeros((0,), bool), np.zeros((0, 2, 5), np.float32)])
+    torch.save([ShortArray(), flips, topk.numpy()], os.path.join(out, "short_array.tar"))
     torch.save([coords, flips], os.path.join(out, "two_elements.tar"))
     torch.save({"coords": coords}, os.path.join(out, "dict.tar"))
     torch.save([coords, flips, topk.numpy()], os.path.join(out, "legacy.tar"),
