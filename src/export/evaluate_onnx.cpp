@@ -40,12 +40,7 @@ EvalResult evaluate_onnx_file(const std::string& path, const EvalOptions& opts) 
   const edge::OnnxInputSpec spec = model->input_spec();
   const TrainConfig recorded = recorded_input(spec);
 
-  InputOverrides over;
-  over.channels = opts.channels;
-  over.input_size = opts.input_size;
-  over.eval_resize = opts.eval_resize;
-  over.mean = opts.mean;
-  over.std = opts.std;
+  const InputOverrides over = eval_overrides(opts);
   DatasetOptions dopt;
   dopt.channels = opts.channels ? opts.channels : spec.channels;
   dopt.limit = opts.limit;

@@ -122,12 +122,7 @@ EvalResult evaluate_file(const std::string& model_path, const EvalOptions& opts)
   } else {
     scripted = load_torchscript_teacher(model_path, device, {/*optimize=*/true});
   }
-  InputOverrides over;
-  over.channels = opts.channels;
-  over.input_size = opts.input_size;
-  over.eval_resize = opts.eval_resize;
-  over.mean = opts.mean;
-  over.std = opts.std;
+  const InputOverrides over = eval_overrides(opts);
   DatasetOptions dopt;
   dopt.channels = opts.channels ? opts.channels : ckpt ? ckpt->meta.config.channels : 0;
   dopt.limit = opts.limit;

@@ -8,6 +8,7 @@
 
 #include "fkd/loader.h"
 #include "fkd/train.h"
+#include "train/input.h"
 
 namespace fkd {
 
@@ -32,6 +33,17 @@ class TensorSink {
   std::vector<uint32_t> samples_;
   std::vector<int64_t> labels_;
 };
+
+/// The input options `fkd eval` was given, as overrides of what the model recorded.
+inline InputOverrides eval_overrides(const EvalOptions& opts) {
+  InputOverrides over;
+  over.channels = opts.channels;
+  over.input_size = opts.input_size;
+  over.eval_resize = opts.eval_resize;
+  over.mean = opts.mean;
+  over.std = opts.std;
+  return over;
+}
 
 /// Loss, top-1 and top-5 of `forward` over every batch of `loader` (one epoch 0 pass),
 /// with a progress bar titled `label`. With `dist`, each rank's loader holds its slice of
